@@ -25,12 +25,14 @@ class PullRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("version", "params")
+    __slots__ = ("version", "params", "incarnation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     params: Tensor
-    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("worker", "push_id", "base_version", "gradient", "samples")
@@ -47,12 +49,14 @@ class PushRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("version", "duplicate")
+    __slots__ = ("version", "duplicate", "incarnation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     duplicate: bool
-    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()
@@ -75,7 +79,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +91,7 @@ class HealthReply(_message.Message):
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     WORKER_STEPS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -98,7 +103,8 @@ class HealthReply(_message.Message):
     applied_seq: int
     accuracy: float
     worker_steps: int
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("seq", "gradient", "workers", "push_ids")

@@ -1,0 +1,230 @@
+"""Chain mode: R replicas apply the same update records in the same order, head to tail.
+
+The master (local runtime or operator) owns the configuration (epoch + ordered members)
+and pushes it with Reconfigure. The head takes workers' pushes, applies each as a record
+with the next sequence number and forwards it to its successor, which does the same.
+
+- `ack: tail`: a push is acknowledged only after the record reached the tail (forwarding
+  is synchronous), so no acknowledged update is ever lost.
+- `ack: head`: the head acknowledges after applying locally; a forwarder thread sends
+  records downstream every `replicateEvery` updates (the paper's variant).
+
+Any replica can bring its successor up to date ("sync"): it sends the records the
+successor lacks from a bounded in-memory log, or, if the log no longer reaches back far
+enough (a new, empty replica), its whole state. That one mechanism serves forwarding,
+promotion after a head dies (the new head syncs the rest of the chain), a middle replica's
+death (its predecessor syncs the new successor) and a replacement joining at the tail (the
+old tail transfers its state to it). Duplicate pushes (retries after a failover) are
+recognised by per-worker push ids that are part of the replicated state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable
+
+from trainthrough import wire
+from trainthrough.errors import NotHead, PermanentError, PSUnavailable
+from trainthrough.proto import ps_pb2
+from trainthrough.ps.core import NotServing, ParameterServerCore, Record
+from trainthrough.ps.mode import Mode
+from trainthrough.ps.state import ParameterState
+from trainthrough.rpc import Connection
+from trainthrough.spec import OptimizerSpec
+
+REPLICATE_TIMEOUT = 30.0  # a state transfer of a large model may take seconds
+SYNC_ATTEMPTS = 3
+
+
+class ChainReplica(Mode):
+    name = "chain"
+
+    def __init__(
+        self,
+        core: ParameterServerCore,
+        *,
+        ack: str,
+        replicate_every: int,
+        optimizer: OptimizerSpec,
+        initial_state: Callable[[], ParameterState],
+        join: bool,
+        log_size: int = 64,
+    ) -> None:
+        super().__init__(core)
+        self.ack = ack
+        self.replicate_every = replicate_every
+        self.optimizer = optimizer
+        self.initial_state = initial_state
+        self.join = join
+        self.config = ps_pb2.ChainConfig(epoch=-1)
+        self.log: deque[Record] = deque(maxlen=max(log_size, 2 * replicate_every))
+        self.successor: Connection | None = None
+        self.successor_seq: int | None = None  # last seq the successor is known to have
+        self._wakeup = threading.Event()
+        self._stopped = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.core.commit = self._commit
+        if not self.join:
+            # Initial members start identical: the same seed gives the same weights.
+            self.core.install(self.initial_state(), restored_from="seed")
+        if self.ack == "head":
+            threading.Thread(target=self._forwarder, name="chain-forwarder", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wakeup.set()
+
+    def serving_state(self) -> str:
+        return "serving" if self.core.serving else "joining"
+
+    def health(self) -> ps_pb2.HealthReply:
+        reply = super().health()
+        reply.chain.CopyFrom(self.config)
+        return reply
+
+    # -- roles -------------------------------------------------------------------------
+    @property
+    def members(self) -> list[ps_pb2.ChainMember]:
+        return list(self.config.members)
+
+    def _index(self) -> int | None:
+        for i, member in enumerate(self.config.members):
+            if member.name == self.core.name:
+                return i
+        return None
+
+    def is_head(self) -> bool:
+        return self._index() == 0
+
+    def _role(self) -> str:
+        index = self._index()
+        if index is None:
+            return "removed"
+        if index == 0:
+            return "head"
+        return "tail" if index == len(self.config.members) - 1 else "middle"
+
+    # -- worker-facing -----------------------------------------------------------------
+    def push(self, request: ps_pb2.PushRequest) -> ps_pb2.PushReply:
+        if not self.is_head():
+            head = self.config.members[0] if self.config.members else None
+            where = f"{head.name} at {head.address}" if head else "unknown"
+            raise NotHead(f"{self.core.name} is not the head in epoch {self.config.epoch}; head is {where}")
+        return super().push(request)
+
+    # -- replication -------------------------------------------------------------------
+    def _commit(self, record: Record | None) -> None:
+        """After an apply (record) or before acknowledging a duplicate (None)."""
+        if record is not None:
+            self.log.append(record)
+        if self.ack == "head" and self.is_head():
+            if record is None or self.core.require_state().seq - (self.successor_seq or 0) >= self.replicate_every:
+                self._wakeup.set()
+            return
+        self._sync_successor()
+
+    def _forwarder(self) -> None:
+        while not self._stopped.is_set():
+            self._wakeup.wait(0.5)
+            self._wakeup.clear()
+            if self._stopped.is_set() or not self.core.serving:
+                continue
+            with self.core.order_lock:
+                try:
+                    self._sync_successor()
+                except PSUnavailable as error:
+                    self.core.events.emit("chain_forward_failed", error=str(error))
+
+    def _sync_successor(self) -> None:
+        """Bring the successor up to this replica's seq; the caller holds the order lock."""
+        successor = self.successor
+        state = self.core.state
+        if successor is None or state is None:
+            return
+        for _ in range(SYNC_ATTEMPTS):
+            if self.successor_seq is None:
+                health = successor.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=2.0)
+                self.successor_seq = health.applied_seq if health.state == "serving" else -1
+            if self.successor_seq >= state.seq:
+                return
+            missing = [r for r in self.log if r.seq > self.successor_seq]
+            if missing and missing[0].seq == self.successor_seq + 1:
+                request = ps_pb2.ReplicateRequest(epoch=self.config.epoch, records=[_encode(r) for r in missing])
+                reply = successor.call(lambda s, t: s.Replicate(request, timeout=t), timeout=REPLICATE_TIMEOUT)
+            else:
+                with self.core.state_lock:
+                    blob = ps_pb2.StateBlob(seq=state.seq, data=state.to_bytes())
+                reply = successor.call(lambda s, t: s.InstallState(blob, timeout=t), timeout=REPLICATE_TIMEOUT)
+                self.core.events.emit("chain_state_transfer", to=successor.address, seq=state.seq, bytes=len(blob.data))
+            self.successor_seq = reply.applied_seq
+        if self.successor_seq < state.seq:
+            raise PSUnavailable(f"successor {successor.address} stays behind at seq {self.successor_seq} < {state.seq}")
+
+    def replicate(self, request: ps_pb2.ReplicateRequest) -> ps_pb2.ReplicateReply:
+        if request.epoch < self.config.epoch:
+            raise PermanentError(f"Replicate from epoch {request.epoch}, this replica is at epoch {self.config.epoch}")
+        with self.core.order_lock:
+            state = self.core.state
+            if state is None:
+                raise NotServing(f"{self.core.name} is joining and has no state yet")
+            for message in request.records:
+                if message.seq <= state.seq:
+                    continue  # already applied (a resend after a reconfiguration)
+                if message.seq != state.seq + 1:
+                    break  # a gap: the reply's applied_seq tells the sender where to resume
+                gradient = wire.decode(message.gradient, state.numel, what="record.gradient")
+                self.core.apply_record(Record(message.seq, gradient, list(message.workers), list(message.push_ids)))
+            return ps_pb2.ReplicateReply(applied_seq=state.seq)
+
+    def install_state(self, request: ps_pb2.StateBlob) -> ps_pb2.InstallReply:
+        with self.core.order_lock:
+            current = self.core.state
+            if current is not None and current.seq >= request.seq:
+                return ps_pb2.InstallReply(applied_seq=current.seq)
+            state = ParameterState.from_bytes(request.data, self.optimizer)
+            self.log.clear()
+            self.core.install(state, restored_from="chain")
+            self.successor_seq = None
+            self._sync_successor()
+            return ps_pb2.InstallReply(applied_seq=state.seq)
+
+    def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:
+        with self.core.order_lock:
+            if request.epoch > self.config.epoch:
+                self.config = ps_pb2.ChainConfig()
+                self.config.CopyFrom(request)
+                self._follow_successor()
+                self.core.role = self._role()
+                self.core.events.emit(
+                    "chain_reconfigured",
+                    epoch=request.epoch,
+                    members=[m.name for m in request.members],
+                    role=self.core.role,
+                )
+            if self.core.serving:
+                self._sync_successor()
+            state = self.core.state
+            return ps_pb2.ReconfigureReply(applied_seq=state.seq if state is not None else -1)
+
+    def _follow_successor(self) -> None:
+        index = self._index()
+        members = self.config.members
+        address = members[index + 1].address if index is not None and index + 1 < len(members) else None
+        if self.successor is not None and self.successor.address == address:
+            return
+        if self.successor is not None:
+            self.successor.close()
+        self.successor = Connection(address) if address else None
+        self.successor_seq = None
+
+
+def _encode(record: Record) -> ps_pb2.UpdateRecord:
+    return ps_pb2.UpdateRecord(
+        seq=record.seq,
+        gradient=wire.encode(record.gradient),
+        workers=record.workers,
+        push_ids=record.push_ids,
+    )

@@ -1,0 +1,199 @@
+"""Checkpoint files of the parameter server: atomic, checksummed, newest valid one wins.
+
+Used by checkpoint mode (ps/checkpointing.py) and, optionally, as the stateless mode's
+fallback. A file is written to a temporary name, fsynced, renamed into place and the
+directory fsynced, so a kill at any moment leaves either the old set or the new file,
+never a half-written checkpoint under a final name. Each file carries the SHA-256 of its
+payload; on load a truncated or corrupted file is reported and skipped in favour of the
+next newest.
+
+File layout: MAGIC (8 bytes) | payload length (8 bytes, big-endian) | sha256 (32 bytes) | payload
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainthrough.ps.state import ParameterState
+from trainthrough.spec import OptimizerSpec
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"TTCKPT01"
+HEADER = struct.Struct(">8sQ32s")
+NAME = re.compile(r"^ckpt-(\d{12})\.ttc$")
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file failed verification (bad magic, length or checksum)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    version: int
+    path: Path
+    payload: bytes
+
+
+class CheckpointStore:
+    """A folder of checkpoints named by model version, keeping the newest `keep`.
+
+    >>> store = CheckpointStore("/tmp/ckpts", keep=3)
+    >>> store.save(100, b"...state bytes...")
+    >>> store.load_newest().version
+    100
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.skipped: list[tuple[Path, str]] = []  # (file, reason) of invalid files seen on load
+
+    def path_for(self, version: int) -> Path:
+        return self.directory / f"ckpt-{version:012d}.ttc"
+
+    def versions(self) -> list[int]:
+        """Versions present on disk (valid or not), newest first."""
+        found = []
+        for entry in self.directory.iterdir():
+            match = NAME.match(entry.name)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found, reverse=True)
+
+    def save(self, version: int, payload: bytes) -> Path:
+        final = self.path_for(version)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        header = HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with os.fdopen(fd, "wb", closefd=True) as f:
+                f.write(header)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_directory()
+        self._prune()
+        return final
+
+    def load(self, version: int) -> Checkpoint:
+        path = self.path_for(version)
+        data = path.read_bytes()
+        if len(data) < HEADER.size:
+            raise CorruptCheckpoint(f"{path}: truncated header ({len(data)} bytes)")
+        magic, length, digest = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptCheckpoint(f"{path}: not a trainthrough checkpoint (magic {magic!r})")
+        payload = data[HEADER.size :]
+        if len(payload) != length:
+            raise CorruptCheckpoint(f"{path}: truncated payload ({len(payload)} of {length} bytes)")
+        if hashlib.sha256(payload).digest() != digest:
+            raise CorruptCheckpoint(f"{path}: checksum mismatch")
+        return Checkpoint(version=version, path=path, payload=payload)
+
+    def load_newest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; invalid ones are logged, recorded and skipped."""
+        for version in self.versions():
+            try:
+                return self.load(version)
+            except (CorruptCheckpoint, OSError) as error:
+                log.warning("skipping invalid checkpoint: %s", error)
+                self.skipped.append((self.path_for(version), str(error)))
+        return None
+
+    def _prune(self) -> None:
+        for version in self.versions()[self.keep :]:
+            self.path_for(version).unlink(missing_ok=True)
+        for stale in self.directory.glob(".ckpt-*.tmp-*"):
+            # A temporary file of a writer that died mid-write; ours was renamed already.
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                stale.unlink(missing_ok=True)
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class PeriodicCheckpointer:
+    """Writes a PS's state to a CheckpointStore every N updates and/or T seconds.
+
+    Used by checkpoint mode and by stateless mode's optional fallback. Writes happen under
+    the PS's order lock, so no update is applied between snapshot and file, and a kill can
+    roll the model back by at most one interval.
+    """
+
+    def __init__(self, core, store: CheckpointStore, every_updates: int | None, every_seconds: float | None) -> None:
+        self.core = core
+        self.store = store
+        self.every_updates = every_updates
+        self.every_seconds = every_seconds
+        self._last_write = time.monotonic()
+        self._last_version = -1
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self._last_version = self.core.version
+        if self.every_seconds:
+            threading.Thread(target=self._timer, name="checkpoint-timer", daemon=True).start()
+
+    def after_apply(self, version: int) -> None:
+        """Call under the order lock after each applied update."""
+        if self.every_updates and version % self.every_updates == 0:
+            self.write()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.core.serving:
+            with self.core.order_lock:
+                self.write()
+
+    def _timer(self) -> None:
+        assert self.every_seconds
+        while not self._stopped.wait(min(self.every_seconds, 0.5)):
+            if time.monotonic() - self._last_write >= self.every_seconds:
+                with self.core.order_lock:
+                    self.write()
+
+    def write(self) -> None:
+        """Write the current state; the caller holds the order lock."""
+        state = self.core.require_state()
+        self._last_write = time.monotonic()
+        if state.version == self._last_version:
+            return
+        started = time.monotonic()
+        with self.core.state_lock:
+            payload = state.to_bytes()
+        path = self.store.save(state.version, payload)
+        self._last_version = state.version
+        self.core.metric(self.core.metrics.checkpoints_written).inc()
+        self.core.events.emit(
+            "checkpoint_written",
+            version=state.version,
+            path=str(path),
+            bytes=len(payload),
+            seconds=round(time.monotonic() - started, 6),
+        )
+
+
+def restore_newest(core, store: CheckpointStore, optimizer: OptimizerSpec) -> ParameterState | None:
+    """The newest valid checkpoint's state, reporting every invalid file skipped on the way."""
+    newest = store.load_newest()
+    for path, reason in store.skipped:
+        core.events.emit("checkpoint_invalid", path=str(path), reason=reason)
+    return None if newest is None else ParameterState.from_bytes(newest.payload, optimizer)

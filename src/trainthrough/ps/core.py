@@ -1,0 +1,262 @@
+"""The parameter server's update pipeline, shared by every consistency mode.
+
+A push becomes a *record* (one gradient, plus which worker pushes it contains) that is
+applied under the PS's order lock; the mode's `commit` hook runs right after, still under
+that lock, so every mode sees records in exactly the order they were applied (chain
+replication forwards them, checkpoint mode counts them towards the next checkpoint).
+
+- async: each push is one record, applied on arrival.
+- sync: pushes gather in a round until every expected worker contributed once (or the
+  round times out, so a dead worker cannot stall training); the round's mean gradient is
+  one record, and every push of the round returns the version after it.
+
+Duplicate pushes (a worker retrying after a failover, same push id) are recognised through
+the per-worker push ids in the state and acknowledged without being applied again.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from trainthrough.events import EventLog
+from trainthrough.metrics import Metrics
+from trainthrough.ps.state import ParameterState
+
+
+@dataclass
+class Record:
+    """One update as applied (and, in chain mode, replicated) in order."""
+
+    seq: int
+    gradient: torch.Tensor
+    workers: list[str]
+    push_ids: list[int]
+
+
+@dataclass
+class _Round:
+    total: torch.Tensor | None = None
+    workers: list[str] = field(default_factory=list)
+    push_ids: list[int] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    version: int = -1
+    error: BaseException | None = None
+
+
+class NotServing(Exception):
+    """The PS has no state yet (starting, seeding, waiting for a state transfer)."""
+
+
+# commit(record) after an apply; commit(None) before acknowledging a duplicate push.
+CommitHook = Callable[[Record | None], None]
+
+
+class ParameterServerCore:
+    """Applies pushes to a ParameterState, in order, under the consistency of `updates`."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        mode: str,
+        updates: str,
+        expected_workers: int,
+        events: EventLog,
+        metrics: Metrics,
+        trainingjob: str,
+        sync_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.updates = updates
+        self.expected_workers = expected_workers
+        self.sync_timeout = sync_timeout
+        self.events = events
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.state: ParameterState | None = None
+        self.started_version = -1
+        self.restored_from = ""
+        self.updates_since_start = 0
+        self.commit: CommitHook = lambda record: None
+        self.role = "standalone"
+        self.order_lock = threading.RLock()  # sequences apply + commit
+        self.state_lock = threading.Lock()  # guards reads of params against a concurrent apply
+        self._round_lock = threading.Lock()
+        self._round = _Round()
+        self.progress: dict[str, tuple[int, float]] = {}  # worker -> (steps, accuracy)
+        self.accuracy = -1.0
+        self._trainingjob = trainingjob
+        self.metrics = metrics
+
+    # -- state ---------------------------------------------------------------------
+    def install(self, state: ParameterState, restored_from: str, announce: bool = True) -> None:
+        """Start serving `state` (fresh, restored, seeded or transferred)."""
+        with self.order_lock, self.state_lock:
+            self.state = state
+            self.started_version = state.version
+            self.restored_from = restored_from
+            self.updates_since_start = 0
+        self._labels(self.metrics.model_version).set(state.version)
+        if announce:
+            self.announce_ready()
+
+    def announce_ready(self, **fields) -> None:
+        """Tell the run (event log, ps_up) that this PS now serves; modes that must finish
+        work after install (a stateless replay) call it themselves."""
+        self._labels(self.metrics.ps_up).set(1)
+        self.events.emit(
+            "ps_ready",
+            version=self.version,
+            restored_from=self.restored_from,
+            incarnation=self.incarnation,
+            **fields,
+        )
+
+    @property
+    def serving(self) -> bool:
+        return self.state is not None
+
+    def require_state(self) -> ParameterState:
+        state = self.state
+        if state is None:
+            raise NotServing(f"{self.name} has no parameters yet")
+        return state
+
+    @property
+    def numel(self) -> int:
+        return self.require_state().numel
+
+    @property
+    def version(self) -> int:
+        return self.state.version if self.state is not None else -1
+
+    # -- pull ------------------------------------------------------------------------
+    def pull(self, have_version: int) -> tuple[int, bytes | None]:
+        state = self.require_state()
+        with self.state_lock:
+            if have_version == state.version:
+                return state.version, None
+            return state.version, state.params_bytes()
+
+    # -- push ------------------------------------------------------------------------
+    def push(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:
+        """Apply (async) or aggregate (sync) one worker's gradient; (version, duplicate)."""
+        self.require_state()
+        if self.updates == "sync":
+            return self._push_sync(worker, push_id, gradient)
+        with self.order_lock:
+            state = self.require_state()
+            if state.is_duplicate(worker, push_id):
+                self.commit(None)
+                return state.version, True
+            self.apply_record(Record(state.seq + 1, gradient, [worker], [push_id]))
+            return state.version, False
+
+    def apply_record(self, record: Record, weight: float = 1.0) -> None:
+        """Apply one record and run the mode's commit hook; caller need not hold locks."""
+        with self.order_lock:
+            state = self.require_state()
+            with self.state_lock:
+                state.apply(record.gradient, weight)
+                state.seq = record.seq
+                state.record_pushes(record.workers, record.push_ids)
+            self.updates_since_start += 1
+            if self.updates_since_start == 1:
+                self.events.emit("first_update", version=state.version, incarnation=self.incarnation)
+            self._labels(self.metrics.updates_applied).inc()
+            self._labels(self.metrics.model_version).set(state.version)
+            self.commit(record)
+
+    def _push_sync(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:
+        while True:
+            with self._round_lock:
+                state = self.require_state()
+                if state.is_duplicate(worker, push_id):
+                    duplicate_version = state.version
+                    break
+                current = self._round
+                if worker in current.workers:
+                    # This worker's previous push is still in the open round (a retry):
+                    # wait for that round instead of contributing twice.
+                    waiting = current
+                else:
+                    waiting = None
+                    if current.total is None:
+                        current.total = gradient.clone()
+                    else:
+                        current.total.add_(gradient)
+                    current.workers.append(worker)
+                    current.push_ids.append(push_id)
+                    full = len(current.workers) >= self.expected_workers
+                    if full:
+                        self._round = _Round()
+            if waiting is not None:
+                waiting.done.wait(self.sync_timeout)
+                if waiting.error is not None:
+                    raise waiting.error
+                if waiting.done.is_set():
+                    return waiting.version, True
+                continue
+            if full:
+                self._close_round(current)
+            elif not current.done.wait(self.sync_timeout):
+                # Some worker is missing (dead or restarting): apply what arrived.
+                with self._round_lock:
+                    ours = self._round is current
+                    if ours:
+                        self._round = _Round()
+                if ours:
+                    self._close_round(current)
+                else:
+                    current.done.wait()
+            if current.error is not None:
+                raise current.error
+            return current.version, False
+        with self.order_lock:
+            self.commit(None)
+        return duplicate_version, True
+
+    def _close_round(self, round_: _Round) -> None:
+        try:
+            assert round_.total is not None
+            with self.order_lock:
+                state = self.require_state()
+                mean = round_.total / len(round_.workers)
+                self.apply_record(Record(state.seq + 1, mean, round_.workers, round_.push_ids))
+                round_.version = state.version
+        except BaseException as error:  # every waiter of the round must learn of it
+            round_.error = error
+            raise
+        finally:
+            round_.done.set()
+
+    # -- progress ----------------------------------------------------------------------
+    def report_progress(self, worker: str, steps: int, accuracy: float) -> None:
+        previous = self.progress.get(worker, (0, -1.0))
+        self.progress[worker] = (steps, accuracy if accuracy >= 0 else previous[1])
+        if accuracy >= 0:
+            self.accuracy = accuracy
+
+    @property
+    def worker_steps(self) -> int:
+        return sum(steps for steps, _ in self.progress.values())
+
+    def mark_down(self) -> None:
+        self._labels(self.metrics.ps_up).set(0)
+
+    def count_rejected(self, reason: str) -> None:
+        self.metrics.rejected_pushes.labels(
+            trainingjob=self._trainingjob, mode=self.mode, role=self.role, reason=reason
+        ).inc()
+
+    def _labels(self, metric):
+        return metric.labels(trainingjob=self._trainingjob, mode=self.mode, role=self.role)
+
+    def metric(self, metric):
+        """`metric` bound to this PS's labels, for the mode modules."""
+        return self._labels(metric)

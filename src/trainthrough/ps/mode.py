@@ -1,0 +1,87 @@
+"""What every consistency mode's parameter server answers, with the common behaviour.
+
+The gRPC servicer (ps/service.py) calls these methods; ps/checkpointing.py, ps/chain.py and
+ps/stateless.py each subclass `Mode` and override only what their mode changes. The mode
+modules never import each other.
+"""
+
+from __future__ import annotations
+
+from trainthrough import wire
+from trainthrough.errors import PermanentError
+from trainthrough.proto import ps_pb2
+from trainthrough.ps.core import ParameterServerCore
+
+
+class Unsupported(PermanentError):
+    """The RPC has no meaning in this consistency mode."""
+
+
+class Mode:
+    name = "base"
+
+    def __init__(self, core: ParameterServerCore) -> None:
+        self.core = core
+
+    def start(self) -> None:
+        """Load or build the initial state and begin serving (may return before serving)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """A graceful shutdown (SIGTERM): persist what the mode persists."""
+
+    # -- worker-facing -----------------------------------------------------------------
+    def push(self, request: ps_pb2.PushRequest) -> ps_pb2.PushReply:
+        gradient = wire.decode(request.gradient, self.core.numel, what="gradient")
+        version, duplicate = self.core.push(request.worker, request.push_id, gradient)
+        return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation)
+
+    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
+        version, data = self.core.pull(request.have_version)
+        reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
+        if data is not None:
+            reply.params.CopyFrom(ps_pb2.Tensor(dtype="float32", shape=[len(data) // 4], data=data))
+        return reply
+
+    def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
+        self.core.report_progress(request.worker, request.steps, request.accuracy)
+        return ps_pb2.ProgressReply()
+
+    def health(self) -> ps_pb2.HealthReply:
+        core = self.core
+        state = core.state
+        return ps_pb2.HealthReply(
+            name=core.name,
+            mode=self.name,
+            state=self.serving_state(),
+            version=core.version,
+            updates_since_start=core.updates_since_start,
+            started_version=core.started_version,
+            restored_from=core.restored_from,
+            applied_seq=state.seq if state is not None else -1,
+            accuracy=core.accuracy,
+            worker_steps=core.worker_steps,
+            incarnation=core.incarnation,
+        )
+
+    def serving_state(self) -> str:
+        return "serving" if self.core.serving else "starting"
+
+    # -- chain ---------------------------------------------------------------------------
+    def replicate(self, request: ps_pb2.ReplicateRequest) -> ps_pb2.ReplicateReply:
+        raise Unsupported(f"Replicate: not a chain replica (mode {self.name})")
+
+    def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:
+        raise Unsupported(f"Reconfigure: not a chain replica (mode {self.name})")
+
+    def install_state(self, request: ps_pb2.StateBlob) -> ps_pb2.InstallReply:
+        raise Unsupported(f"InstallState: not a chain replica (mode {self.name})")
+
+    def get_state(self) -> ps_pb2.StateBlob:
+        state = self.core.require_state()
+        with self.core.order_lock, self.core.state_lock:
+            return ps_pb2.StateBlob(seq=state.seq, data=state.to_bytes())
+
+    # -- stateless -------------------------------------------------------------------------
+    def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
+        raise Unsupported(f"Rejoin: not a stateless PS (mode {self.name})")

@@ -1,0 +1,100 @@
+"""The gRPC face of a parameter server: maps RPCs to the mode and errors to status codes.
+
+Used by ps/serving.py. Every failure becomes a gRPC status, never a crash: a malformed push
+is INVALID_ARGUMENT and leaves the parameters untouched; a PS without state yet is
+UNAVAILABLE; a chain replica that is not the head, or a stateless PS that needs the worker
+to rejoin first, is FAILED_PRECONDITION with the reason in the details.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import Callable, TypeVar
+
+import grpc
+
+from trainthrough.errors import NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
+from trainthrough.proto import ps_pb2_grpc
+from trainthrough.ps.core import NotServing
+from trainthrough.ps.mode import Mode, Unsupported
+from trainthrough.rpc import MESSAGE_OPTIONS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+
+class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+
+    def _call(self, context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except WireError as error:
+            self.mode.core.count_rejected(_reason(str(error)))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
+        except (NotHead, RejoinRequired) as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
+        except (NotServing, TemporaryError) as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: {error}")
+        except Unsupported as error:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+        except PermanentError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {error}")
+        except Exception as error:  # a bug: report it to the caller, keep serving
+            log.exception("%s failed", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method}: {type(error).__name__}: {error}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    def Pull(self, request, context):
+        return self._call(context, "Pull", lambda: self.mode.pull(request))
+
+    def Push(self, request, context):
+        return self._call(context, "Push", lambda: self.mode.push(request))
+
+    def Health(self, request, context):
+        return self._call(context, "Health", self.mode.health)
+
+    def ReportProgress(self, request, context):
+        return self._call(context, "ReportProgress", lambda: self.mode.report_progress(request))
+
+    def Replicate(self, request, context):
+        return self._call(context, "Replicate", lambda: self.mode.replicate(request))
+
+    def Reconfigure(self, request, context):
+        return self._call(context, "Reconfigure", lambda: self.mode.reconfigure(request))
+
+    def InstallState(self, request, context):
+        return self._call(context, "InstallState", lambda: self.mode.install_state(request))
+
+    def GetState(self, request, context):
+        return self._call(context, "GetState", self.mode.get_state)
+
+    def Rejoin(self, request, context):
+        return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))
+
+
+def _reason(message: str) -> str:
+    # Bounded label values for the rejected-pushes metric.
+    if "non-finite" in message:
+        return "non_finite"
+    if ".dtype" in message:
+        return "dtype"
+    if ".shape" in message:
+        return "shape"
+    if ".data" in message:
+        return "length"
+    return "other"
+
+
+def create_server(mode: Mode, address: str, max_workers: int = 32) -> tuple[grpc.Server, int]:
+    """A (not yet started) gRPC server for `mode` bound to `address`; (server, port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=MESSAGE_OPTIONS)
+    ps_pb2_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(mode), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the parameter server to {address}")
+    return server, port

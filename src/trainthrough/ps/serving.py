@@ -1,0 +1,105 @@
+"""The parameter-server process: `trainthrough ps --job JOB.json --name ps-0 --port P`.
+
+Started by the local runtime (a process on 127.0.0.1) and by the PS pod's entrypoint on
+Kubernetes. Builds the mode's server over one ParameterServerCore, serves gRPC and
+Prometheus metrics, and stops gracefully on SIGTERM (a SIGKILL is the failure we test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from prometheus_client import CollectorRegistry
+
+from trainthrough.events import EventLog
+from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.model import build_model, flatten_params
+from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
+from trainthrough.ps.chain import ChainReplica
+from trainthrough.ps.checkpointing import CheckpointMode
+from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
+from trainthrough.ps.core import ParameterServerCore
+from trainthrough.ps.mode import Mode
+from trainthrough.ps.service import create_server
+from trainthrough.ps.state import ParameterState
+from trainthrough.ps.stateless import StatelessMode
+from trainthrough.spec import TrainingJob
+
+
+def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, join: bool) -> Mode:
+    spec = job.spec
+
+    def initial_state() -> ParameterState:
+        return ParameterState(flatten_params(build_model(spec.model, spec.seed)), spec.optimizer)
+
+    def checkpointer() -> PeriodicCheckpointer:
+        store = CheckpointStore(checkpoint_dir or spec.checkpoint.path, keep=spec.checkpoint.keep)
+        return PeriodicCheckpointer(core, store, spec.checkpoint.every_updates, spec.checkpoint.every_seconds)
+
+    if spec.consistency == "checkpoint":
+        return CheckpointMode(core, checkpointer=checkpointer(), optimizer=spec.optimizer, initial_state=initial_state)
+    if spec.consistency == "chain":
+        return ChainReplica(
+            core,
+            ack=spec.chain.ack,
+            replicate_every=spec.chain.replicate_every,
+            optimizer=spec.optimizer,
+            initial_state=initial_state,
+            join=join,
+        )
+    if spec.consistency == "stateless":
+        fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
+        return StatelessMode(
+            core, spec=spec.stateless, optimizer=spec.optimizer, initial_state=initial_state, fallback=fallback
+        )
+    raise ValueError(f"spec.consistency: unknown mode {spec.consistency!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainthrough ps", description=__doc__)
+    parser.add_argument("--job", required=True, help="the TrainingJob as JSON")
+    parser.add_argument("--name", required=True, help="this PS's name, e.g. ps-0")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, default=0)
+    parser.add_argument("--events", default=None, help="JSONL event log (default: stderr)")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--join", action="store_true", help="chain: a replacement that waits for a state transfer")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    configure_threads(1)
+    stop = install_stop_signal()
+    watch_parent(args.parent_pid, stop)
+    job = load_job_file(args.job)
+    events = EventLog(args.events, source=args.name)
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    metrics_port = serve_metrics(args.metrics_port, registry, addr=args.host)
+    core = ParameterServerCore(
+        name=args.name,
+        mode=job.spec.consistency,
+        updates=job.spec.updates,
+        expected_workers=job.spec.workers.replicas,
+        events=events,
+        metrics=metrics,
+        trainingjob=job.metadata.name,
+    )
+    mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, join=args.join)
+    server, port = create_server(mode, f"{args.host}:{args.port}")
+    server.start()
+    events.emit("ps_started", address=f"{args.host}:{port}", metrics_port=metrics_port, pid=os.getpid())
+    mode.start()
+    stop.wait()
+    mode.stop()
+    core.mark_down()
+    server.stop(grace=1.0).wait()
+    events.emit("ps_stopped", version=core.version)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

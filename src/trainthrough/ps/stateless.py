@@ -1,0 +1,213 @@
+"""Stateless mode: the PS holds nothing that cannot be rebuilt from the workers.
+
+A (re)started PS opens a rejoin window. Every worker's first call is Rejoin, carrying the
+base weights it last pulled (with their version) and the gradients it buffered while the
+PS was down. The window closes when every expected worker rejoined, or after
+`rejoinTimeout`; then the PS seeds its parameters from the base with the highest version,
+replays all buffered gradients under the staleness policy and starts serving. Workers then
+pull (resync). Only when no worker brought weights does it fall back to the newest
+checkpoint (if `fallbackCheckpoint` is on) or to the seed's initial weights.
+
+A gradient's staleness is the number of updates the PS applied that the gradient's model
+did not see: (PS version at replay) - (the gradient's base version, counting the worker's
+own local steps). Policies (weight per buffered gradient):
+- sum:       1 (as in the paper)
+- lr-scaled: 1 / W, W = workers that brought gradients (the replay moves as far as one worker)
+- weighted:  1 / (1 + staleness)
+- average:   the j-th gradients of all workers are averaged into one update
+`clip` first scales each gradient down to that L2 norm.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from trainthrough import wire
+from trainthrough.errors import RejoinRequired
+from trainthrough.proto import ps_pb2
+from trainthrough.ps.checkpoints import PeriodicCheckpointer, restore_newest
+from trainthrough.ps.core import NotServing, ParameterServerCore, Record
+from trainthrough.ps.mode import Mode
+from trainthrough.ps.state import ParameterState
+from trainthrough.spec import OptimizerSpec, StatelessSpec
+
+
+def staleness_weight(policy: str, staleness: int, contributors: int) -> float:
+    if policy in ("sum", "average"):
+        return 1.0
+    if policy == "lr-scaled":
+        return 1.0 / max(1, contributors)
+    if policy == "weighted":
+        return 1.0 / (1.0 + max(0, staleness))
+    raise ValueError(f"stateless.staleness: unknown policy {policy!r}")
+
+
+def clip_norm(gradient: torch.Tensor, limit: float | None) -> torch.Tensor:
+    if limit is None:
+        return gradient
+    norm = float(gradient.norm())
+    return gradient * (limit / norm) if norm > limit else gradient
+
+
+class StatelessMode(Mode):
+    name = "stateless"
+
+    def __init__(
+        self,
+        core: ParameterServerCore,
+        *,
+        spec: StatelessSpec,
+        optimizer: OptimizerSpec,
+        initial_state: Callable[[], ParameterState],
+        fallback: PeriodicCheckpointer | None,
+    ) -> None:
+        super().__init__(core)
+        self.spec = spec
+        self.optimizer = optimizer
+        self.initial_state = initial_state
+        self.fallback = fallback
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[ps_pb2.RejoinRequest, list[tuple[int, int, torch.Tensor]]]] = {}
+        self._replayed: dict[str, int] = {}
+        self._rejoined: set[str] = set()
+        self._seeded_from = ""
+        self._seeded = threading.Event()
+
+    def start(self) -> None:
+        self.core.commit = self._commit
+        threading.Thread(target=self._window_timer, name="rejoin-window", daemon=True).start()
+
+    def stop(self) -> None:
+        if self.fallback is not None:
+            self.fallback.stop()
+
+    def serving_state(self) -> str:
+        return "serving" if self._seeded.is_set() else "seeding"
+
+    def _commit(self, record: Record | None) -> None:
+        if record is not None and self.fallback is not None:
+            self.fallback.after_apply(self.core.require_state().version)
+
+    # -- worker-facing -----------------------------------------------------------------
+    def push(self, request: ps_pb2.PushRequest) -> ps_pb2.PushReply:
+        if request.worker not in self._rejoined:
+            raise RejoinRequired(f"{request.worker} has not rejoined PS incarnation {self.core.incarnation}")
+        return super().push(request)
+
+    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
+        if not self._seeded.is_set():
+            raise NotServing(f"{self.core.name} is seeding from the workers")
+        return super().pull(request)
+
+    def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
+        buffered = self._decode_buffer(request)  # reject a malformed rejoin before it counts
+        with self._lock:
+            if self._seeded.is_set():
+                # A late worker: its gradients go onto the live model, under the policy.
+                replayed = self._replay({request.worker: buffered})
+                self._rejoined.add(request.worker)
+                return self._reply(request.worker, replayed)
+            self._pending[request.worker] = (request, buffered)
+            if len(self._pending) >= self.core.expected_workers:
+                self._close_window()
+        if not self._seeded.wait(self.spec.rejoin_timeout + 30.0):
+            raise NotServing(f"{self.core.name} did not finish seeding")
+        with self._lock:
+            return self._reply(request.worker, self._replayed.get(request.worker, 0))
+
+    def _reply(self, worker: str, replayed: int) -> ps_pb2.RejoinReply:
+        return ps_pb2.RejoinReply(version=self.core.version, replayed=replayed, seeded_from=self._seeded_from)
+
+    def _decode_buffer(self, request: ps_pb2.RejoinRequest) -> list[tuple[int, int, torch.Tensor]]:
+        numel = self._numel()
+        entries = []
+        for i, entry in enumerate(request.buffered):
+            gradient = wire.decode(entry.gradient, numel, what=f"buffered[{i}].gradient")
+            entries.append((entry.base_version, max(1, entry.count), gradient))
+        if request.base_version >= 0:
+            wire.decode(request.base_params, numel, what="base_params")
+        return entries
+
+    def _numel(self) -> int:
+        if self.core.state is not None:
+            return self.core.state.numel
+        if not hasattr(self, "_initial"):
+            self._initial = self.initial_state()
+        return self._initial.numel
+
+    # -- seeding ---------------------------------------------------------------------------
+    def _window_timer(self) -> None:
+        deadline = time.monotonic() + self.spec.rejoin_timeout
+        while not self._seeded.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._lock:
+            if not self._seeded.is_set():
+                self._close_window()
+
+    def _close_window(self) -> None:
+        """Seed, replay and start serving; the caller holds self._lock."""
+        started = time.monotonic()
+        with_weights = [req for req, _ in self._pending.values() if req.base_version >= 0]
+        if with_weights:
+            best = max(with_weights, key=lambda r: (r.base_version, -_rank(r.worker)))
+            params = wire.decode(best.base_params, self._numel(), what="base_params")
+            state = ParameterState(params, self.optimizer, version=best.base_version)
+            source, self._seeded_from = "workers", best.worker
+        else:
+            state = None
+            if self.fallback is not None:
+                state = restore_newest(self.core, self.fallback.store, self.optimizer)
+            source = "fallback-checkpoint"
+            if state is None:
+                state, source = getattr(self, "_initial", None) or self.initial_state(), "seed"
+        self.core.install(state, restored_from=source, announce=False)
+        buffers = {worker: entries for worker, (_, entries) in self._pending.items()}
+        self._replayed = self._replay(buffers) if buffers else {}
+        self._rejoined.update(self._pending)
+        self._pending.clear()
+        if self.fallback is not None:
+            self.fallback.start()
+        self._seeded.set()
+        self.core.announce_ready(
+            seeded_from=self._seeded_from,
+            replayed=sum(self._replayed.values()),
+            rejoined=sorted(self._rejoined),
+            seconds=round(time.monotonic() - started, 6),
+        )
+
+    def _replay(self, buffers: dict[str, list[tuple[int, int, torch.Tensor]]]) -> dict[str, int]:
+        """Apply buffered gradients interleaved across workers; returns gradients per worker."""
+        policy = self.spec.staleness
+        contributors = sum(1 for entries in buffers.values() if entries)
+        counts = {worker: 0 for worker in buffers}
+        depth = max((len(entries) for entries in buffers.values()), default=0)
+        for j in range(depth):
+            layer = [(w, entries[j]) for w, entries in sorted(buffers.items()) if j < len(entries)]
+            if policy == "average":
+                mean = sum(clip_norm(g, self.spec.clip) for _, (_, _, g) in layer) / len(layer)
+                self._apply(mean, 1.0)
+            else:
+                for _, (base_version, _, gradient) in layer:
+                    staleness = self.core.version - base_version
+                    weight = staleness_weight(policy, staleness, contributors)
+                    self._apply(clip_norm(gradient, self.spec.clip), weight)
+            for worker, (_, count, _) in layer:
+                counts[worker] += count
+        replayed = sum(counts.values())
+        if replayed:
+            self.core.metric(self.core.metrics.replayed_gradients).inc(replayed)
+            self.core.events.emit("gradients_replayed", count=replayed, per_worker=counts, policy=policy)
+        return counts
+
+    def _apply(self, gradient: torch.Tensor, weight: float) -> None:
+        state = self.core.require_state()
+        self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
+
+
+def _rank(worker: str) -> int:
+    tail = worker.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

@@ -1,0 +1,72 @@
+"""gRPC channels to parameter servers, and gRPC errors as trainthrough's own error kinds.
+
+Used by the PS client of workers, by chain replicas talking to their successor and by the
+master (local runtime, operator). One place decides message limits and reconnect timing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import grpc
+
+from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, TrainthroughError
+from trainthrough.proto import ps_pb2_grpc
+
+T = TypeVar("T")
+
+# Large models travel as single messages: lift gRPC's 4 MB default (protobuf caps at 2 GB).
+MAX_MESSAGE_BYTES = 2**31 - 1
+MESSAGE_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+# A restarted PS must be noticed in tens of milliseconds, not after gRPC's default
+# reconnect backoff (1 s growing to 120 s).
+CHANNEL_OPTIONS = MESSAGE_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.enable_retries", 0),
+]
+
+
+class Connection:
+    """A channel and stub to one PS address.
+
+    >>> conn = Connection("127.0.0.1:50051")
+    >>> conn.call(lambda stub, t: stub.Health(ps_pb2.HealthRequest(), timeout=t), timeout=0.5)
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = ps_pb2_grpc.ParameterServerStub(self.channel)
+
+    def call(self, fn: Callable[[ps_pb2_grpc.ParameterServerStub, float], T], timeout: float) -> T:
+        try:
+            return fn(self.stub, timeout)
+        except grpc.RpcError as error:
+            raise translate(error, self.address) from error
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def translate(error: grpc.RpcError, address: str) -> TrainthroughError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    where = f"{address}: {details}"
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("NotHead"):
+        return NotHead(where)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("RejoinRequired"):
+        return RejoinRequired(where)
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return PSUnavailable(f"{code.name} {where}")
+    return PermanentError(f"{code.name} {where}")

@@ -1,0 +1,70 @@
+"""The stateless worker's bounded buffer of gradients computed while the PS is down.
+
+Each entry keeps the version of the model it was computed on (the last PS version plus
+the worker's own local steps since), so the PS can weigh it by staleness on replay. When
+full, `onFull` decides: `merge` adds the new gradient into the newest entry (its count
+grows; nothing is dropped, resolution is), `drop-oldest` forgets the oldest entry,
+`pause` tells the worker to stop training until the PS is back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BufferedGradient:
+    base_version: int
+    gradient: torch.Tensor
+    count: int = 1
+
+
+class GradientBuffer:
+    """
+    >>> buffer = GradientBuffer(capacity=2, on_full="merge")
+    >>> buffer.add(torch.ones(3), base_version=10)
+    True
+    """
+
+    def __init__(self, capacity: int, on_full: str) -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        if on_full not in ("merge", "drop-oldest", "pause"):
+            raise ValueError(f"onFull: must be merge, drop-oldest or pause, got {on_full!r}")
+        self.capacity = capacity
+        self.on_full = on_full
+        self.entries: deque[BufferedGradient] = deque()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def gradients(self) -> int:
+        """Gradients held, counting merged ones."""
+        return sum(entry.count for entry in self.entries)
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) >= self.capacity
+
+    def add(self, gradient: torch.Tensor, base_version: int) -> bool:
+        """Buffer one gradient; False when the policy is `pause` and the buffer is full."""
+        if self.full:
+            if self.on_full == "pause":
+                return False
+            if self.on_full == "merge":
+                newest = self.entries[-1]
+                newest.gradient.add_(gradient)
+                newest.count += 1
+                return True
+            self.entries.popleft()
+            self.dropped += 1
+        self.entries.append(BufferedGradient(base_version, gradient.detach().clone()))
+        return True
+
+    def clear(self) -> None:
+        self.entries.clear()

@@ -1,0 +1,152 @@
+"""The worker's view of the parameter server: calls with deadlines, head discovery, and
+retry loops that count the time spent waiting.
+
+Every call has a deadline, so a dead PS is noticed in milliseconds (a refused connection)
+or at most one deadline (a hung one), never after minutes of transport retries. In chain
+mode the client asks any known replica for the chain configuration with the highest
+epoch and talks to its head; a replacement's address is learned from that configuration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, TypeVar
+
+import torch
+
+from trainthrough import wire
+from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
+from trainthrough.proto import ps_pb2
+from trainthrough.rpc import Connection
+
+T = TypeVar("T")
+
+HEALTH_TIMEOUT = 0.5
+BACKOFF_START = 0.01
+BACKOFF_MAX = 0.2
+
+
+class Stopped(TrainthroughError):
+    """The worker was asked to stop while waiting for the PS."""
+
+
+class PSClient:
+    """
+    >>> client = PSClient(["127.0.0.1:50051"], worker="worker-0")
+    >>> version, params, _ = client.pull(-1)
+    """
+
+    def __init__(self, addresses: list[str], worker: str, *, call_timeout: float = 5.0) -> None:
+        if not addresses:
+            raise ValueError("PSClient needs at least one PS address")
+        self.worker = worker
+        self.call_timeout = call_timeout
+        self._connections: dict[str, Connection] = {}
+        self._known = list(dict.fromkeys(addresses))
+        self._head = self._connection(self._known[0])
+        self.epoch = -1
+        self.push_id = 0
+        self.idle_seconds = 0.0
+
+    def _connection(self, address: str) -> Connection:
+        if address not in self._connections:
+            self._connections[address] = Connection(address)
+        return self._connections[address]
+
+    @property
+    def address(self) -> str:
+        return self._head.address
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+
+    # -- discovery ---------------------------------------------------------------------
+    def discover(self) -> bool:
+        """Point at the head of the newest chain configuration any replica knows."""
+        best: ps_pb2.ChainConfig | None = None
+        for address in list(self._known):
+            try:
+                health = self._connection(address).call(
+                    lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=HEALTH_TIMEOUT
+                )
+            except TrainthroughError:
+                continue
+            config = health.chain
+            if config.members and (best is None or config.epoch > best.epoch):
+                best = config
+        if best is None or best.epoch < self.epoch:
+            return False
+        for member in best.members:
+            if member.address not in self._known:
+                self._known.append(member.address)
+        self.epoch = best.epoch
+        self._head = self._connection(best.members[0].address)
+        return True
+
+    # -- calls -------------------------------------------------------------------------
+    def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
+        request = ps_pb2.PushRequest(
+            worker=self.worker,
+            push_id=self.push_id,
+            base_version=base_version,
+            gradient=wire.encode(gradient),
+            samples=samples,
+        )
+        reply = self._head.call(lambda s, t: s.Push(request, timeout=t), timeout=timeout or self.call_timeout)
+        self.push_id += 1
+        return reply
+
+    def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
+        request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version)
+        reply = self._head.call(lambda s, t: s.Pull(request, timeout=t), timeout=timeout or self.call_timeout)
+        params = wire.decode(reply.params, what="params") if reply.HasField("params") else None
+        return reply.version, params, reply.incarnation
+
+    def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
+        return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
+
+    def rejoin(
+        self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
+    ) -> ps_pb2.RejoinReply:
+        request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
+        if base_params is not None:
+            request.base_params.CopyFrom(wire.encode(base_params))
+        for entry in buffered:
+            request.buffered.append(
+                ps_pb2.BufferedGradient(
+                    base_version=entry.base_version, count=entry.count, gradient=wire.encode(entry.gradient)
+                )
+            )
+        return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
+
+    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0) -> None:
+        """Best effort: progress is advisory, training never waits for it."""
+        report = ps_pb2.ProgressReport(worker=self.worker, steps=steps, accuracy=accuracy, loss=loss)
+        try:
+            self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=0.2)
+        except TrainthroughError:
+            pass
+
+    def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool) -> T:
+        """Retry `call` through temporary failures until it succeeds; counts idle time."""
+        started = None
+        delay = BACKOFF_START
+        while True:
+            try:
+                result = call()
+            except (PSUnavailable, NotHead, TemporaryError):
+                if started is None:
+                    started = time.monotonic()
+                if stop.is_set():
+                    self.idle_seconds += time.monotonic() - started
+                    raise Stopped("stopped while waiting for the parameter server") from None
+                if chain:
+                    self.discover()
+                stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if started is not None:
+                self.idle_seconds += time.monotonic() - started
+            return result

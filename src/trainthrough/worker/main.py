@@ -1,0 +1,51 @@
+"""The worker process: `trainthrough worker --job JOB.json --rank 0 --ps ADDR[,ADDR...]`.
+
+Started by the local runtime and by the worker pod's entrypoint on Kubernetes. Exits 0
+when it reached `stop.steps` or was asked to stop (SIGTERM), non-zero on a permanent error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from trainthrough.events import EventLog
+from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
+from trainthrough.worker.client import PSClient
+from trainthrough.worker.training import Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainthrough worker", description=__doc__)
+    parser.add_argument("--job", required=True, help="the TrainingJob as JSON")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--ps", required=True, help="comma-separated PS addresses (chain: any replicas)")
+    parser.add_argument("--host", default="127.0.0.1", help="address for the metrics endpoint")
+    parser.add_argument("--metrics-port", type=int, default=0)
+    parser.add_argument("--events", default=None, help="JSONL event log (default: stderr)")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    name = f"worker-{args.rank}"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    configure_threads(1)
+    stop = install_stop_signal()
+    watch_parent(args.parent_pid, stop)
+    job = load_job_file(args.job)
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    serve_metrics(args.metrics_port, registry, addr=args.host)
+    client = PSClient(args.ps.split(","), worker=name)
+    events = EventLog(args.events, source=name)
+    try:
+        Worker(job, args.rank, client, events, metrics, stop).run()
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

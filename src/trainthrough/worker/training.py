@@ -1,0 +1,303 @@
+"""The worker's training loop: compute a gradient on a batch, hand it to the PS, follow
+the PS's parameters, and behave as the consistency mode says when the PS is down.
+
+- checkpoint, chain: the worker waits for the PS (chain: the new head) and counts that
+  idle time; the push is retried with the same push id, so a retry after a failover is
+  never applied twice.
+- stateless: the worker keeps training on its local copy (local SGD with the job's
+  optimizer), buffers its gradients (bounded, see worker/buffer.py) and rejoins the
+  restarted PS with its base weights and the buffer, then resyncs.
+
+Rank 0 also evaluates its current model on the test set every `evaluation.interval`.
+Used by worker/main.py (the worker process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainthrough.data import BatchStream, evaluate, load_dataset, shard
+from trainthrough.errors import PermanentError, RejoinRequired, TemporaryError
+from trainthrough.events import EventLog
+from trainthrough.metrics import Metrics
+from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
+from trainthrough.optim import make_optimizer
+from trainthrough.spec import TrainingJob
+from trainthrough.worker.buffer import GradientBuffer
+from trainthrough.worker.client import PSClient, Stopped
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 1.0  # seconds between progress reports to the PS
+REJOIN_EVERY = 0.2  # seconds between attempts to reach a restarted stateless PS
+OFFLINE_PUSH_TIMEOUT = 1.0
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise PermanentError("spec.workers.device is 'cuda' but no CUDA device is visible to this worker")
+    return torch.device("cpu")
+
+
+@dataclass
+class WorkerStats:
+    steps: int = 0
+    acked_pushes: int = 0
+    duplicate_acks: int = 0
+    nan_gradients: int = 0
+    local_steps: int = 0
+    rejoins: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        job: TrainingJob,
+        rank: int,
+        client: PSClient,
+        events: EventLog,
+        metrics: Metrics,
+        stop: threading.Event,
+    ) -> None:
+        spec = job.spec
+        self.job = job
+        self.spec = spec
+        self.rank = rank
+        self.client = client
+        self.events = events
+        self.stop = stop
+        self.mode = spec.consistency
+        self.device = select_device(spec.workers.device)
+        labels = dict(trainingjob=job.metadata.name, mode=self.mode)
+        self.m_steps = metrics.worker_steps.labels(**labels)
+        self.m_idle = metrics.worker_idle_seconds.labels(**labels)
+        self.m_buffered = metrics.buffered_gradients.labels(**labels)
+        self.m_dropped = metrics.dropped_gradients.labels(**labels)
+        self.m_accuracy = metrics.eval_accuracy.labels(**labels)
+        self.m_loss = metrics.eval_loss.labels(**labels)
+        self.model = build_model(spec.model, spec.seed).to(self.device)
+        train = load_dataset(spec.dataset, "train", spec.data_path)
+        self.batches = BatchStream(
+            shard(train, rank, spec.workers.replicas), spec.batch_size, seed=spec.seed, rank=rank
+        )
+        self.test = load_dataset(spec.dataset, "test", spec.data_path) if rank == 0 else None
+        self.stats = WorkerStats()
+        self.version = -1  # PS version of the parameters the model holds
+        self.incarnation = ""
+        self.buffer = GradientBuffer(spec.stateless.max_buffered, spec.stateless.on_full)
+        self.offline = False
+        self.base_params: torch.Tensor | None = None
+        self.local_optimizer: torch.optim.Optimizer | None = None
+        self._idle_reported = 0.0
+        self._dropped_reported = 0
+        self._last_eval = time.monotonic()
+        self._last_report = 0.0
+        self._last_rejoin_try = 0.0
+        self.accuracy = -1.0
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        self.events.emit("worker_started", rank=self.rank, device=str(self.device), ps=self.client.address)
+        try:
+            self._initial_sync()
+            limit = self.spec.stop.steps
+            while not self.stop.is_set() and (limit is None or self.stats.steps < limit):
+                self.step()
+        except Stopped:
+            pass
+        finally:
+            self._account_idle()
+            if self.test is not None:
+                self._evaluate(final=True)
+            self.client.report(self.stats.steps, self.accuracy)
+            self.events.emit(
+                "worker_stopped",
+                rank=self.rank,
+                idle_seconds=round(self.client.idle_seconds, 6),
+                dropped_gradients=self.buffer.dropped,
+                **vars(self.stats),
+            )
+        return self.stats
+
+    def step(self) -> None:
+        images, labels = next(self.batches)
+        gradient, loss = self._gradient(images, labels)
+        if gradient is None:
+            return
+        if self.mode == "stateless":
+            self._stateless_step(gradient, len(labels))
+        else:
+            self._push_and_follow(gradient, len(labels))
+        self.stats.steps += 1
+        self.m_steps.inc()
+        self._periodic()
+
+    def _gradient(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        output = self.model(images.to(self.device))
+        loss = F.cross_entropy(output, labels.to(self.device))
+        loss.backward()
+        gradient = flatten_grads(self.model).cpu()
+        if not bool(torch.isfinite(gradient).all()):
+            # A diverged batch must not poison the PS: skip it, say so.
+            self.stats.nan_gradients += 1
+            self.events.emit("nan_gradient", rank=self.rank, step=self.stats.steps, loss=float(loss))
+            return None, float(loss)
+        return gradient, float(loss)
+
+    # -- checkpoint and chain: wait for the PS -------------------------------------------
+    def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
+        chain = self.mode == "chain"
+        timeout = self.spec_push_timeout()
+        reply = self.client.until_done(
+            lambda: self.client.push(gradient, self.version, samples, timeout=timeout), self.stop, chain
+        )
+        self._count_ack(reply)
+        self._pull(chain)
+
+    def spec_push_timeout(self) -> float:
+        # A sync push waits for its round (the PS closes a round after 10 s without a worker).
+        return 20.0 if self.spec.updates == "sync" else self.client.call_timeout
+
+    def _count_ack(self, reply) -> None:
+        self.stats.acked_pushes += 1
+        if reply.duplicate:
+            self.stats.duplicate_acks += 1
+
+    def _pull(self, chain: bool) -> None:
+        version, params, incarnation = self.client.until_done(
+            lambda: self.client.pull(self.version), self.stop, chain
+        )
+        if params is not None:
+            load_flat_params(self.model, params)
+        if incarnation != self.incarnation and self.incarnation:
+            self.events.emit("ps_changed", rank=self.rank, version_before=self.version, version_after=version)
+        self.version, self.incarnation = version, incarnation
+
+    def _initial_sync(self) -> None:
+        chain = self.mode == "chain"
+        if chain:
+            self.client.until_done(self._discover_or_fail, self.stop, chain)
+        if self.mode == "stateless":
+            self.client.until_done(lambda: self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30), self.stop, False)
+        else:
+            self._pull(chain)
+
+    def _discover_or_fail(self) -> None:
+        if not self.client.discover():
+            raise TemporaryError("no chain replica answered with a configuration yet")
+
+    # -- stateless: keep training ----------------------------------------------------------
+    def _stateless_step(self, gradient: torch.Tensor, samples: int) -> None:
+        if not self.offline:
+            try:
+                reply = self.client.push(gradient, self.version, samples, timeout=OFFLINE_PUSH_TIMEOUT)
+                self._count_ack(reply)
+                self._pull(chain=False)
+                return
+            except (TemporaryError, RejoinRequired) as error:
+                self._go_offline(error)
+        self._local_step(gradient)
+        if time.monotonic() - self._last_rejoin_try >= REJOIN_EVERY:
+            self._last_rejoin_try = time.monotonic()
+            self._try_rejoin()
+
+    def _go_offline(self, error: Exception) -> None:
+        self.offline = True
+        self.base_params = flatten_params(self.model).cpu()
+        self.local_optimizer = make_optimizer(self.spec.optimizer, self.model.parameters())
+        self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
+
+    def _local_step(self, gradient: torch.Tensor) -> None:
+        """Buffer the gradient for the PS and apply it to the local copy (local SGD)."""
+        while not self.buffer.add(gradient, self.version + self.stats.local_steps):
+            # `pause`: the buffer is full; wait for the PS instead of training on.
+            if self.stop.is_set() or self._try_rejoin():
+                return
+            started = time.monotonic()
+            self.stop.wait(REJOIN_EVERY)
+            self.client.idle_seconds += time.monotonic() - started
+        self.m_buffered.set(self.buffer.gradients)
+        assert self.local_optimizer is not None
+        self.local_optimizer.step()  # the model still holds this gradient from backward()
+        self.stats.local_steps += 1
+
+    def _try_rejoin(self) -> bool:
+        try:
+            self.client.health(timeout=0.2)
+            self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30)
+        except TemporaryError:
+            return False
+        return True
+
+    def _rejoin(self, timeout: float) -> None:
+        """Hand base weights and buffered gradients to the PS, then resync from it."""
+        base_version = self.version if self.base_params is not None else -1
+        entries = list(self.buffer.entries)
+        reply = self.client.rejoin(base_version, self.base_params, entries, timeout=timeout)
+        self.stats.rejoins += 1
+        self.m_dropped.inc(self.buffer.dropped - self._dropped_reported)
+        self._dropped_reported = self.buffer.dropped
+        self.events.emit(
+            "worker_rejoined",
+            rank=self.rank,
+            buffered=sum(e.count for e in entries),
+            replayed=reply.replayed,
+            ps_version=reply.version,
+            seeded_from=reply.seeded_from,
+            local_steps=self.stats.local_steps,
+        )
+        self.buffer.clear()
+        self.m_buffered.set(0)
+        self.offline = False
+        self.local_optimizer = None
+        self._pull(chain=False)
+        self.base_params = flatten_params(self.model).cpu()
+
+    # -- evaluation and progress -------------------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if self.test is not None and now - self._last_eval >= self.spec.evaluation.interval:
+            self._evaluate()
+        if now - self._last_report >= REPORT_EVERY:
+            self._last_report = now
+            self._account_idle()
+            if not self.offline:
+                self.client.report(self.stats.steps, self.accuracy)
+
+    def _account_idle(self) -> None:
+        idle = self.client.idle_seconds
+        if idle > self._idle_reported:
+            self.m_idle.inc(idle - self._idle_reported)
+            self._idle_reported = idle
+
+    def _evaluate(self, final: bool = False) -> None:
+        assert self.test is not None
+        self._last_eval = time.monotonic()
+        accuracy, loss = evaluate(self.model, self.test, limit=self.spec.evaluation.test_samples)
+        self.accuracy = accuracy
+        self.m_accuracy.set(accuracy)
+        self.m_loss.set(loss)
+        self.events.emit(
+            "eval",
+            rank=self.rank,
+            step=self.stats.steps,
+            version=self.version,
+            accuracy=round(accuracy, 6),
+            loss=round(loss, 6),
+            offline=self.offline,
+            final=final,
+        )
+        if not self.offline:
+            self.client.report(self.stats.steps, accuracy, loss)
