@@ -1,0 +1,387 @@
+"""The master of one training job on a Runtime: start everything, inject the scheduled
+faults, recover from deaths as the mode says, time every recovery, report progress and
+stop when the job's stop condition holds.
+
+Used by `trainthrough run` over the local runtime. Decisions come from control/recovery.py
+(pure); this module applies them and measures. All waiting is non-blocking polling from
+one loop, so a second failure during a recovery is handled as promptly as the first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.chain_master import ChainMaster
+from trainthrough.control.recovery import Action, Recovery, decide
+from trainthrough.control.runtime import Death, Runtime
+from trainthrough.errors import TrainthroughError
+from trainthrough.events import EventLog
+from trainthrough.metrics import Metrics
+from trainthrough.proto import ps_pb2
+from trainthrough.rpc import Connection
+from trainthrough.spec import ChaosKill, TrainingJob
+
+LOOP_INTERVAL = 0.01  # seconds; the resolution of recovery milestones
+PROGRESS_INTERVAL = 0.5
+STARTUP_TIMEOUT = 120.0
+MAX_WORKER_RESTARTS = 5
+MAX_PS_RESTARTS = 10
+
+
+@dataclass
+class Progress:
+    elapsed: float
+    steps: int
+    version: int
+    accuracy: float
+    recoveries: int
+    ps: str  # the PS (chain: head) progress was read from, and its state
+
+
+@dataclass
+class RunSummary:
+    job: str
+    mode: str
+    status: str  # succeeded | failed
+    reason: str
+    wall_seconds: float
+    steps: int
+    version: int
+    accuracy: float
+    recoveries: list[dict] = field(default_factory=list)
+    kills: int = 0
+
+
+@dataclass
+class _PendingRecovery:
+    record: Recovery
+    phase: str  # restart | ready | first-update
+    due: float = 0.0
+
+
+@dataclass
+class _PendingReplacement:
+    replaces: str
+    due: float
+    name: str = ""
+    started_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        job: TrainingJob,
+        runtime: Runtime,
+        events: EventLog,
+        metrics: Metrics,
+        *,
+        restart_delay: float | None = None,
+        kills: list[ChaosKill] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.mode = job.spec.consistency
+        self.runtime = runtime
+        self.events = events
+        self.restart_delay = self.spec.parameter_server.restart_delay if restart_delay is None else restart_delay
+        self.schedule = KillSchedule.of(list(self.spec.chaos) + list(kills or []))
+        self.on_progress = on_progress
+        labels = dict(trainingjob=job.metadata.name, mode=self.mode)
+        self._m_recovery = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in ("detect", "restore", "first_update", "total")}
+        self._m_recoveries = metrics.recoveries.labels(**labels)
+        self._m_lost = metrics.lost_updates.labels(**labels)
+        self.ps_names = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
+        self.known_ps = set(self.ps_names)
+        self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
+        self.master: ChainMaster | None = None
+        self._connections: dict[str, Connection] = {}
+        self._kills: dict[str, tuple[float, int]] = {}  # process -> (killed_at, version before)
+        self._pending: list[_PendingRecovery] = []
+        self._replacements: list[_PendingReplacement] = []
+        self._done: list[Recovery] = []
+        self._finished: set[str] = set()
+        self._restarts: dict[str, int] = {}
+        self._stopping = False
+        self._failure: str | None = None
+        self._last = Progress(0.0, 0, -1, -1.0, 0, "")
+        self._t0 = time.time()
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        spec = self.spec
+        self.events.emit(
+            "run_start",
+            job=self.job.metadata.name,
+            mode=self.mode,
+            updates=spec.updates,
+            workers=spec.workers.replicas,
+            ps_replicas=spec.parameter_server.replicas,
+            restart_delay=self.restart_delay,
+            kills=[f"{k.target}@{k.at}" for k in self.schedule.pending],
+        )
+        try:
+            self._start()
+            reason = self._loop()
+        except TrainthroughError as error:
+            self._failure = str(error)
+            reason = self._failure
+        finally:
+            self._stopping = True
+        return self._finish(reason)
+
+    def _start(self) -> None:
+        for name in self.ps_names:
+            self.runtime.start_ps(name)
+        for name in self.ps_names:
+            self._wait_answering(name)
+        if self.mode == "chain":
+            self.master = ChainMaster([(n, self.runtime.address(n)) for n in self.ps_names])
+            failed = self.master.publish()
+            if failed:
+                raise TrainthroughError(f"chain replicas did not accept the configuration: {failed}")
+        addresses = [self.runtime.address(n) for n in self.ps_names]
+        for rank in range(self.spec.workers.replicas):
+            self.runtime.start_worker(rank, addresses)
+        self._t0 = time.time()
+        self.events.emit("training_started", ps=addresses)
+
+    def _wait_answering(self, name: str) -> ps_pb2.HealthReply:
+        deadline = time.time() + STARTUP_TIMEOUT
+        while time.time() < deadline:
+            health = self._health(name)
+            if health is not None:
+                return health
+            for death in self.runtime.deaths(timeout=0.05):
+                if death.name == name:
+                    raise TrainthroughError(f"{name} exited with {death.exit_code} during start-up")
+        raise TrainthroughError(f"{name} did not answer within {STARTUP_TIMEOUT:.0f} s")
+
+    def _loop(self) -> str:
+        next_progress = 0.0
+        stop = self.spec.stop
+        while True:
+            elapsed = time.time() - self._t0
+            for kill in self.schedule.due(elapsed):
+                self._inject(kill)
+            for death in self.runtime.deaths(timeout=LOOP_INTERVAL):
+                self._on_death(death)
+            self._advance()
+            if self._failure:
+                return self._failure
+            if time.time() >= next_progress:
+                next_progress = time.time() + PROGRESS_INTERVAL
+                self._poll_progress()
+            if self._finished >= set(self.workers):
+                return "every worker reached stop.steps"
+            if stop.duration is not None and elapsed >= stop.duration:
+                return f"stop.duration {stop.duration:g}s reached"
+            if stop.target_accuracy is not None and self._last.accuracy >= stop.target_accuracy:
+                return f"stop.targetAccuracy {stop.target_accuracy:g} reached ({self._last.accuracy:.4f})"
+
+    # -- faults ------------------------------------------------------------------------------
+    def ps_chain(self) -> list[str]:
+        return self.master.names if self.master is not None else [n for n in self.ps_names]
+
+    def _inject(self, kill: ChaosKill) -> None:
+        try:
+            name = resolve_target(kill.target, self.ps_chain(), [w for w in self.workers if w not in self._finished])
+        except UnknownTarget as error:
+            self.events.emit("chaos_skipped", target=kill.target, reason=str(error))
+            return
+        health = self._health(name) if name in self.known_ps else None
+        version = health.version if health is not None else -1
+        self.runtime.kill(name)
+        killed_at = time.time()
+        self._kills[name] = (killed_at, version)
+        self.events.emit("kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at)
+
+    def _on_death(self, death: Death) -> None:
+        decision = decide(
+            mode=self.mode,
+            name=death.name,
+            exit_code=death.exit_code,
+            stopping=self._stopping,
+            chain=self.master.names if self.master else [],
+            known_ps=self.known_ps,
+        )
+        self.events.emit("process_exited", process=death.name, exit_code=death.exit_code, action=decision.action.value, reason=decision.reason)
+        if decision.action is Action.FINISHED:
+            self._finished.add(death.name)
+        elif decision.action is Action.RESTART_WORKER:
+            self._count_restart(death.name, MAX_WORKER_RESTARTS)
+            rank = int(death.name.split("-")[1])
+            self.runtime.start_worker(rank, [self.runtime.address(n) for n in self.ps_chain()])
+        elif decision.action is Action.RESTART_PS:
+            self._count_restart(death.name, MAX_PS_RESTARTS)
+            record = self._new_recovery(death)
+            self._pending.append(_PendingRecovery(record, "restart", due=death.at + self.restart_delay))
+        elif decision.action is Action.PROMOTE:
+            self._promote(death)
+
+    def _count_restart(self, name: str, limit: int) -> None:
+        self._restarts[name] = self._restarts.get(name, 0) + 1
+        if self._restarts[name] > limit:
+            self._failure = f"{name} failed {self._restarts[name]} times; giving up"
+
+    def _new_recovery(self, death: Death) -> Recovery:
+        killed_at, version = self._kills.pop(death.name, (None, self._last.version))
+        record = Recovery(target=death.name, mode=self.mode, detected_at=death.at, killed_at=killed_at, version_before=version)
+        self.events.emit("failure_detected", process=death.name, detect_seconds=round(record.phases()["detect"], 6))
+        return record
+
+    def _promote(self, death: Death) -> None:
+        assert self.master is not None
+        record = self._new_recovery(death)
+        self.master.remove(death.name)
+        self.master.publish()  # a member that fails here is dead too; its death comes next
+        record.restored_at = time.time()
+        head = self.master.head.name
+        health = self._health(head)
+        record.version_restored = health.version if health is not None else -1
+        record.restored_from = "chain"
+        record.extra = {"new_head": head, "epoch": self.master.config.epoch, "chain": self.master.names}
+        self.events.emit("chain_promoted", removed=death.name, head=head, epoch=self.master.config.epoch, chain=self.master.names)
+        self._pending.append(_PendingRecovery(record, "first-update"))
+        self._replacements.append(_PendingReplacement(replaces=death.name, due=death.at + self.restart_delay))
+
+    # -- recoveries in flight --------------------------------------------------------------------
+    def _advance(self) -> None:
+        for pending in list(self._pending):
+            if self._advance_recovery(pending):
+                self._pending.remove(pending)
+                self._complete(pending.record)
+        for replacement in list(self._replacements):
+            if self._advance_replacement(replacement):
+                self._replacements.remove(replacement)
+
+    def _advance_recovery(self, pending: _PendingRecovery) -> bool:
+        record = pending.record
+        now = time.time()
+        if pending.phase == "restart":
+            if now < pending.due:
+                return False
+            self.runtime.start_ps(record.target)
+            record.restarted_at = time.time()
+            pending.phase = "ready"
+            return False
+        watched = record.target if pending.phase == "ready" else self._progress_ps(record)
+        health = self._health(watched, timeout=0.1)
+        if health is None:
+            return False
+        if pending.phase == "ready":
+            if health.state != "serving":
+                return False
+            record.restored_at = time.time()
+            record.version_restored = health.started_version
+            record.restored_from = health.restored_from
+            pending.phase = "first-update"
+        if self.mode == "chain":
+            moved = health.version > record.version_restored
+        else:
+            moved = health.updates_since_start > 0
+        if moved:
+            record.first_update_at = time.time()
+            return True
+        return False
+
+    def _progress_ps(self, record: Recovery) -> str:
+        return self.master.head.name if self.master is not None else record.target
+
+    def _advance_replacement(self, replacement: _PendingReplacement) -> bool:
+        assert self.master is not None
+        if time.time() < replacement.due:
+            return False
+        if not replacement.name:
+            replacement.name = f"ps-{len(self.known_ps)}"
+            self.known_ps.add(replacement.name)
+            self.runtime.start_ps(replacement.name, join=True)
+            replacement.started_at = time.time()
+            return False
+        if self._health(replacement.name, timeout=0.1) is None:
+            return False
+        self.master.add_tail(replacement.name, self.runtime.address(replacement.name))
+        self.master.publish()
+        health = self._health(replacement.name)
+        self.events.emit(
+            "replica_joined",
+            process=replacement.name,
+            replaces=replacement.replaces,
+            epoch=self.master.config.epoch,
+            chain=self.master.names,
+            state=health.state if health else "unknown",
+            applied_seq=health.applied_seq if health else -1,
+            seconds=round(time.time() - replacement.started_at, 6),
+        )
+        return True
+
+    def _complete(self, record: Recovery) -> None:
+        self._done.append(record)
+        for phase, seconds in record.phases().items():
+            self._m_recovery[phase].observe(seconds)
+        self._m_recoveries.inc()
+        self._m_lost.inc(record.lost_updates)
+        self.events.emit("recovery", **record.as_event())
+
+    # -- progress --------------------------------------------------------------------------------
+    def _health(self, name: str, timeout: float = 0.2) -> ps_pb2.HealthReply | None:
+        if name not in self._connections:
+            self._connections[name] = Connection(self.runtime.address(name))
+        try:
+            return self._connections[name].call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
+        except TrainthroughError:
+            return None
+
+    def _poll_progress(self) -> None:
+        name = self.ps_chain()[0] if self.ps_chain() else ""
+        health = self._health(name) if name else None
+        elapsed = time.time() - self._t0
+        if health is not None and health.state == "serving":
+            self._last = Progress(
+                elapsed=elapsed,
+                steps=max(self._last.steps, health.worker_steps),
+                version=health.version,
+                accuracy=health.accuracy if health.accuracy >= 0 else self._last.accuracy,
+                recoveries=len(self._done),
+                ps=f"{name} serving",
+            )
+        else:
+            self._last.elapsed = elapsed
+            self._last.ps = f"{name} {'down' if health is None else health.state}"
+            self._last.recoveries = len(self._done)
+        if self.on_progress:
+            self.on_progress(self._last)
+
+    # -- the end -----------------------------------------------------------------------------------
+    def _finish(self, reason: str) -> RunSummary:
+        for worker in self.workers:
+            self.runtime.stop(worker, timeout=60.0)
+        self._poll_progress()
+        for name in self.ps_chain():
+            self.runtime.stop(name)
+        for name in self.runtime.running():
+            self.runtime.stop(name)
+        self.runtime.deaths(timeout=0.0)
+        for pending in self._pending:
+            self.events.emit("recovery_incomplete", **pending.record.as_event())
+        summary = RunSummary(
+            job=self.job.metadata.name,
+            mode=self.mode,
+            status="failed" if self._failure else "succeeded",
+            reason=reason,
+            wall_seconds=round(time.time() - self._t0, 3),
+            steps=self._last.steps,
+            version=self._last.version,
+            accuracy=self._last.accuracy,
+            recoveries=[r.as_event() for r in self._done],
+            kills=len(self.schedule.fired),
+        )
+        self.events.emit("run_end", **{k: v for k, v in vars(summary).items() if k != "recoveries"}, recoveries=len(self._done))
+        for connection in self._connections.values():
+            connection.close()
+        if self.master is not None:
+            self.master.close()
+        return summary

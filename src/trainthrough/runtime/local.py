@@ -1,0 +1,133 @@
+"""The local runtime: a TrainingJob's PS and workers as processes on 127.0.0.1.
+
+Implements control/runtime.py's interface for the supervisor. Each process runs
+`python -m trainthrough.cli ps|worker ...`, logs to `<run>/logs/<name>.log` and appends
+to the run's event log. A PS keeps its address across restarts (as a Service name does on
+Kubernetes); a chain replacement gets a new one. Kills are real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from trainthrough.control.runtime import Death
+from trainthrough.spec import TrainingJob, dump_job
+
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class LocalRuntime:
+    """
+    >>> runtime = LocalRuntime(job, run_dir=Path("runs/demo"))
+    >>> address = runtime.start_ps("ps-0")
+    >>> runtime.kill("ps-0"); runtime.deaths(timeout=1.0)
+    """
+
+    def __init__(self, job: TrainingJob, run_dir: Path) -> None:
+        self.job = job
+        self.run_dir = Path(run_dir)
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.events_path = self.run_dir / "events.jsonl"
+        self.job_path = self.run_dir / "job.json"
+        self.job_path.write_text(json.dumps(dump_job(job), indent=2))
+        checkpoint_path = Path(job.spec.checkpoint.path)
+        self.checkpoint_dir = checkpoint_path if checkpoint_path.is_absolute() else self.run_dir / checkpoint_path
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._addresses: dict[str, str] = {}
+        self._deaths: queue.Queue[Death] = queue.Queue()
+        self._lock = threading.Lock()
+
+    # -- Runtime interface -----------------------------------------------------------------
+    def start_ps(self, name: str, *, join: bool = False) -> str:
+        address = self._addresses.get(name) or f"{HOST}:{free_port()}"
+        self._addresses[name] = address
+        port = address.rsplit(":", 1)[1]
+        args = ["ps", "--name", name, "--port", port, "--checkpoint-dir", str(self.checkpoint_dir)]
+        if join:
+            args.append("--join")
+        self._spawn(name, args)
+        return address
+
+    def start_worker(self, rank: int, ps_addresses: list[str]) -> None:
+        self._spawn(f"worker-{rank}", ["worker", "--rank", str(rank), "--ps", ",".join(ps_addresses)])
+
+    def kill(self, name: str) -> None:
+        process = self._processes.get(name)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        process = self._processes.get(name)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def address(self, name: str) -> str:
+        return self._addresses[name]
+
+    def running(self) -> set[str]:
+        return {name for name, p in self._processes.items() if p.poll() is None}
+
+    def deaths(self, timeout: float) -> list[Death]:
+        found = []
+        try:
+            found.append(self._deaths.get(timeout=timeout))
+            while True:
+                found.append(self._deaths.get_nowait())
+        except queue.Empty:
+            pass
+        return found
+
+    def pid(self, name: str) -> int | None:
+        process = self._processes.get(name)
+        return process.pid if process is not None else None
+
+    def shutdown(self) -> None:
+        """Stop everything still running (PS last, so workers can finish their pushes)."""
+        names = sorted(self.running(), key=lambda n: n.startswith("ps-"))
+        for name in names:
+            self.stop(name)
+
+    # -- processes -------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> None:
+        with self._lock:
+            old = self._processes.get(name)
+            if old is not None and old.poll() is None:
+                raise RuntimeError(f"{name} is already running (pid {old.pid})")
+            command = [
+                sys.executable, "-m", "trainthrough.cli", *args,
+                "--job", str(self.job_path),
+                "--events", str(self.events_path),
+                "--parent-pid", str(os.getpid()),
+            ]
+            log = open(self.logs / f"{name}.log", "ab")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            log.close()
+            self._processes[name] = process
+        threading.Thread(target=self._watch, args=(name, process), name=f"watch-{name}", daemon=True).start()
+
+    def _watch(self, name: str, process: subprocess.Popen) -> None:
+        code = process.wait()
+        self._deaths.put(Death(name=name, exit_code=code, at=time.time()))
