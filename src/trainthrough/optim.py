@@ -19,3 +19,12 @@ def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.Tensor]) -> torch
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)
     raise ValueError(f"optimizer.name: unknown optimizer {spec.name!r}")
+
+
+def warm_up(spec: OptimizerSpec) -> None:
+    """Build (and step) a throwaway optimizer once at process start: the first optimizer a
+    process builds imports about a second's worth of torch modules, which must not land in
+    the middle of a recovery (a PS restoring, a stateless worker going offline)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    param.grad = torch.zeros(1)
+    make_optimizer(spec, [param]).step()

@@ -192,12 +192,19 @@ class Supervisor:
         except UnknownTarget as error:
             self.events.emit("chaos_skipped", target=kill.target, reason=str(error))
             return
-        health = self._health(name) if name in self.known_ps else None
+        health = self._health(self._acknowledging(name)) if name in self.known_ps else None
         version = health.version if health is not None else -1
         self.runtime.kill(name)
         killed_at = time.time()
         self._kills[name] = (killed_at, version)
         self.events.emit("kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at)
+
+    def _acknowledging(self, name: str) -> str:
+        """The PS whose version counts as acknowledged when `name` dies: with `ack: tail`
+        a push is acknowledged once the tail has it, otherwise once `name` applied it."""
+        if self.master is not None and self.spec.chain.ack == "tail" and name == self.master.head.name:
+            return self.master.names[-1]
+        return name
 
     def _on_death(self, death: Death) -> None:
         decision = decide(

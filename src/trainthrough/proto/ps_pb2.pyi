@@ -163,18 +163,20 @@ class BufferedGradient(_message.Message):
     def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class RejoinRequest(_message.Message):
-    __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id")
+    __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id", "announce")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_PARAMS_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCE_FIELD_NUMBER: _ClassVar[int]
     worker: str
     base_version: int
     base_params: Tensor
     buffered: _containers.RepeatedCompositeFieldContainer[BufferedGradient]
     push_id: int
-    def __init__(self, worker: _Optional[str] = ..., base_version: _Optional[int] = ..., base_params: _Optional[_Union[Tensor, _Mapping]] = ..., buffered: _Optional[_Iterable[_Union[BufferedGradient, _Mapping]]] = ..., push_id: _Optional[int] = ...) -> None: ...
+    announce: bool
+    def __init__(self, worker: _Optional[str] = ..., base_version: _Optional[int] = ..., base_params: _Optional[_Union[Tensor, _Mapping]] = ..., buffered: _Optional[_Iterable[_Union[BufferedGradient, _Mapping]]] = ..., push_id: _Optional[int] = ..., announce: _Optional[bool] = ...) -> None: ...
 
 class RejoinReply(_message.Message):
     __slots__ = ("version", "replayed", "seeded_from")

@@ -25,7 +25,7 @@ from collections import deque
 from typing import Callable
 
 from trainthrough import wire
-from trainthrough.errors import NotHead, PermanentError, PSUnavailable
+from trainthrough.errors import NotHead, PSUnavailable, TemporaryError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.core import NotServing, ParameterServerCore, Record
 from trainthrough.ps.mode import Mode
@@ -35,6 +35,10 @@ from trainthrough.spec import OptimizerSpec
 
 REPLICATE_TIMEOUT = 30.0  # a state transfer of a large model may take seconds
 SYNC_ATTEMPTS = 3
+
+
+class StaleEpoch(TemporaryError):
+    """A replication request from a predecessor with an older configuration."""
 
 
 class ChainReplica(Mode):
@@ -165,7 +169,10 @@ class ChainReplica(Mode):
 
     def replicate(self, request: ps_pb2.ReplicateRequest) -> ps_pb2.ReplicateReply:
         if request.epoch < self.config.epoch:
-            raise PermanentError(f"Replicate from epoch {request.epoch}, this replica is at epoch {self.config.epoch}")
+            # The master publishes tail first, so a predecessor may briefly lag an epoch
+            # behind; it retries once it has the new configuration. A deposed head never
+            # gets one, and so stays fenced off.
+            raise StaleEpoch(f"Replicate from epoch {request.epoch}, this replica is at epoch {self.config.epoch}")
         with self.core.order_lock:
             state = self.core.state
             if state is None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.optim import warm_up
 from trainthrough.model import build_model, flatten_params
 from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
 from trainthrough.ps.chain import ChainReplica
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = install_stop_signal()
     watch_parent(args.parent_pid, stop)
     job = load_job_file(args.job)
+    warm_up(job.spec.optimizer)
     events = EventLog(args.events, source=args.name)
     registry = CollectorRegistry()
     metrics = create_metrics(registry)

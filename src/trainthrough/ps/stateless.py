@@ -36,6 +36,9 @@ from trainthrough.ps.state import ParameterState
 from trainthrough.spec import OptimizerSpec, StatelessSpec
 
 
+ANNOUNCED_GRACE = 60.0  # seconds an announced worker's rejoin may take past rejoinTimeout
+
+
 def staleness_weight(policy: str, staleness: int, contributors: int) -> float:
     if policy in ("sum", "average"):
         return 1.0
@@ -74,6 +77,7 @@ class StatelessMode(Mode):
         self._pending: dict[str, tuple[ps_pb2.RejoinRequest, list[tuple[int, int, torch.Tensor]]]] = {}
         self._replayed: dict[str, int] = {}
         self._rejoined: set[str] = set()
+        self._announced: set[str] = set()
         self._seeded_from = ""
         self._seeded = threading.Event()
 
@@ -104,13 +108,18 @@ class StatelessMode(Mode):
         return super().pull(request)
 
     def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
+        if request.announce:
+            with self._lock:
+                if not self._seeded.is_set():
+                    self._announced.add(request.worker)
+            return self._reply(request.worker, 0)
         buffered = self._decode_buffer(request)  # reject a malformed rejoin before it counts
         with self._lock:
             if self._seeded.is_set():
                 # A late worker: its gradients go onto the live model, under the policy.
                 replayed = self._replay({request.worker: buffered})
                 self._rejoined.add(request.worker)
-                return self._reply(request.worker, replayed)
+                return self._reply(request.worker, replayed[request.worker])
             self._pending[request.worker] = (request, buffered)
             if len(self._pending) >= self.core.expected_workers:
                 self._close_window()
@@ -141,12 +150,17 @@ class StatelessMode(Mode):
 
     # -- seeding ---------------------------------------------------------------------------
     def _window_timer(self) -> None:
+        """Close the window after rejoinTimeout, but not while an announced worker's rejoin
+        is still in flight (up to ANNOUNCED_GRACE longer)."""
         deadline = time.monotonic() + self.spec.rejoin_timeout
-        while not self._seeded.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with self._lock:
-            if not self._seeded.is_set():
-                self._close_window()
+        while not self._seeded.wait(0.02):
+            now = time.monotonic()
+            with self._lock:
+                in_flight = self._announced - set(self._pending)
+                if now >= deadline + ANNOUNCED_GRACE or (now >= deadline and not in_flight):
+                    if not self._seeded.is_set():
+                        self._close_window()
+                    return
 
     def _close_window(self) -> None:
         """Seed, replay and start serving; the caller holds self._lock."""

@@ -46,7 +46,9 @@ class PSClient:
         self._known = list(dict.fromkeys(addresses))
         self._head = self._connection(self._known[0])
         self.epoch = -1
-        self.push_id = 0
+        # Push ids only grow, across restarts of this worker too: the PS treats a push id
+        # it has seen as a retry, so a restarted worker must not start again from zero.
+        self.push_id = time.time_ns() // 1000
         self.idle_seconds = 0.0
 
     def _connection(self, address: str) -> Connection:
@@ -110,15 +112,14 @@ class PSClient:
     def rejoin(
         self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
     ) -> ps_pb2.RejoinReply:
+        announce = ps_pb2.RejoinRequest(worker=self.worker, announce=True)
+        self._head.call(lambda s, t: s.Rejoin(announce, timeout=t), timeout=HEALTH_TIMEOUT)
         request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
         if base_params is not None:
             request.base_params.CopyFrom(wire.encode(base_params))
         for entry in buffered:
-            request.buffered.append(
-                ps_pb2.BufferedGradient(
-                    base_version=entry.base_version, count=entry.count, gradient=wire.encode(entry.gradient)
-                )
-            )
+            message = request.buffered.add(base_version=entry.base_version, count=entry.count)
+            message.gradient.CopyFrom(wire.encode(entry.gradient))
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
     def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0) -> None:

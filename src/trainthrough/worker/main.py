@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.optim import warm_up
 from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
 from trainthrough.worker.client import PSClient
 from trainthrough.worker.training import Worker
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = install_stop_signal()
     watch_parent(args.parent_pid, stop)
     job = load_job_file(args.job)
+    warm_up(job.spec.optimizer)
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     serve_metrics(args.metrics_port, registry, addr=args.host)

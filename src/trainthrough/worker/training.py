@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY = 1.0  # seconds between progress reports to the PS
 REJOIN_EVERY = 0.2  # seconds between attempts to reach a restarted stateless PS
-OFFLINE_PUSH_TIMEOUT = 1.0
+OFFLINE_CALL_TIMEOUT = 1.0
+HANDOVER_TIMEOUT = 120.0  # a worker done while offline waits this long for the PS
+HANDOVER_ON_STOP = 10.0  # the same when asked to stop
 
 
 def select_device(requested: str) -> torch.device:
@@ -113,6 +115,8 @@ class Worker:
             limit = self.spec.stop.steps
             while not self.stop.is_set() and (limit is None or self.stats.steps < limit):
                 self.step()
+            if self.offline:
+                self._hand_over(HANDOVER_ON_STOP if self.stop.is_set() else HANDOVER_TIMEOUT)
         except Stopped:
             pass
         finally:
@@ -152,9 +156,9 @@ class Worker:
         if not bool(torch.isfinite(gradient).all()):
             # A diverged batch must not poison the PS: skip it, say so.
             self.stats.nan_gradients += 1
-            self.events.emit("nan_gradient", rank=self.rank, step=self.stats.steps, loss=float(loss))
-            return None, float(loss)
-        return gradient, float(loss)
+            self.events.emit("nan_gradient", rank=self.rank, step=self.stats.steps, loss=loss.item())
+            return None, loss.item()
+        return gradient, loss.item()
 
     # -- checkpoint and chain: wait for the PS -------------------------------------------
     def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
@@ -176,9 +180,10 @@ class Worker:
             self.stats.duplicate_acks += 1
 
     def _pull(self, chain: bool) -> None:
-        version, params, incarnation = self.client.until_done(
-            lambda: self.client.pull(self.version), self.stop, chain
-        )
+        self._follow(*self.client.until_done(lambda: self.client.pull(self.version), self.stop, chain))
+
+    def _follow(self, version: int, params: torch.Tensor | None, incarnation: str) -> None:
+        """Take the PS's parameters (None: the model already holds `version`)."""
         if params is not None:
             load_flat_params(self.model, params)
         if incarnation != self.incarnation and self.incarnation:
@@ -202,16 +207,27 @@ class Worker:
     def _stateless_step(self, gradient: torch.Tensor, samples: int) -> None:
         if not self.offline:
             try:
-                reply = self.client.push(gradient, self.version, samples, timeout=OFFLINE_PUSH_TIMEOUT)
-                self._count_ack(reply)
-                self._pull(chain=False)
+                self._count_ack(self.client.push(gradient, self.version, samples, timeout=OFFLINE_CALL_TIMEOUT))
+                self._follow(*self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
                 return
-            except (TemporaryError, RejoinRequired) as error:
+            except TemporaryError as error:
+                # The PS is gone (or restarted empty). Whether or not it took this push,
+                # the gradient goes into the buffer on top of the last pulled weights: a
+                # restarted PS rebuilds exactly that from the rejoin.
                 self._go_offline(error)
         self._local_step(gradient)
         if time.monotonic() - self._last_rejoin_try >= REJOIN_EVERY:
             self._last_rejoin_try = time.monotonic()
             self._try_rejoin()
+
+    def _hand_over(self, timeout: float) -> None:
+        """Stopping while offline: give the buffered work to the PS once it is back, so the
+        progress made during the outage is not lost with this process."""
+        deadline = time.monotonic() + timeout
+        while self.offline and time.monotonic() < deadline and not self._try_rejoin():
+            time.sleep(REJOIN_EVERY)
+        if self.offline:
+            self.events.emit("handover_failed", rank=self.rank, buffered=self.buffer.gradients)
 
     def _go_offline(self, error: Exception) -> None:
         self.offline = True
