@@ -112,7 +112,9 @@ class StatelessMode(Mode):
             with self._lock:
                 if not self._seeded.is_set():
                     self._announced.add(request.worker)
+            self.core.events.emit("rejoin_announced", worker=request.worker)
             return self._reply(request.worker, 0)
+        self.core.events.emit("rejoin_received", worker=request.worker, buffered=len(request.buffered))
         buffered = self._decode_buffer(request)  # reject a malformed rejoin before it counts
         with self._lock:
             if self._seeded.is_set():
