@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(job.spec.optimizer)
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    serve_metrics(args.metrics_port, registry, addr=args.host)
+    metrics_port = serve_metrics(args.metrics_port, registry, addr=args.host)
     client = PSClient(args.ps.split(","), worker=name)
     events = EventLog(args.events, source=name)
     try:
-        Worker(job, args.rank, client, events, metrics, stop).run()
+        Worker(job, args.rank, client, events, metrics, stop, metrics_port=metrics_port).run()
     finally:
         client.close()
     return 0

@@ -70,8 +70,10 @@ class Worker:
         events: EventLog,
         metrics: Metrics,
         stop: threading.Event,
+        metrics_port: int | None = None,
     ) -> None:
         spec = job.spec
+        self.metrics_port = metrics_port
         self.job = job
         self.spec = spec
         self.rank = rank
@@ -109,7 +111,7 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> WorkerStats:
-        self.events.emit("worker_started", rank=self.rank, device=str(self.device), ps=self.client.address)
+        self.events.emit("worker_started", rank=self.rank, device=str(self.device), ps=self.client.address, metrics_port=self.metrics_port)
         try:
             self._initial_sync()
             limit = self.spec.stop.steps

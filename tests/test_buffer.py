@@ -1,0 +1,113 @@
+"""Tests for trainthrough.worker.buffer, the stateless worker's gradient buffer.
+
+Covered:
+- capacity: entries keep their base versions in order; `full`, `len` and `gradients`;
+  an added gradient is copied (later changes to the caller's tensor do not leak in);
+- merge: when full the new gradient is summed into the newest entry, its count grows,
+  the entry count stays at capacity, nothing is dropped and `gradients` counts every one;
+  merging never writes into the caller's tensor;
+- drop-oldest: the oldest entry goes, `dropped` counts each one, newest entries kept;
+- pause: add returns False when full and leaves the buffer unchanged, True again after
+  clear;
+- clear empties the buffer (but keeps the dropped tally);
+- bad arguments: capacity < 1 and an unknown policy raise ValueError naming the problem.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainthrough.worker.buffer import GradientBuffer
+
+
+def test_entries_keep_base_versions_in_order_until_full() -> None:
+    buffer = GradientBuffer(capacity=3, on_full="merge")
+    assert len(buffer) == 0 and buffer.gradients == 0 and not buffer.full
+    for version in (10, 11, 12):
+        assert buffer.add(torch.full((2,), float(version)), base_version=version)
+    assert len(buffer) == 3
+    assert buffer.full
+    assert buffer.gradients == 3
+    assert [e.base_version for e in buffer.entries] == [10, 11, 12]
+    assert [e.gradient.tolist() for e in buffer.entries] == [[10.0, 10.0], [11.0, 11.0], [12.0, 12.0]]
+    assert [e.count for e in buffer.entries] == [1, 1, 1]
+
+
+def test_add_copies_the_gradient() -> None:
+    buffer = GradientBuffer(capacity=2, on_full="merge")
+    gradient = torch.ones(3)
+    buffer.add(gradient, base_version=0)
+    gradient.mul_(5)
+    assert buffer.entries[0].gradient.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_merge_sums_into_the_newest_entry_and_drops_nothing() -> None:
+    buffer = GradientBuffer(capacity=2, on_full="merge")
+    buffer.add(torch.tensor([1.0, 0.0]), base_version=5)
+    buffer.add(torch.tensor([0.0, 1.0]), base_version=6)
+    extra = torch.tensor([2.0, 3.0])
+    assert buffer.add(extra, base_version=7)
+    assert buffer.add(torch.tensor([10.0, 10.0]), base_version=8)
+    assert len(buffer) == 2
+    assert buffer.dropped == 0
+    assert buffer.gradients == 4
+    oldest, newest = buffer.entries
+    assert (oldest.base_version, oldest.count, oldest.gradient.tolist()) == (5, 1, [1.0, 0.0])
+    assert (newest.base_version, newest.count, newest.gradient.tolist()) == (6, 3, [12.0, 14.0])
+    assert extra.tolist() == [2.0, 3.0]
+
+
+def test_merge_does_not_write_into_a_gradient_it_was_given_before() -> None:
+    buffer = GradientBuffer(capacity=1, on_full="merge")
+    first = torch.tensor([1.0])
+    buffer.add(first, base_version=0)
+    buffer.add(torch.tensor([4.0]), base_version=1)
+    assert first.tolist() == [1.0]
+    assert buffer.entries[0].gradient.tolist() == [5.0]
+
+
+def test_drop_oldest_forgets_the_oldest_and_counts_drops() -> None:
+    buffer = GradientBuffer(capacity=2, on_full="drop-oldest")
+    for version in range(5):
+        assert buffer.add(torch.full((1,), float(version)), base_version=version)
+    assert len(buffer) == 2
+    assert buffer.dropped == 3
+    assert buffer.gradients == 2
+    assert [e.base_version for e in buffer.entries] == [3, 4]
+    assert [e.gradient.item() for e in buffer.entries] == [3.0, 4.0]
+
+
+def test_pause_refuses_when_full_and_changes_nothing() -> None:
+    buffer = GradientBuffer(capacity=2, on_full="pause")
+    assert buffer.add(torch.ones(1), base_version=1)
+    assert buffer.add(torch.ones(1), base_version=2)
+    assert buffer.add(torch.full((1,), 9.0), base_version=3) is False
+    assert buffer.add(torch.full((1,), 9.0), base_version=4) is False
+    assert [e.base_version for e in buffer.entries] == [1, 2]
+    assert [e.gradient.item() for e in buffer.entries] == [1.0, 1.0]
+    assert buffer.dropped == 0
+    buffer.clear()
+    assert buffer.add(torch.ones(1), base_version=5) is True
+    assert [e.base_version for e in buffer.entries] == [5]
+
+
+def test_clear_empties_the_buffer_and_keeps_the_drop_tally() -> None:
+    buffer = GradientBuffer(capacity=1, on_full="drop-oldest")
+    buffer.add(torch.ones(1), base_version=0)
+    buffer.add(torch.ones(1), base_version=1)
+    buffer.clear()
+    assert len(buffer) == 0 and buffer.gradients == 0 and not buffer.full
+    assert buffer.dropped == 1
+
+
+@pytest.mark.parametrize("capacity", [0, -1])
+def test_capacity_below_one_is_refused(capacity: int) -> None:
+    with pytest.raises(ValueError, match=f"buffer capacity must be >= 1, got {capacity}"):
+        GradientBuffer(capacity=capacity, on_full="merge")
+
+
+@pytest.mark.parametrize("policy", ["drop", "Merge", "", "drop_oldest"])
+def test_unknown_policy_is_refused(policy: str) -> None:
+    with pytest.raises(ValueError, match=r"onFull: must be merge, drop-oldest or pause, got " + repr(policy)):
+        GradientBuffer(capacity=2, on_full=policy)

@@ -1,0 +1,158 @@
+"""End-to-end: the paper's CNN on Fashion-MNIST, two workers, real PS and worker
+processes on 127.0.0.1 and real SIGKILLs, driven by the local runtime's supervisor.
+
+Aspects covered, one run per mode:
+- checkpoint: survives a PS kill and reaches 70% test accuracy; the restarted PS resumes
+  from the newest checkpoint written before the kill (rollback <= the interval); workers
+  count the time they waited.
+- chain (3 replicas, ack: tail): two head kills in a row; zero acknowledged updates lost
+  (every push a worker saw acknowledged is in the final model version); training resumes
+  on the new head within 1 s of each kill; a replacement joins at the tail each time.
+- stateless: worker steps keep rising while the PS is down; the restarted PS re-seeds
+  from the workers (its version continues, not from zero) and replays exactly the
+  buffered gradients the workers handed over.
+- an invalid TrainingJob makes `trainthrough run` fail with the field path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from trainthrough.control.supervising import RunSummary, Supervisor
+from trainthrough.events import EventLog, read_events
+from trainthrough.metrics import create_metrics
+from trainthrough.runtime.local import LocalRuntime
+from trainthrough.spec import parse_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TARGET = 0.70
+
+
+def paper_job(name: str, **spec) -> dict:
+    base = {
+        "model": "paper-cnn",
+        "dataset": "fashion-mnist",
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "batchSize": 32,
+        "stop": {"targetAccuracy": TARGET, "duration": "180s"},
+        "workers": {"replicas": 2},
+        "evaluation": {"interval": "2s"},
+        "seed": 1,
+    }
+    base.update(spec)
+    return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": base}
+
+
+def run_job(document: dict, run_dir: Path, **supervisor_args) -> tuple[RunSummary, list[dict]]:
+    job = parse_job(document)
+    runtime = LocalRuntime(job, run_dir)
+    events = EventLog(runtime.events_path, source="master")
+    metrics = create_metrics(CollectorRegistry())
+    try:
+        summary = Supervisor(job, runtime, events, metrics, **supervisor_args).run()
+    finally:
+        runtime.shutdown()
+        events.close()
+    return summary, read_events(runtime.events_path)
+
+
+def of(events: list[dict], name: str, **match) -> list[dict]:
+    return [e for e in events if e["event"] == name and all(e.get(k) == v for k, v in match.items())]
+
+
+def assert_reached_target(summary: RunSummary, events: list[dict]) -> None:
+    assert summary.status == "succeeded", summary.reason
+    assert "targetAccuracy" in summary.reason, summary.reason
+    best = max(e["accuracy"] for e in of(events, "eval"))
+    assert best >= TARGET
+
+
+def test_checkpoint_mode_resumes_from_newest_checkpoint(tmp_path):
+    interval = 50
+    document = paper_job(
+        "e2e-checkpoint",
+        consistency="checkpoint",
+        checkpoint={"everyUpdates": interval},
+        chaos=[{"target": "ps-head", "at": "8s"}],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    [kill] = of(events, "kill")
+    [recovery] = of(events, "recovery")
+    written_before_kill = [e["version"] for e in of(events, "checkpoint_written") if e["t"] < kill["t"]]
+    assert recovery["restored_from"] == "checkpoint"
+    assert recovery["version_restored"] == max(written_before_kill)
+    assert 0 <= recovery["version_before"] - recovery["version_restored"] <= interval
+    assert set(recovery["phases"]) == {"detect", "restore", "first_update", "total"}
+    idle = sum(e["idle_seconds"] for e in of(events, "worker_stopped"))
+    assert idle > 0, "workers must wait (and count it) while the PS is down"
+
+
+def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
+    document = paper_job(
+        "e2e-chain",
+        consistency="chain",
+        parameterServer={"replicas": 3},
+        chain={"ack": "tail"},
+        chaos=[{"target": "ps-head", "at": "6s"}, {"target": "ps-head", "at": "10s"}],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    recoveries = of(events, "recovery")
+    assert [r["target"] for r in recoveries] == ["ps-0", "ps-1"]
+    for recovery in recoveries:
+        # Kill to first update applied on the new head.
+        assert recovery["phases"]["total"] < 1.0, recovery
+    joined = of(events, "replica_joined")
+    assert len(joined) == 2 and all(j["state"] == "serving" for j in joined)
+    assert len(joined[-1]["chain"]) == 3
+
+    acknowledged = sum(e["acked_pushes"] for e in of(events, "worker_stopped"))
+    [end] = of(events, "run_end")
+    assert acknowledged == end["version"], "every acknowledged push is in the final model, once"
+
+
+def test_stateless_workers_train_through_the_outage(tmp_path):
+    document = paper_job(
+        "e2e-stateless",
+        consistency="stateless",
+        parameterServer={"restartDelay": "4s"},
+        chaos=[{"target": "ps-head", "at": "8s"}],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    [kill] = of(events, "kill")
+    [recovery] = of(events, "recovery")
+    offline_evals = [e for e in of(events, "eval") if e["offline"]]
+    assert len(offline_evals) >= 2
+    assert offline_evals[-1]["step"] > offline_evals[0]["step"], "workers keep stepping while the PS is down"
+
+    restarted_ready = [e for e in of(events, "ps_ready") if e["t"] > kill["t"]]
+    assert restarted_ready[0]["restored_from"] == "workers"
+    assert restarted_ready[0]["version"] >= recovery["version_before"] > 0
+
+    handed_over = sum(e["buffered"] for e in of(events, "worker_rejoined") if e["t"] > kill["t"])
+    replayed = sum(e["count"] for e in of(events, "gradients_replayed"))
+    assert replayed == handed_over > 0
+
+
+def test_invalid_spec_fails_with_the_field_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("metadata: {name: bad}\nspec:\n  workers: {replicas: 0}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainthrough.cli", "run", str(bad), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "spec.workers.replicas: must be >= 1, got 0" in result.stderr

@@ -1,0 +1,355 @@
+"""Integration tests of the parameter server's gRPC service in checkpoint mode (in-process
+servers on 127.0.0.1 port 0, real gRPC through PSClient and raw stubs).
+
+Aspects covered:
+- push then pull: the SGD update is applied exactly (params = -lr * grad), the version
+  increments, a pull at the current version carries no parameters; bfloat16 gradients work;
+- bad input (wrong shape, unknown dtype, truncated bytes, NaN, Inf) is INVALID_ARGUMENT whose
+  details name the problem; parameters and version stay unchanged, the PS keeps serving, and
+  the rejected-pushes counter counts each by reason;
+- a 50-million-parameter model (200 MB) pushes and pulls through gRPC, above the 4 MB default;
+- a duplicate push (same worker, same push id) is acknowledged with duplicate=True, not applied
+  twice, and older push ids are duplicates too;
+- sync updates: two workers' pushes from threads become one averaged update; a round with a
+  missing worker closes after sync_timeout with what arrived;
+- Health reports name, mode, state serving, version, updates since start, restored_from and the
+  incarnation that Pull and Push also carry;
+- checkpoint restart: a new PS on the same directory restores the newest checkpoint, with a new
+  incarnation, and the checkpoint_written event is in the event log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from conftest import TRAININGJOB, RunningPS, StartPS, rejected, tensor_msg
+from trainthrough.errors import PermanentError
+from trainthrough.events import read_events
+from trainthrough.proto import ps_pb2
+from trainthrough.ps.checkpointing import CheckpointMode
+from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
+from trainthrough.ps.state import ParameterState
+from trainthrough.spec import OptimizerSpec
+
+LR = 0.25  # a power of two: -LR * small integers is exact in float32
+N = 10
+
+
+def checkpoint_ps(
+    start_ps: StartPS,
+    ckpt_dir: Path,
+    *,
+    init: torch.Tensor | None = None,
+    lr: float = LR,
+    every_updates: int = 1000,
+    **core_args,
+) -> RunningPS:
+    optimizer = OptimizerSpec(name="sgd", lr=lr)
+    initial = torch.zeros(N) if init is None else init
+
+    def build(core):
+        store = CheckpointStore(ckpt_dir, keep=3)
+        checkpointer = PeriodicCheckpointer(core, store, every_updates=every_updates, every_seconds=None)
+        return CheckpointMode(
+            core,
+            checkpointer=checkpointer,
+            optimizer=optimizer,
+            initial_state=lambda: ParameterState(initial.clone(), optimizer),
+        )
+
+    return start_ps(build, mode="checkpoint", **core_args)
+
+
+def push_request(worker: str, push_id: int, gradient: ps_pb2.Tensor, base_version: int = 0) -> ps_pb2.PushRequest:
+    return ps_pb2.PushRequest(worker=worker, push_id=push_id, base_version=base_version, gradient=gradient, samples=32)
+
+
+# -- push / pull -----------------------------------------------------------------------------
+
+
+def test_push_then_pull_applies_sgd_exactly(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    client = ps_client([ps.address])
+    version, params, incarnation = client.pull(-1)
+    assert version == 0
+    assert torch.equal(params, torch.zeros(N))
+
+    grad = torch.arange(N, dtype=torch.float32) - 3.0
+    reply = client.push(grad, base_version=0, samples=32)
+    assert reply.version == 1 and not reply.duplicate
+    assert reply.incarnation == incarnation
+
+    version, params, _ = client.pull(-1)
+    assert version == 1
+    assert torch.equal(params, -LR * grad)
+
+    grad2 = torch.full((N,), 2.0)
+    assert client.push(grad2, base_version=1, samples=32).version == 2
+    version, params, _ = client.pull(1)
+    assert version == 2
+    assert torch.equal(params, -LR * grad - LR * grad2)
+    # Already current: the reply carries the version but no parameters.
+    version, params, _ = client.pull(2)
+    assert version == 2 and params is None
+
+
+def test_bfloat16_gradient_is_accepted(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    grad = torch.tensor([1.0, -2.0, 0.5, 4.0, 0, 0, 0, 0, 0, 8.0])  # exact in bfloat16
+    reply = ps.stub.Push(push_request("worker-0", 1, tensor_msg(grad, "bfloat16")), timeout=5)
+    assert reply.version == 1
+    _, params = ps.pull()
+    assert torch.equal(params, -LR * grad)
+
+
+GOOD = torch.ones(N)
+
+BAD_PUSHES = [
+    pytest.param(tensor_msg(torch.ones(N - 1)), "gradient.shape", "shape", id="wrong-shape"),
+    pytest.param(
+        ps_pb2.Tensor(dtype="float64", shape=[N], data=torch.ones(N, dtype=torch.float64).numpy().tobytes()),
+        "gradient.dtype",
+        "dtype",
+        id="wrong-dtype",
+    ),
+    pytest.param(
+        ps_pb2.Tensor(dtype="float32", shape=[N], data=tensor_msg(GOOD).data[:-3]),
+        "gradient.data",
+        "length",
+        id="truncated-bytes",
+    ),
+    pytest.param(tensor_msg(torch.tensor([1.0] * (N - 1) + [float("nan")])), "non-finite", "non_finite", id="nan"),
+    pytest.param(tensor_msg(torch.tensor([float("-inf")] + [1.0] * (N - 1))), "non-finite", "non_finite", id="inf"),
+]
+
+
+@pytest.mark.parametrize("gradient, named, reason", BAD_PUSHES)
+def test_bad_push_is_invalid_argument_and_changes_nothing(
+    start_ps, registry, tmp_path, gradient, named, reason
+) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", init=torch.linspace(-1, 1, N))
+    first = ps.stub.Push(push_request("worker-0", 1, tensor_msg(torch.full((N,), 4.0))), timeout=5)
+    assert first.version == 1
+    version_before, params_before = ps.pull()
+
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.Push(push_request("worker-0", 2, gradient, base_version=1), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("Push: ")
+    assert named in caught.value.details()
+
+    version_after, params_after = ps.pull()
+    assert version_after == version_before == 1
+    assert torch.equal(params_after, params_before)
+    assert rejected(registry, "checkpoint", reason) == 1.0
+    assert sum(rejected(registry, "checkpoint", r) for r in ("shape", "dtype", "length", "non_finite", "other")) == 1.0
+
+    # The PS keeps serving: the same push id, now well-formed, is applied (the bad one
+    # was never recorded as applied).
+    reply = ps.stub.Push(push_request("worker-0", 2, tensor_msg(GOOD), base_version=1), timeout=5)
+    assert reply.version == 2 and not reply.duplicate
+    version, params = ps.pull()
+    assert version == 2
+    assert torch.equal(params, params_before - LR * GOOD)
+
+
+def test_rejected_counter_counts_each_reason(start_ps, registry, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    for i, case in enumerate(BAD_PUSHES):
+        gradient = case.values[0]
+        with pytest.raises(grpc.RpcError) as caught:
+            ps.stub.Push(push_request("worker-0", i, gradient), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rejected(registry, "checkpoint", "shape") == 1
+    assert rejected(registry, "checkpoint", "dtype") == 1
+    assert rejected(registry, "checkpoint", "length") == 1
+    assert rejected(registry, "checkpoint", "non_finite") == 2
+    assert ps.health().version == 0
+    assert registry.get_sample_value(
+        "trainthrough_ps_updates_applied_total", {"trainingjob": TRAININGJOB, "mode": "checkpoint", "role": "standalone"}
+    ) in (None, 0.0)
+
+
+def test_psclient_raises_permanent_error_on_invalid_argument(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    client = ps_client([ps.address])
+    push_id = client.push_id
+    with pytest.raises(PermanentError, match="INVALID_ARGUMENT"):
+        client.push(torch.ones(N + 1), base_version=0, samples=1)
+    assert client.push_id == push_id  # not acknowledged, so the id is not used up
+    assert client.push(torch.ones(N), base_version=0, samples=1).version == 1
+
+
+# A 50-million-parameter model: 200 MB of float32 per message, far above gRPC's 4 MB
+# default limit. One push and one pull only, to stay well under ~20 s on 2 cores.
+def test_large_model_pushes_and_pulls_through_grpc(start_ps, ps_client, tmp_path) -> None:
+    numel = 50_000_000
+    optimizer = OptimizerSpec(name="sgd", lr=LR)
+
+    def build(core):
+        store = CheckpointStore(tmp_path / "ckpt", keep=1)
+        # No checkpoint during the test (every_updates is far away).
+        checkpointer = PeriodicCheckpointer(core, store, every_updates=10**9, every_seconds=None)
+        return CheckpointMode(
+            core,
+            checkpointer=checkpointer,
+            optimizer=optimizer,
+            initial_state=lambda: ParameterState(torch.zeros(numel), optimizer),
+        )
+
+    ps = start_ps(build)
+    client = ps_client([ps.address], call_timeout=60.0)
+    grad = torch.ones(numel)
+    grad[::1000] = -4.0
+    assert client.push(grad, base_version=0, samples=1).version == 1
+    del grad
+    version, params, _ = client.pull(-1)
+    assert version == 1
+    assert params is not None and params.numel() == numel
+    assert params[0].item() == LR * 4.0
+    assert params[1].item() == -LR
+    assert params[999_001].item() == -LR and params[999_000].item() == LR * 4.0
+    assert float(params.sum()) == pytest.approx(-LR * (numel - 5 * (numel // 1000)), rel=1e-6)
+
+
+# -- duplicates ------------------------------------------------------------------------------
+
+
+def test_duplicate_push_is_acknowledged_and_not_applied_twice(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    grad = tensor_msg(torch.full((N,), 2.0))
+    first = ps.stub.Push(push_request("worker-0", 5, grad), timeout=5)
+    assert first.version == 1 and not first.duplicate
+
+    retry = ps.stub.Push(push_request("worker-0", 5, grad), timeout=5)
+    assert retry.duplicate
+    assert retry.version == 1
+    older = ps.stub.Push(push_request("worker-0", 4, grad), timeout=5)
+    assert older.duplicate and older.version == 1
+    version, params = ps.pull()
+    assert version == 1
+    assert torch.equal(params, torch.full((N,), -LR * 2.0))
+
+    # Push ids are per worker: another worker's id 5 is new.
+    other = ps.stub.Push(push_request("worker-1", 5, grad), timeout=5)
+    assert other.version == 2 and not other.duplicate
+    nxt = ps.stub.Push(push_request("worker-0", 6, grad), timeout=5)
+    assert nxt.version == 3 and not nxt.duplicate
+    assert ps.pull()[0] == 3
+
+
+# -- sync updates ----------------------------------------------------------------------------
+
+
+def test_sync_round_averages_two_workers(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=2, sync_timeout=10.0)
+    grads = {"worker-0": torch.full((N,), 2.0), "worker-1": torch.arange(N, dtype=torch.float32) * 2}
+    replies: dict[str, ps_pb2.PushReply] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def push(worker: str) -> None:
+        try:
+            client = ps_client([ps.address], worker)
+            start.wait(5)
+            replies[worker] = client.push(grads[worker], base_version=0, samples=32)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=push, args=(w,)) for w in grads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert not errors
+    assert {w: (r.version, r.duplicate) for w, r in replies.items()} == {"worker-0": (1, False), "worker-1": (1, False)}
+
+    version, params = ps.pull()
+    assert version == 1  # one averaged update, not two
+    mean = (grads["worker-0"] + grads["worker-1"]) / 2
+    assert torch.equal(params, -LR * mean)
+
+
+def test_sync_round_with_missing_worker_closes_after_timeout(start_ps, ps_client, tmp_path) -> None:
+    sync_timeout = 0.3
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=2, sync_timeout=sync_timeout)
+    client = ps_client([ps.address], "worker-0")
+    grad = torch.full((N,), 4.0)
+    started = time.monotonic()
+    reply = client.push(grad, base_version=0, samples=32)
+    waited = time.monotonic() - started
+    assert reply.version == 1 and not reply.duplicate
+    assert waited >= sync_timeout * 0.95  # the round waited for the missing worker
+    version, params = ps.pull()
+    assert version == 1
+    assert torch.equal(params, -LR * grad)  # the mean of what arrived: one gradient
+
+    # The next round is a fresh one: the same worker can contribute again.
+    reply = client.push(grad, base_version=1, samples=32)
+    assert reply.version == 2
+    assert torch.equal(ps.pull()[1], -2 * LR * grad)
+
+
+def test_sync_duplicate_of_closed_round_is_not_applied(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=1)
+    grad = tensor_msg(torch.ones(N))
+    assert ps.stub.Push(push_request("worker-0", 1, grad), timeout=5).version == 1
+    retry = ps.stub.Push(push_request("worker-0", 1, grad), timeout=5)
+    assert retry.duplicate and retry.version == 1
+    assert ps.pull()[0] == 1
+
+
+# -- health and restart ----------------------------------------------------------------------
+
+
+def test_health_reports_mode_state_version_incarnation(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    health = ps.health()
+    assert health.name == "ps-0"
+    assert health.mode == "checkpoint"
+    assert health.state == "serving"
+    assert health.version == 0
+    assert health.restored_from == "seed"
+    assert health.started_version == 0
+    assert health.incarnation == ps.core.incarnation and len(health.incarnation) == 12
+
+    client = ps_client([ps.address])
+    for _ in range(3):
+        client.push(torch.ones(N), base_version=0, samples=1)
+    client.report(steps=42, accuracy=0.5)
+    health = ps.health()
+    assert health.version == 3
+    assert health.updates_since_start == 3
+    assert health.applied_seq == 3
+    assert health.worker_steps == 42
+    assert health.accuracy == pytest.approx(0.5)
+    _, _, incarnation = client.pull(-1)
+    assert incarnation == health.incarnation
+
+
+def test_restart_restores_newest_checkpoint(start_ps, ps_client, tmp_path, events_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = checkpoint_ps(start_ps, ckpt, every_updates=2)
+    client = ps_client([first.address])
+    for _ in range(5):
+        client.push(torch.ones(N), base_version=0, samples=1)
+    _, params_at_5 = first.pull()
+    first.stop()  # a kill: no final checkpoint, updates 5 is lost
+    assert CheckpointStore(ckpt).versions()[0] == 4
+
+    second = checkpoint_ps(start_ps, ckpt, name="ps-0-restarted")
+    health = second.health()
+    assert health.restored_from == "checkpoint"
+    assert health.version == health.started_version == 4
+    assert health.incarnation != first.core.incarnation
+    version, params = second.pull()
+    assert version == 4
+    assert torch.equal(params, params_at_5 + LR * torch.ones(N))  # one update lost
+    written = [e["version"] for e in read_events(events_path) if e["event"] == "checkpoint_written"]
+    assert written == [2, 4]

@@ -1,0 +1,161 @@
+"""Tests for trainthrough.wire, tensors on the wire.
+
+Covered:
+- encode/decode round trip in float32 (exact) and bfloat16 (exact for representable
+  values, otherwise equal to torch's own bfloat16 rounding); shape and dtype recorded in
+  the message; decode returns a flat float32 tensor; an empty tensor;
+- encode rejects an unknown transfer dtype;
+- decode rejects, with a WireError naming the field (`<what>.dtype`, `.shape`, `.data`)
+  and what is wrong: an unknown dtype string, a shape whose element count is not the
+  expected numel, negative dimensions (even when their product matches), a byte length
+  that does not match shape and dtype (truncated or extra data), NaN, +Inf and -Inf values
+  in either dtype;
+- WireError is a ValueError, so callers that only know ValueError still catch it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+import torch
+
+from trainthrough import wire
+from trainthrough.errors import WireError
+from trainthrough.proto import ps_pb2
+
+
+def _float32_message(values: list[float], shape: list[int] | None = None) -> ps_pb2.Tensor:
+    data = struct.pack(f"<{len(values)}f", *values)
+    return ps_pb2.Tensor(dtype="float32", shape=[len(values)] if shape is None else shape, data=data)
+
+
+# -- round trips -----------------------------------------------------------------------
+
+
+def test_float32_round_trip_is_exact_and_flat() -> None:
+    original = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    message = wire.encode(original)
+    assert message.dtype == "float32"
+    assert list(message.shape) == [3, 4]
+    assert len(message.data) == 12 * 4
+    decoded = wire.decode(message, 12)
+    assert decoded.dtype == torch.float32
+    assert decoded.shape == (12,)
+    assert torch.equal(decoded, original.reshape(-1))
+
+
+def test_float32_bytes_are_little_endian() -> None:
+    message = wire.encode(torch.tensor([1.0, -2.5]))
+    assert message.data == struct.pack("<2f", 1.0, -2.5)
+
+
+def test_bfloat16_round_trip_of_representable_values_is_exact() -> None:
+    original = torch.tensor([[1.0, -2.0, 0.25], [1.5, 0.0, -96.0]])
+    message = wire.encode(original, dtype="bfloat16")
+    assert message.dtype == "bfloat16"
+    assert list(message.shape) == [2, 3]
+    assert len(message.data) == 6 * 2
+    decoded = wire.decode(message, 6)
+    assert decoded.dtype == torch.float32
+    assert torch.equal(decoded, original.reshape(-1))
+
+
+def test_bfloat16_round_trip_rounds_like_torch() -> None:
+    original = torch.randn(100, generator=torch.Generator().manual_seed(1))
+    decoded = wire.decode(wire.encode(original, dtype="bfloat16"), 100)
+    assert torch.equal(decoded, original.to(torch.bfloat16).to(torch.float32))
+    assert not torch.equal(decoded, original)  # resolution really was lost
+
+
+def test_decode_without_numel_accepts_any_consistent_shape() -> None:
+    decoded = wire.decode(wire.encode(torch.arange(6, dtype=torch.float32).reshape(2, 3)))
+    assert decoded.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_empty_tensor_round_trip() -> None:
+    decoded = wire.decode(wire.encode(torch.empty(0)), 0)
+    assert decoded.shape == (0,)
+    assert decoded.dtype == torch.float32
+
+
+def test_encode_rejects_unknown_dtype() -> None:
+    with pytest.raises(WireError, match=r"^dtype: must be one of .*got 'float16'"):
+        wire.encode(torch.zeros(2), dtype="float16")
+
+
+# -- rejections ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "", "FLOAT32", "bf16"])
+def test_decode_rejects_unknown_dtype(dtype: str) -> None:
+    message = _float32_message([1.0, 2.0])
+    message.dtype = dtype
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 2, what="gradient")
+    text = str(info.value)
+    assert text.startswith("gradient.dtype: ")
+    assert "must be one of ['bfloat16', 'float32']" in text
+    assert repr(dtype) in text
+
+
+def test_decode_rejects_shape_not_matching_numel() -> None:
+    message = _float32_message([1.0] * 6, shape=[2, 3])
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 5, what="gradient")
+    assert str(info.value) == "gradient.shape: expected 5 elements, got shape [2, 3] (6)"
+
+
+@pytest.mark.parametrize("shape", [[-1], [2, -3], [-2, -3]])
+def test_decode_rejects_negative_dimensions(shape: list[int]) -> None:
+    # [-2, -3] multiplies to 6, which matches numel and the data: still rejected.
+    message = _float32_message([1.0] * 6, shape=shape)
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 6, what="gradient")
+    assert str(info.value) == f"gradient.shape: negative dimension in {shape}"
+
+
+def test_decode_rejects_truncated_data() -> None:
+    message = _float32_message([1.0, 2.0, 3.0])
+    message.data = message.data[:-1]
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 3, what="gradient")
+    assert str(info.value) == "gradient.data: expected 12 bytes for shape [3] float32, got 11"
+
+
+def test_decode_rejects_extra_data() -> None:
+    message = _float32_message([1.0, 2.0, 3.0])
+    message.data = message.data + b"\x00\x00\x00\x00"
+    with pytest.raises(WireError, match=r"^gradient\.data: expected 12 bytes .* got 16$"):
+        wire.decode(message, 3, what="gradient")
+
+
+def test_decode_checks_length_against_the_declared_dtype() -> None:
+    # 4 float32 bytes would be 2 bfloat16 values, not the 1 the shape declares.
+    message = _float32_message([1.0])
+    message.dtype = "bfloat16"
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 1, what="params")
+    assert str(info.value) == "params.data: expected 2 bytes for shape [1] bfloat16, got 4"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_rejects_non_finite_values(bad: float, dtype: str) -> None:
+    message = wire.encode(torch.tensor([1.0, bad, 2.0, bad]), dtype=dtype)
+    with pytest.raises(WireError) as info:
+        wire.decode(message, 4, what="gradient")
+    assert str(info.value) == "gradient.data: 2 non-finite values (NaN or Inf)"
+
+
+def test_default_field_name_is_tensor() -> None:
+    message = _float32_message([1.0])
+    message.dtype = "int8"
+    with pytest.raises(WireError, match=r"^tensor\.dtype: "):
+        wire.decode(message)
+
+
+def test_wire_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        wire.decode(_float32_message([1.0]), 2)
