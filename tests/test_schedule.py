@@ -146,15 +146,7 @@ def test_out_of_range_targets(target: str, ps_chain: list[str], workers: list[st
         "ps-HEAD",
         "ps-head-0",
         "",
-        pytest.param(
-            "ps-\u00b2",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: str.isdigit accepts superscript digits that int() rejects, so "
-                "resolve_target raises a plain ValueError instead of UnknownTarget",
-            ),
-            id="ps-superscript-two",
-        ),
+        pytest.param("ps-\u00b2", id="ps-superscript-two"),
     ],
 )
 def test_malformed_targets(target: str) -> None:

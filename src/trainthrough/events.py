@@ -32,8 +32,16 @@ class EventLog:
             self._owned = False
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             self._owned = True
+            self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """A process killed mid-write may have left a line without its newline; end it so
+        that our first event starts a line of its own."""
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"t": time.time(), "event": event, "source": self.source, **fields}

@@ -55,7 +55,7 @@ def resolve_target(target: str, ps_chain: list[str], workers: list[str]) -> str:
             raise UnknownTarget("ps-tail: no parameter server is running")
         return ps_chain[-1]
     kind, _, index_text = target.rpartition("-")
-    if not index_text.isdigit() or kind not in ("ps", "worker"):
+    if not (index_text.isascii() and index_text.isdigit()) or kind not in ("ps", "worker"):
         raise UnknownTarget(f"{target}: not ps-head, ps-tail, ps-<i> or worker-<i>")
     index = int(index_text)
     pool = ps_chain if kind == "ps" else workers

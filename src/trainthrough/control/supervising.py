@@ -146,8 +146,24 @@ class Supervisor:
         addresses = [self.runtime.address(n) for n in self.ps_names]
         for rank in range(self.spec.workers.replicas):
             self.runtime.start_worker(rank, addresses)
-        self._t0 = time.time()
-        self.events.emit("training_started", ps=addresses)
+        self._await_first_update()
+
+    def _await_first_update(self) -> None:
+        """The job's clock (chaos times, stop.duration) starts at the first applied update,
+        not when processes were launched: start-up takes seconds on a busy machine."""
+        deadline = time.time() + STARTUP_TIMEOUT
+        primary = self.ps_chain()[0]
+        while time.time() < deadline:
+            for death in self.runtime.deaths(timeout=0.05):
+                self._on_death(death)
+            if self._failure:
+                raise TrainthroughError(self._failure)
+            health = self._health(primary)
+            if health is not None and health.version > 0:
+                self._t0 = time.time()
+                self.events.emit("training_started", ps=[self.runtime.address(n) for n in self.ps_names])
+                return
+        raise TrainthroughError(f"no update was applied within {STARTUP_TIMEOUT:.0f} s of starting the workers")
 
     def _wait_answering(self, name: str) -> ps_pb2.HealthReply:
         deadline = time.time() + STARTUP_TIMEOUT

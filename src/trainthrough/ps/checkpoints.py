@@ -86,7 +86,7 @@ class CheckpointStore:
             tmp.unlink(missing_ok=True)
             raise
         self._fsync_directory()
-        self._prune()
+        self._prune(keep_version=version)
         return final
 
     def load(self, version: int) -> Checkpoint:
@@ -111,12 +111,16 @@ class CheckpointStore:
                 return self.load(version)
             except (CorruptCheckpoint, OSError) as error:
                 log.warning("skipping invalid checkpoint: %s", error)
-                self.skipped.append((self.path_for(version), str(error)))
+                path = self.path_for(version)
+                self.skipped.append((path, str(error)))
+                # Set it aside (kept for inspection): it no longer counts towards `keep`.
+                path.replace(path.with_name(path.name + ".invalid"))
         return None
 
-    def _prune(self) -> None:
+    def _prune(self, keep_version: int) -> None:
         for version in self.versions()[self.keep :]:
-            self.path_for(version).unlink(missing_ok=True)
+            if version != keep_version:  # never the checkpoint just written
+                self.path_for(version).unlink(missing_ok=True)
         for stale in self.directory.glob(".ckpt-*.tmp-*"):
             # A temporary file of a writer that died mid-write; ours was renamed already.
             if not stale.name.endswith(f"-{os.getpid()}"):
