@@ -208,31 +208,61 @@ def test_replacement_joins_at_tail_by_state_transfer(start_ps, chain_master, ps_
     assert [(e["source"], e["to"]) for e in transfers] == [("ps-2", joiner.address)]
 
 
-def test_middle_replica_stops_head_and_tail_stay_equal(start_ps, chain_master) -> None:
+@pytest.mark.parametrize("stopped", ["ps-1", "ps-2"], ids=["middle", "tail"])
+def test_replica_behind_head_stops_head_and_tail_stay_equal(start_ps, chain_master, stopped) -> None:
     replicas, master = chain(start_ps, chain_master)
-    head, middle, tail = replicas
+    by_name = {r.name: r for r in replicas}
+    head = by_name["ps-0"]
     for i in range(3):
         push(head, "worker-0", i, grad(i))
     assert_all_equal(replicas, 3)
 
-    middle.stop(0)
-    # ack tail: with the successor gone, the push cannot reach the tail and is not acknowledged.
+    by_name[stopped].stop(0)
+    # ack tail: with a replica downstream gone, the push cannot reach the tail and is not
+    # acknowledged.
     with pytest.raises(grpc.RpcError) as caught:
         push(head, "worker-0", 3, grad(3))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    master.remove("ps-1")
+    master.remove(stopped)
     assert master.publish() == []
+    remaining = [r for r in replicas if r.name != stopped]
+    tail = remaining[-1]
     assert head.core.role == "head" and tail.core.role == "tail"
     # The head applied the unacknowledged push before it failed; reconfiguration brought the
     # tail up to the head, and the worker's retry is recognised as a duplicate.
-    assert_all_equal([head, tail], 4)
+    assert_all_equal(remaining, 4)
     retry = push(head, "worker-0", 3, grad(3))
     assert retry.duplicate and retry.version == 4
     for i in range(4, 7):
         assert push(head, "worker-0", i, grad(i)).version == i + 1
-    assert_all_equal([head, tail], 7)
+    assert_all_equal(remaining, 7)
     assert raw_params(tail)[1] == expected_params([grad(i) for i in range(7)])
+
+
+def test_deposed_head_is_fenced_off(start_ps, chain_master, ps_client) -> None:
+    replicas, master = chain(start_ps, chain_master)
+    old_head, middle, tail = replicas
+    for i in range(2):
+        push(old_head, "worker-0", i, grad(i))
+    # The master deposes the head, which still runs and never hears of the new epoch.
+    master.remove("ps-0")
+    assert master.publish() == []
+    assert old_head.health().chain.epoch == 1
+
+    with pytest.raises(grpc.RpcError) as caught:
+        push(old_head, "worker-0", 2, grad(2))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # not acknowledged
+    assert_all_equal([middle, tail], 2)  # its update did not enter the new chain
+
+    # A worker that knows every replica learns the newest configuration from the others.
+    client = ps_client([r.address for r in replicas], "worker-0")
+    client.push_id = 2
+    assert client.discover()
+    assert client.address == middle.address and client.epoch == 2
+    reply = client.push(grad(2), base_version=2, samples=1)
+    assert reply.version == 3 and not reply.duplicate
+    assert_all_equal([middle, tail], 3)
 
 
 # -- ack head ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import grpc
 import pytest
 import torch
 
-from conftest import TRAININGJOB, RunningPS, StartPS, rejected, tensor_msg
+from conftest import TRAININGJOB, RunningPS, StartPS, rejected, tensor_msg, wait_until
 from trainthrough.errors import PermanentError
 from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
@@ -296,6 +296,34 @@ def test_sync_round_with_missing_worker_closes_after_timeout(start_ps, ps_client
     assert torch.equal(ps.pull()[1], -2 * LR * grad)
 
 
+def test_sync_retry_while_round_is_open_waits_for_that_round(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=2, sync_timeout=10.0)
+    g0, g1 = torch.full((N,), 2.0), torch.full((N,), 6.0)
+    # worker-0's push gives up on its side (deadline) while its gradient sits in the round.
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.Push(push_request("worker-0", 1, tensor_msg(g0)), timeout=0.2)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # White-box: the open round (no RPC shows it) must hold worker-0 before the retry.
+    assert wait_until(lambda: "worker-0" in ps.core._round.workers, timeout=5.0)
+
+    replies: dict[str, ps_pb2.PushReply] = {}
+
+    def retry() -> None:
+        replies["retry"] = ps.stub.Push(push_request("worker-0", 1, tensor_msg(g0)), timeout=15)
+
+    thread = threading.Thread(target=retry)
+    thread.start()
+    try:
+        replies["worker-1"] = ps.stub.Push(push_request("worker-1", 1, tensor_msg(g1)), timeout=15)
+    finally:
+        thread.join(20)
+    assert (replies["worker-1"].version, replies["worker-1"].duplicate) == (1, False)
+    assert (replies["retry"].version, replies["retry"].duplicate) == (1, True)
+    version, params = ps.pull()
+    assert version == 1
+    assert torch.equal(params, -LR * (g0 + g1) / 2)  # worker-0 counted once
+
+
 def test_sync_duplicate_of_closed_round_is_not_applied(start_ps, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=1)
     grad = tensor_msg(torch.ones(N))
@@ -353,3 +381,23 @@ def test_restart_restores_newest_checkpoint(start_ps, ps_client, tmp_path, event
     assert torch.equal(params, params_at_5 + LR * torch.ones(N))  # one update lost
     written = [e["version"] for e in read_events(events_path) if e["event"] == "checkpoint_written"]
     assert written == [2, 4]
+
+
+def test_restart_skips_a_corrupted_newest_checkpoint(start_ps, ps_client, tmp_path, events_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = checkpoint_ps(start_ps, ckpt, every_updates=2)
+    client = ps_client([first.address])
+    for _ in range(4):
+        client.push(torch.ones(N), base_version=0, samples=1)
+    first.stop()
+    store = CheckpointStore(ckpt)
+    assert store.versions() == [4, 2]
+    newest = store.path_for(4)
+    newest.write_bytes(newest.read_bytes()[:-10])  # a torn write
+
+    second = checkpoint_ps(start_ps, ckpt, name="ps-0-restarted")
+    health = second.health()
+    assert (health.restored_from, health.version) == ("checkpoint", 2)
+    assert torch.equal(second.pull()[1], -2 * LR * torch.ones(N))
+    invalid = [e for e in read_events(events_path) if e["event"] == "checkpoint_invalid"]
+    assert len(invalid) == 1 and invalid[0]["path"] == str(newest) and "truncated" in invalid[0]["reason"]

@@ -100,6 +100,7 @@ class Worker:
         self.incarnation = ""
         self.buffer = GradientBuffer(spec.stateless.max_buffered, spec.stateless.on_full)
         self.offline = False
+        self._outage_steps = 0
         self.base_params: torch.Tensor | None = None
         self.local_optimizer: torch.optim.Optimizer | None = None
         self._idle_reported = 0.0
@@ -233,13 +234,15 @@ class Worker:
 
     def _go_offline(self, error: Exception) -> None:
         self.offline = True
+        self._outage_steps = 0
         self.base_params = flatten_params(self.model).cpu()
         self.local_optimizer = make_optimizer(self.spec.optimizer, self.model.parameters())
         self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
 
     def _local_step(self, gradient: torch.Tensor) -> None:
         """Buffer the gradient for the PS and apply it to the local copy (local SGD)."""
-        while not self.buffer.add(gradient, self.version + self.stats.local_steps):
+        # The gradient's model is the last pulled version plus this outage's local steps.
+        while not self.buffer.add(gradient, self.version + self._outage_steps):
             # `pause`: the buffer is full; wait for the PS instead of training on.
             if self.stop.is_set() or self._try_rejoin():
                 return
@@ -250,6 +253,7 @@ class Worker:
         assert self.local_optimizer is not None
         self.local_optimizer.step()  # the model still holds this gradient from backward()
         self.stats.local_steps += 1
+        self._outage_steps += 1
 
     def _try_rejoin(self) -> bool:
         try:
