@@ -16,6 +16,8 @@ class Death:
     name: str
     exit_code: int | None  # None when unknown (a pod that vanished)
     at: float  # time.time() when the runtime noticed
+    cpu_seconds: float | None = None  # user + system CPU of the process, where known
+    max_rss_bytes: int | None = None  # peak resident memory, where known
 
 
 class Runtime(Protocol):

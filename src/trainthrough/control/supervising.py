@@ -231,7 +231,7 @@ class Supervisor:
             chain=self.master.names if self.master else [],
             known_ps=self.known_ps,
         )
-        self.events.emit("process_exited", process=death.name, exit_code=death.exit_code, action=decision.action.value, reason=decision.reason)
+        self._emit_exit(death, decision.action.value, decision.reason)
         if decision.action is Action.FINISHED:
             self._finished.add(death.name)
         elif decision.action is Action.RESTART_WORKER:
@@ -244,6 +244,17 @@ class Supervisor:
             self._pending.append(_PendingRecovery(record, "restart", due=death.at + self.restart_delay))
         elif decision.action is Action.PROMOTE:
             self._promote(death)
+
+    def _emit_exit(self, death: Death, action: str, reason: str) -> None:
+        self.events.emit(
+            "process_exited",
+            process=death.name,
+            exit_code=death.exit_code,
+            action=action,
+            reason=reason,
+            cpu_seconds=death.cpu_seconds,
+            max_rss_bytes=death.max_rss_bytes,
+        )
 
     def _count_restart(self, name: str, limit: int) -> None:
         self._restarts[name] = self._restarts.get(name, 0) + 1
@@ -298,16 +309,18 @@ class Supervisor:
         if pending.phase == "ready":
             if health.state != "serving":
                 return False
-            record.restored_at = time.time()
+            record.restored_at = health.ready_at or time.time()
             record.version_restored = health.started_version
             record.restored_from = health.restored_from
             pending.phase = "first-update"
         if self.mode == "chain":
-            moved = health.version > record.version_restored
-        else:
-            moved = health.updates_since_start > 0
-        if moved:
-            record.first_update_at = time.time()
+            # The promoted head keeps serving: its first update after the promotion.
+            if health.version > record.version_restored:
+                record.first_update_at = time.time()
+                return True
+            return False
+        if health.updates_since_start > 0:
+            record.first_update_at = health.first_update_at or time.time()
             return True
         return False
 
@@ -378,6 +391,15 @@ class Supervisor:
         if self.on_progress:
             self.on_progress(self._last)
 
+    def _drain_deaths(self) -> list[Death]:
+        """Every death the runtime reports once nothing is left running (bounded wait)."""
+        found: list[Death] = []
+        deadline = time.time() + 5.0
+        while self.runtime.running() and time.time() < deadline:
+            found.extend(self.runtime.deaths(timeout=0.05))
+        found.extend(self.runtime.deaths(timeout=0.05))
+        return found
+
     # -- the end -----------------------------------------------------------------------------------
     def _finish(self, reason: str) -> RunSummary:
         for worker in self.workers:
@@ -387,7 +409,8 @@ class Supervisor:
             self.runtime.stop(name)
         for name in self.runtime.running():
             self.runtime.stop(name)
-        self.runtime.deaths(timeout=0.0)
+        for death in self._drain_deaths():
+            self._emit_exit(death, "stopped", "the job is stopping")
         for pending in self._pending:
             self.events.emit("recovery_incomplete", **pending.record.as_event())
         summary = RunSummary(

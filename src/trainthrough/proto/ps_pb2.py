@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainthrough/proto/ps.proto\x12\x15trainthrough.v1alpha1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x0bPullRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x03\"`\n\tPullReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12-\n\x06params\x18\x02 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x86\x01\n\x0bPushRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0f\n\x07push_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12/\n\x08gradient\x18\x04 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x0f\n\x07samples\x18\x05 \x01(\x03\"D\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x0f\n\rHealthRequest\",\n\x0b\x43hainMember\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"Q\n\x0b\x43hainConfig\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x33\n\x07members\x18\x02 \x03(\x0b\x32\".trainthrough.v1alpha1.ChainMember\"\x9b\x02\n\x0bHealthReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x1b\n\x13updates_since_start\x18\x05 \x01(\x03\x12\x17\n\x0fstarted_version\x18\x06 \x01(\x03\x12\x15\n\rrestored_from\x18\x07 \x01(\t\x12\x31\n\x05\x63hain\x18\x08 \x01(\x0b\x32\".trainthrough.v1alpha1.ChainConfig\x12\x13\n\x0b\x61pplied_seq\x18\t \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\n \x01(\x01\x12\x14\n\x0cworker_steps\x18\x0b \x01(\x03\x12\x13\n\x0bincarnation\x18\x0c \x01(\t\"o\n\x0cUpdateRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12/\n\x08gradient\x18\x02 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x0f\n\x07workers\x18\x03 \x03(\t\x12\x10\n\x08push_ids\x18\x04 \x03(\x03\"W\n\x10ReplicateRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x34\n\x07records\x18\x02 \x03(\x0b\x32#.trainthrough.v1alpha1.UpdateRecord\"%\n\x0eReplicateReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"\'\n\x10ReconfigureReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"&\n\tStateBlob\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"#\n\x0cInstallReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"h\n\x10\x42ufferedGradient\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12/\n\x08gradient\x18\x03 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\"\xc7\x01\n\rRejoinRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x32\n\x0b\x62\x61se_params\x18\x03 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x39\n\x08\x62uffered\x18\x04 \x03(\x0b\x32\'.trainthrough.v1alpha1.BufferedGradient\x12\x0f\n\x07push_id\x18\x05 \x01(\x03\x12\x10\n\x08\x61nnounce\x18\x06 \x01(\x08\"E\n\x0bRejoinReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08replayed\x18\x02 \x01(\x03\x12\x13\n\x0bseeded_from\x18\x03 \x01(\t\"O\n\x0eProgressReport\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\x0f\n\rProgressReply2\x98\x06\n\x0fParameterServer\x12L\n\x04Pull\x12\".trainthrough.v1alpha1.PullRequest\x1a .trainthrough.v1alpha1.PullReply\x12L\n\x04Push\x12\".trainthrough.v1alpha1.PushRequest\x1a .trainthrough.v1alpha1.PushReply\x12R\n\x06Health\x12$.trainthrough.v1alpha1.HealthRequest\x1a\".trainthrough.v1alpha1.HealthReply\x12]\n\x0eReportProgress\x12%.trainthrough.v1alpha1.ProgressReport\x1a$.trainthrough.v1alpha1.ProgressReply\x12[\n\tReplicate\x12\'.trainthrough.v1alpha1.ReplicateRequest\x1a%.trainthrough.v1alpha1.ReplicateReply\x12Z\n\x0bReconfigure\x12\".trainthrough.v1alpha1.ChainConfig\x1a\'.trainthrough.v1alpha1.ReconfigureReply\x12U\n\x0cInstallState\x12 .trainthrough.v1alpha1.StateBlob\x1a#.trainthrough.v1alpha1.InstallReply\x12R\n\x08GetState\x12$.trainthrough.v1alpha1.HealthRequest\x1a .trainthrough.v1alpha1.StateBlob\x12R\n\x06Rejoin\x12$.trainthrough.v1alpha1.RejoinRequest\x1a\".trainthrough.v1alpha1.RejoinReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainthrough/proto/ps.proto\x12\x15trainthrough.v1alpha1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x0bPullRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x03\"`\n\tPullReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12-\n\x06params\x18\x02 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x86\x01\n\x0bPushRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0f\n\x07push_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12/\n\x08gradient\x18\x04 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x0f\n\x07samples\x18\x05 \x01(\x03\"D\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x0f\n\rHealthRequest\",\n\x0b\x43hainMember\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"Q\n\x0b\x43hainConfig\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x33\n\x07members\x18\x02 \x03(\x0b\x32\".trainthrough.v1alpha1.ChainMember\"\xc6\x02\n\x0bHealthReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x1b\n\x13updates_since_start\x18\x05 \x01(\x03\x12\x17\n\x0fstarted_version\x18\x06 \x01(\x03\x12\x15\n\rrestored_from\x18\x07 \x01(\t\x12\x31\n\x05\x63hain\x18\x08 \x01(\x0b\x32\".trainthrough.v1alpha1.ChainConfig\x12\x13\n\x0b\x61pplied_seq\x18\t \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\n \x01(\x01\x12\x14\n\x0cworker_steps\x18\x0b \x01(\x03\x12\x13\n\x0bincarnation\x18\x0c \x01(\t\x12\x10\n\x08ready_at\x18\r \x01(\x01\x12\x17\n\x0f\x66irst_update_at\x18\x0e \x01(\x01\"o\n\x0cUpdateRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12/\n\x08gradient\x18\x02 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x0f\n\x07workers\x18\x03 \x03(\t\x12\x10\n\x08push_ids\x18\x04 \x03(\x03\"W\n\x10ReplicateRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x34\n\x07records\x18\x02 \x03(\x0b\x32#.trainthrough.v1alpha1.UpdateRecord\"%\n\x0eReplicateReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"\'\n\x10ReconfigureReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"&\n\tStateBlob\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"#\n\x0cInstallReply\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x03\"h\n\x10\x42ufferedGradient\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12/\n\x08gradient\x18\x03 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\"\xc7\x01\n\rRejoinRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x32\n\x0b\x62\x61se_params\x18\x03 \x01(\x0b\x32\x1d.trainthrough.v1alpha1.Tensor\x12\x39\n\x08\x62uffered\x18\x04 \x03(\x0b\x32\'.trainthrough.v1alpha1.BufferedGradient\x12\x0f\n\x07push_id\x18\x05 \x01(\x03\x12\x10\n\x08\x61nnounce\x18\x06 \x01(\x08\"E\n\x0bRejoinReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08replayed\x18\x02 \x01(\x03\x12\x13\n\x0bseeded_from\x18\x03 \x01(\t\"O\n\x0eProgressReport\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\x0f\n\rProgressReply2\x98\x06\n\x0fParameterServer\x12L\n\x04Pull\x12\".trainthrough.v1alpha1.PullRequest\x1a .trainthrough.v1alpha1.PullReply\x12L\n\x04Push\x12\".trainthrough.v1alpha1.PushRequest\x1a .trainthrough.v1alpha1.PushReply\x12R\n\x06Health\x12$.trainthrough.v1alpha1.HealthRequest\x1a\".trainthrough.v1alpha1.HealthReply\x12]\n\x0eReportProgress\x12%.trainthrough.v1alpha1.ProgressReport\x1a$.trainthrough.v1alpha1.ProgressReply\x12[\n\tReplicate\x12\'.trainthrough.v1alpha1.ReplicateRequest\x1a%.trainthrough.v1alpha1.ReplicateReply\x12Z\n\x0bReconfigure\x12\".trainthrough.v1alpha1.ChainConfig\x1a\'.trainthrough.v1alpha1.ReconfigureReply\x12U\n\x0cInstallState\x12 .trainthrough.v1alpha1.StateBlob\x1a#.trainthrough.v1alpha1.InstallReply\x12R\n\x08GetState\x12$.trainthrough.v1alpha1.HealthRequest\x1a .trainthrough.v1alpha1.StateBlob\x12R\n\x06Rejoin\x12$.trainthrough.v1alpha1.RejoinRequest\x1a\".trainthrough.v1alpha1.RejoinReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,29 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHAINCONFIG']._serialized_start=529
   _globals['_CHAINCONFIG']._serialized_end=610
   _globals['_HEALTHREPLY']._serialized_start=613
-  _globals['_HEALTHREPLY']._serialized_end=896
-  _globals['_UPDATERECORD']._serialized_start=898
-  _globals['_UPDATERECORD']._serialized_end=1009
-  _globals['_REPLICATEREQUEST']._serialized_start=1011
-  _globals['_REPLICATEREQUEST']._serialized_end=1098
-  _globals['_REPLICATEREPLY']._serialized_start=1100
-  _globals['_REPLICATEREPLY']._serialized_end=1137
-  _globals['_RECONFIGUREREPLY']._serialized_start=1139
-  _globals['_RECONFIGUREREPLY']._serialized_end=1178
-  _globals['_STATEBLOB']._serialized_start=1180
-  _globals['_STATEBLOB']._serialized_end=1218
-  _globals['_INSTALLREPLY']._serialized_start=1220
-  _globals['_INSTALLREPLY']._serialized_end=1255
-  _globals['_BUFFEREDGRADIENT']._serialized_start=1257
-  _globals['_BUFFEREDGRADIENT']._serialized_end=1361
-  _globals['_REJOINREQUEST']._serialized_start=1364
-  _globals['_REJOINREQUEST']._serialized_end=1563
-  _globals['_REJOINREPLY']._serialized_start=1565
-  _globals['_REJOINREPLY']._serialized_end=1634
-  _globals['_PROGRESSREPORT']._serialized_start=1636
-  _globals['_PROGRESSREPORT']._serialized_end=1715
-  _globals['_PROGRESSREPLY']._serialized_start=1717
-  _globals['_PROGRESSREPLY']._serialized_end=1732
-  _globals['_PARAMETERSERVER']._serialized_start=1735
-  _globals['_PARAMETERSERVER']._serialized_end=2527
+  _globals['_HEALTHREPLY']._serialized_end=939
+  _globals['_UPDATERECORD']._serialized_start=941
+  _globals['_UPDATERECORD']._serialized_end=1052
+  _globals['_REPLICATEREQUEST']._serialized_start=1054
+  _globals['_REPLICATEREQUEST']._serialized_end=1141
+  _globals['_REPLICATEREPLY']._serialized_start=1143
+  _globals['_REPLICATEREPLY']._serialized_end=1180
+  _globals['_RECONFIGUREREPLY']._serialized_start=1182
+  _globals['_RECONFIGUREREPLY']._serialized_end=1221
+  _globals['_STATEBLOB']._serialized_start=1223
+  _globals['_STATEBLOB']._serialized_end=1261
+  _globals['_INSTALLREPLY']._serialized_start=1263
+  _globals['_INSTALLREPLY']._serialized_end=1298
+  _globals['_BUFFEREDGRADIENT']._serialized_start=1300
+  _globals['_BUFFEREDGRADIENT']._serialized_end=1404
+  _globals['_REJOINREQUEST']._serialized_start=1407
+  _globals['_REJOINREQUEST']._serialized_end=1606
+  _globals['_REJOINREPLY']._serialized_start=1608
+  _globals['_REJOINREPLY']._serialized_end=1677
+  _globals['_PROGRESSREPORT']._serialized_start=1679
+  _globals['_PROGRESSREPORT']._serialized_end=1758
+  _globals['_PROGRESSREPLY']._serialized_start=1760
+  _globals['_PROGRESSREPLY']._serialized_end=1775
+  _globals['_PARAMETERSERVER']._serialized_start=1778
+  _globals['_PARAMETERSERVER']._serialized_end=2570
 # @@protoc_insertion_point(module_scope)

@@ -79,7 +79,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class HealthReply(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     WORKER_STEPS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    READY_AT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_UPDATE_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -104,7 +106,9 @@ class HealthReply(_message.Message):
     accuracy: float
     worker_steps: int
     incarnation: str
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    ready_at: float
+    first_update_at: float
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("seq", "gradient", "workers", "push_ids")

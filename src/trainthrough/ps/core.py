@@ -17,6 +17,7 @@ the per-worker push ids in the state and acknowledged without being applied agai
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -82,6 +83,8 @@ class ParameterServerCore:
         self.started_version = -1
         self.restored_from = ""
         self.updates_since_start = 0
+        self.ready_at = 0.0
+        self.first_update_at = 0.0
         self.commit: CommitHook = lambda record: None
         self.role = "standalone"
         self.order_lock = threading.RLock()  # sequences apply + commit
@@ -109,6 +112,7 @@ class ParameterServerCore:
         """Tell the run (event log, ps_up) that this PS now serves; modes that must finish
         work after install (a stateless replay) call it themselves."""
         self._labels(self.metrics.ps_up).set(1)
+        self.ready_at = time.time()
         self.events.emit(
             "ps_ready",
             version=self.version,
@@ -167,6 +171,7 @@ class ParameterServerCore:
                 state.record_pushes(record.workers, record.push_ids)
             self.updates_since_start += 1
             if self.updates_since_start == 1:
+                self.first_update_at = time.time()
                 self.events.emit("first_update", version=state.version, incarnation=self.incarnation)
             self._labels(self.metrics.updates_applied).inc()
             self._labels(self.metrics.model_version).set(state.version)

@@ -62,6 +62,8 @@ class Mode:
             accuracy=core.accuracy,
             worker_steps=core.worker_steps,
             incarnation=core.incarnation,
+            ready_at=core.ready_at,
+            first_update_at=core.first_update_at,
         )
 
     def serving_state(self) -> str:

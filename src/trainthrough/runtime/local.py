@@ -48,7 +48,7 @@ class LocalRuntime:
         self.job_path.write_text(json.dumps(dump_job(job), indent=2))
         checkpoint_path = Path(job.spec.checkpoint.path)
         self.checkpoint_dir = checkpoint_path if checkpoint_path.is_absolute() else self.run_dir / checkpoint_path
-        self._processes: dict[str, subprocess.Popen] = {}
+        self._processes: dict[str, _Process] = {}
         self._addresses: dict[str, str] = {}
         self._deaths: queue.Queue[Death] = queue.Queue()
         self._lock = threading.Lock()
@@ -69,25 +69,23 @@ class LocalRuntime:
 
     def kill(self, name: str) -> None:
         process = self._processes.get(name)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+        if process is not None and process.alive:
+            process.signal(signal.SIGKILL)
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         process = self._processes.get(name)
-        if process is None or process.poll() is not None:
+        if process is None or not process.alive:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.signal(signal.SIGTERM)
+        if not process.exited.wait(timeout):
+            process.signal(signal.SIGKILL)
+            process.exited.wait()
 
     def address(self, name: str) -> str:
         return self._addresses[name]
 
     def running(self) -> set[str]:
-        return {name for name, p in self._processes.items() if p.poll() is None}
+        return {name for name, p in self._processes.items() if p.alive}
 
     def deaths(self, timeout: float) -> list[Death]:
         found = []
@@ -101,7 +99,7 @@ class LocalRuntime:
 
     def pid(self, name: str) -> int | None:
         process = self._processes.get(name)
-        return process.pid if process is not None else None
+        return process.popen.pid if process is not None else None
 
     def shutdown(self) -> None:
         """Stop everything still running (PS last, so workers can finish their pushes)."""
@@ -113,8 +111,8 @@ class LocalRuntime:
     def _spawn(self, name: str, args: list[str]) -> None:
         with self._lock:
             old = self._processes.get(name)
-            if old is not None and old.poll() is None:
-                raise RuntimeError(f"{name} is already running (pid {old.pid})")
+            if old is not None and old.alive:
+                raise RuntimeError(f"{name} is already running (pid {old.popen.pid})")
             command = [
                 sys.executable, "-m", "trainthrough.cli", *args,
                 "--job", str(self.job_path),
@@ -123,11 +121,43 @@ class LocalRuntime:
             ]
             log = open(self.logs / f"{name}.log", "ab")
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
+            process = _Process(popen)
             self._processes[name] = process
         threading.Thread(target=self._watch, args=(name, process), name=f"watch-{name}", daemon=True).start()
 
-    def _watch(self, name: str, process: subprocess.Popen) -> None:
-        code = process.wait()
-        self._deaths.put(Death(name=name, exit_code=code, at=time.time()))
+    def _watch(self, name: str, process: "_Process") -> None:
+        # wait4 reaps the child and gives its resource use (CPU time, peak memory).
+        _, status, usage = os.wait4(process.popen.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        process.popen.returncode = code  # Popen must not wait for it again
+        process.exited.set()
+        self._deaths.put(
+            Death(
+                name=name,
+                exit_code=code,
+                at=time.time(),
+                cpu_seconds=usage.ru_utime + usage.ru_stime,
+                max_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+            )
+        )
+
+
+class _Process:
+    """A child process and the event its watcher sets once it has been reaped."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.exited = threading.Event()
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            try:
+                os.kill(self.popen.pid, signum)
+            except ProcessLookupError:
+                pass
