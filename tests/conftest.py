@@ -6,7 +6,8 @@ test_chain.py, test_stateless.py).
 - `start_ps`: builds a ParameterServerCore, the mode object around it and a started gRPC
   server on 127.0.0.1 port 0 (trainthrough.ps.service.create_server), then starts the mode,
   as ps/serving.py does; everything is stopped at teardown;
-- `stub` / `ps_client` / `chain_master`: gRPC stubs, PSClients and ChainMasters closed at teardown;
+- `RunningPS.stub`, `ps_client`, `chain_master`: raw gRPC stubs, PSClients and ChainMasters,
+  closed at teardown;
 - an autouse guard that fails a test which leaves non-daemon threads behind.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -185,14 +186,16 @@ def start_ps(metrics: Metrics, events_path: Path) -> Iterator[StartPS]:
     yield start
     for ps in reversed(running):
         ps.close()
-    # Let the modes' own (daemon) threads finish before their event logs close.
-    wait_until(
-        lambda: not [t for t in threading.enumerate() if t not in before and t.name in MODE_THREADS and t.is_alive()],
-        timeout=5.0,
-        interval=0.02,
-    )
-    for ps in running:
-        ps.events.close()
+
+    def mode_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.name in MODE_THREADS and t.is_alive()]
+
+    # Let the modes' own (daemon) threads finish before their event logs close. One still
+    # running (a stateless window left open by a failed test) may still emit: then the
+    # logs stay open rather than have it write to a closed or reused descriptor.
+    if wait_until(lambda: not mode_threads(), timeout=5.0, interval=0.02):
+        for ps in running:
+            ps.events.close()
 
 
 @pytest.fixture

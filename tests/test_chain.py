@@ -13,8 +13,10 @@ Aspects covered:
   push id is a duplicate;
 - a replacement (join=True, no state) added at the tail receives the state by transfer and then
   follows new updates;
-- a middle replica stops: a push during the outage is not acknowledged, after reconfiguration
-  head and tail are equal and the retry of that push is a duplicate;
+- a middle (or the tail) replica stops: a push during the outage is not acknowledged, after
+  reconfiguration head and tail are equal and the retry of that push is a duplicate;
+- a deposed head that still runs is fenced off: its pushes are not acknowledged and do not
+  enter the new chain; a worker knowing every replica discovers the new head;
 - ack head with replicateEvery 4: the head acknowledges before the tail has the update, and the
   tail catches up.
 """
@@ -27,6 +29,7 @@ import torch
 
 from conftest import RunningPS, StartPS, tensor_msg, wait_until
 from trainthrough.errors import NotHead
+from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.state import ParameterState
@@ -57,6 +60,12 @@ def chain(start_ps, chain_master, size: int = 3, **kwargs):
     master = chain_master([(r.name, r.address) for r in replicas])
     assert master.publish() == []
     return replicas, master
+
+
+def discovered(client, address: str) -> bool:
+    """discover() until it points at `address` (bounded: its Health calls have a 0.5 s
+    deadline, which a first connection on a loaded machine may miss)."""
+    return wait_until(lambda: client.discover() and client.address == address, timeout=10.0, interval=0.05)
 
 
 def grad(i: int) -> torch.Tensor:
@@ -90,15 +99,14 @@ def expected_params(gradients: list[torch.Tensor]) -> bytes:
 
 
 def test_pushes_to_head_are_applied_in_order_on_every_replica(start_ps, chain_master, ps_client) -> None:
-    replicas, master = chain(start_ps, chain_master)
-    head, middle, tail = replicas
+    replicas, _ = chain(start_ps, chain_master)
+    head, _, tail = replicas
     roles = {r.name: (r.health().chain.epoch, r.core.role) for r in replicas}
     assert roles == {"ps-0": (1, "head"), "ps-1": (1, "middle"), "ps-2": (1, "tail")}
     assert [m.name for m in tail.health().chain.members] == ["ps-0", "ps-1", "ps-2"]
 
     client = ps_client([tail.address], "worker-0")
-    assert client.discover()
-    assert client.address == head.address
+    assert discovered(client, head.address)
     gradients = [grad(i) for i in range(6)]
     for i, g in enumerate(gradients):
         reply = client.push(g, base_version=i, samples=1)
@@ -132,7 +140,7 @@ def test_head_failover_keeps_every_acknowledged_update(start_ps, chain_master, p
     replicas, master = chain(start_ps, chain_master)
     head, middle, tail = replicas
     client = ps_client([r.address for r in replicas], "worker-0")
-    assert client.discover() and client.address == head.address
+    assert discovered(client, head.address)
     acknowledged = 0
     for i in range(5):
         client.push(grad(i), base_version=i, samples=1)
@@ -146,8 +154,8 @@ def test_head_failover_keeps_every_acknowledged_update(start_ps, chain_master, p
     assert health.chain.epoch == 2 and [m.name for m in health.chain.members] == ["ps-1", "ps-2"]
     assert middle.core.role == "head" and tail.core.role == "tail"
     assert health.version == acknowledged
-    assert client.discover()
-    assert client.address == middle.address and client.epoch == 2
+    assert discovered(client, middle.address)
+    assert client.epoch == 2
 
     for i in range(5, 8):
         assert client.push(grad(i), base_version=i, samples=1).version == i + 1
@@ -177,7 +185,7 @@ def test_replacement_joins_at_tail_by_state_transfer(start_ps, chain_master, ps_
     replicas, master = chain(start_ps, chain_master)
     head, middle, tail = replicas
     client = ps_client([head.address], "worker-0")
-    assert client.discover()
+    assert discovered(client, head.address)
     for i in range(3):
         client.push(grad(i), base_version=i, samples=1)
 
@@ -202,8 +210,6 @@ def test_replacement_joins_at_tail_by_state_transfer(start_ps, chain_master, ps_
         client.push(grad(i), base_version=i, samples=1)
     assert_all_equal(replicas + [joiner], 6)
     assert raw_params(joiner)[1] == expected_params([grad(i) for i in range(6)])
-    from trainthrough.events import read_events
-
     transfers = [e for e in read_events(events_path) if e["event"] == "chain_state_transfer"]
     assert [(e["source"], e["to"]) for e in transfers] == [("ps-2", joiner.address)]
 
@@ -258,8 +264,8 @@ def test_deposed_head_is_fenced_off(start_ps, chain_master, ps_client) -> None:
     # A worker that knows every replica learns the newest configuration from the others.
     client = ps_client([r.address for r in replicas], "worker-0")
     client.push_id = 2
-    assert client.discover()
-    assert client.address == middle.address and client.epoch == 2
+    assert discovered(client, middle.address)
+    assert client.epoch == 2
     reply = client.push(grad(2), base_version=2, samples=1)
     assert reply.version == 3 and not reply.duplicate
     assert_all_equal([middle, tail], 3)

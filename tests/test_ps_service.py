@@ -6,16 +6,19 @@ Aspects covered:
   increments, a pull at the current version carries no parameters; bfloat16 gradients work;
 - bad input (wrong shape, unknown dtype, truncated bytes, NaN, Inf) is INVALID_ARGUMENT whose
   details name the problem; parameters and version stay unchanged, the PS keeps serving, and
-  the rejected-pushes counter counts each by reason;
+  the rejected-pushes counter counts each by reason; PSClient raises PermanentError and keeps
+  its push id;
 - a 50-million-parameter model (200 MB) pushes and pulls through gRPC, above the 4 MB default;
 - a duplicate push (same worker, same push id) is acknowledged with duplicate=True, not applied
   twice, and older push ids are duplicates too;
 - sync updates: two workers' pushes from threads become one averaged update; a round with a
-  missing worker closes after sync_timeout with what arrived;
+  missing worker closes after sync_timeout with what arrived; a retry while the round is still
+  open waits for that round and is a duplicate; a retry after it closed is a duplicate;
 - Health reports name, mode, state serving, version, updates since start, restored_from and the
   incarnation that Pull and Push also carry;
 - checkpoint restart: a new PS on the same directory restores the newest checkpoint, with a new
-  incarnation, and the checkpoint_written event is in the event log.
+  incarnation, and the checkpoint_written event is in the event log; a torn newest checkpoint
+  is skipped for the one before it (checkpoint_invalid event).
 """
 
 from __future__ import annotations
@@ -299,26 +302,28 @@ def test_sync_round_with_missing_worker_closes_after_timeout(start_ps, ps_client
 def test_sync_retry_while_round_is_open_waits_for_that_round(start_ps, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=2, sync_timeout=10.0)
     g0, g1 = torch.full((N,), 2.0), torch.full((N,), 6.0)
-    # worker-0's push gives up on its side (deadline) while its gradient sits in the round.
-    with pytest.raises(grpc.RpcError) as caught:
-        ps.stub.Push(push_request("worker-0", 1, tensor_msg(g0)), timeout=0.2)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # White-box: the open round (no RPC shows it) must hold worker-0 before the retry.
-    assert wait_until(lambda: "worker-0" in ps.core._round.workers, timeout=5.0)
-
     replies: dict[str, ps_pb2.PushReply] = {}
 
-    def retry() -> None:
-        replies["retry"] = ps.stub.Push(push_request("worker-0", 1, tensor_msg(g0)), timeout=15)
+    def send(key: str, worker: str, gradient: torch.Tensor) -> None:
+        replies[key] = ps.stub.Push(push_request(worker, 1, tensor_msg(gradient)), timeout=20)
 
-    thread = threading.Thread(target=retry)
-    thread.start()
+    original = threading.Thread(target=send, args=("original", "worker-0", g0))
+    original.start()
+    # White-box: the open round (no RPC shows it) holds worker-0's gradient.
+    assert wait_until(lambda: "worker-0" in ps.core._round.workers, timeout=10.0)
+    # worker-0 retries the same push (its call timed out on its side) while the round is open.
+    retry = threading.Thread(target=send, args=("retry", "worker-0", g0))
+    retry.start()
     try:
-        replies["worker-1"] = ps.stub.Push(push_request("worker-1", 1, tensor_msg(g1)), timeout=15)
+        send("worker-1", "worker-1", g1)
     finally:
-        thread.join(20)
-    assert (replies["worker-1"].version, replies["worker-1"].duplicate) == (1, False)
-    assert (replies["retry"].version, replies["retry"].duplicate) == (1, True)
+        original.join(25)
+        retry.join(25)
+    assert {k: (r.version, r.duplicate) for k, r in replies.items()} == {
+        "original": (1, False),
+        "retry": (1, True),
+        "worker-1": (1, False),
+    }
     version, params = ps.pull()
     assert version == 1
     assert torch.equal(params, -LR * (g0 + g1) / 2)  # worker-0 counted once
