@@ -111,3 +111,38 @@ def test_capacity_below_one_is_refused(capacity: int) -> None:
 def test_unknown_policy_is_refused(policy: str) -> None:
     with pytest.raises(ValueError, match=r"onFull: must be merge, drop-oldest or pause, got " + repr(policy)):
         GradientBuffer(capacity=2, on_full=policy)
+
+
+def test_entries_carry_growing_sequence_numbers() -> None:
+    buffer = GradientBuffer(capacity=3, on_full="merge", first_seq=100)
+    for version in range(3):
+        buffer.add(torch.ones(2), base_version=version)
+    assert [e.seq for e in buffer.entries] == [100, 101, 102]
+
+
+def test_a_sent_entry_is_sealed_against_merging() -> None:
+    buffer = GradientBuffer(capacity=1, on_full="merge", first_seq=0)
+    buffer.add(torch.ones(2), base_version=0)
+    buffer.mark_sent()
+    # The PS may already have replayed the sent entry: a new gradient must not hide in it.
+    buffer.add(torch.full((2,), 5.0), base_version=1)
+    assert [(e.seq, e.count, e.sent) for e in buffer.entries] == [(0, 1, True), (1, 1, False)]
+    assert torch.equal(buffer.entries[0].gradient, torch.ones(2))
+
+
+def test_discard_through_drops_what_the_ps_replayed() -> None:
+    buffer = GradientBuffer(capacity=4, on_full="merge", first_seq=10)
+    for version in range(4):
+        buffer.add(torch.ones(2), base_version=version)
+    buffer.discard_through(11)
+    assert [e.seq for e in buffer.entries] == [12, 13]
+    buffer.discard_through(-1)
+    assert len(buffer) == 2
+
+
+def test_restarted_worker_sequence_continues_upwards() -> None:
+    first = GradientBuffer(capacity=1, on_full="merge")
+    first.add(torch.ones(1), base_version=0)
+    second = GradientBuffer(capacity=1, on_full="merge")
+    second.add(torch.ones(1), base_version=0)
+    assert second.entries[0].seq > first.entries[0].seq

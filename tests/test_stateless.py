@@ -21,8 +21,7 @@ Aspects covered:
 - fallback: with fallbackCheckpoint on and no worker bringing weights the PS restores the
   newest checkpoint (restored_from 'fallback-checkpoint') and replays onto it, then keeps
   writing checkpoints; weights from a worker win over the checkpoint;
-- idempotency: a retried rejoin (same worker, same push id) must not replay its buffer twice
-  (xfail: a bug in ps/stateless.py).
+- idempotency: a retried rejoin (same worker, same entries) replays nothing twice.
 """
 
 from __future__ import annotations
@@ -118,8 +117,8 @@ def reseed(start_ps, ps_client, **spec_args) -> tuple[RunningPS, dict[str, ps_pb
     w1 = ps_client([ps.address], "worker-1")
     replies = rejoin_all(
         [
-            (w0, (7, A, [BufferedGradient(7, G1), BufferedGradient(8, G2, count=2)])),
-            (w1, (9, B, [BufferedGradient(9, G3)])),
+            (w0, (7, A, [BufferedGradient(1, 7, G1), BufferedGradient(2, 8, G2, count=2)])),
+            (w1, (9, B, [BufferedGradient(3, 9, G3)])),
         ]
     )
     return ps, replies
@@ -230,7 +229,7 @@ def test_staleness_policies(start_ps, ps_client, spec_args, expected, version) -
 def test_clip_scales_to_the_limit_norm(start_ps, ps_client) -> None:
     ps = stateless_ps(start_ps, expected_workers=1, staleness="sum", clip=1.0)
     w0 = ps_client([ps.address], "worker-0")
-    reply = w0.rejoin(3, B, [BufferedGradient(3, torch.tensor([3.0, 4.0, 0.0, 0.0]))], timeout=15)
+    reply = w0.rejoin(3, B, [BufferedGradient(4, 3, torch.tensor([3.0, 4.0, 0.0, 0.0]))], timeout=15)
     assert reply.replayed == 1 and reply.version == 4
     torch.testing.assert_close(pull(ps)[1], B - LR * torch.tensor([0.6, 0.8, 0.0, 0.0]), rtol=0, atol=1e-6)
 
@@ -253,7 +252,7 @@ def test_window_closes_after_timeout_and_late_worker_replays_onto_live_model(
     ps.start_mode()
 
     g = torch.tensor([2.0, 0.0, 0.0, 0.0])
-    reply = w0.rejoin(5, B, [BufferedGradient(5, g)], timeout=15)
+    reply = w0.rejoin(5, B, [BufferedGradient(5, 5, g)], timeout=15)
     assert time.monotonic() - opened >= 0.3 * 0.95  # the window ran to its timeout
     # Only one of two expected workers came: the window closed on its timeout.
     assert reply.seeded_from == "worker-0"
@@ -264,7 +263,7 @@ def test_window_closes_after_timeout_and_late_worker_replays_onto_live_model(
     assert torch.equal(pull(ps)[1], live)
 
     h = torch.tensor([0.0, 4.0, 0.0, 0.0])
-    late = w1.rejoin(3, A, [BufferedGradient(3, h)], timeout=15)
+    late = w1.rejoin(3, A, [BufferedGradient(6, 3, h)], timeout=15)
     assert late.replayed == 1
     assert late.version == 7
     assert late.seeded_from == "worker-0"  # its older weights are ignored
@@ -317,7 +316,7 @@ def test_malformed_rejoin_is_invalid_argument_and_not_counted(start_ps, ps_clien
     assert ps.health().state == "seeding"
 
     w0 = ps_client([ps.address], "worker-0")
-    reply = w0.rejoin(2, A, [BufferedGradient(2, G1)], timeout=10)
+    reply = w0.rejoin(2, A, [BufferedGradient(7, 2, G1)], timeout=10)
     assert reply.seeded_from == "worker-0" and reply.replayed == 1 and reply.version == 3
     assert torch.equal(pull(ps)[1], A - LR * G1)
 
@@ -350,7 +349,7 @@ def test_fallback_restores_newest_checkpoint_when_no_worker_has_weights(start_ps
     save_checkpoint(ckpt, B, 42)
     ps = stateless_ps(start_ps, expected_workers=1, fallback_dir=ckpt)
     w0 = ps_client([ps.address], "worker-0")
-    reply = w0.rejoin(-1, None, [BufferedGradient(41, G3)], timeout=10)
+    reply = w0.rejoin(-1, None, [BufferedGradient(8, 41, G3)], timeout=10)
     assert reply.seeded_from == ""
     assert reply.replayed == 1 and reply.version == 43
     health = ps.health()
@@ -375,11 +374,6 @@ def test_fallback_is_not_used_when_a_worker_brings_weights(start_ps, ps_client, 
 # -- idempotency -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ps/stateless.py StatelessMode.rejoin ignores RejoinRequest.push_id: a retried rejoin of a "
-    "worker that already rejoined is taken for a late worker and its buffer is replayed again",
-)
 def test_retried_rejoin_does_not_replay_twice(start_ps) -> None:
     ps = stateless_ps(start_ps, expected_workers=1)
     request = ps_pb2.RejoinRequest(worker="worker-0", base_version=5, base_params=tensor_msg(B), push_id=77)

@@ -31,9 +31,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -360,13 +361,18 @@ def _check_pair(value: object) -> object:
 # --------------------------------------------------------------------------- models
 
 
-class _Model(BaseModel):
+class SpecModel(BaseModel):
+    """Base of every user-facing document model: camelCase fields, typos rejected."""
+
     model_config = ConfigDict(
         alias_generator=to_camel,  # camelCase in YAML/JSON, as Kubernetes APIs spell fields
         populate_by_name=True,  # snake_case works too (Python callers, tests)
         extra="forbid",  # a typo is an error, not a silently ignored setting
         allow_inf_nan=False,
     )
+
+
+M = TypeVar("M", bound=SpecModel)
 
 
 # ObjectMeta fields that the API server adds or that we do not model; the operator hands
@@ -390,7 +396,7 @@ _IGNORED_METADATA = frozenset(
 )
 
 
-class Metadata(_Model):
+class Metadata(SpecModel):
     name: _DnsLabel
     namespace: _DnsLabel = "default"
 
@@ -402,7 +408,7 @@ class Metadata(_Model):
         return data
 
 
-class Resources(_Model):
+class Resources(SpecModel):
     """Requests (= limits) for one pod; ignored by the local runtime except as documentation."""
 
     cpu: _Quantity = "1"
@@ -410,7 +416,7 @@ class Resources(_Model):
     gpu: Annotated[_Int, Field(ge=0)] = 0
 
 
-class OptimizerSpec(_Model):
+class OptimizerSpec(SpecModel):
     """Applied by the parameter server to incoming gradients."""
 
     name: Literal["sgd", "adam"] = "sgd"
@@ -423,7 +429,7 @@ class OptimizerSpec(_Model):
     ] = (0.9, 0.999)  # adam only
 
 
-class StopSpec(_Model):
+class StopSpec(SpecModel):
     """Training ends when the first of these is reached; at least one must be set."""
 
     steps: Annotated[_Int, Field(ge=1)] | None = None  # training steps per worker
@@ -431,20 +437,20 @@ class StopSpec(_Model):
     duration: PositiveSeconds | None = None
 
 
-class WorkersSpec(_Model):
+class WorkersSpec(SpecModel):
     replicas: Annotated[_Int, Field(ge=1, le=64)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resources: Resources = Field(default_factory=Resources)
 
 
-class ParameterServerSpec(_Model):
+class ParameterServerSpec(SpecModel):
     replicas: Annotated[_Int, Field(ge=1, le=16)] = 1  # the chain length in chain mode
     port: Annotated[_Int, Field(ge=1, le=65535)] = 50051
     restart_delay: NonNegativeSeconds = 0.0  # before a killed PS is restarted
     resources: Resources = Field(default_factory=Resources)
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(SpecModel):
     """When and where the PS writes its state (consistency 'checkpoint', and the stateless fallback)."""
 
     every_updates: Annotated[_Int, Field(ge=1)] | None = 100
@@ -453,7 +459,7 @@ class CheckpointSpec(_Model):
     keep: Annotated[_Int, Field(ge=1)] = 3
 
 
-class ChainSpec(_Model):
+class ChainSpec(SpecModel):
     """With ack 'tail' a push is acknowledged once the tail has it (replicateEvery must be 1);
     ack 'head' and replicateEvery > 1 trade that guarantee for latency."""
 
@@ -461,7 +467,7 @@ class ChainSpec(_Model):
     replicate_every: Annotated[_Int, Field(ge=1)] = 1
 
 
-class StatelessSpec(_Model):
+class StatelessSpec(SpecModel):
     max_buffered: Annotated[_Int, Field(ge=1)] = 32  # gradients a worker holds while the PS is down
     on_full: Literal["merge", "drop-oldest", "pause"] = "merge"
     staleness: Literal["sum", "lr-scaled", "weighted", "average"] = "sum"
@@ -470,12 +476,12 @@ class StatelessSpec(_Model):
     fallback_checkpoint: _Bool = False  # only used if every worker is gone too
 
 
-class EvaluationSpec(_Model):
+class EvaluationSpec(SpecModel):
     interval: PositiveSeconds = 5.0
     test_samples: Annotated[_Int, Field(ge=1)] | None = None  # None: the full test set
 
 
-class ChaosKill(_Model):
+class ChaosKill(SpecModel):
     """Kill ``target`` ``at`` seconds after training starts.
 
     Targets: ``ps-head`` and ``ps-tail`` (resolved when the kill fires; the same replica
@@ -504,7 +510,7 @@ class ChaosKill(_Model):
         return f"{self.target}@{format_duration(self.at)}"
 
 
-class TrainingJobSpec(_Model):
+class TrainingJobSpec(SpecModel):
     model: Literal["paper-cnn", "mlp"] = "paper-cnn"
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_path: _Str | None = None  # explicit Fashion-MNIST folder; else the loader searches
@@ -605,7 +611,7 @@ def _cross_field_problems(spec: TrainingJobSpec) -> list[FieldError]:
 _IGNORED_TOP_LEVEL = frozenset({"status"})
 
 
-class TrainingJob(_Model):
+class TrainingJob(SpecModel):
     api_version: Literal["trainthrough.io/v1alpha1"] = API_VERSION
     kind: Literal["TrainingJob"] = KIND
     metadata: Metadata
@@ -622,26 +628,21 @@ class TrainingJob(_Model):
 # --------------------------------------------------------------------------- public functions
 
 
-def parse_job(document: Mapping[str, Any], source: str = "<document>") -> TrainingJob:
-    """Validate a TrainingJob document (parsed YAML/JSON, or the operator's object).
-
-    Raises SpecError with every problem found; ``SpecError.source`` is ``source``.
-    """
+def validate_document(model: type[M], document: Any, source: str, what: str) -> M:
+    """`document` validated as `model` (any model built on SpecModel), or a SpecError
+    with every problem and its field path. Used for TrainingJobs and benchmark matrices."""
     if not isinstance(document, Mapping):
-        problem = FieldError("", f"a TrainingJob document must be a mapping, got {_show(document)}")
+        problem = FieldError("", f"a {what} document must be a mapping, got {_show(document)}")
         raise SpecError([problem], source)
     try:
-        return TrainingJob.model_validate(dict(document))
+        return model.model_validate(dict(document))
     except ValidationError as exc:
         raise SpecError(_translate(exc), source) from None
 
 
-def load_job(path: str | os.PathLike[str]) -> TrainingJob:
-    """Read and validate one TrainingJob YAML file.
-
-    Unreadable files, YAML syntax errors and non-mapping documents are SpecErrors too,
-    with the path ``FILE:LINE:COLUMN`` where YAML reports a position.
-    """
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
+    """One YAML document that must be a mapping. Unreadable files, YAML syntax errors and
+    non-mapping documents are SpecErrors, located as ``FILE:LINE:COLUMN`` where YAML can."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as f:
@@ -661,9 +662,22 @@ def load_job(path: str | os.PathLike[str]) -> TrainingJob:
 
     if not isinstance(document, Mapping):
         where = f"{name}:{node.start_mark.line + 1}" if node is not None else name
-        what = "an empty document" if document is None else _show(document)
-        raise SpecError([FieldError(where, f"a TrainingJob document must be a mapping, got {what}")], name)
-    return parse_job(document, source=name)
+        shown = "an empty document" if document is None else _show(document)
+        raise SpecError([FieldError(where, f"a {what} document must be a mapping, got {shown}")], name)
+    return document
+
+
+def parse_job(document: Mapping[str, Any], source: str = "<document>") -> TrainingJob:
+    """Validate a TrainingJob document (parsed YAML/JSON, or the operator's object).
+
+    Raises SpecError with every problem found; ``SpecError.source`` is ``source``.
+    """
+    return validate_document(TrainingJob, document, source, "TrainingJob")
+
+
+def load_job(path: str | os.PathLike[str]) -> TrainingJob:
+    """Read and validate one TrainingJob YAML file."""
+    return parse_job(read_yaml_mapping(path, "TrainingJob"), source=os.fspath(path))
 
 
 def _yaml_error(name: str, exc: yaml.YAMLError) -> FieldError:

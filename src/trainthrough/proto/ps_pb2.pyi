@@ -157,14 +157,16 @@ class InstallReply(_message.Message):
     def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
 
 class BufferedGradient(_message.Message):
-    __slots__ = ("base_version", "count", "gradient")
+    __slots__ = ("base_version", "count", "gradient", "seq")
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     base_version: int
     count: int
     gradient: Tensor
-    def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    seq: int
+    def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class RejoinRequest(_message.Message):
     __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id", "announce")
@@ -183,14 +185,16 @@ class RejoinRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., base_version: _Optional[int] = ..., base_params: _Optional[_Union[Tensor, _Mapping]] = ..., buffered: _Optional[_Iterable[_Union[BufferedGradient, _Mapping]]] = ..., push_id: _Optional[int] = ..., announce: _Optional[bool] = ...) -> None: ...
 
 class RejoinReply(_message.Message):
-    __slots__ = ("version", "replayed", "seeded_from")
+    __slots__ = ("version", "replayed", "seeded_from", "replayed_seq")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     SEEDED_FROM_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_SEQ_FIELD_NUMBER: _ClassVar[int]
     version: int
     replayed: int
     seeded_from: str
-    def __init__(self, version: _Optional[int] = ..., replayed: _Optional[int] = ..., seeded_from: _Optional[str] = ...) -> None: ...
+    replayed_seq: int
+    def __init__(self, version: _Optional[int] = ..., replayed: _Optional[int] = ..., seeded_from: _Optional[str] = ..., replayed_seq: _Optional[int] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
     __slots__ = ("worker", "steps", "accuracy", "loss")

@@ -186,9 +186,10 @@ class ParameterServerCore:
                     break
                 current = self._round
                 if worker in current.workers:
-                    # This worker's previous push is still in the open round (a retry):
-                    # wait for that round instead of contributing twice.
+                    # This worker already contributed to the open round: a retry of that
+                    # push waits for the round's outcome; a newer push waits for the next.
                     waiting = current
+                    retry = current.push_ids[current.workers.index(worker)] == push_id
                 else:
                     waiting = None
                     if current.total is None:
@@ -204,7 +205,7 @@ class ParameterServerCore:
                 waiting.done.wait(self.sync_timeout)
                 if waiting.error is not None:
                     raise waiting.error
-                if waiting.done.is_set():
+                if waiting.done.is_set() and retry:
                     return waiting.version, True
                 continue
             if full:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -74,10 +75,11 @@ class StatelessMode(Mode):
         self.initial_state = initial_state
         self.fallback = fallback
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[ps_pb2.RejoinRequest, list[tuple[int, int, torch.Tensor]]]] = {}
+        self._pending: dict[str, tuple[ps_pb2.RejoinRequest, list[_Entry]]] = {}
         self._replayed: dict[str, int] = {}
         self._rejoined: set[str] = set()
         self._announced: set[str] = set()
+        self._replayed_seq: dict[str, int] = {}  # worker -> newest buffered entry replayed
         self._seeded_from = ""
         self._seeded = threading.Event()
 
@@ -113,7 +115,8 @@ class StatelessMode(Mode):
                 if not self._seeded.is_set():
                     self._announced.add(request.worker)
             self.core.events.emit("rejoin_announced", worker=request.worker)
-            return self._reply(request.worker, 0)
+            with self._lock:
+                return self._reply(request.worker, 0)
         self.core.events.emit("rejoin_received", worker=request.worker, buffered=len(request.buffered))
         buffered = self._decode_buffer(request)  # reject a malformed rejoin before it counts
         with self._lock:
@@ -131,14 +134,19 @@ class StatelessMode(Mode):
             return self._reply(request.worker, self._replayed.get(request.worker, 0))
 
     def _reply(self, worker: str, replayed: int) -> ps_pb2.RejoinReply:
-        return ps_pb2.RejoinReply(version=self.core.version, replayed=replayed, seeded_from=self._seeded_from)
+        return ps_pb2.RejoinReply(
+            version=self.core.version,
+            replayed=replayed,
+            seeded_from=self._seeded_from,
+            replayed_seq=self._replayed_seq.get(worker, -1),
+        )
 
-    def _decode_buffer(self, request: ps_pb2.RejoinRequest) -> list[tuple[int, int, torch.Tensor]]:
+    def _decode_buffer(self, request: ps_pb2.RejoinRequest) -> list[_Entry]:
         numel = self._numel()
         entries = []
         for i, entry in enumerate(request.buffered):
             gradient = wire.decode(entry.gradient, numel, what=f"buffered[{i}].gradient")
-            entries.append((entry.base_version, max(1, entry.count), gradient))
+            entries.append(_Entry(entry.seq, entry.base_version, max(1, entry.count), gradient))
         if request.base_version >= 0:
             wire.decode(request.base_params, numel, what="base_params")
         return entries
@@ -195,8 +203,18 @@ class StatelessMode(Mode):
             seconds=round(time.monotonic() - started, 6),
         )
 
-    def _replay(self, buffers: dict[str, list[tuple[int, int, torch.Tensor]]]) -> dict[str, int]:
-        """Apply buffered gradients interleaved across workers; returns gradients per worker."""
+    def _replay(self, buffers: dict[str, list[_Entry]]) -> dict[str, int]:
+        """Apply buffered gradients interleaved across workers; returns gradients per worker.
+
+        Each entry is replayed at most once per PS incarnation (by its seq): a worker that
+        retries a rejoin whose reply it lost hands over the same entries again."""
+        buffers = {
+            worker: [e for e in entries if e.seq > self._replayed_seq.get(worker, -1)]
+            for worker, entries in buffers.items()
+        }
+        for worker, entries in buffers.items():
+            if entries:
+                self._replayed_seq[worker] = max(e.seq for e in entries)
         policy = self.spec.staleness
         contributors = sum(1 for entries in buffers.values() if entries)
         counts = {worker: 0 for worker in buffers}
@@ -204,15 +222,15 @@ class StatelessMode(Mode):
         for j in range(depth):
             layer = [(w, entries[j]) for w, entries in sorted(buffers.items()) if j < len(entries)]
             if policy == "average":
-                mean = sum(clip_norm(g, self.spec.clip) for _, (_, _, g) in layer) / len(layer)
+                mean = sum(clip_norm(e.gradient, self.spec.clip) for _, e in layer) / len(layer)
                 self._apply(mean, 1.0)
             else:
-                for _, (base_version, _, gradient) in layer:
-                    staleness = self.core.version - base_version
+                for _, entry in layer:
+                    staleness = self.core.version - entry.base_version
                     weight = staleness_weight(policy, staleness, contributors)
-                    self._apply(clip_norm(gradient, self.spec.clip), weight)
-            for worker, (_, count, _) in layer:
-                counts[worker] += count
+                    self._apply(clip_norm(entry.gradient, self.spec.clip), weight)
+            for worker, entry in layer:
+                counts[worker] += entry.count
         replayed = sum(counts.values())
         if replayed:
             self.core.metric(self.core.metrics.replayed_gradients).inc(replayed)
@@ -222,6 +240,16 @@ class StatelessMode(Mode):
     def _apply(self, gradient: torch.Tensor, weight: float) -> None:
         state = self.core.require_state()
         self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One buffered gradient as received in a rejoin."""
+
+    seq: int
+    base_version: int
+    count: int
+    gradient: torch.Tensor
 
 
 def _rank(worker: str) -> int:

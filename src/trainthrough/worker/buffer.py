@@ -5,10 +5,15 @@ the worker's own local steps since), so the PS can weigh it by staleness on repl
 full, `onFull` decides: `merge` adds the new gradient into the newest entry (its count
 grows; nothing is dropped, resolution is), `drop-oldest` forgets the oldest entry,
 `pause` tells the worker to stop training until the PS is back.
+
+Every entry has a sequence number that only grows (across restarts of the worker too), so
+the PS can replay each entry exactly once even when a worker retries a rejoin whose reply
+it lost. An entry once sent is sealed: nothing more is merged into it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -17,9 +22,11 @@ import torch
 
 @dataclass
 class BufferedGradient:
+    seq: int
     base_version: int
     gradient: torch.Tensor
     count: int = 1
+    sent: bool = False
 
 
 class GradientBuffer:
@@ -29,7 +36,7 @@ class GradientBuffer:
     True
     """
 
-    def __init__(self, capacity: int, on_full: str) -> None:
+    def __init__(self, capacity: int, on_full: str, first_seq: int | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if on_full not in ("merge", "drop-oldest", "pause"):
@@ -38,6 +45,8 @@ class GradientBuffer:
         self.on_full = on_full
         self.entries: deque[BufferedGradient] = deque()
         self.dropped = 0
+        # Time-based, so that a restarted worker's entries follow its earlier ones.
+        self._next_seq = time.time_ns() // 1000 if first_seq is None else first_seq
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -56,15 +65,28 @@ class GradientBuffer:
         if self.full:
             if self.on_full == "pause":
                 return False
-            if self.on_full == "merge":
+            if self.on_full == "merge" and not self.entries[-1].sent:
                 newest = self.entries[-1]
                 newest.gradient.add_(gradient)
                 newest.count += 1
                 return True
-            self.entries.popleft()
-            self.dropped += 1
-        self.entries.append(BufferedGradient(base_version, gradient.detach().clone()))
+            if self.on_full == "drop-oldest":
+                self.entries.popleft()
+                self.dropped += 1
+            # merge onto a sealed entry: start a new one (past capacity, until the next
+            # rejoin succeeds; only after a rejoin whose outcome is unknown).
+        self.entries.append(BufferedGradient(self._next_seq, base_version, gradient.detach().clone()))
+        self._next_seq += 1
         return True
+
+    def mark_sent(self) -> None:
+        for entry in self.entries:
+            entry.sent = True
+
+    def discard_through(self, seq: int) -> None:
+        """Forget the entries the PS has already replayed (seq <= `seq`)."""
+        while self.entries and self.entries[0].seq <= seq:
+            self.entries.popleft()
 
     def clear(self) -> None:
         self.entries.clear()

@@ -109,16 +109,20 @@ class PSClient:
     def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
         return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
 
+    def announce_rejoin(self) -> ps_pb2.RejoinReply:
+        """Tell a (re)starting stateless PS this worker is about to rejoin; the reply says
+        which buffered entries it already replayed (`replayed_seq`)."""
+        announce = ps_pb2.RejoinRequest(worker=self.worker, announce=True)
+        return self._head.call(lambda s, t: s.Rejoin(announce, timeout=t), timeout=HEALTH_TIMEOUT)
+
     def rejoin(
         self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
     ) -> ps_pb2.RejoinReply:
-        announce = ps_pb2.RejoinRequest(worker=self.worker, announce=True)
-        self._head.call(lambda s, t: s.Rejoin(announce, timeout=t), timeout=HEALTH_TIMEOUT)
         request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
         if base_params is not None:
             request.base_params.CopyFrom(wire.encode(base_params))
         for entry in buffered:
-            message = request.buffered.add(base_version=entry.base_version, count=entry.count)
+            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count)
             message.gradient.CopyFrom(wire.encode(entry.gradient))
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 

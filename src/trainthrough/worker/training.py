@@ -266,6 +266,8 @@ class Worker:
     def _rejoin(self, timeout: float) -> None:
         """Hand base weights and buffered gradients to the PS, then resync from it."""
         base_version = self.version if self.base_params is not None else -1
+        self.buffer.discard_through(self.client.announce_rejoin().replayed_seq)
+        self.buffer.mark_sent()
         entries = list(self.buffer.entries)
         reply = self.client.rejoin(base_version, self.base_params, entries, timeout=timeout)
         self.stats.rejoins += 1
