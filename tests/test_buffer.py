@@ -140,9 +140,14 @@ def test_discard_through_drops_what_the_ps_replayed() -> None:
     assert len(buffer) == 2
 
 
-def test_restarted_worker_sequence_continues_upwards() -> None:
+def test_restarted_worker_sequence_continues_upwards(monkeypatch) -> None:
+    import trainthrough.worker.buffer as buffer_module
+
+    clock = iter([1_000_000_000, 3_000_000_000])  # a restart two seconds later
+    monkeypatch.setattr(buffer_module.time, "time_ns", lambda: next(clock))
     first = GradientBuffer(capacity=1, on_full="merge")
-    first.add(torch.ones(1), base_version=0)
+    for _ in range(5):
+        first.add(torch.ones(1), base_version=0)
     second = GradientBuffer(capacity=1, on_full="merge")
     second.add(torch.ones(1), base_version=0)
     assert second.entries[0].seq > first.entries[0].seq
