@@ -430,11 +430,14 @@ class OptimizerSpec(SpecModel):
 
 
 class StopSpec(SpecModel):
-    """Training ends when the first of these is reached; at least one must be set."""
+    """Training ends when the first of these is reached; at least one must be set.
+    ``minDuration`` keeps a job running that long even once ``targetAccuracy`` is reached
+    (a benchmark measures the accuracy at a fixed time)."""
 
     steps: Annotated[_Int, Field(ge=1)] | None = None  # training steps per worker
     target_accuracy: Annotated[_Float, Field(gt=0, le=1)] | None = None
     duration: PositiveSeconds | None = None
+    min_duration: NonNegativeSeconds = 0.0
 
 
 class WorkersSpec(SpecModel):

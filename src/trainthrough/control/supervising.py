@@ -101,6 +101,7 @@ class Supervisor:
         self._connections: dict[str, Connection] = {}
         self._kills: dict[str, tuple[float, int]] = {}  # process -> (killed_at, version before)
         self._pending: list[_PendingRecovery] = []
+        self._deferred: list[ChaosKill] = []
         self._replacements: list[_PendingReplacement] = []
         self._done: list[Recovery] = []
         self._finished: set[str] = set()
@@ -181,7 +182,7 @@ class Supervisor:
         stop = self.spec.stop
         while True:
             elapsed = time.time() - self._t0
-            for kill in self.schedule.due(elapsed):
+            for kill in list(self._deferred) + self.schedule.due(elapsed):
                 self._inject(kill)
             for death in self.runtime.deaths(timeout=LOOP_INTERVAL):
                 self._on_death(death)
@@ -195,7 +196,11 @@ class Supervisor:
                 return "every worker reached stop.steps"
             if stop.duration is not None and elapsed >= stop.duration:
                 return f"stop.duration {stop.duration:g}s reached"
-            if stop.target_accuracy is not None and self._last.accuracy >= stop.target_accuracy:
+            if (
+                stop.target_accuracy is not None
+                and self._last.accuracy >= stop.target_accuracy
+                and elapsed >= stop.min_duration
+            ):
                 return f"stop.targetAccuracy {stop.target_accuracy:g} reached ({self._last.accuracy:.4f})"
 
     # -- faults ------------------------------------------------------------------------------
@@ -208,12 +213,28 @@ class Supervisor:
         except UnknownTarget as error:
             self.events.emit("chaos_skipped", target=kill.target, reason=str(error))
             return
+        if self._recovering(name):
+            # A kill hits the first live incarnation at or after its time: killing a PS
+            # that is still down (its outage, its restart) would be no failure at all.
+            if not any(k is kill for k in self._deferred):
+                self._deferred.append(kill)
+                self.events.emit("chaos_deferred", target=kill.target, process=name, scheduled_at=kill.at)
+            return
+        self._deferred = [k for k in self._deferred if k is not kill]
         health = self._health(self._acknowledging(name)) if name in self.known_ps else None
         version = health.version if health is not None else -1
         self.runtime.kill(name)
         killed_at = time.time()
         self._kills[name] = (killed_at, version)
-        self.events.emit("kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at)
+        self.events.emit(
+            "kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at, killed_at=killed_at
+        )
+
+    def _recovering(self, name: str) -> bool:
+        """Whether `name` is down or still being recovered (restart not serving yet)."""
+        if name not in self.runtime.running():
+            return True
+        return any(p.record.target == name and p.phase in ("restart", "ready") for p in self._pending)
 
     def _acknowledging(self, name: str) -> str:
         """The PS whose version counts as acknowledged when `name` dies: with `ack: tail`

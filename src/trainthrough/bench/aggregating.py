@@ -1,0 +1,76 @@
+"""Cells of the matrix from its runs: medians with min and max over seeds, and ratios to
+each variant's no-failure baseline. Used by bench/reporting.py and bench/figures.py.
+A time to target that was never reached counts as infinite (it sorts last, and a median
+of mostly unreached runs is unreached)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+BASELINE = "no-failure"
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float | None], missing_is_infinite: bool = False) -> "Stat":
+        present = [math.inf if v is None else v for v in values] if missing_is_infinite else [v for v in values if v is not None]
+        if not present:
+            return cls(None, None, None, 0)
+        return cls(statistics.median(present), min(present), max(present), len(present))
+
+
+@dataclass
+class Cell:
+    variant: str
+    scenario: str
+    workers: int
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r["status"] == "ok"]
+
+    def stat(self, key: str, missing_is_infinite: bool = False) -> Stat:
+        return Stat.of([r.get(key) for r in self.ok], missing_is_infinite)
+
+    def kill_stat(self, index: int, key: str) -> Stat:
+        values = [r["kills"][index].get(key) for r in self.ok if len(r.get("kills", [])) > index]
+        return Stat.of(values)
+
+    def phase_stat(self, phase: str) -> Stat:
+        values = [k["phases"].get(phase) for r in self.ok for k in r.get("kills", []) if k["phases"]]
+        return Stat.of(values)
+
+    @property
+    def kill_count(self) -> int:
+        return max((len(r.get("kills_planned", [])) for r in self.runs), default=0)
+
+
+def cells(results: list[dict[str, Any]]) -> list[Cell]:
+    found: dict[tuple[str, str, int], Cell] = {}
+    for result in results:
+        key = (result["variant"], result["scenario"], result["workers"])
+        found.setdefault(key, Cell(*key)).runs.append(result)
+    return list(found.values())
+
+
+def baseline_of(cell: Cell, all_cells: list[Cell]) -> Cell | None:
+    for other in all_cells:
+        if (other.variant, other.workers, other.scenario) == (cell.variant, cell.workers, BASELINE):
+            return other
+    return None
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base <= 0 or math.isinf(base):
+        return None
+    return value / base

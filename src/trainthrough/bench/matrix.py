@@ -1,0 +1,168 @@
+"""The benchmark's experiment matrix: variants (mode x update rule) x failure scenarios x
+worker counts x seeds, from YAML or a built-in preset, expanded into one plan per run.
+
+Used by `trainthrough bench` (bench/running.py). Every run is an ordinary TrainingJob with
+a fixed wall-clock budget: kills come from the scenario, the outage before a PS restarts
+(or a chain replacement starts) models pod rescheduling.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from trainthrough.spec import (
+    NonNegativeSeconds,
+    PositiveSeconds,
+    SpecModel,
+    TrainingJob,
+    parse_job,
+    read_yaml_mapping,
+    validate_document,
+)
+
+Preset = Literal["quick", "default", "full"]
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "checkpoint-sync": {"consistency": "checkpoint", "updates": "sync"},
+    "checkpoint-async": {"consistency": "checkpoint", "updates": "async"},
+    "chain-sync": {"consistency": "chain", "updates": "sync", "parameterServer": {"replicas": 3}},
+    "chain-async": {"consistency": "chain", "updates": "async", "parameterServer": {"replicas": 3}},
+    "stateless": {"consistency": "stateless", "updates": "async"},
+}
+
+# The paper's setup (CNN on Fashion-MNIST, SGD) at a pace this 2-core machine sustains.
+BASE_SPEC: dict[str, Any] = {
+    "model": "paper-cnn",
+    "dataset": "fashion-mnist",
+    "optimizer": {"name": "sgd", "lr": 0.05},
+    "batchSize": 32,
+    "checkpoint": {"everyUpdates": 100},
+    "evaluation": {"interval": "2s"},
+}
+
+
+class Scenario(SpecModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    kills: list[NonNegativeSeconds] = []  # PS-head kills, seconds after the first update
+
+
+class Pricing(SpecModel):
+    cpu_hour: Annotated[float, Field(ge=0)] = 0.04  # per CPU core-hour
+    gpu_hour: Annotated[float, Field(ge=0)] = 2.50  # per GPU-hour
+
+
+class Matrix(SpecModel):
+    variants: list[Literal[tuple(VARIANTS)]] = Field(default_factory=lambda: list(VARIANTS), min_length=1)  # type: ignore[valid-type]
+    scenarios: list[Scenario] = Field(min_length=1)
+    workers: list[Annotated[int, Field(ge=1, le=16)]] = [2]
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [1], min_length=1)
+    budget: PositiveSeconds = 60.0  # final accuracy is read at this time after the first update
+    # A run goes on past the budget until it reaches the target accuracy, up to this long,
+    # so that slow recoveries still get a time to target (0: the budget is the limit).
+    max_duration: NonNegativeSeconds = 0.0
+    outage: NonNegativeSeconds = 20.0  # a killed PS stays down this long before it restarts
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] = 0.70
+    base: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(BASE_SPEC))
+    pricing: Pricing = Field(default_factory=Pricing)
+
+
+def _scenarios(one: float, two: tuple[float, float]) -> list[dict[str, Any]]:
+    return [
+        {"name": "no-failure", "kills": []},
+        {"name": "one-kill", "kills": [one]},
+        {"name": "two-kills", "kills": list(two)},
+    ]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # About 2 minutes here: one update rule per mode, baseline and two kills, short outages.
+    "quick": {
+        "variants": ["checkpoint-async", "chain-async", "stateless"],
+        "scenarios": [{"name": "no-failure", "kills": []}, {"name": "two-kills", "kills": [3, 6]}],
+        "budget": 18,
+        "maxDuration": 25,
+        "outage": 5,
+    },
+    # About 10 minutes here: every variant, no / one / two kills, the paper's 20 s outages.
+    "default": {"scenarios": _scenarios(3, (3, 6)), "budget": 25, "maxDuration": 60, "outage": 20},
+    # More seeds, four workers, longer runs.
+    "full": {"scenarios": _scenarios(10, (10, 20)), "workers": [2, 4], "seeds": [1, 2, 3], "budget": 120, "maxDuration": 240, "outage": 20},
+}
+
+
+def preset(name: str) -> Matrix:
+    return parse_matrix(PRESETS[name], source=f"preset {name}")
+
+
+def parse_matrix(document: Any, source: str = "<matrix>") -> Matrix:
+    matrix = validate_document(Matrix, document, source, "benchmark matrix")
+    for plan in expand(matrix):  # every run must be a valid TrainingJob, reported up front
+        plan.job
+    return matrix
+
+
+def load_matrix(path: str | os.PathLike[str]) -> Matrix:
+    return parse_matrix(read_yaml_mapping(path, "benchmark matrix"), source=os.fspath(path))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of the matrix."""
+
+    variant: str
+    scenario: Scenario
+    workers: int
+    seed: int
+    matrix: Matrix
+
+    @property
+    def cell(self) -> str:
+        """The runs of a cell differ only in their seed."""
+        return f"{self.variant}/{self.scenario.name}/w{self.workers}"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.variant}-{self.scenario.name}-w{self.workers}-s{self.seed}"
+
+    @property
+    def document(self) -> dict[str, Any]:
+        spec = _merge(copy.deepcopy(self.matrix.base), copy.deepcopy(VARIANTS[self.variant]))
+        spec = _merge(spec, {"workers": {"replicas": self.workers}, "seed": self.seed})
+        matrix = self.matrix
+        spec["stop"] = {
+            "duration": max(matrix.budget, matrix.max_duration),
+            "targetAccuracy": matrix.target_accuracy,
+            "minDuration": matrix.budget,
+        }
+        spec["chaos"] = [{"target": "ps-head", "at": at} for at in self.scenario.kills]
+        name = f"bench-{self.run_id}"[:63].rstrip("-")
+        return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
+
+    @property
+    def job(self) -> TrainingJob:
+        return parse_job(self.document, source=f"matrix run {self.run_id}")
+
+
+def expand(matrix: Matrix) -> list[RunPlan]:
+    """Runs ordered so that each cell's baseline comes first and seeds are interleaved."""
+    return [
+        RunPlan(variant, scenario, workers, seed, matrix)
+        for seed in matrix.seeds
+        for workers in matrix.workers
+        for variant in matrix.variants
+        for scenario in matrix.scenarios
+    ]
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base

@@ -1,0 +1,166 @@
+"""Metrics of one benchmark run, computed from its event log (events.jsonl).
+
+Pure functions of the events, so every figure in the report can be checked against a
+hand-made log (tests/test_bench_metrics.py). Times are seconds since `training_started`
+(the first applied update). Used by bench/running.py.
+
+Definitions:
+- accuracy before/after a kill: the last evaluation at or before the kill, and the first
+  evaluation after the recovery's first update (after the kill if it never recovered).
+- time to target: the first evaluation at or above the target accuracy.
+- final accuracy: the last evaluation at or before the budget.
+- idle fraction: worker time spent waiting for an unavailable PS / worker time.
+- ETTR (effective training time ratio): productive worker time / worker time, where
+  unproductive time is waiting plus the time it took to compute the updates that were lost
+  (rolled back), at the run's own pace.
+- cost: pods reserved for the wall time (workers + PS replicas) x their CPU and GPU
+  requests x the price per CPU-hour and GPU-hour.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from typing import Any, Iterable
+
+Event = dict[str, Any]
+
+
+def of(events: Iterable[Event], name: str) -> list[Event]:
+    return [e for e in events if e.get("event") == name]
+
+
+def training_start(events: list[Event]) -> float:
+    started = of(events, "training_started")
+    if not started:
+        raise ValueError("the run never started training (no training_started event)")
+    return started[0]["t"]
+
+
+def accuracy_curve(events: list[Event], t0: float) -> list[tuple[float, float]]:
+    """(seconds since t0, accuracy) of every evaluation, in time order."""
+    return sorted((e["t"] - t0, e["accuracy"]) for e in of(events, "eval"))
+
+
+def time_to_accuracy(curve: list[tuple[float, float]], target: float) -> float | None:
+    for t, accuracy in curve:
+        if accuracy >= target:
+            return max(0.0, t)
+    return None
+
+
+def accuracy_at(curve: list[tuple[float, float]], t: float) -> float | None:
+    """The last evaluation at or before `t`."""
+    before = [a for s, a in curve if s <= t]
+    return before[-1] if before else None
+
+
+def accuracy_after(curve: list[tuple[float, float]], t: float) -> float | None:
+    """The first evaluation strictly after `t`."""
+    after = [a for s, a in curve if s > t]
+    return after[0] if after else None
+
+
+def kills(events: list[Event], t0: float) -> list[dict[str, Any]]:
+    """Each kill with the accuracy around it and its recovery (matched by kill time)."""
+    curve = accuracy_curve(events, t0)
+    recoveries = {round(r["killed_at"], 6): r for r in of(events, "recovery") if r.get("killed_at") is not None}
+    out = []
+    for kill in of(events, "kill"):
+        killed_at = kill.get("killed_at", kill["t"])
+        recovery = recoveries.get(round(killed_at, 6))
+        resumed = recovery["first_update_at"] if recovery else None
+        out.append(
+            {
+                "at": killed_at - t0,
+                "process": kill["process"],
+                "accuracy_before": accuracy_at(curve, killed_at - t0),
+                "accuracy_after": accuracy_after(curve, (resumed if resumed else killed_at) - t0),
+                "recovered": recovery is not None,
+                "phases": dict(recovery["phases"]) if recovery else {},
+                "lost_updates": recovery["lost_updates"] if recovery else 0,
+            }
+        )
+    return out
+
+
+def worker_time(events: list[Event]) -> tuple[float, float]:
+    """(worker seconds alive, worker seconds idle), over every worker process lifetime."""
+    started: dict[str, list[float]] = {}
+    for e in of(events, "worker_started"):
+        started.setdefault(e["source"], []).append(e["t"])
+    alive = idle = 0.0
+    for e in of(events, "worker_stopped"):
+        starts = [t for t in started.get(e["source"], []) if t <= e["t"]]
+        if starts:
+            alive += e["t"] - max(starts)
+        idle += e.get("idle_seconds", 0.0)
+    return alive, min(idle, alive)
+
+
+def ettr(alive: float, idle: float, steps: int, lost_updates: int) -> float | None:
+    """Productive / total worker time; lost updates cost the time it took to make them."""
+    if alive <= 0:
+        return None
+    busy = alive - idle
+    lost_time = lost_updates * busy / steps if steps > 0 else 0.0
+    return max(0.0, min(1.0, (busy - lost_time) / alive))
+
+
+def resource_use(events: list[Event]) -> dict[str, dict[str, float]]:
+    """CPU seconds (summed) and peak memory (max) per role, from every process exit."""
+    use = {role: {"cpu_seconds": 0.0, "peak_memory_bytes": 0.0} for role in ("ps", "workers")}
+    for e in of(events, "process_exited"):
+        role = "ps" if e["process"].startswith("ps-") else "workers"
+        use[role]["cpu_seconds"] += e.get("cpu_seconds") or 0.0
+        use[role]["peak_memory_bytes"] = max(use[role]["peak_memory_bytes"], e.get("max_rss_bytes") or 0.0)
+    return use
+
+
+_QUANTITY = re.compile(r"^([0-9.]+)(m?)$")
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("2", "500m") in cores."""
+    match = _QUANTITY.match(str(quantity))
+    if not match:
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) else value
+
+
+def cost(wall_seconds: float, pods: Iterable[tuple[float, int]], cpu_hour: float, gpu_hour: float) -> float:
+    """Pods (cpu cores, gpus) reserved for the wall time, at the given prices."""
+    hours = wall_seconds / 3600
+    return sum(hours * (cores * cpu_hour + gpus * gpu_hour) for cores, gpus in pods)
+
+
+def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[str, Any]:
+    """Every scalar metric of one run (see the module docstring)."""
+    t0 = training_start(events)
+    curve = accuracy_curve(events, t0)
+    [end] = of(events, "run_end") or [None]
+    wall = (end["t"] - t0) if end else (max(e["t"] for e in events) - t0)
+    alive, idle = worker_time(events)
+    steps = sum(e.get("steps", 0) for e in of(events, "worker_stopped"))
+    killed = kills(events, t0)
+    lost = sum(k["lost_updates"] for k in killed)
+    totals = [k["phases"]["total"] for k in killed if "total" in k["phases"]]
+    return {
+        "wall_seconds": wall,
+        "time_to_target": time_to_accuracy(curve, target),
+        "final_accuracy": accuracy_at(curve, budget),
+        "best_accuracy": max((a for _, a in curve), default=None),
+        "kills": killed,
+        "recovery_seconds": statistics.median(totals) if totals else None,
+        "lost_updates": lost,
+        "idle_fraction": idle / alive if alive > 0 else None,
+        "ettr": ettr(alive, idle, steps, lost),
+        "worker_seconds": alive,
+        "worker_idle_seconds": idle,
+        "gradients_processed": steps,
+        "updates_applied": end["version"] if end else None,
+        "replayed_gradients": sum(e["count"] for e in of(events, "gradients_replayed")),
+        "resources": resource_use(events),
+        "curve": curve,
+    }
