@@ -2,6 +2,8 @@
 
     trainthrough run JOB.yaml [--kill ps-head@30s ...] [--restart-delay 20s]
     trainthrough validate JOB.yaml
+    trainthrough bench [--quick | --full | --matrix FILE] [--out DIR]
+    trainthrough report results.json
     trainthrough ps ... / trainthrough worker ...   (process entrypoints, started by runtimes)
 """
 
@@ -69,6 +71,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if summary.status == "succeeded" else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from trainthrough.bench.matrix import load_matrix, preset
+    from trainthrough.bench.reporting import render, save_results
+    from trainthrough.bench.running import run_matrix
+
+    if args.matrix:
+        matrix = load_matrix(args.matrix)
+    else:
+        matrix = preset("quick" if args.quick else "full" if args.full else "default")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = matrix.model_dump(mode="json", by_alias=True)
+    results_path = out / "results.json"
+    results = run_matrix(
+        matrix, out, save=lambda rs: save_results(results_path, document, rs), show_progress=not args.quiet
+    )
+    report = render(out, document, results)
+    print(f"trainthrough: {len(results)} runs; report in {report}, results in {results_path}")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainthrough.bench.reporting import load_results, render
+
+    matrix, results = load_results(Path(args.results))
+    report = render(Path(args.out) if args.out else Path(args.results).parent, matrix, results)
+    print(f"trainthrough: report in {report}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     print(f"{args.job}: valid TrainingJob {job.metadata.name} ({job.spec.consistency})")
@@ -98,6 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--summary", default=None, help="write the run summary as JSON here")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run)
+    bench = commands.add_parser("bench", help="run the experiment matrix and write the report")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="about 2 minutes here")
+    size.add_argument("--full", action="store_true", help="more seeds, 4 workers, longer runs")
+    size.add_argument("--matrix", help="an experiment matrix YAML instead of a preset")
+    bench.add_argument("--out", default="bench-results", help="folder for results and report (default bench-results)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(handler=_bench)
+    report = commands.add_parser("report", help="re-render the report from results.json")
+    report.add_argument("results", help="results.json of a bench run")
+    report.add_argument("--out", default=None, help="folder for the report (default: beside results.json)")
+    report.set_defaults(handler=_report)
     validate = commands.add_parser("validate", help="check a TrainingJob YAML and report every error")
     validate.add_argument("job")
     validate.set_defaults(handler=_validate)

@@ -44,6 +44,7 @@ class EventLog:
             os.write(self._fd, b"\n")
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one event; `t` defaults to now (pass `t=` for when it happened)."""
         record = {"t": time.time(), "event": event, "source": self.source, **fields}
         line = (json.dumps(record, default=str) + "\n").encode()
         with self._lock:

@@ -231,10 +231,10 @@ class Supervisor:
         )
 
     def _recovering(self, name: str) -> bool:
-        """Whether `name` is down or still being recovered (restart not serving yet)."""
+        """Whether `name` is down or its recovery has not reached its first update yet."""
         if name not in self.runtime.running():
             return True
-        return any(p.record.target == name and p.phase in ("restart", "ready") for p in self._pending)
+        return any(p.record.target == name for p in self._pending)
 
     def _acknowledging(self, name: str) -> str:
         """The PS whose version counts as acknowledged when `name` dies: with `ack: tail`

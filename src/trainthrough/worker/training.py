@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainthrough.data import BatchStream, evaluate, load_dataset, shard
+from trainthrough.data import BatchStream, load_dataset, shard
 from trainthrough.errors import PermanentError, RejoinRequired, TemporaryError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
@@ -31,6 +31,7 @@ from trainthrough.optim import make_optimizer
 from trainthrough.spec import TrainingJob
 from trainthrough.worker.buffer import GradientBuffer
 from trainthrough.worker.client import PSClient, Stopped
+from trainthrough.worker.evaluating import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,16 @@ class Worker:
         self.batches = BatchStream(
             shard(train, rank, spec.workers.replicas), spec.batch_size, seed=spec.seed, rank=rank
         )
-        self.test = load_dataset(spec.dataset, "test", spec.data_path) if rank == 0 else None
+        self.evaluator = (
+            Evaluator(
+                self.model,
+                load_dataset(spec.dataset, "test", spec.data_path),
+                spec.evaluation.test_samples,
+                self._report_eval,
+            )
+            if rank == 0
+            else None
+        )
         self.stats = WorkerStats()
         self.version = -1  # PS version of the parameters the model holds
         self.incarnation = ""
@@ -124,8 +134,8 @@ class Worker:
             pass
         finally:
             self._account_idle()
-            if self.test is not None:
-                self._evaluate(final=True)
+            if self.evaluator is not None:
+                self.evaluator.final(self.model, self.stats.steps, self.version, self.offline)
             self.client.report(self.stats.steps, self.accuracy)
             self.events.emit(
                 "worker_stopped",
@@ -286,14 +296,20 @@ class Worker:
         self.m_buffered.set(0)
         self.offline = False
         self.local_optimizer = None
-        self._pull(chain=False)
+        try:
+            self._follow(*self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
+        except TemporaryError as error:
+            # The PS failed again right after taking the rejoin: keep training, offline.
+            self._go_offline(error)
+            return
         self.base_params = flatten_params(self.model).cpu()
 
     # -- evaluation and progress -------------------------------------------------------------
     def _periodic(self) -> None:
         now = time.monotonic()
-        if self.test is not None and now - self._last_eval >= self.spec.evaluation.interval:
-            self._evaluate()
+        if self.evaluator is not None and now - self._last_eval >= self.spec.evaluation.interval:
+            if self.evaluator.submit(self.model, self.stats.steps, self.version, self.offline):
+                self._last_eval = now
         if now - self._last_report >= REPORT_EVERY:
             self._last_report = now
             self._account_idle()
@@ -306,22 +322,24 @@ class Worker:
             self.m_idle.inc(idle - self._idle_reported)
             self._idle_reported = idle
 
-    def _evaluate(self, final: bool = False) -> None:
-        assert self.test is not None
-        self._last_eval = time.monotonic()
-        accuracy, loss = evaluate(self.model, self.test, limit=self.spec.evaluation.test_samples)
+    def _report_eval(
+        self, at: float, step: int, version: int, offline: bool, final: bool, accuracy: float, loss: float
+    ) -> None:
+        """Called by the Evaluator (its thread, or this one for the final evaluation)."""
         self.accuracy = accuracy
         self.m_accuracy.set(accuracy)
         self.m_loss.set(loss)
         self.events.emit(
             "eval",
+            t=at,
             rank=self.rank,
-            step=self.stats.steps,
-            version=self.version,
+            step=step,
+            version=version,
             accuracy=round(accuracy, 6),
             loss=round(loss, 6),
-            offline=self.offline,
+            offline=offline,
             final=final,
+            samples=self.spec.evaluation.test_samples if not final else None,
         )
-        if not self.offline:
-            self.client.report(self.stats.steps, accuracy, loss)
+        if not offline:
+            self.client.report(step, accuracy, loss)
