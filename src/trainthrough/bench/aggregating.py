@@ -71,6 +71,14 @@ def baseline_of(cell: Cell, all_cells: list[Cell]) -> Cell | None:
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None or base <= 0 or math.isinf(base):
+    """value / base, or None where either is missing or infinite (never reached)."""
+    if value is None or base is None or base <= 0 or math.isinf(base) or math.isinf(value):
         return None
     return value / base
+
+
+def label(cell: "Cell", all_cells: list["Cell"]) -> str:
+    """The cell's variant, with its worker count where the matrix has several."""
+    if len({c.workers for c in all_cells}) > 1:
+        return f"{cell.variant} ({cell.workers} workers)"
+    return cell.variant

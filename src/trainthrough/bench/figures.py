@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainthrough.bench.aggregating import BASELINE, Cell  # noqa: E402
+from trainthrough.bench.aggregating import BASELINE, Cell, label  # noqa: E402
 
 PHASE_COLOURS = {"detect": "#d62728", "restore": "#ff7f0e", "first_update": "#2ca02c"}
 
@@ -25,8 +25,8 @@ def _representative(cell: Cell) -> dict[str, Any] | None:
 
 def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Path) -> Path:
     scenarios = [s for s in dict.fromkeys(c.scenario for c in cells)]
-    variants = list(dict.fromkeys(c.variant for c in cells))
-    colours = {v: plt.cm.tab10(i) for i, v in enumerate(variants)}
+    variants = list(dict.fromkeys(label(c, cells) for c in cells))
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5.2 * len(scenarios), 4.2), sharey=True, squeeze=False)
     for ax, scenario in zip(axes[0], scenarios):
         for cell in (c for c in cells if c.scenario == scenario):
@@ -34,9 +34,10 @@ def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Pa
             if run is None:
                 continue
             t, accuracy = zip(*run["curve"]) if run["curve"] else ((), ())
-            ax.plot(t, accuracy, label=cell.variant, color=colours[cell.variant], linewidth=1.6)
+            name = label(cell, cells)
+            ax.plot(t, accuracy, label=name, color=colours[name], linewidth=1.6)
             for kill in run.get("kills", []):
-                ax.axvline(kill["at"], color=colours[cell.variant], linestyle=":", linewidth=1)
+                ax.axvline(kill["at"], color=colours[name], linestyle=":", linewidth=1)
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         ax.axvline(budget, color="black", linestyle="-", linewidth=0.6, alpha=0.4)
         ax.set_title(scenario + ("" if scenario == BASELINE else "  (dotted: kills)"))
@@ -53,7 +54,7 @@ def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Pa
 
 def recovery_time(cells: list[Cell], path: Path) -> Path:
     failing = [c for c in cells if c.scenario != BASELINE and c.ok]
-    labels = [f"{c.variant}\n{c.scenario}" for c in failing]
+    labels = [f"{label(c, cells)}\n{c.scenario}" for c in failing]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(failing)), 4.2))
     bottom = [0.0] * len(failing)
     for phase, colour in PHASE_COLOURS.items():
@@ -95,7 +96,7 @@ def ettr(cells: list[Cell], path: Path) -> Path:
 
 def worker_time(cells: list[Cell], path: Path) -> Path:
     chosen = [c for c in cells if c.ok]
-    labels = [f"{c.variant}\n{c.scenario}" for c in chosen]
+    labels = [f"{label(c, cells)}\n{c.scenario}" for c in chosen]
     busy = [(c.stat("worker_seconds").median or 0.0) - (c.stat("worker_idle_seconds").median or 0.0) for c in chosen]
     idle = [c.stat("worker_idle_seconds").median or 0.0 for c in chosen]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(chosen)), 4.2))

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from trainthrough.spec import (
     NonNegativeSeconds,
@@ -71,6 +71,24 @@ class Matrix(SpecModel):
     target_accuracy: Annotated[float, Field(gt=0, le=1)] = 0.70
     base: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(BASE_SPEC))
     pricing: Pricing = Field(default_factory=Pricing)
+
+    @field_validator("variants", "workers", "seeds")
+    @classmethod
+    def _unique(cls, values: list[Any]) -> list[Any]:
+        # Repeats would give two runs the same id and folder.
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"must not repeat entries, repeated: {', '.join(repeated)}")
+        return values
+
+    @field_validator("scenarios")
+    @classmethod
+    def _unique_names(cls, scenarios: list[Scenario]) -> list[Scenario]:
+        names = [s.name for s in scenarios]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"scenario names must not repeat, repeated: {', '.join(repeated)}")
+        return scenarios
 
 
 def _scenarios(one: float, two: tuple[float, float]) -> list[dict[str, Any]]:

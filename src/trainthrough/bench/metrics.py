@@ -19,9 +19,10 @@ Definitions:
 
 from __future__ import annotations
 
-import re
 import statistics
 from typing import Any, Iterable
+
+from kubernetes.utils import parse_quantity
 
 Event = dict[str, Any]
 
@@ -98,12 +99,13 @@ def worker_time(events: list[Event]) -> tuple[float, float]:
     return alive, min(idle, alive)
 
 
-def ettr(alive: float, idle: float, steps: int, lost_updates: int) -> float | None:
-    """Productive / total worker time; lost updates cost the time it took to make them."""
+def ettr(alive: float, idle: float, steps: int, lost_updates: int, steps_per_update: int = 1) -> float | None:
+    """Productive / total worker time; lost updates cost the time it took to make them
+    (a sync update is one step of every worker, an async one a single step)."""
     if alive <= 0:
         return None
     busy = alive - idle
-    lost_time = lost_updates * busy / steps if steps > 0 else 0.0
+    lost_time = lost_updates * steps_per_update * busy / steps if steps > 0 else 0.0
     return max(0.0, min(1.0, (busy - lost_time) / alive))
 
 
@@ -117,16 +119,17 @@ def resource_use(events: list[Event]) -> dict[str, dict[str, float]]:
     return use
 
 
-_QUANTITY = re.compile(r"^([0-9.]+)(m?)$")
-
-
-def cpu_cores(quantity: str) -> float:
-    """A Kubernetes CPU quantity ("2", "500m") in cores."""
-    match = _QUANTITY.match(str(quantity))
-    if not match:
+def cpu_cores(quantity: str | float) -> float:
+    """A Kubernetes CPU quantity ("2", "500m", "250000u", "1k") in cores."""
+    if isinstance(quantity, str) and (not quantity or quantity != "".join(quantity.split())):
         raise ValueError(f"not a CPU quantity: {quantity!r}")
-    value = float(match.group(1))
-    return value / 1000 if match.group(2) else value
+    try:
+        cores = float(parse_quantity(quantity))
+    except ValueError as error:
+        raise ValueError(f"not a CPU quantity: {quantity!r} ({error})") from None
+    if cores < 0:
+        raise ValueError(f"not a CPU quantity: {quantity!r} (negative)")
+    return cores
 
 
 def cost(wall_seconds: float, pods: Iterable[tuple[float, int]], cpu_hour: float, gpu_hour: float) -> float:
@@ -146,6 +149,8 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
     killed = kills(events, t0)
     lost = sum(k["lost_updates"] for k in killed)
     totals = [k["phases"]["total"] for k in killed if "total" in k["phases"]]
+    [start] = of(events, "run_start")[:1] or [{}]
+    steps_per_update = start.get("workers", 1) if start.get("updates") == "sync" else 1
     return {
         "wall_seconds": wall,
         "time_to_target": time_to_accuracy(curve, target),
@@ -155,7 +160,7 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
         "recovery_seconds": statistics.median(totals) if totals else None,
         "lost_updates": lost,
         "idle_fraction": idle / alive if alive > 0 else None,
-        "ettr": ettr(alive, idle, steps, lost),
+        "ettr": ettr(alive, idle, steps, lost, steps_per_update),
         "worker_seconds": alive,
         "worker_idle_seconds": idle,
         "gradients_processed": steps,

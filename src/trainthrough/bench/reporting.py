@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trainthrough.bench import figures
-from trainthrough.bench.aggregating import BASELINE, Cell, Stat, baseline_of, cells, ratio
+from trainthrough.bench.aggregating import BASELINE, Cell, Stat, baseline_of, cells, label, ratio
 
 CSV_COLUMNS = [
     "run_id", "variant", "mode", "updates", "scenario", "workers", "seed", "status", "reason",
@@ -131,7 +131,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         t = cell.stat("time_to_target", missing_is_infinite=True)
         rel = ratio(t.median, base.stat("time_to_target", missing_is_infinite=True).median) if base else None
         lines.append(
-            f"| {cell.variant} | {cell.scenario} | {_seconds(t, limit)} | {_ratio(rel)} | "
+            f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(t, limit)} | {_ratio(rel)} | "
             f"{_acc(cell.stat('final_accuracy'))} | {cell.stat('lost_updates').median or 0:.0f} | "
             f"{_pct(cell.stat('ettr').median)} | {_pct(cell.stat('idle_fraction').median)} |"
         )
@@ -142,7 +142,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         for i in range(2):
             before, after = cell.kill_stat(i, "accuracy_before"), cell.kill_stat(i, "accuracy_after")
             columns.append("-" if before.median is None else f"{_acc(before)} -> {_acc(after)}")
-        lines.append(f"| {cell.variant} | {cell.scenario} | {columns[0]} | {columns[1]} |")
+        lines.append(f"| {label(cell, all_cells)} | {cell.scenario} | {columns[0]} | {columns[1]} |")
     lines += [
         "",
         "## Recovery time per kill (kill -> first update applied after it)",
@@ -154,7 +154,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     ]
     for cell in (c for c in all_cells if c.scenario != BASELINE):
         lines.append(
-            f"| {cell.variant} | {cell.scenario} | "
+            f"| {label(cell, all_cells)} | {cell.scenario} | "
             + " | ".join(_seconds(cell.phase_stat(p)) for p in ("detect", "restore", "first_update", "total"))
             + " |"
         )
@@ -181,7 +181,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         ps_mem = Stat.of([x.get("ps", {}).get("peak_memory_bytes") for x in res]).median
         w_mem = Stat.of([x.get("workers", {}).get("peak_memory_bytes") for x in res]).median
         lines.append(
-            f"| {cell.variant} | {cell.scenario} | {cell.stat('gradients_processed').median or 0:.0f} | "
+            f"| {label(cell, all_cells)} | {cell.scenario} | {cell.stat('gradients_processed').median or 0:.0f} | "
             f"{cell.stat('updates_applied').median or 0:.0f} | {ps_cpu or 0:.1f} | {w_cpu or 0:.1f} | "
             f"{(ps_mem or 0) / 2**20:.0f} | {(w_mem or 0) / 2**20:.0f} | ${cell.stat('cost').median or 0:.5f} |"
         )
@@ -209,11 +209,11 @@ def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:
         b = base.stat("time_to_target", missing_is_infinite=True).median if base else None
         rel = ratio(t, b)
         if t is not None and math.isinf(t):
-            out.append(f"- {cell.variant}, {cell.scenario}: did not reach {target:.0%} within {limit:.0f} s.")
+            out.append(f"- {label(cell, all_cells)}, {cell.scenario}: did not reach {target:.0%} within {limit:.0f} s.")
         elif rel is not None:
             verdict = "within" if rel <= 1.1 else "beyond"
             out.append(
-                f"- {cell.variant}, {cell.scenario}: reached {target:.0%} in {t:.1f} s, "
+                f"- {label(cell, all_cells)}, {cell.scenario}: reached {target:.0%} in {t:.1f} s, "
                 f"{rel:.2f}x the no-failure time ({verdict} 1.1x)."
             )
     chain = [c for c in all_cells if c.variant.startswith("chain") and c.scenario != BASELINE and c.ok]

@@ -57,13 +57,13 @@ def run_plan(plan: RunPlan, run_dir: Path, on_progress: Callable[[Progress], Non
         events.close()
     try:
         result.update(run_metrics(read_events(runtime.events_path), target=matrix.target_accuracy, budget=matrix.budget))
+        spec = job.spec
+        pods = [(cpu_cores(spec.workers.resources.cpu), spec.workers.resources.gpu)] * spec.workers.replicas
+        pods += [(cpu_cores(spec.parameter_server.resources.cpu), 0)] * spec.parameter_server.replicas
+        result["cost"] = cost(result["wall_seconds"], pods, matrix.pricing.cpu_hour, matrix.pricing.gpu_hour)
     except (ValueError, KeyError) as error:
         result["status"] = "failed"
         result["reason"] = f"{result.get('reason', '')}; no metrics: {error}".strip("; ")
-        return result
-    pods = [(cpu_cores(job.spec.workers.resources.cpu), job.spec.workers.resources.gpu)] * job.spec.workers.replicas
-    pods += [(cpu_cores(job.spec.parameter_server.resources.cpu), 0)] * job.spec.parameter_server.replicas
-    result["cost"] = cost(result["wall_seconds"], pods, matrix.pricing.cpu_hour, matrix.pricing.gpu_hour)
     return result
 
 
