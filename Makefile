@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PROTO_DIR := src/trainthrough/proto
 
-.PHONY: install run test test-fast bench proto clean
+.PHONY: install run run-quick job test test-fast bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +16,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the experiment matrix on this machine (about 10 minutes), its report in
+# bench-results/ (report.md, results.json, results.csv, figures).
 run: $(STAMP)
+	$(BIN)/trainthrough bench --out bench-results
+
+run-quick: $(STAMP)
+	$(BIN)/trainthrough bench --quick --out bench-results-quick
+
+# One TrainingJob with a PS kill, progress on the terminal.
+job: $(STAMP)
 	$(BIN)/trainthrough run examples/quickstart.yaml
+
+# More seeds, 4 workers, longer runs.
+bench: $(STAMP)
+	$(BIN)/trainthrough bench --full --out bench-results-full
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,4 +42,4 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/trainthrough/proto/ps.proto
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full

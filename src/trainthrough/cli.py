@@ -30,12 +30,11 @@ def _run(args: argparse.Namespace) -> int:
     kills = [parse_kill(text) for text in args.kill]
     restart_delay = parse_duration(args.restart_delay) if args.restart_delay is not None else None
     run_dir = Path(args.run_dir or f"runs/{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    runtime = LocalRuntime(job, run_dir)
-    events = EventLog(runtime.events_path, source="master")
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    if args.metrics_port is not None:
-        serve_metrics(args.metrics_port, registry)
+    master_port = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None
+    runtime = LocalRuntime(job, run_dir, master_metrics_port=master_port)
+    events = EventLog(runtime.events_path, source="master")
 
     def show(p: Progress) -> None:
         if args.quiet:
@@ -85,7 +84,12 @@ def _bench(args: argparse.Namespace) -> int:
     document = matrix.model_dump(mode="json", by_alias=True)
     results_path = out / "results.json"
     results = run_matrix(
-        matrix, out, save=lambda rs: save_results(results_path, document, rs), show_progress=not args.quiet
+        matrix,
+        out,
+        save=lambda rs: save_results(results_path, document, rs),
+        show_progress=not args.quiet,
+        prometheus=args.prometheus,
+        prometheus_wait=parse_duration(args.prometheus_wait),
     )
     report = render(out, document, results)
     print(f"trainthrough: {len(results)} runs; report in {report}, results in {results_path}")
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--matrix", help="an experiment matrix YAML instead of a preset")
     bench.add_argument("--out", default="bench-results", help="folder for results and report (default bench-results)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="also read each run's figures back from this Prometheus (it scrapes <out>/runs/*/targets.json)",
+    )
+    bench.add_argument("--prometheus-wait", default="15s", help="time for a last scrape before reading back")
     bench.set_defaults(handler=_bench)
     report = commands.add_parser("report", help="re-render the report from results.json")
     report.add_argument("results", help="results.json of a bench run")

@@ -7,14 +7,39 @@ the local runtime).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from prometheus_client import CollectorRegistry
 
+from trainthrough.metrics import Metrics, create_metrics
+from trainthrough.optim import warm_up
 from trainthrough.spec import TrainingJob, parse_job
+
+
+@dataclass
+class ProcessContext:
+    job: TrainingJob
+    stop: threading.Event  # set on SIGTERM/SIGINT or when the parent is gone
+    registry: CollectorRegistry
+    metrics: Metrics
+
+
+def start_process(name: str, job_path: str, parent_pid: int | None) -> ProcessContext:
+    """Everything a PS or worker process does before its own work."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    configure_threads(1)
+    stop = install_stop_signal()
+    watch_parent(parent_pid, stop)
+    job = load_job_file(job_path)
+    warm_up(job.spec.optimizer)
+    registry = CollectorRegistry()
+    return ProcessContext(job=job, stop=stop, registry=registry, metrics=create_metrics(registry))
 
 
 def load_job_file(path: str | os.PathLike) -> TrainingJob:

@@ -35,7 +35,8 @@ def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Pa
                 continue
             t, accuracy = zip(*run["curve"]) if run["curve"] else ((), ())
             name = label(cell, cells)
-            ax.plot(t, accuracy, label=name, color=colours[name], linewidth=1.6)
+            # Steps: an evaluation holds until the next one (none while a worker waits).
+            ax.plot(t, accuracy, label=name, color=colours[name], linewidth=1.6, drawstyle="steps-post")
             for kill in run.get("kills", []):
                 ax.axvline(kill["at"], color=colours[name], linestyle=":", linewidth=1)
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)

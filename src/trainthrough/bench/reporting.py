@@ -225,14 +225,7 @@ def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:
             f"against {low:.0f}-{high:.0f} s in the paper (a ZooKeeper session timeout there; "
             "here the master sees the process exit and reconfigures the chain at once)."
         )
-    stateless = [c for c in all_cells if c.variant == "stateless" and c.scenario != BASELINE and c.ok]
-    gains = [
-        (k["accuracy_after"] - k["accuracy_before"]) * 100
-        for c in stateless
-        for r in c.ok
-        for k in r.get("kills", [])
-        if k.get("accuracy_after") is not None and k.get("accuracy_before") is not None
-    ]
+    gains = _accuracy_changes(all_cells, "stateless")
     if gains:
         best = max(gains)
         out.append(
@@ -240,14 +233,7 @@ def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:
             f"{best:+.1f} at best (the paper reports gains of up to {PAPER['stateless_gain_points']:.0f} "
             "points; the gain grows with the outage, as workers keep training through it)."
         )
-    checkpoint = [c for c in all_cells if c.variant.startswith("checkpoint") and c.scenario != BASELINE and c.ok]
-    drops = [
-        (k["accuracy_after"] - k["accuracy_before"]) * 100
-        for c in checkpoint
-        for r in c.ok
-        for k in r.get("kills", [])
-        if k.get("accuracy_after") is not None and k.get("accuracy_before") is not None
-    ]
+    drops = _accuracy_changes(all_cells, "checkpoint")
     if drops:
         out.append(
             f"- Checkpoint accuracy across a kill: {Stat.of(drops).median:+.1f} points median: the "
@@ -255,3 +241,15 @@ def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:
             "(the paper: checkpointing lost progress and reached 70% 25-50% later after two kills)."
         )
     return out or ["- No failure scenario ran successfully; see the failed runs below."]
+
+
+def _accuracy_changes(all_cells: list[Cell], variant_prefix: str) -> list[float]:
+    """Accuracy after minus before each kill, in points, over the variants' runs."""
+    return [
+        (k["accuracy_after"] - k["accuracy_before"]) * 100
+        for c in all_cells
+        if c.variant.startswith(variant_prefix) and c.scenario != BASELINE
+        for r in c.ok
+        for k in r.get("kills", [])
+        if k.get("accuracy_after") is not None and k.get("accuracy_before") is not None
+    ]

@@ -20,13 +20,21 @@ from trainthrough.bench.matrix import Matrix, RunPlan, expand
 from trainthrough.bench.metrics import cost, cpu_cores, run_metrics
 from trainthrough.control.supervising import Progress, Supervisor
 from trainthrough.events import EventLog, read_events
-from trainthrough.metrics import create_metrics
+from trainthrough.bench.prometheus import PrometheusError, read_back
+from trainthrough.metrics import Metrics, create_metrics, serve_metrics
 from trainthrough.runtime.local import LocalRuntime
 
 START_UP_ESTIMATE = 8.0  # seconds of process start-up and shutdown around each run
 
 
-def run_plan(plan: RunPlan, run_dir: Path, on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+def run_plan(
+    plan: RunPlan,
+    run_dir: Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    *,
+    metrics: Metrics | None = None,
+    metrics_port: int | None = None,
+) -> dict[str, Any]:
     """One run: its plan, its status and every metric of bench/metrics.py."""
     matrix = plan.matrix
     result: dict[str, Any] = {
@@ -41,11 +49,16 @@ def run_plan(plan: RunPlan, run_dir: Path, on_progress: Callable[[Progress], Non
     }
     job = plan.job
     result["mode"], result["updates"] = job.spec.consistency, job.spec.updates
-    runtime = LocalRuntime(job, run_dir)
+    runtime = LocalRuntime(job, run_dir, master_metrics_port=metrics_port)
     events = EventLog(runtime.events_path, source="master")
     try:
         summary = Supervisor(
-            job, runtime, events, create_metrics(CollectorRegistry()), restart_delay=matrix.outage, on_progress=on_progress
+            job,
+            runtime,
+            events,
+            metrics or create_metrics(CollectorRegistry()),
+            restart_delay=matrix.outage,
+            on_progress=on_progress,
         ).run()
         result["status"] = "ok" if summary.status == "succeeded" else "failed"
         result["reason"] = summary.reason
@@ -73,9 +86,16 @@ def run_matrix(
     *,
     save: Callable[[list[dict[str, Any]]], None],
     show_progress: bool = True,
+    prometheus: str | None = None,
+    prometheus_wait: float = 15.0,
 ) -> list[dict[str, Any]]:
     plans = expand(matrix)
     results: list[dict[str, Any]] = []
+    # One master registry for the whole matrix (runs differ by their trainingjob label), served
+    # while it runs so that a Prometheus can scrape the recovery histograms.
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    metrics_port = serve_metrics(0, registry) if prometheus else None
     limit = max(matrix.budget, matrix.max_duration)
     estimate = len(plans) * (limit + START_UP_ESTIMATE)
     disable = not show_progress
@@ -90,11 +110,21 @@ def run_matrix(
                     bar.set_postfix_str(f"acc {accuracy} v{progress.version} rec {progress.recoveries} {progress.ps}")
 
                 started = time.time()
-                result = run_plan(plan, out_dir / "runs" / plan.run_id, on_progress=show)
+                result = run_plan(
+                    plan, out_dir / "runs" / plan.run_id, on_progress=show, metrics=metrics, metrics_port=metrics_port
+                )
                 result["elapsed_seconds"] = time.time() - started
             results.append(result)
             save(results)
             status = "ok" if result["status"] == "ok" else f"FAILED ({result['reason'][:60]})"
             overall.write(f"{plan.run_id}: {status}")
             overall.update()
+    if prometheus:
+        time.sleep(prometheus_wait)  # one more scrape of the last run
+        for plan, result in zip(plans, results):
+            try:
+                result["prometheus"] = read_back(prometheus, plan.job.metadata.name)
+            except PrometheusError as error:
+                result["prometheus"] = {"error": str(error)}
+        save(results)
     return results

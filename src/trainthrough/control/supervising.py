@@ -109,6 +109,7 @@ class Supervisor:
         self._stopping = False
         self._failure: str | None = None
         self._last = Progress(0.0, 0, -1, -1.0, 0, "")
+        self._best_accuracy = -1.0  # the target counts as reached once any evaluation hit it
         self._t0 = time.time()
 
     # -- the run ---------------------------------------------------------------------------
@@ -196,12 +197,8 @@ class Supervisor:
                 return "every worker reached stop.steps"
             if stop.duration is not None and elapsed >= stop.duration:
                 return f"stop.duration {stop.duration:g}s reached"
-            if (
-                stop.target_accuracy is not None
-                and self._last.accuracy >= stop.target_accuracy
-                and elapsed >= stop.min_duration
-            ):
-                return f"stop.targetAccuracy {stop.target_accuracy:g} reached ({self._last.accuracy:.4f})"
+            if stop.target_accuracy is not None and self._best_accuracy >= stop.target_accuracy and elapsed >= stop.min_duration:
+                return f"stop.targetAccuracy {stop.target_accuracy:g} reached ({self._best_accuracy:.4f})"
 
     # -- faults ------------------------------------------------------------------------------
     def ps_chain(self) -> list[str]:
@@ -397,6 +394,7 @@ class Supervisor:
         health = self._health(name) if name else None
         elapsed = time.time() - self._t0
         if health is not None and health.state == "serving":
+            self._best_accuracy = max(self._best_accuracy, health.accuracy)
             self._last = Progress(
                 elapsed=elapsed,
                 steps=max(self._last.steps, health.worker_steps),

@@ -112,6 +112,11 @@ class ParameterServerCore:
         """Tell the run (event log, ps_up) that this PS now serves; modes that must finish
         work after install (a stateless replay) call it themselves."""
         self._labels(self.metrics.ps_up).set(1)
+        # Recovery is timed from here: updates applied while getting ready (a stateless
+        # replay) are part of the restore, not the first update after it.
+        with self.order_lock:
+            self.updates_since_start = 0
+            self.first_update_at = 0.0
         self.ready_at = time.time()
         self.events.emit(
             "ps_ready",

@@ -8,16 +8,12 @@ Prometheus metrics, and stops gracefully on SIGTERM (a SIGKILL is the failure we
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
-from prometheus_client import CollectorRegistry
-
 from trainthrough.events import EventLog
-from trainthrough.metrics import create_metrics, serve_metrics
-from trainthrough.optim import warm_up
+from trainthrough.metrics import serve_metrics
 from trainthrough.model import build_model, flatten_params
-from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
+from trainthrough.process import start_process
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.checkpointing import CheckpointMode
 from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
@@ -71,16 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
-    configure_threads(1)
-    stop = install_stop_signal()
-    watch_parent(args.parent_pid, stop)
-    job = load_job_file(args.job)
-    warm_up(job.spec.optimizer)
+    context = start_process(args.name, args.job, args.parent_pid)
+    job, stop, metrics = context.job, context.stop, context.metrics
     events = EventLog(args.events, source=args.name)
-    registry = CollectorRegistry()
-    metrics = create_metrics(registry)
-    metrics_port = serve_metrics(args.metrics_port, registry, addr=args.host)
+    metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
     core = ParameterServerCore(
         name=args.name,
         mode=job.spec.consistency,

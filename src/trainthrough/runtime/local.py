@@ -38,7 +38,7 @@ class LocalRuntime:
     >>> runtime.kill("ps-0"); runtime.deaths(timeout=1.0)
     """
 
-    def __init__(self, job: TrainingJob, run_dir: Path) -> None:
+    def __init__(self, job: TrainingJob, run_dir: Path, master_metrics_port: int | None = None) -> None:
         self.job = job
         self.run_dir = Path(run_dir)
         self.logs = self.run_dir / "logs"
@@ -50,6 +50,9 @@ class LocalRuntime:
         self.checkpoint_dir = checkpoint_path if checkpoint_path.is_absolute() else self.run_dir / checkpoint_path
         self._processes: dict[str, _Process] = {}
         self._addresses: dict[str, str] = {}
+        self._metrics_ports: dict[str, int] = {}  # stable across restarts, like a pod's port
+        self._master_metrics_port = master_metrics_port
+        self.targets_path = self.run_dir / "targets.json"
         self._deaths: queue.Queue[Death] = queue.Queue()
         self._lock = threading.Lock()
 
@@ -113,8 +116,11 @@ class LocalRuntime:
             old = self._processes.get(name)
             if old is not None and old.alive:
                 raise RuntimeError(f"{name} is already running (pid {old.popen.pid})")
+            metrics_port = self._metrics_ports.setdefault(name, free_port())
+            self._write_targets()
             command = [
                 sys.executable, "-m", "trainthrough.cli", *args,
+                "--metrics-port", str(metrics_port),
                 "--job", str(self.job_path),
                 "--events", str(self.events_path),
                 "--parent-pid", str(os.getpid()),
@@ -126,6 +132,22 @@ class LocalRuntime:
             process = _Process(popen)
             self._processes[name] = process
         threading.Thread(target=self._watch, args=(name, process), name=f"watch-{name}", daemon=True).start()
+
+    def _write_targets(self) -> None:
+        """Every process's metrics endpoint in Prometheus' file_sd format, so a Prometheus
+        with `file_sd_configs: [{files: [".../runs/*/targets.json"]}]` scrapes the run."""
+        job = self.job.metadata.name
+        targets = [
+            {"targets": [f"{HOST}:{port}"], "labels": {"process": name, "trainingjob": job}}
+            for name, port in sorted(self._metrics_ports.items())
+        ]
+        if self._master_metrics_port:
+            targets.append(
+                {"targets": [f"{HOST}:{self._master_metrics_port}"], "labels": {"process": "master", "trainingjob": job}}
+            )
+        tmp = self.targets_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(targets, indent=1))
+        os.replace(tmp, self.targets_path)  # Prometheus never reads half a file
 
     def _watch(self, name: str, process: "_Process") -> None:
         # wait4 reaps the child and gives its resource use (CPU time, peak memory).

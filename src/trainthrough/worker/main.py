@@ -7,14 +7,10 @@ when it reached `stop.steps` or was asked to stop (SIGTERM), non-zero on a perma
 from __future__ import annotations
 
 import argparse
-import logging
-
-from prometheus_client import CollectorRegistry
 
 from trainthrough.events import EventLog
-from trainthrough.metrics import create_metrics, serve_metrics
-from trainthrough.optim import warm_up
-from trainthrough.process import configure_threads, install_stop_signal, load_job_file, watch_parent
+from trainthrough.metrics import serve_metrics
+from trainthrough.process import start_process
 from trainthrough.worker.client import PSClient
 from trainthrough.worker.training import Worker
 
@@ -31,15 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     name = f"worker-{args.rank}"
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    configure_threads(1)
-    stop = install_stop_signal()
-    watch_parent(args.parent_pid, stop)
-    job = load_job_file(args.job)
-    warm_up(job.spec.optimizer)
-    registry = CollectorRegistry()
-    metrics = create_metrics(registry)
-    metrics_port = serve_metrics(args.metrics_port, registry, addr=args.host)
+    context = start_process(name, args.job, args.parent_pid)
+    job, stop, metrics = context.job, context.stop, context.metrics
+    metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
     client = PSClient(args.ps.split(","), worker=name)
     events = EventLog(args.events, source=name)
     try:

@@ -1,0 +1,84 @@
+"""The benchmark end to end: `trainthrough bench` on a tiny matrix (the MLP on the synthetic
+dataset, real processes and SIGKILLs) writes results.json, results.csv, report.md and the
+figures; `trainthrough report` re-renders them from results.json alone.
+
+Aspects covered: the CLI's exit status; one result per planned run, each with the metrics
+of bench/metrics.py; kills recorded with recoveries; the report's files; re-rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TINY_MATRIX = """
+variants: [checkpoint-async, stateless]
+scenarios:
+  - {name: no-failure, kills: []}
+  - {name: one-kill, kills: [1.5]}
+budget: 4s
+maxDuration: 6s
+outage: 1s
+targetAccuracy: 0.9
+base:
+  model: mlp
+  dataset: synthetic
+  optimizer: {name: sgd, lr: 0.05}
+  batchSize: 32
+  checkpoint: {everyUpdates: 20}
+  evaluation: {interval: 0.5s}
+"""
+
+
+def trainthrough(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trainthrough.cli", *args], capture_output=True, text=True, timeout=280
+    )
+
+
+def test_bench_writes_results_and_report_and_report_rerenders(tmp_path: Path) -> None:
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(TINY_MATRIX)
+    out = tmp_path / "out"
+    result = trainthrough("bench", "--matrix", str(matrix), "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    data = json.loads((out / "results.json").read_text())
+    runs = data["runs"]
+    assert [r["run_id"] for r in runs] == [
+        "checkpoint-async-no-failure-w2-s1",
+        "checkpoint-async-one-kill-w2-s1",
+        "stateless-no-failure-w2-s1",
+        "stateless-one-kill-w2-s1",
+    ]
+    assert all(r["status"] == "ok" for r in runs), [r.get("reason") for r in runs]
+    for run in runs:
+        assert run["time_to_target"] is not None and run["final_accuracy"] >= 0.9
+        assert run["gradients_processed"] > 0 and run["resources"]["ps"]["cpu_seconds"] > 0
+    for run in (r for r in runs if r["scenario"] == "one-kill"):
+        [kill] = run["kills"]
+        assert kill["recovered"] and kill["phases"]["total"] > 0
+    assert sum(1 for _ in open(out / "results.csv")) == 1 + len(runs)
+    for name in ("report.md", "accuracy_vs_time.png", "recovery_time.png", "ettr.png", "worker_time.png"):
+        assert (out / name).stat().st_size > 0, name
+    first = (out / "report.md").read_text()
+    assert "| stateless | one-kill |" in first
+
+    (out / "report.md").unlink()
+    rerender = trainthrough("report", str(out / "results.json"))
+    assert rerender.returncode == 0, rerender.stderr
+    assert (out / "report.md").read_text() == first
+
+
+def test_bench_rejects_an_invalid_matrix_with_the_field_path(tmp_path: Path) -> None:
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text("scenarios: [{name: x}]\nbudget: 0\nvariants: [chain-sideways]\n")
+    result = trainthrough("bench", "--matrix", str(matrix), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "budget" in result.stderr and "variants[0]" in result.stderr
