@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-quick job test test-fast bench proto clean
+.PHONY: install tools run run-quick job test test-fast bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Prometheus (Debian's package) for the tests that scrape a real server; installed when
+# missing and this user may (root), else those tests are skipped with a reason.
+tools:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "note: prometheus not installed (apt-get install prometheus); its tests will skip"; fi; }
 
 # The main job: the experiment matrix on this machine (about 10 minutes), its report in
 # bench-results/ (report.md, results.json, results.csv, figures).
@@ -32,7 +40,7 @@ job: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/trainthrough bench --full --out bench-results-full
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -21,10 +21,10 @@ TINY_MATRIX = """
 variants: [checkpoint-async, stateless]
 scenarios:
   - {name: no-failure, kills: []}
-  - {name: one-kill, kills: [1.5]}
-budget: 4s
-maxDuration: 6s
-outage: 1s
+  - {name: one-kill, kills: [1]}
+budget: 8s
+maxDuration: 10s
+outage: 0.5s
 targetAccuracy: 0.9
 base:
   model: mlp

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--prometheus",
         metavar="URL",
-        help="also read each run's figures back from this Prometheus (it scrapes <out>/runs/*/targets.json)",
+        help="also read each run's figures back from this Prometheus (it scrapes <out>/targets/*.json)",
     )
     bench.add_argument("--prometheus-wait", default="15s", help="time for a last scrape before reading back")
     bench.set_defaults(handler=_bench)

@@ -185,6 +185,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
             f"{cell.stat('updates_applied').median or 0:.0f} | {ps_cpu or 0:.1f} | {w_cpu or 0:.1f} | "
             f"{(ps_mem or 0) / 2**20:.0f} | {(w_mem or 0) / 2**20:.0f} | ${cell.stat('cost').median or 0:.5f} |"
         )
+    lines += _prometheus_table(results)
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['run_id']}: {r.get('reason', '')}" for r in failed]
@@ -253,3 +254,32 @@ def _accuracy_changes(all_cells: list[Cell], variant_prefix: str) -> list[float]
         for k in r.get("kills", [])
         if k.get("accuracy_after") is not None and k.get("accuracy_before") is not None
     ]
+
+
+def _prometheus_table(results: list[dict[str, Any]]) -> list[str]:
+    """Figures read back from Prometheus (`--prometheus`) beside the event log's."""
+    seen = [r for r in results if "prometheus" in r]
+    if not seen:
+        return []
+    lines = [
+        "",
+        "## Read back from Prometheus",
+        "",
+        "| run | updates (log / Prometheus) | recovery s (log / Prometheus) |",
+        "|---|---|---|",
+    ]
+    for r in seen:
+        p = r["prometheus"]
+        if "error" in p:
+            lines.append(f"| {r['run_id']} | error: {p['error'][:80]} | |")
+            continue
+        log_recovery = r.get("recovery_seconds")
+        lines.append(
+            f"| {r['run_id']} | {r.get('updates_applied')} / {_number(p.get('max_model_version'))} | "
+            f"{_number(log_recovery)} / {_number(p.get('recovery_seconds_mean'))} |"
+        )
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}".rstrip("0").rstrip(".")

@@ -49,7 +49,9 @@ def run_plan(
     }
     job = plan.job
     result["mode"], result["updates"] = job.spec.consistency, job.spec.updates
-    runtime = LocalRuntime(job, run_dir, master_metrics_port=metrics_port)
+    # file_sd takes a wildcard in the file name only: all runs' targets in one folder.
+    targets = run_dir.parent.parent / "targets" / f"{plan.run_id}.json"
+    runtime = LocalRuntime(job, run_dir, master_metrics_port=metrics_port, targets_path=targets)
     events = EventLog(runtime.events_path, source="master")
     try:
         summary = Supervisor(
@@ -113,7 +115,8 @@ def run_matrix(
                 result = run_plan(
                     plan, out_dir / "runs" / plan.run_id, on_progress=show, metrics=metrics, metrics_port=metrics_port
                 )
-                result["elapsed_seconds"] = time.time() - started
+                result["started_at"], result["ended_at"] = started, time.time()
+                result["elapsed_seconds"] = result["ended_at"] - started
             results.append(result)
             save(results)
             status = "ok" if result["status"] == "ok" else f"FAILED ({result['reason'][:60]})"
@@ -123,7 +126,9 @@ def run_matrix(
         time.sleep(prometheus_wait)  # one more scrape of the last run
         for plan, result in zip(plans, results):
             try:
-                result["prometheus"] = read_back(prometheus, plan.job.metadata.name)
+                result["prometheus"] = read_back(
+                    prometheus, plan.job.metadata.name, result["started_at"], result["ended_at"]
+                )
             except PrometheusError as error:
                 result["prometheus"] = {"error": str(error)}
         save(results)

@@ -38,7 +38,13 @@ class LocalRuntime:
     >>> runtime.kill("ps-0"); runtime.deaths(timeout=1.0)
     """
 
-    def __init__(self, job: TrainingJob, run_dir: Path, master_metrics_port: int | None = None) -> None:
+    def __init__(
+        self,
+        job: TrainingJob,
+        run_dir: Path,
+        master_metrics_port: int | None = None,
+        targets_path: Path | None = None,
+    ) -> None:
         self.job = job
         self.run_dir = Path(run_dir)
         self.logs = self.run_dir / "logs"
@@ -52,7 +58,7 @@ class LocalRuntime:
         self._addresses: dict[str, str] = {}
         self._metrics_ports: dict[str, int] = {}  # stable across restarts, like a pod's port
         self._master_metrics_port = master_metrics_port
-        self.targets_path = self.run_dir / "targets.json"
+        self.targets_path = Path(targets_path) if targets_path else self.run_dir / "targets.json"
         self._deaths: queue.Queue[Death] = queue.Queue()
         self._lock = threading.Lock()
 
@@ -134,17 +140,17 @@ class LocalRuntime:
         threading.Thread(target=self._watch, args=(name, process), name=f"watch-{name}", daemon=True).start()
 
     def _write_targets(self) -> None:
-        """Every process's metrics endpoint in Prometheus' file_sd format, so a Prometheus
-        with `file_sd_configs: [{files: [".../runs/*/targets.json"]}]` scrapes the run."""
-        job = self.job.metadata.name
+        """Every process's metrics endpoint in Prometheus' file_sd format (a Prometheus with
+        `file_sd_configs: [{files: [PATH]}]` scrapes the run)."""
+        # No `trainingjob` target label: the metrics carry it, and a target label would
+        # overwrite it (the master serves every run of a benchmark from one endpoint).
         targets = [
-            {"targets": [f"{HOST}:{port}"], "labels": {"process": name, "trainingjob": job}}
+            {"targets": [f"{HOST}:{port}"], "labels": {"process": name}}
             for name, port in sorted(self._metrics_ports.items())
         ]
         if self._master_metrics_port:
-            targets.append(
-                {"targets": [f"{HOST}:{self._master_metrics_port}"], "labels": {"process": "master", "trainingjob": job}}
-            )
+            targets.append({"targets": [f"{HOST}:{self._master_metrics_port}"], "labels": {"process": "master"}})
+        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.targets_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(targets, indent=1))
         os.replace(tmp, self.targets_path)  # Prometheus never reads half a file
