@@ -43,6 +43,11 @@ class Metrics:
     recovery_seconds: Histogram
     recoveries: Counter
     lost_updates: Counter
+    # operator
+    reconciles: Counter
+    reconcile_seconds: Histogram
+    fault_detection_seconds: Histogram
+    restart_seconds: Histogram
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -82,6 +87,26 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         recoveries=counter("recoveries", "Recoveries completed after a PS failure."),
         lost_updates=counter("lost_updates", "Acknowledged updates lost across recoveries."),
+        reconciles=Counter(
+            f"{PREFIX}_operator_reconciles", "Reconciles of TrainingJobs, by result.", ("result",), registry=registry
+        ),
+        reconcile_seconds=Histogram(
+            f"{PREFIX}_operator_reconcile_seconds", "Time to reconcile a TrainingJob.", registry=registry
+        ),
+        fault_detection_seconds=Histogram(
+            f"{PREFIX}_operator_fault_detection_seconds",
+            "Pod gone (deletion timestamp or failure) to the operator acting on it.",
+            ("mode",),
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        ),
+        restart_seconds=Histogram(
+            f"{PREFIX}_operator_restart_seconds",
+            "Fault noticed to the replacement pod created (or the chain reconfigured).",
+            ("mode",),
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        ),
     )
 
 

@@ -100,14 +100,14 @@ def _scenarios(one: float, two: tuple[float, float]) -> list[dict[str, Any]]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # About 2 minutes here, a smoke test of the whole harness: one update rule per mode,
+    # About 3 minutes here, a smoke test of the whole harness: one update rule per mode,
     # baseline and two kills, short outages, a 5x learning rate to reach the target fast.
     "quick": {
         "variants": ["checkpoint-async", "chain-async", "stateless"],
         "scenarios": [{"name": "no-failure", "kills": []}, {"name": "two-kills", "kills": [2, 4]}],
         "base": {**BASE_SPEC, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "budget": 12,
-        "maxDuration": 20,
+        "budget": 10,
+        "maxDuration": 15,
         "outage": 5,
     },
     # About 10 minutes here: every variant, no / one / two kills, the paper's 20 s outages.

@@ -10,6 +10,7 @@ one loop, so a second failure during a recovery is handled as promptly as the fi
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -421,8 +422,10 @@ class Supervisor:
 
     # -- the end -----------------------------------------------------------------------------------
     def _finish(self, reason: str) -> RunSummary:
-        for worker in self.workers:
-            self.runtime.stop(worker, timeout=60.0)
+        # All workers at once: a stateless worker stopped while offline waits a little for
+        # the PS to hand its work over, and those waits must not add up.
+        with ThreadPoolExecutor(max_workers=max(1, len(self.workers))) as pool:
+            list(pool.map(lambda worker: self.runtime.stop(worker, timeout=60.0), self.workers))
         self._poll_progress()
         for name in self.ps_chain():
             self.runtime.stop(name)

@@ -39,7 +39,7 @@ REPORT_EVERY = 1.0  # seconds between progress reports to the PS
 REJOIN_EVERY = 0.2  # seconds between attempts to reach a restarted stateless PS
 OFFLINE_CALL_TIMEOUT = 1.0
 HANDOVER_TIMEOUT = 120.0  # a worker done while offline waits this long for the PS
-HANDOVER_ON_STOP = 10.0  # the same when asked to stop
+HANDOVER_ON_STOP = 5.0  # the same when asked to stop
 
 
 def select_device(requested: str) -> torch.device:

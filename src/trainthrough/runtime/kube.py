@@ -1,0 +1,210 @@
+"""The Kubernetes objects of a TrainingJob: pure functions from the job to manifests.
+
+Used by the operator (operator/), which creates them with owner references to the
+TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `NS`:
+
+- ConfigMap `NAME-job`: the job as JSON, mounted at /etc/trainthrough/job.json.
+- Service `NAME`: headless, selects the job's PS pods, so that PS pod `NAME-ps-0` answers
+  at `NAME-ps-0.NAME.NS.svc:50051` (stable across restarts, as the local runtime keeps a
+  PS's port).
+- PersistentVolumeClaim `NAME-checkpoints` (checkpoint mode, or stateless with a fallback
+  checkpoint): where the PS writes its checkpoints.
+- Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index) and
+  `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
+  decides each recovery, as the local runtime's supervisor does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from trainthrough.spec import TrainingJob, dump_job
+
+GROUP = "trainthrough.io"
+LABEL_JOB = f"{GROUP}/job"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_PROCESS = f"{GROUP}/process"
+PS_PORT = 50051
+METRICS_PORT = 9100
+CONFIG_DIR = "/etc/trainthrough"
+CHECKPOINT_DIR = "/var/lib/trainthrough/checkpoints"
+DEFAULT_IMAGES = {
+    "ps": "ghcr.io/trainthrough/ps:0.1.0",
+    "worker": "ghcr.io/trainthrough/worker:0.1.0",
+}
+CHECKPOINT_VOLUME_SIZE = "1Gi"
+
+
+def labels(job: TrainingJob, role: str | None = None, process: str | None = None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": "trainthrough", "app.kubernetes.io/managed-by": "trainthrough-operator", LABEL_JOB: job.metadata.name}
+    if role:
+        out[LABEL_ROLE] = role
+    if process:
+        out[LABEL_PROCESS] = process
+    return out
+
+
+def pod_name(job: TrainingJob, process: str) -> str:
+    """`ps-0` -> `NAME-ps-0`, `worker-1` -> `NAME-worker-1`."""
+    return f"{job.metadata.name}-{process}"
+
+
+def ps_address(job: TrainingJob, process: str) -> str:
+    return f"{pod_name(job, process)}.{job.metadata.name}.{job.metadata.namespace}.svc:{PS_PORT}"
+
+
+def needs_volume(job: TrainingJob) -> bool:
+    spec = job.spec
+    return spec.consistency == "checkpoint" or (spec.consistency == "stateless" and spec.stateless.fallback_checkpoint)
+
+
+def config_map(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{job.metadata.name}-job", "namespace": job.metadata.namespace, "labels": labels(job)},
+        "data": {"job.json": json.dumps(dump_job(job), indent=2, sort_keys=True)},
+    }
+
+
+def service(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace, "labels": labels(job)},
+        "spec": {
+            "clusterIP": "None",
+            # A restarting PS must be reachable by name before it reports ready.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job.metadata.name, LABEL_ROLE: "ps"},
+            "ports": [
+                {"name": "grpc", "port": PS_PORT, "targetPort": PS_PORT, "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def checkpoint_claim(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{job.metadata.name}-checkpoints", "namespace": job.metadata.namespace, "labels": labels(job)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": CHECKPOINT_VOLUME_SIZE}}},
+    }
+
+
+def _resources(cpu: str, memory: str, gpu: int) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {"memory": memory}
+    if gpu:
+        # Extended resources must be requested in limits (requests default to them).
+        limits["nvidia.com/gpu"] = str(gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod(
+    job: TrainingJob, process: str, role: str, image: str, args: list[str], resources: dict[str, Any], volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], extra_spec: dict[str, Any]
+) -> dict[str, Any]:
+    name = pod_name(job, process)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": job.metadata.namespace, "labels": labels(job, role, process)},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": role,
+                    "image": image,
+                    "args": args,
+                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+                    + ([{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}] if role == "ps" else []),
+                    "resources": resources,
+                    # The root filesystem is read-only: caches (the dataset) go to /tmp.
+                    "env": [{"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}, {"name": "HOME", "value": "/tmp"}],
+                    "volumeMounts": mounts,
+                    "securityContext": _container_security(),
+                }
+            ],
+            "volumes": volumes,
+            **extra_spec,
+        },
+    }
+
+
+def _config_volume(job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    volume = {"name": "job", "configMap": {"name": f"{job.metadata.name}-job"}}
+    mount = {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True}
+    return volume, mount
+
+
+def _scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    # The root filesystem is read-only; torch and Python want a writable /tmp.
+    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"}
+
+
+def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | None = None) -> dict[str, Any]:
+    """The pod of PS `process` (e.g. `ps-0`); `join`: a chain replacement awaiting state."""
+    config, config_mount = _config_volume(job)
+    tmp, tmp_mount = _scratch_volume()
+    volumes, mounts = [config, tmp], [config_mount, tmp_mount]
+    args = [
+        "ps", "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", "0.0.0.0",
+        "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
+    ]  # fmt: skip
+    if needs_volume(job):
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": f"{job.metadata.name}-checkpoints"}})
+        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_DIR})
+        args += ["--checkpoint-dir", CHECKPOINT_DIR]
+    if join:
+        args.append("--join")
+    r = job.spec.parameter_server.resources
+    extra = {"hostname": pod_name(job, process), "subdomain": job.metadata.name}
+    return _pod(job, process, "ps", image or DEFAULT_IMAGES["ps"], args, _resources(r.cpu, r.memory, 0), volumes, mounts, extra)
+
+
+def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: str | None = None) -> dict[str, Any]:
+    config, config_mount = _config_volume(job)
+    tmp, tmp_mount = _scratch_volume()
+    addresses = ",".join(ps_address(job, p) for p in ps_processes)
+    args = [
+        "worker", "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
+        "--host", "0.0.0.0", "--metrics-port", str(METRICS_PORT),
+    ]  # fmt: skip
+    r = job.spec.workers.resources
+    extra: dict[str, Any] = {}
+    if r.gpu:
+        # GPU nodes are commonly tainted for GPU workloads only.
+        extra["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return _pod(
+        job, f"worker-{rank}", "worker", image or DEFAULT_IMAGES["worker"], args, _resources(r.cpu, r.memory, r.gpu),
+        [config, tmp], [config_mount, tmp_mount], extra,
+    )  # fmt: skip
+
+
+def initial_ps_processes(job: TrainingJob) -> list[str]:
+    return [f"ps-{i}" for i in range(job.spec.parameter_server.replicas)]
+
+
+def manifests(job: TrainingJob, images: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Everything a new job needs, in creation order."""
+    images = images or {}
+    ps = initial_ps_processes(job)
+    objects = [config_map(job), service(job)]
+    if needs_volume(job):
+        objects.append(checkpoint_claim(job))
+    objects += [ps_pod(job, p, image=images.get("ps")) for p in ps]
+    objects += [worker_pod(job, r, ps, image=images.get("worker")) for r in range(job.spec.workers.replicas)]
+    return objects
