@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools run run-quick job test test-fast bench proto clean
+.PHONY: install tools run run-quick job test test-fast bench crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP) tools
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+# The TrainingJob CRD, generated from src/trainthrough/spec.py.
+crd: $(STAMP)
+	$(BIN)/trainthrough crd > helm/trainthrough/crds/trainingjobs.trainthrough.io.yaml
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/trainthrough/proto/ps.proto

@@ -4,6 +4,7 @@
     trainthrough validate JOB.yaml
     trainthrough bench [--quick | --full | --matrix FILE] [--out DIR]
     trainthrough report results.json
+    trainthrough crd
     trainthrough ps ... / trainthrough worker ...   (process entrypoints, started by runtimes)
 """
 
@@ -105,6 +106,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from trainthrough.crd import render_crd_yaml
+
+    sys.stdout.write(render_crd_yaml())
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     print(f"{args.job}: valid TrainingJob {job.metadata.name} ({job.spec.consistency})")
@@ -155,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a TrainingJob YAML and report every error")
     validate.add_argument("job")
     validate.set_defaults(handler=_validate)
+    crd = commands.add_parser("crd", help="print the TrainingJob CustomResourceDefinition (generated from the spec)")
+    crd.set_defaults(handler=_crd)
     commands.add_parser("ps", help="parameter-server process (started by a runtime)")
     commands.add_parser("worker", help="worker process (started by a runtime)")
     args = parser.parse_args(argv)
