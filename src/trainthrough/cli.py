@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainthrough.ps.serving import main as ps_main
 
         return ps_main(argv[1:])
+    if argv and argv[0] == "operator":
+        from trainthrough.operator.main import main as operator_main
+
+        return operator_main(argv[1:])
     if argv and argv[0] == "worker":
         from trainthrough.worker.main import main as worker_main
 
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     validate.set_defaults(handler=_validate)
     crd = commands.add_parser("crd", help="print the TrainingJob CustomResourceDefinition (generated from the spec)")
     crd.set_defaults(handler=_crd)
+    commands.add_parser("operator", help="run the Kubernetes operator")
     commands.add_parser("ps", help="parameter-server process (started by a runtime)")
     commands.add_parser("worker", help="worker process (started by a runtime)")
     args = parser.parse_args(argv)

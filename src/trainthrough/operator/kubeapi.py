@@ -1,0 +1,132 @@
+"""The operator's calls to the Kubernetes API, on the official `kubernetes` client.
+
+Every call the operator makes goes through this one class, so the RBAC the Helm chart
+grants can be checked against it, and `kubernetes.client.ApiException` never leaks: it is
+wrapped into the project's errors (a conflict or a server error is temporary, a rejected
+object permanent) with the original as the cause.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from trainthrough.errors import PermanentError, TemporaryError
+from trainthrough.spec import API_GROUP, PLURAL, VERSION
+
+# (api group, resource, verb) for every call below: the RBAC the operator needs.
+CALLS = {
+    ("", "pods", "create"),
+    ("", "pods", "delete"),
+    ("", "pods", "list"),
+    ("", "pods", "get"),
+    ("", "services", "create"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
+    ("", "persistentvolumeclaims", "create"),
+    ("", "events", "create"),
+    (API_GROUP, PLURAL, "get"),
+    (API_GROUP, f"{PLURAL}/status", "patch"),
+}
+
+
+class KubeApi:
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create a namespaced core object; False if it already exists (idempotent)."""
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        create = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+        }[kind]
+        try:
+            create(namespace, manifest)
+            return True
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise _wrap(error, f"create {kind} {manifest['metadata']['name']}") from error
+
+    def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        try:
+            self.core.patch_namespaced_config_map(name, namespace, {"data": data})
+        except ApiException as error:
+            raise _wrap(error, f"patch ConfigMap {name}") from error
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int = 30) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        except ApiException as error:
+            if error.status != 404:
+                raise _wrap(error, f"delete Pod {name}") from error
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _wrap(error, f"get Pod {name}") from error
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        except ApiException as error:
+            raise _wrap(error, f"list Pods {selector}") from error
+        return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _wrap(error, f"get TrainingJob {name}") from error
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        except ApiException as error:
+            raise _wrap(error, f"patch TrainingJob {name} status") from error
+
+    def event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about the TrainingJob (best effort: never fails a handler)."""
+        meta = job["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        body = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:10]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": job.get("apiVersion", f"{API_GROUP}/{VERSION}"),
+                "kind": "TrainingJob",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "trainthrough-operator"},
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException:
+            pass
+
+
+def _wrap(error: ApiException, what: str) -> Exception:
+    message = f"{what}: {error.status} {error.reason}"
+    if error.status in (409, 429) or (error.status or 0) >= 500:
+        return TemporaryError(message, delay=2.0)
+    return PermanentError(message)

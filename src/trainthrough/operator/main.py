@@ -1,0 +1,62 @@
+"""`trainthrough operator`: run the operator (in a cluster, or against a kubeconfig).
+
+Serves Prometheus metrics on --metrics-port and kopf's liveness probe on --liveness; with
+several replicas, kopf peering (the KopfPeering resources the Helm chart installs) keeps
+exactly one of them active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+import kubernetes
+
+from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.operator.handlers import register
+from trainthrough.operator.kubeapi import KubeApi
+from trainthrough.operator.reconciling import OperatorConfig
+from trainthrough.runtime.kube import DEFAULT_IMAGES
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainthrough operator", description=__doc__)
+    parser.add_argument("--namespace", action="append", default=[], help="watch only these (default: all)")
+    parser.add_argument("--metrics-port", type=int, default=8080)
+    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint")
+    parser.add_argument("--peering", default="trainthrough", help="kopf peering name (several replicas)")
+    parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    parser.add_argument("--ps-image", default=DEFAULT_IMAGES["ps"])
+    parser.add_argument("--worker-image", default=DEFAULT_IMAGES["worker"])
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    metrics = create_metrics()
+    serve_metrics(args.metrics_port, addr="0.0.0.0")
+    registry = kopf.OperatorRegistry()
+    config = OperatorConfig(api=KubeApi(api_client()), metrics=metrics, images={"ps": args.ps_image, "worker": args.worker_image})
+    register(registry, config)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_):
+        settings.peering.name = args.peering
+        settings.peering.mandatory = not args.standalone
+        settings.posting.level = logging.WARNING  # kopf's own events: warnings and errors only
+
+    kopf.run(
+        registry=registry,
+        standalone=args.standalone,
+        namespaces=args.namespace or None,
+        clusterwide=not args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0

@@ -1,0 +1,1138 @@
+"""A Kubernetes API emulator on 127.0.0.1 for running the REAL kopf operator in tests.
+
+No kube-apiserver can run on the project's machines (DESIGN.md, "What runs here and what
+does not"), so operator tests run kopf against KMock's `KubernetesEmulator` (PyPI `kmock`,
+by kopf's author): an in-memory, stateful Kubernetes API served over HTTP, with discovery,
+list, watch, create, patch and delete. KMock 0.8 needs a few fixes before kopf works
+against it; every one of them lives in this module (`Emulator` and `_parse_path`), each
+with a comment saying why. Nothing else in the project patches kmock.
+
+Usage::
+
+    from kube_emulator import TRAININGJOBS, kube_fixture, run_operator_fixture, wait_for  # noqa: F401
+
+    def test_something(kube, run_operator):
+        registry = kopf.OperatorRegistry()
+        register_my_handlers(registry)        # the operator module under test
+        run_operator(registry, watching=[TRAININGJOBS])
+        kube.create(TRAININGJOBS, {"metadata": {"name": "tj1"}, "spec": {...}})
+        wait_for(lambda: kube.find("services", "tj1-ps-0"), timeout=5, what="the PS service")
+
+(pytest registers the imported `kube_fixture`/`run_operator_fixture` as the fixtures
+`kube` and `run_operator`.)
+
+What the module provides
+------------------------
+
+`KubeEmulator` (context manager; fixture `kube`)
+    Runs the emulator in its own thread and event loop on 127.0.0.1 (random port).
+    Known resources: every built-in resource of a recent K3s (KMock's bundled discovery
+    data: core v1 pods, services, configmaps, persistentvolumeclaims, events, namespaces,
+    coordination.k8s.io leases, apiextensions CRDs, ...) plus the project's own
+    `TrainingJob` CRD (`trainthrough.crd.crd_manifest()`: `trainthrough.io/v1alpha1`,
+    plural `trainingjobs`, short name `tj`, namespaced, `status` subresource), whose CRD
+    object is stored too (``KubeEmulator(crds=[...])`` serves others instead). The
+    namespace `default` exists.
+
+    - ``url``: the API server's base URL (``http://127.0.0.1:PORT``);
+    - ``create(resource, body, namespace=None)``, ``get(resource, name, namespace=None)``,
+      ``find(...)`` (``None`` when absent), ``list(resource, namespace=None, *,
+      all_namespaces=False, labels=None, fields=None)``, ``patch(resource, name, patch,
+      namespace=None, *, subresource=None)`` (merge patch; a list is sent as a JSON
+      patch), ``patch_status(resource, name, status, namespace=None)``,
+      ``replace(resource, name, body, namespace=None)``, ``delete(resource, name,
+      namespace=None)``: plain HTTP (urllib) to the emulator, as any client does;
+      API errors raise `KubeApiError` (``.status``, ``.reason``, ``.body``);
+    - ``request(method, path, body=None, *, params=None, content_type=...)``: any raw
+      call; ``path_for(resource, namespace=None, name=None, subresource=None)``;
+    - ``history(resource, name, namespace=None)``: every stored version of an object
+      (``None`` marks a deletion), read from the emulator's memory;
+    - ``watchers(resource)``: how many watch streams are open on a resource, and
+      ``wait_watched(resource, count=1, timeout=...)``: wait until kopf watches it;
+    - ``register_crd(crd)``: add another CRD manifest at run time: its resources become
+      discoverable and the CRD object is stored, so a running kopf notices it through
+      its CRD watch and starts serving it;
+    - ``api_client()``: a `kubernetes.client.ApiClient` pointed at the emulator (closed
+      when the emulator stops), for code under test that uses the `kubernetes` package;
+    - ``emulator`` (the `Emulator`, i.e. KMock's handler) and ``call(fn)``: run
+      ``fn(emulator)`` inside the emulator's event loop, e.g. to read ``emulator.objects``
+      (never touch them from the test thread directly). KMock's DSL reactions
+      (``emulator[...] << ...``) still answer reads; object-changing requests are always
+      served by the emulator itself;
+    - ``wait_for(predicate, timeout=10.0, interval=0.02, what='')``: poll until the
+      predicate returns a truthy value and return it, else raise `WaitTimeout`
+      (an AssertionError). Module-level `wait_for` is the same function.
+    Resources are named as ``'pods'``, ``'tj'``, ``'v1/pods'``,
+    ``'trainthrough.io/v1alpha1/trainingjobs'``, ``'trainingjobs.v1alpha1.trainthrough.io'``
+    or a ``kmock.resource``; a bare plural prefers the core group (``pods`` is
+    ``v1/pods``, not ``metrics.k8s.io``'s). ``namespace=None`` means ``kube.namespace``
+    (``"default"``) for namespaced resources.
+
+`OperatorRunner` (context manager; fixture `run_operator`)
+    Runs the real kopf operator (``kopf.operator(...)``) in a background thread with its
+    own event loop, for a given `kopf.OperatorRegistry` (so the operator module under
+    test registers its handlers into a fresh registry, not kopf's global one). A login
+    handler returning ``kopf.ConnectionInfo(server=kube.url)`` is added to that
+    registry; kopf runs standalone (no peering), cluster-wide unless ``namespaces=`` is
+    given. ``run_operator(registry, *, namespaces=None, settings=None, memo=None,
+    watching=(), timeout=30)`` starts it, waits until kopf is ready and, for each
+    resource in ``watching``, until kopf's watch stream on it is open; it returns the
+    runner. At teardown (or ``runner.stop()``) the stop flag is raised, the thread is
+    joined, kopf's executor for sync handlers is shut down (no threads are left
+    behind), and an exception that ended the operator is re-raised.
+    `default_settings()` is what the runner uses when no settings are given.
+
+Behaviour of the emulator (what a test can rely on, and what it cannot)
+-----------------------------------------------------------------------
+
+- Create answers 201 and fills in ``metadata.uid``, ``resourceVersion`` (one global
+  counter, as etcd's), ``creationTimestamp``, ``generation`` (1), ``namespace`` (from the
+  URL), ``name`` (from ``generateName``), ``apiVersion`` and ``kind``.
+- Every change bumps ``resourceVersion``; ``generation`` grows when anything but
+  ``metadata``/``status`` changes. A no-op patch changes nothing and sends no event.
+- Merge patches follow RFC 7386 (lists are replaced). Strategic-merge patches (what the
+  `kubernetes` client sends for built-in kinds) are applied as merge patches too: list
+  merging by key (e.g. containers by name) and ``$patch`` directives are NOT emulated.
+  JSON patches (RFC 6902) are applied; a failed ``test`` answers 422 as Kubernetes does.
+- With the ``status`` subresource (pods, TrainingJob, ...), a patch of the object keeps
+  its old status and a patch of ``/status`` changes only the status, as Kubernetes does.
+- Delete of an object with finalizers only sets ``deletionTimestamp``; it goes when the
+  last finalizer is removed. Deleting an owner deletes its dependents at once
+  (``metadata.ownerReferences`` by uid; background propagation only,
+  ``propagationPolicy`` and ``blockOwnerDeletion`` are ignored).
+- List and watch apply ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``,
+  ``key``, ``!key``) and ``fieldSelector`` (``=``, ``==``, ``!=`` on dotted paths).
+  A watch first sends every matching object as ADDED, then live events; it ignores
+  ``resourceVersion``, ``timeoutSeconds`` and bookmarks, and a MODIFIED event is
+  filtered by the object's new labels only (no synthetic DELETED when it stops matching).
+- Replace (PUT) checks ``metadata.resourceVersion`` (409 when stale); patches do not
+  (a ``resourceVersion`` inside a merge patch is ignored); JSON patches can ``test`` it.
+- Not emulated: admission/validation against the CRD schema, defaulting, pod scheduling
+  or status (pods stay as created; a test patches their status to play the kubelet),
+  namespace existence checks, deletecollection, server-side apply, paging (``limit``/
+  ``continue``), watch ``resourceVersion`` resumption (every watch restarts from a full
+  ADDED snapshot, which kopf handles).
+
+The KMock 0.8 fixes (each marked ``FIX`` below, with why): list/fetch namespaces (URL
+parsing), metadata on create (uid, namespace, resourceVersion, generation, apiVersion,
+kind), names from generateName, 201 on create, resourceVersion on every change, 422 for a
+failed JSON-patch test, status-subresource semantics, PUT, selectors, no lost watch
+events, garbage collection by ownerReferences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import datetime
+import gzip
+import importlib.resources
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+import kopf
+import kubernetes.client
+import pytest
+from kmock._internal import parsing as _kmock_parsing  # only for the namespaces fix below
+
+from trainthrough.crd import crd_manifest
+from trainthrough.spec import API_GROUP as GROUP
+from trainthrough.spec import PLURAL, VERSION
+
+__all__ = [
+    "GROUP",
+    "VERSION",
+    "PLURAL",
+    "TRAININGJOBS",
+    "Emulator",
+    "KubeApiError",
+    "KubeEmulator",
+    "OperatorRunner",
+    "WaitTimeout",
+    "default_settings",
+    "kube_fixture",
+    "run_operator_fixture",
+    "wait_for",
+]
+
+# The fixes below were written against KMock 0.8's internals; re-check them on an upgrade.
+if tuple(int(part) for part in kmock.__version__.split(".")[:2]) != (0, 8):
+    raise ImportError(f"tests/kube_emulator.py was written for kmock 0.8, found {kmock.__version__}")
+
+TRAININGJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
+
+T = TypeVar("T")
+_CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+_NAMESPACES = kmock.resource("", "v1", "namespaces")
+
+
+# --------------------------------------------------------------------------------------
+# Waiting
+# --------------------------------------------------------------------------------------
+
+
+class WaitTimeout(AssertionError):
+    """`wait_for` ran out of time."""
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll `predicate` until it returns a truthy value and return that value.
+
+    Raises `WaitTimeout` (an AssertionError) after `timeout` seconds, naming `what` and the
+    last value seen. Exceptions from the predicate propagate (use `kube.find`, which
+    returns None, rather than `kube.get`, which raises on 404).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(
+                f"timed out after {timeout}s waiting for {what or predicate!r}; last value: {value!r}"
+            )
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------
+# CRDs
+# --------------------------------------------------------------------------------------
+
+_CRD_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
+
+
+def _crd_resources(crd: Mapping[str, Any]) -> dict[kmock.resource, kmock.ResourceInfo]:
+    """The discovery entries a real API server serves for a CRD's served versions."""
+    spec = crd["spec"]
+    names = spec["names"]
+    result: dict[kmock.resource, kmock.ResourceInfo] = {}
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        resource = kmock.resource(spec["group"], version["name"], names["plural"])
+        subresources = set(version.get("subresources", {}))
+        result[resource] = kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names.get("singular") or names["kind"].lower(),
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            verbs=_CRD_VERBS,
+            shortnames=set(names.get("shortNames", [])),
+            categories=set(names.get("categories", [])),
+            subresources={"status", "scale"} & subresources,
+        )
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Selectors (KMock 0.8 ignores them)
+# --------------------------------------------------------------------------------------
+
+_SEL_SET = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s+(in|notin)\s*\(([^)]*)\)\s*$")
+_SEL_CMP = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
+_SEL_HAS = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*$")
+
+Requirement = tuple[str, str, frozenset[str]]
+
+
+def _split_selector(text: str) -> list[str]:
+    terms: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(text[start:i])
+            start = i + 1
+    terms.append(text[start:])
+    return [term for term in terms if term.strip()]
+
+
+def _parse_selector(text: str | None, *, fields: bool = False) -> list[Requirement]:
+    requirements: list[Requirement] = []
+    for term in _split_selector(text or ""):
+        if not fields and (m := _SEL_SET.match(term)):
+            values = frozenset(v.strip() for v in m[3].split(",") if v.strip())
+            requirements.append((m[1], m[2], values))
+        elif m := _SEL_CMP.match(term):
+            requirements.append((m[1], "!=" if m[2] == "!=" else "=", frozenset([m[3]])))
+        elif not fields and (m := _SEL_HAS.match(term)):
+            requirements.append((m[2], "!" if m[1] else "exists", frozenset()))
+        else:
+            kind = "field" if fields else "label"
+            raise kmock.KubernetesError(400, "BadRequest", f"unable to parse {kind} selector term {term!r}")
+    return requirements
+
+
+def _field_value(obj: Mapping[str, Any], path: str) -> str | None:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value) if value is not None else None
+
+
+def _matches(obj: Mapping[str, Any], labels: list[Requirement], fields: list[Requirement]) -> bool:
+    have = obj.get("metadata", {}).get("labels") or {}
+    for key, op, values in labels:
+        present, value = key in have, have.get(key)
+        if (
+            (op == "=" and value not in values)
+            or (op == "!=" and present and value in values)
+            or (op == "in" and (not present or value not in values))
+            or (op == "notin" and present and value in values)
+            or (op == "exists" and not present)
+            or (op == "!" and present)
+        ):
+            return False
+    for path, op, values in fields:
+        value = _field_value(obj, path) or ""
+        if (op == "=") != (value in values):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# The fixed emulator
+# --------------------------------------------------------------------------------------
+
+# FIX (list/fetch namespaces): KMock 0.8's URL parser reads `/api/v1/namespaces` as the
+# start of a namespaced URL (`/api/v1/namespaces/{ns}/...`), so listing namespaces fails
+# with a 500 (ValueError while unpacking) and `GET /api/v1/namespaces/{name}` is read as
+# "list everything in namespace {name}". kopf lists and watches namespaces whenever it is
+# given `namespaces=[...]`. Namespaces themselves are a cluster-scoped resource: parse
+# those two URL shapes (and the namespace's own subresources) as such, everything else as
+# before. KMock has no hook for this, so the module function is wrapped (once, here).
+_original_parse_path = _kmock_parsing.parse_path
+
+
+def _parse_path(path: str) -> _kmock_parsing.ParsedPath:
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+        len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+    ):
+        return _kmock_parsing.ParsedPath(
+            group="",
+            version="v1",
+            plural="namespaces",
+            namespace=None,
+            name=parts[3] if len(parts) >= 4 else None,
+            subresource=parts[4] if len(parts) == 5 else None,
+        )
+    return _original_parse_path(path)
+
+
+if getattr(_kmock_parsing.parse_path, "__name__", "") != _parse_path.__name__:
+    _kmock_parsing.parse_path = _parse_path
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without(body: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in keys}
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    """KMock's KubernetesEmulator with the fixes kopf (and a faithful test) needs.
+
+    KMock 0.8 stores objects exactly as posted and merges patches into them, nothing more.
+    `_handle` is replaced for the object-changing requests (create, patch, replace,
+    delete) so that, under the emulator's lock, every change gets what a real API server
+    adds; reading requests (fetch) still go through KMock unchanged. List and watch are
+    replaced for selectors and for a watch that loses no events.
+    """
+
+    gc: bool = True  # delete dependents (ownerReferences) with their owner
+    _revision: int = attrs.field(default=0, init=False)
+    _watchers: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+
+    # -- helpers (call with self._lock held) -------------------------------------------
+
+    def _next_revision(self) -> str:
+        # FIX (resourceVersion): KMock 0.8 never sets metadata.resourceVersion. kopf needs
+        # it: it removes its finalizers with a JSON patch whose first op is `test
+        # /metadata/resourceVersion` (that test fails with a 500 when the field is absent,
+        # so the finalizer is never removed and deletion hangs), and after each of its own
+        # patches it waits (settings.persistence.consistency_timeout, 5 s) for a watch event
+        # carrying the resourceVersion that the patch returned. One global counter, as etcd.
+        self._revision += 1
+        return str(self._revision)
+
+    def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
+        # NB: `self.resources[...]` would auto-create an empty entry; look it up instead.
+        return self.resources[resource] if resource in self.resources else None
+
+    def _known(self, resource: kmock.resource) -> bool:
+        return any(known == resource for known in self._get_resources())
+
+    def _has_status_subresource(self, resource: kmock.resource) -> bool:
+        info = self._info(resource)
+        return info is not None and "status" in info.subresources
+
+    def _alive(self, key: tuple[kmock.resource, str | None, str]) -> kmock.Object | None:
+        if key in self.objects and not self.objects[key].deleted:
+            return self.objects[key]
+        return None
+
+    async def _publish(self, resource: kmock.resource, kind: str, body: dict[str, Any]) -> None:
+        await self._buses[resource].put({"type": kind, "object": body})
+
+    async def _store(
+        self, key: tuple[kmock.resource, str | None, str], old: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Store a changed version of a live object, publish it, finish a released deletion."""
+        resource = key[0]
+        status_sub = self._has_status_subresource(resource)
+        ignored = ("metadata", "status") if status_sub else ("metadata",)
+        new_meta = new.setdefault("metadata", {})
+        old_meta = old.get("metadata", {})
+        for field in ("apiVersion", "kind"):  # a replace may omit them
+            if field in old:
+                new[field] = old[field]
+        # Immutable and server-owned fields cannot be changed by a patch or a replace.
+        for field in ("uid", "name", "namespace", "creationTimestamp", "deletionTimestamp", "generation"):
+            if field in old_meta:
+                new_meta[field] = old_meta[field]
+            else:
+                new_meta.pop(field, None)
+        new_meta["resourceVersion"] = old_meta.get("resourceVersion")
+        if new == old:
+            return old  # a no-op: no new version, no event (as Kubernetes)
+        # FIX (generation): KMock 0.8 has no metadata.generation; the operator reports
+        # status.conditions[].observedGeneration, so it must grow as Kubernetes grows it.
+        if _without(new, ignored) != _without(old, ignored):
+            new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        new_meta["resourceVersion"] = self._next_revision()
+        self.objects[key].history.append(new)
+        await self._publish(resource, "MODIFIED", new)
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            await self._remove(key)
+        return new
+
+    async def _remove(self, key: tuple[kmock.resource, str | None, str]) -> None:
+        """Really delete a live object (no finalizers left) and, with gc, its dependents."""
+        obj = self.objects[key]
+        gone = copy.deepcopy(obj.raw)
+        gone["metadata"]["resourceVersion"] = self._next_revision()
+        obj.delete()
+        await self._publish(key[0], "DELETED", gone)
+        # FIX (garbage collection): KMock 0.8 has no garbage collector. The operator sets
+        # ownerReferences on its pods/services/configmaps and relies on Kubernetes to delete
+        # them with the TrainingJob. Background propagation, done at once.
+        uid = gone["metadata"].get("uid")
+        if self.gc and uid:
+            for dep_key, dep in list(self.objects.items()):
+                if dep.deleted:
+                    continue
+                refs = dep.raw.get("metadata", {}).get("ownerReferences") or []
+                if any(ref.get("uid") == uid for ref in refs):
+                    await self._delete(dep_key)
+
+    async def _delete(self, key: tuple[kmock.resource, str | None, str]) -> None:
+        obj = self._alive(key)
+        if obj is None:
+            raise kmock.KubernetesError(404, "NotFound", f"{key[0].plural} {key[2]!r} not found")
+        old = obj.raw
+        meta = old.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            return  # already being deleted; waits for its finalizers
+        if meta.get("finalizers"):
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["metadata"]["resourceVersion"] = self._next_revision()
+            obj.history.append(new)
+            await self._publish(key[0], "MODIFIED", new)
+        else:
+            await self._remove(key)
+
+    # -- object-changing requests ------------------------------------------------------
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        resource, action = request.resource, request.action
+        if resource is None or not (
+            action == kmock.action.CREATE
+            or (request.name is not None and action in (kmock.action.UPDATE, kmock.action.DELETE))
+            or (request.name is not None and request.method == kmock.method.PUT)
+        ):
+            return await super()._handle(request)  # discovery, fetch, list, watch: KMock's own
+
+        if not self._known(resource):
+            raise kmock.KubernetesError(
+                404, "NotFound", f"the server could not find the resource {resource!r}"
+            )
+        key = (resource, request.namespace, request.name)
+        async with self._lock:
+            if action == kmock.action.CREATE:
+                body = await self._create(request)
+                # FIX (201 on create): KMock 0.8 answers 200; Kubernetes answers 201.
+                return aiohttp.web.json_response(body, status=201)
+            elif action == kmock.action.DELETE:
+                await self._delete(key)
+                return aiohttp.web.json_response(self.objects[key].last.raw)
+            obj = self._alive(key)
+            if obj is None:
+                raise kmock.KubernetesError(404, "NotFound", f"{resource.plural} {request.name!r} not found")
+            old = obj.raw
+            if request.method == kmock.method.PUT:
+                # FIX (replace): KMock 0.8 answers PUT with a 404; the `kubernetes`
+                # client's replace_* calls use it. Optimistic concurrency as Kubernetes.
+                new = copy.deepcopy(request.data) if isinstance(request.data, dict) else None
+                if new is None:
+                    raise kmock.KubernetesError(400, "BadRequest", "the body of a replace must be an object")
+                wanted = new.get("metadata", {}).get("resourceVersion")
+                if wanted and wanted != old["metadata"]["resourceVersion"]:
+                    raise kmock.KubernetesError(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version",
+                    )
+            else:
+                new = self._patched(old, request.data)
+            if self._has_status_subresource(resource):
+                # FIX (status subresource): KMock 0.8 applies a patch of /status to
+                # the whole object and a patch of the object to its status too. With
+                # the subresource, Kubernetes ignores the status in writes to the
+                # object and everything but the status in writes to /status.
+                if request.subresource == "status":
+                    new = dict(old, status=new["status"]) if "status" in new else _without(old, ["status"])
+                elif "status" in old:
+                    new = dict(new, status=old["status"])
+                else:
+                    new = _without(new, ["status"])
+            body = await self._store(key, old, copy.deepcopy(new))
+            return aiohttp.web.json_response(body)
+
+    @staticmethod
+    def _patched(old: dict[str, Any], patch: Any) -> dict[str, Any]:
+        if not isinstance(patch, (dict, list)):
+            raise kmock.KubernetesError(
+                400, "BadRequest", "a patch must be a JSON object or a JSON-patch list"
+            )
+        scratch = kmock.Object(copy.deepcopy(old))
+        try:
+            scratch.patch(patch)  # RFC 7386 merge for a dict, RFC 6902 for a list (KMock's own)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, ValueError) as e:
+            # FIX (422): a failed JSON-patch `test` (kopf's resourceVersion guard) or a
+            # patch that does not apply is a 500 in KMock 0.8; Kubernetes answers 422, which
+            # kopf reads as "newer changes are pending: retry on the next event".
+            raise kmock.KubernetesError(422, "Invalid", f"the patch cannot be applied: {e}") from e
+        return scratch.raw
+
+    async def _create(self, request: kmock.Request) -> dict[str, Any]:
+        resource = request.resource
+        assert resource is not None
+        if not isinstance(request.data, dict):
+            raise kmock.KubernetesError(400, "BadRequest", "the body of a create must be a JSON object")
+        body = copy.deepcopy(request.data)
+        meta = body.setdefault("metadata", {})
+        info = self._info(resource)
+        namespaced = info.namespaced if info is not None and info.namespaced is not None else True
+        namespace = (request.namespace or meta.get("namespace")) if namespaced else None
+        if namespaced and not namespace:
+            raise kmock.KubernetesError(400, "BadRequest", "a namespaced object needs a namespace")
+        if meta.get("namespace") not in (None, namespace):
+            raise kmock.KubernetesError(
+                400, "BadRequest", "the namespace of the object does not match the URL"
+            )
+        # FIX (generateName): KMock 0.8 stores an object without a name under the name
+        # None, so the second one conflicts. kopf posts its Kubernetes events this way.
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise kmock.KubernetesError(
+                    422, "Invalid", "metadata.name or metadata.generateName is required"
+                )
+            alphabet = string.ascii_lowercase + string.digits
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(alphabet) for _ in range(5))
+        key = (resource, namespace, meta["name"])
+        if self._alive(key) is not None:
+            raise kmock.KubernetesError(
+                409, "AlreadyExists", f"{resource.plural} {meta['name']!r} already exists"
+            )
+        # FIX (metadata on create): KMock 0.8 stores the body as posted. kopf and the
+        # `kubernetes` client read metadata.uid (kopf keys its per-object state and
+        # ownerReferences by it), namespace (kopf builds the URL of its patches from the
+        # watched body: without it, a namespaced object is patched at a cluster URL and
+        # 404s), resourceVersion (see _next_revision), and apiVersion/kind (ownerReferences,
+        # involvedObject of events).
+        if namespace is not None:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        meta["resourceVersion"] = self._next_revision()
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            meta.pop(field, None)
+        body["apiVersion"] = f"{resource.group}/{resource.version}" if resource.group else resource.version
+        if info is not None and info.kind:
+            body["kind"] = info.kind
+        if key in self.objects:
+            self.objects[key].create(body)  # re-created after a deletion: keep the history
+        else:
+            self.objects[key] = body
+        await self._publish(resource, "ADDED", body)
+        return body
+
+    # -- reading requests --------------------------------------------------------------
+
+    def _selected(self, request: kmock.Request) -> tuple[list[Requirement], list[Requirement]]:
+        return (
+            _parse_selector(request.params.get("labelSelector")),
+            _parse_selector(request.params.get("fieldSelector"), fields=True),
+        )
+
+    def _visible(
+        self,
+        request: kmock.Request,
+        body: Mapping[str, Any],
+        selectors: tuple[list[Requirement], list[Requirement]],
+    ) -> bool:
+        meta = body.get("metadata", {})
+        return (
+            (request.namespace is None or meta.get("namespace") == request.namespace)
+            and (request.name is None or meta.get("name") == request.name)
+            and _matches(body, *selectors)
+        )
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        # FIX (selectors): KMock 0.8 ignores labelSelector/fieldSelector; the operator finds
+        # a job's pods by label. Also answers the real resourceVersion instead of "...".
+        resource = request.resource
+        if resource is None or not self._known(resource):
+            raise kmock.KubernetesError(
+                404, "NotFound", f"the server could not find the resource {resource!r}"
+            )
+        selectors = self._selected(request)
+        async with self._lock:
+            items = [
+                obj.raw
+                for (res, _, _), obj in self.objects.items()
+                if res == resource and not obj.deleted and self._visible(request, obj.raw, selectors)
+            ]
+            revision = str(self._revision)
+        info = self._info(resource)
+        kind = info.kind if info is not None and info.kind else resource.plural.capitalize()
+        api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": revision},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        # FIX (lost watch events): KMock 0.8 takes the snapshot of existing objects under
+        # its lock but subscribes to the live events only after sending that snapshot, so
+        # a change in between is lost (kopf would never see an object created while its
+        # watch starts). Subscribe (mark the bus) under the same lock as the snapshot.
+        # Also applies the selectors and counts open watches (see `watchers`).
+        resource = request.resource
+        assert resource is not None
+        selectors = self._selected(request)
+        yield b""  # send the headers now: a watch with nothing to say is still a stream
+        bus = self._buses[resource]
+        async with self._lock:
+            snapshot = [
+                obj.raw
+                for (res, _, _), obj in self.objects.items()
+                if res == resource and not obj.deleted and self._visible(request, obj.raw, selectors)
+            ]
+            mark = await bus.mark()
+        self._watchers[resource] = self._watchers.get(resource, 0) + 1
+        try:
+            for body in snapshot:
+                yield {"type": "ADDED", "object": body}
+            async for event in bus.stream(since=mark):
+                if self._visible(request, event["object"], selectors):
+                    yield event
+        finally:
+            self._watchers[resource] -= 1
+            await bus.unmark(mark)
+
+    def watcher_count(self, resource: kmock.resource) -> int:
+        return self._watchers.get(resource, 0)
+
+
+# --------------------------------------------------------------------------------------
+# The emulator in a thread, and the test thread's client
+# --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class KubeApiError(Exception):
+    """An API call answered with an error status."""
+
+    status: int
+    reason: str
+    body: Any
+
+    def __str__(self) -> str:
+        message = self.body.get("message") if isinstance(self.body, dict) else self.body
+        return f"HTTP {self.status} {self.reason}: {message}"
+
+
+class KubeEmulator:
+    """The fixed emulator served on 127.0.0.1 from a thread of its own; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        namespaces: Iterable[str] = ("default",),
+        crds: Iterable[Mapping[str, Any]] | None = None,
+        gc: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        self.namespace = namespace
+        self._namespaces = list(namespaces)
+        self._crds = [crd_manifest()] if crds is None else list(crds)
+        self._gc = gc
+        self.timeout = timeout
+        self.url = ""
+        self.emulator: Emulator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
+        self._clients: list[kubernetes.client.ApiClient] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> KubeEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(self.timeout) or self._error is not None:
+            self.stop()
+            raise RuntimeError("the Kubernetes emulator did not start") from self._error
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        if self._loop is not None and self._stopping is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread.ident is not None:
+            self._thread.join(self.timeout)
+            if self._thread.is_alive():
+                raise RuntimeError("the Kubernetes emulator did not stop")
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as e:  # reported by start()
+            self._error = e
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with Emulator(gc=self._gc) as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            # K3s's built-in resources (KMock's bundled discovery data). Not load_bundled():
+            # it calls importlib.resources.read_binary, deprecated in Python 3.11, and the
+            # pytest config turns that DeprecationWarning into an error.
+            bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
+            emulator.resources.load_data(gzip.decompress(bundled))
+            for crd in self._crds:
+                await self._register_crd(crd)
+            for name in self._namespaces:
+                await self._seed(_NAMESPACES, {"metadata": {"name": name}, "status": {"phase": "Active"}})
+            self._started.set()
+            await self._stopping.wait()
+
+    async def _seed(self, resource: kmock.resource, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.emulator is not None
+        namespace = body.get("metadata", {}).get("namespace")
+        request = kmock.Request(
+            method="POST", resource=resource, namespace=namespace, action=kmock.action.CREATE, data=body
+        )
+        async with self.emulator._lock:
+            return await self.emulator._create(request)
+
+    async def _register_crd(self, crd: Mapping[str, Any]) -> None:
+        assert self.emulator is not None
+        for resource, info in _crd_resources(crd).items():
+            self.emulator.resources[resource] = info
+        await self._seed(_CRDS, copy.deepcopy(dict(crd)))
+
+    def call(self, fn: Callable[[Emulator], Any]) -> Any:
+        """Run `fn(emulator)` (a function or a coroutine function) in the emulator's loop."""
+        assert self._loop is not None and self.emulator is not None, "the emulator is not running"
+        emulator = self.emulator
+
+        async def run() -> Any:
+            result = fn(emulator)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(self.timeout)
+
+    # -- resources ---------------------------------------------------------------------
+
+    def resource(self, ref: str | kmock.resource) -> kmock.resource:
+        """Resolve 'pods', 'tj', 'v1/pods', 'group/version/plural', 'plural.version.group'."""
+        known: list[tuple[kmock.resource, kmock.ResourceInfo]] = self.call(
+            lambda e: [(r, e.resources[r]) for r in e.resources]
+        )
+        if isinstance(ref, kmock.resource):
+            wanted = ref
+        elif "/" in ref or "." in ref:
+            wanted = kmock.resource(ref)
+        else:
+            name = ref.lower()
+            found = [
+                r
+                for r, info in known
+                if name in {r.plural, info.singular, (info.kind or "").lower()} | set(info.shortnames)
+            ]
+            found = [r for r in found if r.group == ""] or found  # as kubectl: core first
+            if len(found) != 1:
+                raise LookupError(f"resource {ref!r} is {'ambiguous' if found else 'unknown'}: {found}")
+            return found[0]
+        found = [r for r, _ in known if wanted.check(r)]
+        if len(found) != 1:
+            raise LookupError(f"resource {ref!r} is {'ambiguous' if found else 'unknown'}: {found}")
+        return found[0]
+
+    def _namespaced(self, resource: kmock.resource) -> bool:
+        info = self.call(lambda e: e._info(resource))
+        return True if info is None or info.namespaced is None else bool(info.namespaced)
+
+    def register_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve a CRD's resources and store the CRD object (kopf's CRD watch sees it)."""
+        self.call(lambda e: self._register_crd(crd))
+
+    def watchers(self, resource: str | kmock.resource) -> int:
+        res = self.resource(resource)
+        return int(self.call(lambda e: e.watcher_count(res)))
+
+    def wait_watched(self, resource: str | kmock.resource, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until `count` watch streams are open on `resource` (e.g. kopf's)."""
+        wait_for(lambda: self.watchers(resource) >= count, timeout=timeout, what=f"a watch on {resource}")
+
+    def history(
+        self, resource: str | kmock.resource, name: str, namespace: str | None = None
+    ) -> list[dict[str, Any] | None]:
+        """Every stored version of an object, oldest first; None marks a deletion."""
+        res = self.resource(resource)
+        ns = (namespace or self.namespace) if self._namespaced(res) else None
+
+        def read(e: Emulator) -> list[dict[str, Any] | None]:
+            if (res, ns, name) not in e.objects:
+                return []
+            return [None if v is None else copy.deepcopy(v.raw) for v in e.objects[res, ns, name].history]
+
+        return list(self.call(read))
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def path_for(
+        self,
+        resource: str | kmock.resource,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+        *,
+        all_namespaces: bool = False,
+    ) -> str:
+        res = self.resource(resource)
+        path = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        if self._namespaced(res) and not all_namespaces:
+            path += f"/namespaces/{namespace or self.namespace}"
+        path += f"/{res.plural}"
+        if name is not None:
+            path += f"/{name}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Any:
+        """One API call over HTTP; returns the decoded JSON answer or raises KubeApiError."""
+        url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        req = urllib.request.Request(url, data=data, method=method.upper(), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as e:
+            with contextlib.closing(e):
+                raw = e.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = raw.decode(errors="replace")
+            raise KubeApiError(
+                e.code,
+                str(answer.get("reason", e.reason)) if isinstance(answer, dict) else str(e.reason),
+                answer,
+            ) from None
+        return json.loads(payload) if payload else None
+
+    def create(
+        self, resource: str | kmock.resource, body: Mapping[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        ns = namespace or body.get("metadata", {}).get("namespace")
+        return self.request("POST", self.path_for(resource, ns), dict(body))
+
+    def get(self, resource: str | kmock.resource, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return self.request("GET", self.path_for(resource, namespace, name))
+
+    def find(
+        self, resource: str | kmock.resource, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """Like `get`, but None when the object does not exist."""
+        try:
+            return self.get(resource, name, namespace)
+        except KubeApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(
+        self,
+        resource: str | kmock.resource,
+        namespace: str | None = None,
+        *,
+        all_namespaces: bool = False,
+        labels: str | Mapping[str, str] | None = None,
+        fields: str | None = None,
+    ) -> list[dict[str, Any]]:
+        params: dict[str, str] = {}
+        if labels:
+            params["labelSelector"] = (
+                labels if isinstance(labels, str) else ",".join(f"{k}={v}" for k, v in labels.items())
+            )
+        if fields:
+            params["fieldSelector"] = fields
+        answer = self.request(
+            "GET", self.path_for(resource, namespace, all_namespaces=all_namespaces), params=params
+        )
+        return list(answer["items"])
+
+    def patch(
+        self,
+        resource: str | kmock.resource,
+        name: str,
+        patch: Mapping[str, Any] | list[Any],
+        namespace: str | None = None,
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """A merge patch (a dict) or a JSON patch (a list of operations)."""
+        content_type = (
+            "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
+        )
+        body = patch if isinstance(patch, list) else dict(patch)
+        return self.request(
+            "PATCH", self.path_for(resource, namespace, name, subresource), body, content_type=content_type
+        )
+
+    def patch_status(
+        self,
+        resource: str | kmock.resource,
+        name: str,
+        status: Mapping[str, Any],
+        namespace: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch the status through the status subresource (as a kubelet/controller)."""
+        return self.patch(resource, name, {"status": dict(status)}, namespace, subresource="status")
+
+    def replace(
+        self, resource: str | kmock.resource, name: str, body: Mapping[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        return self.request("PUT", self.path_for(resource, namespace, name), dict(body))
+
+    def delete(
+        self, resource: str | kmock.resource, name: str, namespace: str | None = None
+    ) -> dict[str, Any]:
+        return self.request("DELETE", self.path_for(resource, namespace, name))
+
+    # -- kubernetes client -------------------------------------------------------------
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A `kubernetes` ApiClient for the emulator; closed when the emulator stops."""
+        configuration = kubernetes.client.Configuration(host=self.url)
+        client = kubernetes.client.ApiClient(configuration)
+        self._clients.append(client)
+        return client
+
+    wait_for = staticmethod(wait_for)
+
+
+# --------------------------------------------------------------------------------------
+# The kopf operator in a thread
+# --------------------------------------------------------------------------------------
+
+
+def default_settings() -> kopf.OperatorSettings:
+    """kopf's defaults, with a named executor for sync handlers (shut down at stop)."""
+    settings = kopf.OperatorSettings()
+    settings.execution.executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="kopf-sync")
+    return settings
+
+
+class OperatorRunner:
+    """kopf.operator() for `registry` against `kube`, in a thread; see the module doc."""
+
+    def __init__(
+        self,
+        kube: KubeEmulator,
+        registry: kopf.OperatorRegistry,
+        *,
+        namespaces: Iterable[str] | None = None,
+        settings: kopf.OperatorSettings | None = None,
+        memo: object | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.kube = kube
+        self.registry = registry
+        self.namespaces = list(namespaces) if namespaces is not None else None
+        self.settings = settings if settings is not None else default_settings()
+        self.memo = memo
+        self.timeout = timeout
+        self.exception: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_flag: asyncio.Event | None = None
+        self._loop_ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kopf-operator", daemon=True)
+        self._stopped = False
+
+        server, namespace = kube.url, kube.namespace
+
+        @kopf.on.login(registry=registry, id=f"kube_emulator_login_{id(self)}")
+        def _login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server, default_namespace=namespace)
+
+    def __enter__(self) -> OperatorRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, watching: Iterable[str | kmock.resource] = ()) -> None:
+        """Start, wait until kopf is ready and watches each resource in `watching`."""
+        self._thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self._ready.wait(0.01):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()  # re-raises what ended the operator, if anything did
+                raise RuntimeError("the kopf operator did not become ready")
+        for resource in watching:
+            self.kube.wait_watched(resource, timeout=max(0.1, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Raise the stop flag, join the thread, shut the executor, re-raise a failure."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.ident is not None:
+            self._loop_ready.wait(self.timeout)
+            if self._loop is not None and self._stop_flag is not None and self._thread.is_alive():
+                self._loop.call_soon_threadsafe(self._stop_flag.set)
+            self._thread.join(self.timeout)
+        self.settings.execution.executor.shutdown(wait=True, cancel_futures=True)
+        if self._thread.is_alive():
+            raise RuntimeError("the kopf operator did not stop")
+        if self.exception is not None:
+            raise self.exception
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._operate())
+        except BaseException as e:  # re-raised by stop()
+            self.exception = e
+        finally:
+            self._loop_ready.set()
+
+    async def _operate(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_flag = asyncio.Event()  # an asyncio flag: kopf waits for it in its loop
+        self._loop_ready.set()
+        await kopf.operator(
+            registry=self.registry,
+            settings=self.settings,
+            standalone=True,  # no peering: one operator per test, no KopfPeering objects
+            clusterwide=self.namespaces is None,
+            namespaces=self.namespaces or (),
+            stop_flag=self._stop_flag,
+            ready_flag=self._ready,
+            memo=self.memo,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# pytest fixtures `kube` and `run_operator`: a test module imports kube_fixture and
+# run_operator_fixture (pytest registers them under their `name=`)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="kube")
+def kube_fixture() -> Iterator[KubeEmulator]:
+    """A fresh emulator per test, stopped at teardown."""
+    with KubeEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture(name="run_operator")
+def run_operator_fixture(kube: KubeEmulator) -> Iterator[Callable[..., OperatorRunner]]:
+    """run_operator(registry, *, namespaces=None, settings=None, memo=None, watching=(),
+    timeout=30) -> OperatorRunner: kopf running against `kube`, stopped at teardown."""
+    runners: list[OperatorRunner] = []
+
+    def start(
+        registry: kopf.OperatorRegistry, *, watching: Iterable[str | kmock.resource] = (), **kwargs: Any
+    ) -> OperatorRunner:
+        runner = OperatorRunner(kube, registry, **kwargs)
+        runners.append(runner)
+        runner.start(watching=watching)
+        return runner
+
+    yield start
+    errors: list[BaseException] = []
+    for runner in reversed(runners):
+        try:
+            runner.stop()
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
