@@ -16,6 +16,7 @@ Aspects covered, as a list of steps (a change, then a check):
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,64 @@ def test_every_manifest_passes_kubernetes_validate(tmp_path: Path, version: str)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("passed") == len(documents), result.stdout
+
+
+# -- with real parameter servers ---------------------------------------------------------------
+# The emulator runs no pods: the test plays the kubelet. It runs each PS pod's process on
+# its own loopback address (127.x.y.z, the pod's port 50051) and writes that address into
+# the pod's status, as a kubelet reports a pod IP; the operator reaches the PS there.
+
+
+class Kubelet:
+    def __init__(self, kube: KubeEmulator, tmp_path: Path, job: str) -> None:
+        self.kube, self.tmp_path, self.job = kube, tmp_path, job
+        self.base = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def run(self, process: str, index: int) -> None:
+        pod = self.kube.get("pods", f"{self.job}-{process}")
+        args = pod["spec"]["containers"][0]["args"]
+        job_json = self.tmp_path / "job.json"
+        job_json.write_text(self.kube.get("configmaps", f"{self.job}-job")["data"]["job.json"])
+        ip = f"{self.base}.{index + 2}"
+        command = [sys.executable, "-m", "trainthrough.cli", "ps", "--job", str(job_json), "--name", process,
+                   "--host", ip, "--port", str(manifests.PS_PORT), "--metrics-port", "0"]  # fmt: skip
+        if "--join" in args:
+            command.append("--join")
+        self.processes[process] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.kube.patch_status("pods", f"{self.job}-{process}", {"phase": "Running", "podIP": ip})
+
+    def kill(self, process: str) -> None:
+        self.processes[process].kill()
+        self.processes[process].wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.e2e
+def test_chain_recovery_with_real_replicas(kube: KubeEmulator, operator, tmp_path: Path) -> None:
+    kube.create(TRAININGJOBS, trainingjob("rc", consistency="chain", parameterServer={"replicas": 3}))
+    wait_for(lambda: {"rc-ps-0", "rc-ps-1", "rc-ps-2"} <= set(pods(kube, "rc")), timeout=10, what="the replicas")
+    kubelet = Kubelet(kube, tmp_path, "rc")
+    try:
+        for i in range(3):
+            kubelet.run(f"ps-{i}", i)
+        wait_for(lambda: (status(kube, "rc").get("chain") or {}).get("publishedEpoch") == 1, timeout=60, what="epoch 1 published")
+        wait_for(lambda: status(kube, "rc").get("phase") == "Running", timeout=30, what="Running")
+
+        kubelet.kill("ps-0")
+        kube.delete("pods", "rc-ps-0")
+        chain = wait_for(lambda: (c := status(kube, "rc").get("chain") or {}).get("publishedEpoch") == 2 and c, timeout=20, what="epoch 2 published")
+        assert chain["members"] == ["ps-1", "ps-2"]
+        wait_for(lambda: "rc-ps-3" in pods(kube, "rc"), timeout=5, what="the replacement pod")
+        kubelet.run("ps-3", 3)
+        chain = wait_for(lambda: (c := status(kube, "rc").get("chain") or {}).get("members") == ["ps-1", "ps-2", "ps-3"] and c, timeout=60, what="ps-3 joined")
+        assert chain["epoch"] == chain["publishedEpoch"] == 3 and not chain["joining"]
+        assert {"ChainReconfigured", "ReplicaJoined", "RecoveryCompleted"} <= set(events(kube, "rc"))
+        recoveries = wait_for(lambda: (r := status(kube, "rc").get("recoveries") or {}).get("lastRecoverySeconds") is not None and r, timeout=10, what="the recovery's time")
+        assert recoveries["count"] == 1 and "pending" not in recoveries
+    finally:
+        kubelet.stop()

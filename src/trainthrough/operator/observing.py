@@ -82,6 +82,7 @@ def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
 def _completed(recoveries: dict[str, Any], pending: dict[str, Any], reply: ps_pb2.HealthReply) -> dict[str, Any]:
     resumed = reply.first_update_at or reply.ready_at or pending["restartedAt"]
     out = {k: v for k, v in recoveries.items() if k != "pending"}
+    out["pending"] = None  # a merge patch removes a key only when told so
     out["lastRecoverySeconds"] = round(max(0.0, resumed - pending["lostAt"]), 6)
     out["downtimeSeconds"] = round(out.get("downtimeSeconds", 0.0) + out["lastRecoverySeconds"], 6)
     if reply.ready_at:

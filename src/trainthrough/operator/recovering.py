@@ -92,6 +92,8 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
         status = body.get("status") or {}
         if status.get("phase") in (c.SUCCEEDED, c.FAILED):
             return
+        if process.startswith("worker-") and int(process.split("-")[1]) >= job.spec.workers.replicas:
+            return  # scaled away on purpose (reconciling.update), not lost
         ps = list(status.get("ps") or kube.initial_ps_processes(job))
         chain = (status.get("chain") or {}).get("members") or ps
         decision = decide(
