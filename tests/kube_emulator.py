@@ -90,10 +90,12 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
   URL), ``name`` (from ``generateName``), ``apiVersion`` and ``kind``.
 - Every change bumps ``resourceVersion``; ``generation`` grows when anything but
   ``metadata``/``status`` changes. A no-op patch changes nothing and sends no event.
-- Merge patches follow RFC 7386 (lists are replaced). Strategic-merge patches (what the
-  `kubernetes` client sends for built-in kinds) are applied as merge patches too: list
-  merging by key (e.g. containers by name) and ``$patch`` directives are NOT emulated.
-  JSON patches (RFC 6902) are applied; a failed ``test`` answers 422 as Kubernetes does.
+- Patches go by their Content-Type, as in Kubernetes. Merge patches follow RFC 7386
+  (lists are replaced). Strategic-merge patches (what the `kubernetes` client sends for
+  a dict body to a built-in kind) are applied as merge patches: list merging by key
+  (e.g. containers by name) and ``$patch`` directives are NOT emulated; to a custom
+  resource they answer 415, as Kubernetes does. JSON patches (RFC 6902) are applied; a
+  failed ``test`` answers 422. Server-side apply answers 415.
 - With the ``status`` subresource (pods, TrainingJob, ...), a patch of the object keeps
   its old status and a patch of ``/status`` changes only the status, as Kubernetes does.
 - Delete of an object with finalizers only sets ``deletionTimestamp``; it goes when the
@@ -116,8 +118,8 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
 The KMock 0.8 fixes (each marked ``FIX`` below, with why): list/fetch namespaces (URL
 parsing), metadata on create (uid, namespace, resourceVersion, generation, apiVersion,
 kind), names from generateName, 201 on create, resourceVersion on every change, 422 for a
-failed JSON-patch test, status-subresource semantics, PUT, selectors, no lost watch
-events, garbage collection by ownerReferences.
+failed JSON-patch test, patch types by Content-Type, status-subresource semantics, PUT,
+selectors, no lost watch events, garbage collection by ownerReferences.
 """
 
 from __future__ import annotations
@@ -364,6 +366,7 @@ class Emulator(kmock.KubernetesEmulator):
     gc: bool = True  # delete dependents (ownerReferences) with their owner
     _revision: int = attrs.field(default=0, init=False)
     _watchers: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)  # from CRDs
 
     # -- helpers (call with self._lock held) -------------------------------------------
 
@@ -507,7 +510,7 @@ class Emulator(kmock.KubernetesEmulator):
                         "the object has been modified; please apply your changes to the latest version",
                     )
             else:
-                new = self._patched(old, request.data)
+                new = self._patched(request, old)
             if self._has_status_subresource(resource):
                 # FIX (status subresource): KMock 0.8 applies a patch of /status to
                 # the whole object and a patch of the object to its status too. With
@@ -522,11 +525,28 @@ class Emulator(kmock.KubernetesEmulator):
             body = await self._store(key, old, copy.deepcopy(new))
             return aiohttp.web.json_response(body)
 
-    @staticmethod
-    def _patched(old: dict[str, Any], patch: Any) -> dict[str, Any]:
-        if not isinstance(patch, (dict, list)):
+    def _patched(self, request: kmock.Request, old: dict[str, Any]) -> dict[str, Any]:
+        # FIX (patch types): KMock 0.8 picks merge or JSON patch by the body alone. Kubernetes
+        # goes by the Content-Type and refuses a strategic-merge patch of a custom resource
+        # (415): operator code that sends one to a TrainingJob must fail here as it would
+        # on a cluster. Server-side apply is not emulated.
+        assert request.resource is not None
+        patch = request.data
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json-patch+json":
+            if not isinstance(patch, list):
+                raise kmock.KubernetesError(400, "BadRequest", "a JSON patch must be a list of operations")
+        elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            if not isinstance(patch, dict):
+                raise kmock.KubernetesError(400, "BadRequest", "a merge patch must be a JSON object")
+            if content_type.startswith("application/strategic") and request.resource in self.custom_resources:
+                raise kmock.KubernetesError(
+                    415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources"
+                )
+        else:
             raise kmock.KubernetesError(
-                400, "BadRequest", "a patch must be a JSON object or a JSON-patch list"
+                415, "UnsupportedMediaType", f"the emulator cannot patch with {content_type!r}"
             )
         scratch = kmock.Object(copy.deepcopy(old))
         try:
@@ -782,6 +802,7 @@ class KubeEmulator:
         assert self.emulator is not None
         for resource, info in _crd_resources(crd).items():
             self.emulator.resources[resource] = info
+            self.emulator.custom_resources.add(resource)
         await self._seed(_CRDS, copy.deepcopy(dict(crd)))
 
     def call(self, fn: Callable[[Emulator], Any]) -> Any:

@@ -85,6 +85,12 @@ def test_emulator_behaves_as_an_api_server(kube: KubeEmulator) -> None:
     assert status["status"] == {"phase": "Running"} and status["metadata"]["generation"] == 2
     assert status["metadata"]["labels"] == {"a": "b"}
 
+    # Patches go by Content-Type: no strategic merge for a custom resource (as Kubernetes).
+    with pytest.raises(KubeApiError) as unsupported:
+        path = kube.path_for(TRAININGJOBS, name="tj1")
+        kube.request("PATCH", path, {"spec": {}}, content_type="application/strategic-merge-patch+json")
+    assert unsupported.value.status == 415
+
     # JSON patches with kopf's resourceVersion guard: 422 on a stale version.
     stale = [{"op": "test", "path": "/metadata/resourceVersion", "value": "1"}]
     with pytest.raises(KubeApiError) as invalid:

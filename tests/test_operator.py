@@ -119,7 +119,7 @@ def test_a_deleted_checkpoint_ps_pod_is_recreated_and_counted(kube: KubeEmulator
 def test_a_deleted_chain_head_advances_the_chain_and_gets_a_replacement(kube: KubeEmulator, operator) -> None:
     kube.create(TRAININGJOBS, trainingjob("ch", consistency="chain", parameterServer={"replicas": 3}))
     wait_for(lambda: {"ch-ps-0", "ch-ps-1", "ch-ps-2"} <= set(pods(kube, "ch")), timeout=10, what="the replicas")
-    wait_for(lambda: status(kube, "ch").get("chain"), timeout=5, what="the chain in status")
+    wait_for(lambda: (status(kube, "ch").get("chain") or {}).get("members"), timeout=5, what="the chain in status")
     kube.delete("pods", "ch-ps-0")
     chain = wait_for(lambda: (status(kube, "ch").get("chain") or {}).get("epoch") == 2 and status(kube, "ch")["chain"], timeout=10, what="epoch 2")
     assert chain["members"] == ["ps-1", "ps-2"] and chain["head"] == "ps-1"

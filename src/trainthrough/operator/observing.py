@@ -37,8 +37,8 @@ def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     namespace, name = job.metadata.namespace, job.metadata.name
     with job_lock(namespace, name):
         status = body.get("status") or {}
-        if status.get("phase") in (c.SUCCEEDED, c.FAILED):
-            return {}
+        if status.get("phase") in (c.SUCCEEDED, c.FAILED) or "ps" not in status:
+            return {}  # finished, or not created yet (the create handler writes `ps`)
         patch: dict[str, Any] = {}
         generation = body["metadata"].get("generation")
         conditions = status.get("conditions")
@@ -94,6 +94,8 @@ def _chain_upkeep(body: dict[str, Any], job: TrainingJob, status: dict[str, Any]
     """Add answering replacements at the tail; publish a configuration not yet published."""
     chain = dict(status.get("chain") or {})
     members, epoch = list(chain.get("members") or []), int(chain.get("epoch", 1))
+    if not members:
+        return {}
     joined = []
     for replacement in chain.get("joining", []):
         reply = health(config, job, replacement)
