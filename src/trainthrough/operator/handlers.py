@@ -42,9 +42,13 @@ def _timed(config: OperatorConfig, work: Callable[[], dict[str, Any]], patch: ko
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     resource = dict(group=API_GROUP, version=VERSION, plural=PLURAL, registry=registry)
 
-    @kopf.on.resume(**resource)
-    @kopf.on.create(**resource)
+    @kopf.on.create(id="create", **resource)
     def create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        _timed(config, lambda: reconciling.create(dict(body), config), patch)
+
+    @kopf.on.resume(id="resume", **resource)
+    def resume(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        # An operator (re)started: make sure every object of a known job exists.
         _timed(config, lambda: reconciling.create(dict(body), config), patch)
 
     @kopf.on.update(field="spec", **resource)

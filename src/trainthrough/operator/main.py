@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     config = OperatorConfig(api=KubeApi(api_client()), metrics=metrics, images={"ps": args.ps_image, "worker": args.worker_image})
     register(registry, config)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # Our own registry lacks kopf's default login handlers: use the same credentials
+        # as the kubernetes client (in-cluster service account, or the kubeconfig).
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_):
         settings.peering.name = args.peering
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         registry=registry,
         standalone=args.standalone,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace,
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness,
     )
