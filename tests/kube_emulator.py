@@ -104,27 +104,35 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
   ``propagationPolicy`` and ``blockOwnerDeletion`` are ignored).
 - List and watch apply ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``,
   ``key``, ``!key``) and ``fieldSelector`` (``=``, ``==``, ``!=`` on dotted paths).
-  A watch first sends every matching object as ADDED, then live events; it ignores
-  ``resourceVersion``, ``timeoutSeconds`` and bookmarks, and a MODIFIED event is
-  filtered by the object's new labels only (no synthetic DELETED when it stops matching).
+  A watch with ``resourceVersion=RV`` (as kopf's, from its list's resourceVersion)
+  sends only the changes after RV: every event since (ADDED, MODIFIED, DELETED), in
+  order, as a real API server replays its watch cache, then the live events; nothing
+  for objects unchanged since RV. The emulator keeps every event, so no RV is too old
+  (never 410 Gone); a non-numeric RV answers 400. A watch without ``resourceVersion``
+  (or with ``"0"``) first sends every matching object as ADDED, then live events. No
+  event is lost between the snapshot (or replay) and the live events. Watches ignore
+  ``timeoutSeconds``, ``sendInitialEvents`` and bookmarks, and an event is filtered by
+  the object's new labels only (no synthetic DELETED when it stops matching).
 - Replace (PUT) checks ``metadata.resourceVersion`` (409 when stale); patches do not
   (a ``resourceVersion`` inside a merge patch is ignored); JSON patches can ``test`` it.
 - Not emulated: admission/validation against the CRD schema, defaulting, pod scheduling
   or status (pods stay as created; a test patches their status to play the kubelet),
   namespace existence checks, deletecollection, server-side apply, paging (``limit``/
-  ``continue``), watch ``resourceVersion`` resumption (every watch restarts from a full
-  ADDED snapshot, which kopf handles).
+  ``continue``), list ``resourceVersion``/``resourceVersionMatch`` (a list is always
+  the current state).
 
 The KMock 0.8 fixes (each marked ``FIX`` below, with why): list/fetch namespaces (URL
 parsing), metadata on create (uid, namespace, resourceVersion, generation, apiVersion,
 kind), names from generateName, 201 on create, resourceVersion on every change, 422 for a
 failed JSON-patch test, patch types by Content-Type, status-subresource semantics, PUT,
-selectors, no lost watch events, garbage collection by ownerReferences.
+selectors, no lost watch events, watches from a resourceVersion, garbage collection by
+ownerReferences.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import copy
@@ -141,7 +149,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp.web
@@ -360,12 +368,15 @@ class Emulator(kmock.KubernetesEmulator):
     `_handle` is replaced for the object-changing requests (create, patch, replace,
     delete) so that, under the emulator's lock, every change gets what a real API server
     adds; reading requests (fetch) still go through KMock unchanged. List and watch are
-    replaced for selectors and for a watch that loses no events.
+    replaced for selectors and for a watch that loses no events and starts from the
+    requested resourceVersion.
     """
 
     gc: bool = True  # delete dependents (ownerReferences) with their owner
     _revision: int = attrs.field(default=0, init=False)
     _watchers: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    # Every event published, per resource, in resourceVersion order: (resourceVersion, event).
+    _events: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)  # from CRDs
 
     # -- helpers (call with self._lock held) -------------------------------------------
@@ -397,7 +408,10 @@ class Emulator(kmock.KubernetesEmulator):
         return None
 
     async def _publish(self, resource: kmock.resource, kind: str, body: dict[str, Any]) -> None:
-        await self._buses[resource].put({"type": kind, "object": body})
+        event = {"type": kind, "object": body}
+        # Logged for the watches that start from a resourceVersion (see _serve_watch).
+        self._events.setdefault(resource, []).append((int(body["metadata"]["resourceVersion"]), event))
+        await self._buses[resource].put(event)
 
     async def _store(
         self, key: tuple[kmock.resource, str | None, str], old: dict[str, Any], new: dict[str, Any]
@@ -662,27 +676,54 @@ class Emulator(kmock.KubernetesEmulator):
         }
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
+        # FIX (watch resourceVersion): KMock 0.8 starts every watch with an ADDED snapshot
+        # of all objects. kopf lists a resource, then watches from the list's
+        # resourceVersion, so an object that existed before kopf started arrived twice (from
+        # the list, then ADDED from the watch): kopf handled both copies at once, the second
+        # one's finalizer patch (`test /metadata/resourceVersion` = the listed value) failed
+        # with 422, and kopf waited for a newer event that never came, so the object's
+        # create/resume handlers never ran. As a real API server (from its watch cache): a
+        # watch with resourceVersion=RV (not "" or "0") replays the events after RV, in
+        # order, then the live ones; without it (or "0"), the snapshot comes first. The
+        # emulator logs every event (`_events`), so an RV is never too old (no 410 Gone).
+        # (Not an async generator itself, so that a bad resourceVersion answers a plain 400.)
+        raw = request.params.get("resourceVersion") or "0"
+        try:
+            since = int(raw)
+        except ValueError:
+            since = -1
+        if since < 0:
+            raise kmock.KubernetesError(400, "BadRequest", f"invalid resourceVersion {raw!r}")
+        return self._watch(request, since or None)
+
+    async def _watch(self, request: kmock.Request, since: int | None) -> AsyncIterator[Any]:
         # FIX (lost watch events): KMock 0.8 takes the snapshot of existing objects under
         # its lock but subscribes to the live events only after sending that snapshot, so
         # a change in between is lost (kopf would never see an object created while its
-        # watch starts). Subscribe (mark the bus) under the same lock as the snapshot.
-        # Also applies the selectors and counts open watches (see `watchers`).
+        # watch starts). Subscribe (mark the bus) under the same lock as the snapshot (or
+        # the replay of the event log). Also applies the selectors and counts open watches
+        # (see `watchers`).
         resource = request.resource
         assert resource is not None
         selectors = self._selected(request)
         yield b""  # send the headers now: a watch with nothing to say is still a stream
         bus = self._buses[resource]
         async with self._lock:
-            snapshot = [
-                obj.raw
-                for (res, _, _), obj in self.objects.items()
-                if res == resource and not obj.deleted and self._visible(request, obj.raw, selectors)
-            ]
+            if since is None:
+                backlog = [
+                    {"type": "ADDED", "object": obj.raw}
+                    for (res, _, _), obj in self.objects.items()
+                    if res == resource and not obj.deleted
+                ]
+            else:
+                log = self._events.get(resource, [])
+                backlog = [event for _, event in log[bisect.bisect_right(log, since, key=lambda e: e[0]) :]]
             mark = await bus.mark()
         self._watchers[resource] = self._watchers.get(resource, 0) + 1
         try:
-            for body in snapshot:
-                yield {"type": "ADDED", "object": body}
+            for event in backlog:
+                if self._visible(request, event["object"], selectors):
+                    yield event
             async for event in bus.stream(since=mark):
                 if self._visible(request, event["object"], selectors):
                     yield event

@@ -282,3 +282,12 @@ def test_the_operator_command_serves_metrics_and_liveness(kube: KubeEmulator, tm
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_a_job_that_existed_before_the_operator_started_is_taken_up(kube: KubeEmulator, run_operator) -> None:
+    kube.create(TRAININGJOBS, trainingjob("early", consistency="stateless"))
+    registry = kopf.OperatorRegistry()
+    config = OperatorConfig(api=KubeApi(kube.api_client()), metrics=create_metrics(CollectorRegistry()), images={}, health_timeout=0.1)
+    register(registry, config)
+    run_operator(registry, watching=[TRAININGJOBS, "pods"])
+    wait_for(lambda: {"early-ps-0", "early-worker-0", "early-worker-1"} <= set(pods(kube, "early")), timeout=10, what="its pods")
