@@ -4,7 +4,7 @@ with those computed from the event log.
 
 Aspects covered: the targets files the local runtime writes are valid file_sd; the master's
 recovery histogram and the PS/worker metrics are scraped and read back per run (time-bounded
-to the run); the recovery time is the same, the model version within one scrape interval.
+to the run); the recovery time is the same, the model version no higher.
 """
 
 from __future__ import annotations
