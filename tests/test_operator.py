@@ -131,6 +131,15 @@ def test_a_deleted_chain_head_advances_the_chain_and_gets_a_replacement(kube: Ku
     assert "ChainReconfigured" in wait_for(lambda: events(kube, "ch"), timeout=5)
 
 
+def test_a_named_checkpoint_claim_is_used_not_created(kube: KubeEmulator, operator) -> None:
+    kube.create(TRAININGJOBS, trainingjob("nv", consistency="checkpoint", checkpoint={"volumeClaim": "shared-checkpoints"}))
+    ps = wait_for(lambda: pods(kube, "nv").get("nv-ps-0"), timeout=10, what="the PS pod")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in ps["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["shared-checkpoints"]
+    assert kube.find("persistentvolumeclaims", "nv-checkpoints") is None
+    assert kube.find("persistentvolumeclaims", "shared-checkpoints") is None  # not ours to create
+
+
 def test_workers_are_recreated_and_converge_on_update(kube: KubeEmulator, operator) -> None:
     kube.create(TRAININGJOBS, trainingjob("wk", consistency="stateless"))
     first = wait_for(lambda: pods(kube, "wk").get("wk-worker-1"), timeout=10, what="worker 1")

@@ -460,6 +460,7 @@ class CheckpointSpec(SpecModel):
     every_seconds: PositiveSeconds | None = None
     path: Annotated[_Str, Field(min_length=1)] = "checkpoints"
     keep: Annotated[_Int, Field(ge=1)] = 3
+    volume_claim: _DnsLabel | None = None  # Kubernetes: an existing PVC for checkpoints (default: one per job)
 
 
 class ChainSpec(SpecModel):

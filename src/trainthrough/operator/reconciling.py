@@ -55,7 +55,7 @@ def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     status = body.get("status") or {}
     ps = status.get("ps") or kube.initial_ps_processes(job)
     created = []
-    for manifest in [kube.config_map(job), kube.service(job)] + ([kube.checkpoint_claim(job)] if kube.needs_volume(job) else []):
+    for manifest in [kube.config_map(job), kube.service(job)] + ([kube.checkpoint_claim(job)] if kube.needs_claim(job) else []):
         if _create_owned(config, manifest, body):
             created.append(manifest["metadata"]["name"])
     for process in ps:

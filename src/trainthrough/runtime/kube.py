@@ -8,7 +8,8 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
   at `NAME-ps-0.NAME.NS.svc:50051` (stable across restarts, as the local runtime keeps a
   PS's port).
 - PersistentVolumeClaim `NAME-checkpoints` (checkpoint mode, or stateless with a fallback
-  checkpoint): where the PS writes its checkpoints.
+  checkpoint): where the PS writes its checkpoints; `spec.checkpoint.volumeClaim` names an
+  existing claim to use instead.
 - Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index) and
   `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
   decides each recovery, as the local runtime's supervisor does.
@@ -59,6 +60,16 @@ def needs_volume(job: TrainingJob) -> bool:
     return spec.consistency == "checkpoint" or (spec.consistency == "stateless" and spec.stateless.fallback_checkpoint)
 
 
+def needs_claim(job: TrainingJob) -> bool:
+    """Whether the operator creates the checkpoint PVC (not when the spec names one)."""
+    return needs_volume(job) and job.spec.checkpoint.volume_claim is None
+
+
+def checkpoint_claim_name(job: TrainingJob) -> str:
+    """The PVC the PS writes checkpoints to: the one the spec names, else the job's own."""
+    return job.spec.checkpoint.volume_claim or f"{job.metadata.name}-checkpoints"
+
+
 def config_map(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -90,7 +101,7 @@ def checkpoint_claim(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": f"{job.metadata.name}-checkpoints", "namespace": job.metadata.namespace, "labels": labels(job)},
+        "metadata": {"name": checkpoint_claim_name(job), "namespace": job.metadata.namespace, "labels": labels(job)},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": CHECKPOINT_VOLUME_SIZE}}},
     }
 
@@ -165,7 +176,7 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
         "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if needs_volume(job):
-        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": f"{job.metadata.name}-checkpoints"}})
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}})
         mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_DIR})
         args += ["--checkpoint-dir", CHECKPOINT_DIR]
     if join:
@@ -203,7 +214,7 @@ def manifests(job: TrainingJob, images: dict[str, str] | None = None) -> list[di
     images = images or {}
     ps = initial_ps_processes(job)
     objects = [config_map(job), service(job)]
-    if needs_volume(job):
+    if needs_claim(job):
         objects.append(checkpoint_claim(job))
     objects += [ps_pod(job, p, image=images.get("ps")) for p in ps]
     objects += [worker_pod(job, r, ps, image=images.get("worker")) for r in range(job.spec.workers.replicas)]
