@@ -131,6 +131,35 @@ def test_a_deleted_chain_head_advances_the_chain_and_gets_a_replacement(kube: Ku
     assert "ChainReconfigured" in wait_for(lambda: events(kube, "ch"), timeout=5)
 
 
+def test_a_failed_pod_is_replaced_once(kube: KubeEmulator, operator) -> None:
+    kube.create(TRAININGJOBS, trainingjob("fl", consistency="stateless"))
+    first = wait_for(lambda: pods(kube, "fl").get("fl-ps-0"), timeout=10, what="the PS pod")
+    # The kubelet reports the container's crash; the failed pod is then deleted (by the
+    # operator, to free the name): one loss, one recovery, one new pod.
+    kube.patch_status("pods", "fl-ps-0", {"phase": "Failed", "containerStatuses": [
+        {"name": "ps", "state": {"terminated": {"exitCode": 137}}}]})  # fmt: skip
+    second = wait_for(
+        lambda: (p := pods(kube, "fl").get("fl-ps-0")) and p["metadata"]["uid"] != first["metadata"]["uid"] and p,
+        timeout=5,
+        what="the replacement",
+    )
+    wait_for(lambda: status(kube, "fl").get("recoveries", {}).get("count") == 1, timeout=5, what="one recovery")
+    time.sleep(0.5)  # room for a wrong second recovery triggered by the old pod's deletion
+    assert pods(kube, "fl")["fl-ps-0"]["metadata"]["uid"] == second["metadata"]["uid"]
+    assert status(kube, "fl")["recoveries"]["count"] == 1
+
+
+def test_a_chain_replacement_lost_before_joining_is_replaced(kube: KubeEmulator, operator) -> None:
+    kube.create(TRAININGJOBS, trainingjob("jr", consistency="chain", parameterServer={"replicas": 2}))
+    wait_for(lambda: (status(kube, "jr").get("chain") or {}).get("members"), timeout=10, what="the chain")
+    kube.delete("pods", "jr-ps-0")
+    wait_for(lambda: "jr-ps-2" in pods(kube, "jr"), timeout=5, what="the first replacement")
+    kube.delete("pods", "jr-ps-2")
+    wait_for(lambda: "jr-ps-3" in pods(kube, "jr"), timeout=5, what="a second replacement")
+    chain = wait_for(lambda: (c := status(kube, "jr")["chain"]).get("joining") == ["ps-3"] and c, timeout=5, what="joining ps-3")
+    assert chain["members"] == ["ps-1"]
+
+
 def test_a_named_checkpoint_claim_is_used_not_created(kube: KubeEmulator, operator) -> None:
     kube.create(TRAININGJOBS, trainingjob("nv", consistency="checkpoint", checkpoint={"volumeClaim": "shared-checkpoints"}))
     ps = wait_for(lambda: pods(kube, "nv").get("nv-ps-0"), timeout=10, what="the PS pod")

@@ -129,8 +129,8 @@ class Supervisor:
         try:
             self._start()
             reason = self._loop()
-        except TrainthroughError as error:
-            self._failure = str(error)
+        except Exception as error:  # whatever happens, _finish stops every process
+            self._failure = str(error) if isinstance(error, TrainthroughError) else f"{type(error).__name__}: {error}"
             reason = self._failure
         finally:
             self._stopping = True
@@ -258,6 +258,11 @@ class Supervisor:
             known_ps=self.known_ps,
         )
         self._emit_exit(death, decision.action.value, decision.reason)
+        for replacement in self._replacements:
+            if replacement.name == death.name:
+                # A replacement died before it joined: start another one.
+                self.events.emit("replica_join_failed", process=death.name)
+                replacement.name, replacement.due = "", time.time() + self.restart_delay
         if decision.action is Action.FINISHED:
             self._finished.add(death.name)
         elif decision.action is Action.RESTART_WORKER:
@@ -297,6 +302,9 @@ class Supervisor:
         assert self.master is not None
         record = self._new_recovery(death)
         self.master.remove(death.name)
+        if not self.master.names:
+            self._failure = f"every chain replica is lost ({death.name} was the last)"
+            return
         self.master.publish()  # a member that fails here is dead too; its death comes next
         record.restored_at = time.time()
         head = self.master.head.name

@@ -9,6 +9,7 @@ object permanent) with the original as the cause.
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Any
 
@@ -70,8 +71,10 @@ class KubeApi:
                 raise _wrap(error, f"delete Pod {name}") from error
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        # Raw JSON (no client models): the operator reads a few fields and must not fail
+        # on a field the client's models would reject.
         try:
-            return self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
+            return json.loads(self.core.read_namespaced_pod(name, namespace, _preload_content=False).data)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -79,10 +82,10 @@ class KubeApi:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+            response = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         except ApiException as error:
             raise _wrap(error, f"list Pods {selector}") from error
-        return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
+        return json.loads(response.data).get("items", [])
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from trainthrough.control.chain_master import ChainMaster
+from trainthrough.errors import TemporaryError
 from trainthrough.control.recovery import Action, decide
 from trainthrough.operator import conditions as c
 from trainthrough.operator.reconciling import OperatorConfig, parse
@@ -82,6 +83,9 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
     namespace = pod["metadata"].get("namespace", "default")
     detected = time.time()
     with job_lock(namespace, name):
+        current = config.api.get_pod(namespace, pod["metadata"]["name"])
+        if current is not None and current["metadata"].get("uid") != pod["metadata"].get("uid"):
+            return  # this pod was already replaced (e.g. it failed, then its deletion came)
         body = config.api.get_job(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # the job itself is going away: its pods go with it
@@ -96,6 +100,9 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
             return  # scaled away on purpose (reconciling.update), not lost
         ps = list(status.get("ps") or kube.initial_ps_processes(job))
         chain = (status.get("chain") or {}).get("members") or ps
+        if process in (status.get("chain") or {}).get("joining", []):
+            _replace_joining(config, job, body, status, ps, process)
+            return
         decision = decide(
             mode=job.spec.consistency,
             name=process,
@@ -109,7 +116,7 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
         lost_at = _timestamp(pod["metadata"].get("deletionTimestamp")) or detected
         config.metrics.fault_detection_seconds.labels(mode=job.spec.consistency).observe(max(0.0, detected - lost_at))
         config.api.event(body, "Warning", c.FAILURE_DETECTED, f"{process} is lost: {decision.reason}")
-        patch = _apply(decision.action, process, job, body, status, ps, chain, config)
+        patch = _apply(decision.action, process, job, body, status, ps, chain, config, pod["metadata"].get("uid"))
         restarted = time.time()
         config.metrics.restart_seconds.labels(mode=job.spec.consistency).observe(restarted - detected)
         recoveries = dict(status.get("recoveries") or {"count": 0, "lostUpdates": 0, "downtimeSeconds": 0.0})
@@ -128,17 +135,25 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
 
 
 def _apply(
-    action: Action, process: str, job: TrainingJob, body: dict[str, Any], status: dict[str, Any], ps: list[str], chain: list[str], config: OperatorConfig
+    action: Action,
+    process: str,
+    job: TrainingJob,
+    body: dict[str, Any],
+    status: dict[str, Any],
+    ps: list[str],
+    chain: list[str],
+    config: OperatorConfig,
+    lost_uid: str | None,
 ) -> dict[str, Any]:
     """Carry out the decision; the status fields it changes."""
     if action is Action.RESTART_WORKER:
         rank = int(process.split("-")[1])
-        _recreate(config, body, kube.worker_pod(job, rank, chain if job.spec.consistency == "chain" else ps, image=config.images.get("worker")))
+        _recreate(config, body, kube.worker_pod(job, rank, chain if job.spec.consistency == "chain" else ps, image=config.images.get("worker")), lost_uid)
         config.api.event(body, "Normal", c.POD_REPLACED, f"recreated {process}")
         return {}
     if action is Action.RESTART_PS:
         time.sleep(job.spec.parameter_server.restart_delay)  # models rescheduling, as locally
-        _recreate(config, body, kube.ps_pod(job, process, image=config.images.get("ps")))
+        _recreate(config, body, kube.ps_pod(job, process, image=config.images.get("ps")), lost_uid)
         config.api.event(body, "Normal", c.POD_REPLACED, f"recreated {process} ({job.spec.consistency}: it restores on start)")
         return {}
     # Action.PROMOTE: drop the replica, publish, start a replacement that joins at the tail.
@@ -147,7 +162,7 @@ def _apply(
     epoch = int(state.get("epoch", 1)) + 1
     failed = publish_chain(config, job, members, epoch) if members else []
     replacement = f"ps-{_next_index(ps)}"
-    _recreate(config, body, kube.ps_pod(job, replacement, join=True, image=config.images.get("ps")))
+    _recreate(config, body, kube.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
     config.api.event(
         body, "Normal", c.CHAIN_RECONFIGURED,
         f"removed {process}; epoch {epoch}, head {members[0] if members else '-'}; replacement {replacement} joins at the tail",
@@ -164,13 +179,31 @@ def _apply(
     }
 
 
-def _recreate(config: OperatorConfig, owner: dict[str, Any], manifest: dict[str, Any]) -> None:
+def _replace_joining(
+    config: OperatorConfig, job: TrainingJob, body: dict[str, Any], status: dict[str, Any], ps: list[str], lost: str
+) -> None:
+    """A chain replacement was lost before it joined: start another one in its place."""
+    replacement = f"ps-{_next_index(ps)}"
+    _recreate(config, body, kube.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
+    chain = dict(status["chain"])
+    chain["joining"] = [r for r in chain.get("joining", []) if r != lost] + [replacement]
+    config.api.patch_job_status(job.metadata.namespace, job.metadata.name, {"ps": ps + [replacement], "chain": chain})
+    config.api.event(body, "Warning", c.FAILURE_DETECTED, f"replacement {lost} was lost before it joined; starting {replacement}")
+
+
+def _recreate(config: OperatorConfig, owner: dict[str, Any], manifest: dict[str, Any], lost_uid: str | None) -> None:
     kopf.adopt(manifest, owner=owner)
-    if not config.api.create(manifest):
-        # A failed pod keeps its name until deleted: replace it.
-        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    if config.api.create(manifest):
+        return
+    # The name is taken. A failed pod keeps its name until deleted: replace exactly that
+    # pod, never a healthy one that already took its place.
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    existing = config.api.get_pod(namespace, name)
+    if existing is not None and lost_uid is not None and existing["metadata"].get("uid") == lost_uid:
         config.api.delete_pod(namespace, name, grace_seconds=0)
-        config.api.create(manifest)
+        if not config.api.create(manifest):
+            raise TemporaryError(f"{name} could not be recreated: the name is still taken")
+
 
 
 def _next_index(ps: list[str]) -> int:

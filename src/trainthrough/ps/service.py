@@ -90,9 +90,12 @@ def _reason(message: str) -> str:
     return "other"
 
 
-def create_server(mode: Mode, address: str, max_workers: int = 32) -> tuple[grpc.Server, int]:
+def create_server(mode: Mode, address: str, max_workers: int | None = None) -> tuple[grpc.Server, int]:
     """A (not yet started) gRPC server for `mode` bound to `address`; (server, port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=MESSAGE_OPTIONS)
+    # Sync pushes and pre-seed rejoins each hold a thread until their round or window
+    # closes: every worker must get one, with room left for Health and the chain.
+    threads = max_workers or max(32, 2 * mode.core.expected_workers + 16)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS)
     ps_pb2_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(mode), server)
     port = server.add_insecure_port(address)
     if port == 0:
