@@ -198,13 +198,14 @@ class Supervisor:
                 return "every worker reached stop.steps"
             if stop.duration is not None and elapsed >= stop.duration:
                 return f"stop.duration {stop.duration:g}s reached"
-            # Reaching the target ends a job only between recoveries, so that every
-            # recovery it went through is measured to its end (stop.duration still binds).
+            # Reaching the target ends a job only between recoveries (chain replacements
+            # included), so that every recovery is measured to its end; stop.duration binds.
             if (
                 stop.target_accuracy is not None
                 and self._best_accuracy >= stop.target_accuracy
                 and elapsed >= stop.min_duration
                 and not self._pending
+                and not self._replacements
             ):
                 return f"stop.targetAccuracy {stop.target_accuracy:g} reached ({self._best_accuracy:.4f})"
 

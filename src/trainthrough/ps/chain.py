@@ -139,8 +139,8 @@ class ChainReplica(Mode):
             with self.core.order_lock:
                 try:
                     self._sync_successor()
-                except PSUnavailable as error:
-                    self.core.events.emit("chain_forward_failed", error=str(error))
+                except Exception as error:  # never end silently: report, retry next round
+                    self.core.events.emit("chain_forward_failed", error=f"{type(error).__name__}: {error}")
 
     def _sync_successor(self) -> None:
         """Bring the successor up to this replica's seq; the caller holds the order lock."""
