@@ -96,12 +96,10 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     target = matrix.get("targetAccuracy", matrix.get("target_accuracy", 0.7))
     budget = matrix.get("budget", 60.0)
     limit = max(budget, matrix.get("maxDuration", matrix.get("max_duration", 0.0)) or 0.0)
-    paths = {
-        "accuracy": figures.accuracy_over_time(all_cells, target, budget, out_dir / "accuracy_vs_time.png"),
-        "recovery": figures.recovery_time(all_cells, out_dir / "recovery_time.png"),
-        "ettr": figures.ettr(all_cells, out_dir / "ettr.png"),
-        "workers": figures.worker_time(all_cells, out_dir / "worker_time.png"),
-    }
+    figures.accuracy_over_time(all_cells, target, budget, out_dir / "accuracy_vs_time.png")
+    figures.recovery_time(all_cells, out_dir / "recovery_time.png")
+    figures.ettr(all_cells, out_dir / "ettr.png")
+    figures.worker_time(all_cells, out_dir / "worker_time.png")
     lines = [
         "# trainthrough benchmark: what a parameter-server failure costs each consistency mode",
         "",

@@ -106,10 +106,6 @@ class LocalRuntime:
             pass
         return found
 
-    def pid(self, name: str) -> int | None:
-        process = self._processes.get(name)
-        return process.popen.pid if process is not None else None
-
     def shutdown(self) -> None:
         """Stop everything still running (PS last, so workers can finish their pushes)."""
         names = sorted(self.running(), key=lambda n: n.startswith("ps-"))

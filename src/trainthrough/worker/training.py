@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from trainthrough.data import BatchStream, load_dataset, shard
-from trainthrough.errors import PermanentError, RejoinRequired, TemporaryError
+from trainthrough.errors import PermanentError, TemporaryError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
