@@ -53,6 +53,23 @@ class Connection:
         self.channel.close()
 
 
+class ConnectionPool:
+    """One Connection per address, reused across calls; `close()` closes them all."""
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, Connection] = {}
+
+    def get(self, address: str) -> Connection:
+        if address not in self._by_address:
+            self._by_address[address] = Connection(address)
+        return self._by_address[address]
+
+    def close(self) -> None:
+        for connection in self._by_address.values():
+            connection.close()
+        self._by_address.clear()
+
+
 def translate(error: grpc.RpcError, address: str) -> TrainthroughError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else "") or ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from trainthrough.errors import TrainthroughError
 from trainthrough.proto import ps_pb2
-from trainthrough.rpc import Connection
+from trainthrough.rpc import Connection, ConnectionPool
 
 PUBLISH_TIMEOUT = 30.0  # Reconfigure may include a state transfer to a new tail
 
@@ -27,7 +27,7 @@ class ChainMaster:
         self.config = ps_pb2.ChainConfig(
             epoch=epoch, members=[ps_pb2.ChainMember(name=n, address=a) for n, a in members]
         )
-        self._connections: dict[str, Connection] = {}
+        self._pool = ConnectionPool()
 
     @property
     def names(self) -> list[str]:
@@ -60,10 +60,7 @@ class ChainMaster:
         return failed
 
     def _connection(self, address: str) -> Connection:
-        if address not in self._connections:
-            self._connections[address] = Connection(address)
-        return self._connections[address]
+        return self._pool.get(address)
 
     def close(self) -> None:
-        for connection in self._connections.values():
-            connection.close()
+        self._pool.close()

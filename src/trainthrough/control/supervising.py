@@ -22,7 +22,7 @@ from trainthrough.errors import TrainthroughError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.proto import ps_pb2
-from trainthrough.rpc import Connection
+from trainthrough.rpc import ConnectionPool
 from trainthrough.spec import ChaosKill, TrainingJob
 
 LOOP_INTERVAL = 0.01  # seconds; the resolution of recovery milestones
@@ -99,7 +99,7 @@ class Supervisor:
         self.known_ps = set(self.ps_names)
         self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
         self.master: ChainMaster | None = None
-        self._connections: dict[str, Connection] = {}
+        self._pool = ConnectionPool()
         self._kills: dict[str, tuple[float, int]] = {}  # process -> (killed_at, version before)
         self._pending: list[_PendingRecovery] = []
         self._deferred: list[ChaosKill] = []
@@ -399,10 +399,8 @@ class Supervisor:
 
     # -- progress --------------------------------------------------------------------------------
     def _health(self, name: str, timeout: float = 0.2) -> ps_pb2.HealthReply | None:
-        if name not in self._connections:
-            self._connections[name] = Connection(self.runtime.address(name))
         try:
-            return self._connections[name].call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
+            return self._pool.get(self.runtime.address(name)).call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
         except TrainthroughError:
             return None
 
@@ -464,8 +462,7 @@ class Supervisor:
             kills=len(self.schedule.fired),
         )
         self.events.emit("run_end", **{k: v for k, v in vars(summary).items() if k != "recoveries"}, recoveries=len(self._done))
-        for connection in self._connections.values():
-            connection.close()
+        self._pool.close()
         if self.master is not None:
             self.master.close()
         return summary

@@ -18,7 +18,7 @@ import torch
 from trainthrough import wire
 from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
 from trainthrough.proto import ps_pb2
-from trainthrough.rpc import Connection
+from trainthrough.rpc import Connection, ConnectionPool
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class PSClient:
             raise ValueError("PSClient needs at least one PS address")
         self.worker = worker
         self.call_timeout = call_timeout
-        self._connections: dict[str, Connection] = {}
+        self._pool = ConnectionPool()
         self._known = list(dict.fromkeys(addresses))
         self._head = self._connection(self._known[0])
         self.epoch = -1
@@ -52,17 +52,14 @@ class PSClient:
         self.idle_seconds = 0.0
 
     def _connection(self, address: str) -> Connection:
-        if address not in self._connections:
-            self._connections[address] = Connection(address)
-        return self._connections[address]
+        return self._pool.get(address)
 
     @property
     def address(self) -> str:
         return self._head.address
 
     def close(self) -> None:
-        for connection in self._connections.values():
-            connection.close()
+        self._pool.close()
 
     # -- discovery ---------------------------------------------------------------------
     def discover(self) -> bool:
