@@ -329,6 +329,39 @@ def test_sync_retry_while_round_is_open_waits_for_that_round(start_ps, tmp_path)
     assert torch.equal(params, -LR * (g0 + g1) / 2)  # worker-0 counted once
 
 
+def test_sync_retry_while_full_round_is_being_applied_is_not_applied_twice(start_ps, tmp_path) -> None:
+    """The round is full and taken out of the open slot, but not yet applied (its close
+    waits for the order lock): a retry of one of its pushes must wait for it, not join the
+    next round."""
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=2, sync_timeout=10.0)
+    g0, g1 = torch.full((N,), 2.0), torch.full((N,), 6.0)
+    replies: dict[str, ps_pb2.PushReply] = {}
+
+    def send(key: str, worker: str, gradient: torch.Tensor) -> None:
+        replies[key] = ps.stub.Push(push_request(worker, 1, tensor_msg(gradient)), timeout=20)
+
+    threads = [threading.Thread(target=send, args=(w, w, g)) for w, g in (("worker-0", g0), ("worker-1", g1))]
+    with ps.core.order_lock:  # freezes every apply
+        for thread in threads:
+            thread.start()
+        # White-box: both pushes are in a round that is closing, and the open round is empty.
+        assert wait_until(lambda: len(ps.core._closing) == 1 and len(ps.core._closing[0].workers) == 2, timeout=10.0)
+        retry = threading.Thread(target=send, args=("retry", "worker-0", g0))
+        retry.start()
+        time.sleep(0.2)  # the retry reaches the PS while the apply is still held
+        assert ps.core._round.workers == []
+    for thread in [*threads, retry]:
+        thread.join(25)
+    assert {k: (r.version, r.duplicate) for k, r in replies.items()} == {
+        "worker-0": (1, False),
+        "worker-1": (1, False),
+        "retry": (1, True),
+    }
+    version, params = ps.pull()
+    assert version == 1
+    assert torch.equal(params, -LR * (g0 + g1) / 2)
+
+
 def test_sync_duplicate_of_closed_round_is_not_applied(start_ps, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt", updates="sync", expected_workers=1)
     grad = tensor_msg(torch.ones(N))

@@ -91,6 +91,9 @@ class ParameterServerCore:
         self.state_lock = threading.Lock()  # guards reads of params against a concurrent apply
         self._round_lock = threading.Lock()
         self._round = _Round()
+        # Rounds taken out of `_round` but not applied yet: a retry of one of their pushes
+        # must wait for them, not join the next round (that would apply it twice).
+        self._closing: list[_Round] = []
         self.progress: dict[str, tuple[int, float]] = {}  # worker -> (steps, accuracy)
         self.accuracy = -1.0
         self._trainingjob = trainingjob
@@ -190,7 +193,10 @@ class ParameterServerCore:
                     duplicate_version = state.version
                     break
                 current = self._round
-                if worker in current.workers:
+                closing = self._closing_round_of(worker, push_id)
+                if closing is not None:
+                    waiting, retry = closing, True
+                elif worker in current.workers:
                     # This worker already contributed to the open round: a retry of that
                     # push waits for the round's outcome; a newer push waits for the next.
                     waiting = current
@@ -205,7 +211,7 @@ class ParameterServerCore:
                     current.push_ids.append(push_id)
                     full = len(current.workers) >= self.expected_workers
                     if full:
-                        self._round = _Round()
+                        self._take_round(current)
             if waiting is not None:
                 waiting.done.wait(self.sync_timeout)
                 if waiting.error is not None:
@@ -220,7 +226,7 @@ class ParameterServerCore:
                 with self._round_lock:
                     ours = self._round is current
                     if ours:
-                        self._round = _Round()
+                        self._take_round(current)
                 if ours:
                     self._close_round(current)
                 else:
@@ -231,6 +237,17 @@ class ParameterServerCore:
         with self.order_lock:
             self.commit(None)
         return duplicate_version, True
+
+    def _take_round(self, round_: _Round) -> None:
+        """Replace the open round by a fresh one; caller holds `_round_lock`."""
+        self._round = _Round()
+        self._closing.append(round_)
+
+    def _closing_round_of(self, worker: str, push_id: int) -> _Round | None:
+        for round_ in self._closing:
+            if any(w == worker and p == push_id for w, p in zip(round_.workers, round_.push_ids)):
+                return round_
+        return None
 
     def _close_round(self, round_: _Round) -> None:
         try:
@@ -244,6 +261,8 @@ class ParameterServerCore:
             round_.error = error
             raise
         finally:
+            with self._round_lock:
+                self._closing.remove(round_)
             round_.done.set()
 
     # -- progress ----------------------------------------------------------------------
