@@ -352,6 +352,25 @@ if getattr(_kmock_parsing.parse_path, "__name__", "") != _parse_path.__name__:
     _kmock_parsing.parse_path = _parse_path
 
 
+_VERBS = {
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.FETCH: "get",
+    kmock.action.CREATE: "create",
+    kmock.action.DELETE: "delete",
+}
+
+
+def _rbac_rule(request: kmock.Request) -> tuple[str, str, str]:
+    """The (api group, resource, verb) an RBAC rule must grant for this request."""
+    assert request.resource is not None and request.action is not None
+    verb = _VERBS.get(request.action) or ("update" if request.method == kmock.method.PUT else "patch")
+    if request.action == kmock.action.LIST and request.params.get("watch") in ("true", "1"):
+        verb = "watch"
+    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    return (request.resource.group or "", resource, verb)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -378,6 +397,8 @@ class Emulator(kmock.KubernetesEmulator):
     # Every event published, per resource, in resourceVersion order: (resourceVersion, event).
     _events: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)  # from CRDs
+    # Every API call served, as the RBAC rule it needs: (api group, resource[/subresource], verb).
+    calls: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
 
     # -- helpers (call with self._lock held) -------------------------------------------
 
@@ -486,6 +507,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource, action = request.resource, request.action
+        if resource is not None and resource.plural and action is not None:  # not discovery
+            self.calls.append(_rbac_rule(request))
         if resource is None or not (
             action == kmock.action.CREATE
             or (request.name is not None and action in (kmock.action.UPDATE, kmock.action.DELETE))

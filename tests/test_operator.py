@@ -10,6 +10,9 @@ Aspects covered, as a list of steps (a change, then a check):
 - a lost worker pod is recreated; worker replicas converge when the spec changes;
 - an invalid TrainingJob gets a Failed phase and a condition naming the field, and the
   operator goes on serving other jobs;
+- a chaos section gets a chaos Job under its own ServiceAccount and a Role granting only
+  what `trainthrough chaos` does; the PS NetworkPolicy admits the job's pods and the
+  operator only;
 - every manifest the operator creates passes kubernetes-validate --strict (1.30, 1.33).
 """
 
@@ -31,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from kube_emulator import TRAININGJOBS, KubeEmulator, kube_fixture, run_operator_fixture, wait_for  # noqa: F401
 from trainthrough.metrics import create_metrics
 from trainthrough.operator.handlers import register
-from trainthrough.operator.kubeapi import KubeApi
+from trainthrough.kubeapi import KubeApi
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import kube as manifests
 from trainthrough.spec import load_job
@@ -90,6 +93,33 @@ def test_creating_a_job_creates_its_objects_and_status(kube: KubeEmulator, opera
     progressing = next(c for c in current["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"], progressing["observedGeneration"]) == ("True", "PodsCreated", 1)
     assert "PodsCreated" in events(kube, "tj")
+
+
+def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube: KubeEmulator, operator) -> None:
+    operator.operator_pods = ("trainthrough-system", {"app.kubernetes.io/name": "trainthrough-operator"})
+    chaos = [{"target": "ps-head", "at": "30s", "gracePeriod": "5s"}, {"target": "random", "at": "60s"}]
+    uid = kube.create(TRAININGJOBS, trainingjob("tj", consistency="checkpoint", chaos=chaos))["metadata"]["uid"]
+    job = wait_for(lambda: kube.find("jobs", "tj-chaos"), timeout=10, what="the chaos Job")
+    account, role, binding = kube.get("serviceaccounts", "tj-chaos"), kube.get("roles", "tj-chaos"), kube.get("rolebindings", "tj-chaos")
+    policy = kube.get("networkpolicies", "tj-ps")
+    for obj in (job, account, role, binding, policy):
+        assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"]["name"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "tj-chaos" and job["spec"]["backoffLimit"] == 0
+    assert pod["containers"][0]["args"][:5] == ["chaos", "--trainingjob", "tj", "--namespace", "default"]
+    assert binding["roleRef"]["name"] == "tj-chaos" and binding["subjects"][0]["name"] == "tj-chaos"
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"), ("", "pods", "list"),
+                       ("", "pods", "delete"), ("", "events", "create")}  # fmt: skip
+    # The PS port: the job's own pods and the operator; nobody else.
+    grpc_from = [rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"] == [{"protocol": "TCP", "port": 50051}]]
+    assert grpc_from == [
+        [{"podSelector": {"matchLabels": {manifests.LABEL_JOB: "tj"}}}],
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "trainthrough-system"}},
+          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainthrough-operator"}}}],
+    ]  # fmt: skip
+    # The chaos pod is not one of the job's processes: losing it is no failure to recover.
+    assert "tj-chaos" not in {p.get("metadata", {}).get("labels", {}).get(manifests.LABEL_PROCESS) for p in pods(kube, "tj").values()}
 
 
 def test_a_deleted_checkpoint_ps_pod_is_recreated_and_counted(kube: KubeEmulator, operator) -> None:
@@ -204,7 +234,8 @@ def test_every_manifest_passes_kubernetes_validate(tmp_path: Path, version: str)
     for example in sorted((ROOT / "examples").glob("*.yaml")):
         job = load_job(example)
         gpu = job.model_copy(update={"spec": job.spec.model_copy(update={"workers": job.spec.workers.model_copy(update={"resources": job.spec.workers.resources.model_copy(update={"gpu": 1})})})})
-        documents += manifests.manifests(job) + [manifests.ps_pod(job, "ps-7", join=True)] + manifests.manifests(gpu)[-1:]
+        operator_pods = ("trainthrough-system", {"app.kubernetes.io/name": "trainthrough-operator"})
+        documents += manifests.manifests(job, operator_pods=operator_pods) + [manifests.ps_pod(job, "ps-7", join=True)] + manifests.manifests(gpu)[-1:]
     path = tmp_path / "manifests.yaml"
     path.write_text(yaml.safe_dump_all(documents))
     result = subprocess.run(

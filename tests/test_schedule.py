@@ -9,7 +9,8 @@ Covered:
 - resolve_target: ps-head and ps-tail follow the current chain (head-first), the same
   process when only one PS runs; ps-<i> indexes the chain order, worker-<i> the workers;
   out-of-range indexes, an empty chain and malformed targets raise UnknownTarget (a
-  ValueError) whose message names the target.
+  ValueError) whose message names the target; `random` draws any PS or worker, the same
+  one for the same seed.
 """
 
 from __future__ import annotations
@@ -152,8 +153,20 @@ def test_out_of_range_targets(target: str, ps_chain: list[str], workers: list[st
 def test_malformed_targets(target: str) -> None:
     with pytest.raises(UnknownTarget) as info:
         resolve_target(target, CHAIN, WORKERS)
-    assert str(info.value) == f"{target}: not ps-head, ps-tail, ps-<i> or worker-<i>"
+    assert str(info.value) == f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i> or random"
 
 
 def test_unknown_target_is_a_value_error() -> None:
     assert issubclass(UnknownTarget, ValueError)
+
+
+def test_random_draws_any_live_process_repeatably_from_a_seed() -> None:
+    import random
+
+    chain, workers = ["ps-1", "ps-2"], ["worker-0", "worker-1"]
+    draws = [resolve_target("random", chain, workers, random.Random(7)) for _ in range(3)]
+    assert len(set(draws)) == 1  # the same seed, the same draw
+    seen = {resolve_target("random", chain, workers, rng) for rng in [random.Random(7)] for _ in range(200)}
+    assert seen == set(chain + workers)  # every process of the job can be hit
+    with pytest.raises(UnknownTarget, match="random: no process is running"):
+        resolve_target("random", [], [], random.Random(0))

@@ -132,7 +132,7 @@ def test_dump_is_camel_case_json_and_round_trips():
     assert spec["checkpoint"]["everyUpdates"] is None  # an explicit null must survive
     assert spec["optimizer"]["betas"] == [0.5, 0.9] and spec["optimizer"]["weightDecay"] == 0.01
     assert spec["evaluation"]["testSamples"] == 1000
-    assert spec["chaos"] == [{"target": "ps-2", "at": 120.0}]
+    assert spec["chaos"] == [{"target": "ps-2", "at": 120.0, "gracePeriod": 0.0}]
     assert "batch_size" not in spec and "batchSize" in spec
     assert parse_job(dumped) == job
 
@@ -414,6 +414,7 @@ def test_chaos_indexes_must_exist():
         {"target": "ps-tail", "at": 4},
         {"target": "ps-3", "at": 5},
         {"target": "ps-2", "at": 6},
+        {"target": "random", "at": 7, "gracePeriod": "5s"},
     ]
     assert errors_of(doc(consistency="chain", parameterServer={"replicas": 3}, workers={"replicas": 2}, chaos=chaos)) == [
         "spec.chaos[2].target: no worker 2: workers.replicas is 2 (indexes 0..1), got 'worker-2'",
@@ -422,13 +423,14 @@ def test_chaos_indexes_must_exist():
 
 
 def test_chaos_field_errors_name_the_list_index():
-    chaos = [{"target": "ps-head", "at": 1}, {"target": "pod-1", "at": "later"}, {"at": 3}, "ps-head@3s"]
+    chaos = [{"target": "ps-head", "at": 1}, {"target": "pod-1", "at": "later"}, {"at": 3}, "ps-head@3s", {"target": "random", "at": 1, "gracePeriod": -1}]
     assert errors_of(doc(chaos=chaos)) == [
-        "spec.chaos[1].target: must be ps-head, ps-tail, ps-<i> or worker-<i>, got 'pod-1'",
+        "spec.chaos[1].target: must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'pod-1'",
         "spec.chaos[1].at: must be a duration such as '500ms', '30s', '2m', '1h' or '1m30s' "
         "(or a number of seconds), got 'later'",
         "spec.chaos[2].target: required",
         "spec.chaos[3]: must be a mapping, got 'ps-head@3s'",
+        "spec.chaos[4].gracePeriod: must be >= 0, got -1",
     ]
 
 
@@ -587,7 +589,7 @@ def test_parse_kill(text, target, at, role, index, position):
         ("@30s", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got '@30s'"),
         ("ps-head@", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got 'ps-head@'"),
         ("a@b@c", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got 'a@b@c'"),
-        ("pod-1@3s", "--kill: target must be ps-head, ps-tail, ps-<i> or worker-<i>, got 'pod-1'"),
+        ("pod-1@3s", "--kill: target must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'pod-1'"),
         ("ps-head@-5", "--kill: at must be >= 0, got '-5'"),
     ],
 )

@@ -6,6 +6,7 @@
     trainthrough report results.json
     trainthrough crd
     trainthrough ps ... / trainthrough worker ...   (process entrypoints, started by runtimes)
+    trainthrough chaos --trainingjob NAME             (the chaos Job on Kubernetes)
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainthrough.worker.main import main as worker_main
 
         return worker_main(argv[1:])
+    if argv and argv[0] == "chaos":
+        from trainthrough.chaos.main import main as chaos_main
+
+        return chaos_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="trainthrough", description="Fault-tolerant parameter-server training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("operator", help="run the Kubernetes operator")
     commands.add_parser("ps", help="parameter-server process (started by a runtime)")
     commands.add_parser("worker", help="worker process (started by a runtime)")
+    commands.add_parser("chaos", help="delete a TrainingJob's pods on its chaos schedule (the chaos Job)")
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

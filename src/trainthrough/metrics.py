@@ -43,6 +43,9 @@ class Metrics:
     recovery_seconds: Histogram
     recoveries: Counter
     lost_updates: Counter
+    # chaos (the local master's kills, or the chaos Job on Kubernetes)
+    chaos_injections: Counter
+    chaos_last_injection: Gauge
     # operator
     reconciles: Counter
     reconcile_seconds: Histogram
@@ -87,6 +90,14 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         recoveries=counter("recoveries", "Recoveries completed after a PS failure."),
         lost_updates=counter("lost_updates", "Acknowledged updates lost across recoveries."),
+        chaos_injections=counter(
+            "chaos_injections", "Faults injected (process killed or pod deleted), by target.", JOB_LABELS + ("target",)
+        ),
+        chaos_last_injection=gauge(
+            "chaos_last_injection_timestamp_seconds",
+            "Unix time of the latest fault injected, by target (recovery = first update after it).",
+            JOB_LABELS + ("target",),
+        ),
         reconciles=Counter(
             f"{PREFIX}_operator_reconciles", "Reconciles of TrainingJobs, by result.", ("result",), registry=registry
         ),

@@ -339,12 +339,12 @@ def _to_quantity(value: object) -> str:
 
 _Quantity = Annotated[str, BeforeValidator(_to_quantity)]
 
-_TARGET = re.compile(r"ps-(?:head|tail|\d+)|worker-\d+")
+_TARGET = re.compile(r"ps-(?:head|tail|\d+)|worker-\d+|random")
 
 
 def _check_target(value: str) -> str:
     if not _TARGET.fullmatch(value):
-        raise ValueError(f"must be ps-head, ps-tail, ps-<i> or worker-<i>, got {_show(value)}")
+        raise ValueError(f"must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got {_show(value)}")
     return value
 
 
@@ -489,11 +489,14 @@ class ChaosKill(SpecModel):
     """Kill ``target`` ``at`` seconds after training starts.
 
     Targets: ``ps-head`` and ``ps-tail`` (resolved when the kill fires; the same replica
-    unless consistency is chain), ``ps-<i>`` (index into the PS replicas), ``worker-<i>``.
+    unless consistency is chain), ``ps-<i>`` (index into the PS replicas), ``worker-<i>``,
+    ``random`` (any PS or worker, drawn from the job's seed). ``gracePeriod`` > 0 asks the
+    process to stop first (SIGTERM; a pod deletion with that grace) and kills it after.
     """
 
     target: _Target
     at: NonNegativeSeconds
+    grace_period: NonNegativeSeconds = 0.0
 
     @property
     def role(self) -> Literal["ps", "worker"]:
@@ -501,8 +504,8 @@ class ChaosKill(SpecModel):
 
     @property
     def index(self) -> int | None:
-        """The replica index, or None for ps-head / ps-tail."""
-        suffix = self.target.rsplit("-", 1)[1]
+        """The replica index, or None for ps-head / ps-tail / random."""
+        suffix = self.target.rpartition("-")[2]
         return int(suffix) if suffix.isdigit() else None
 
     @property

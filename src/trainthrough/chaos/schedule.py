@@ -3,11 +3,12 @@
 Used by the master (control/supervising.py) on both runtimes. Targets name roles, not
 processes, and are resolved at the moment of the kill: `ps-head` and `ps-tail` follow the
 chain as it changes, `ps-<i>` is the i-th PS in the current chain order (the only PS in
-the other modes is `ps-0`), `worker-<i>` is the worker of rank i.
+the other modes is `ps-0`), `worker-<i>` is the worker of rank i, `random` any of them.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from trainthrough.spec import ChaosKill
@@ -44,8 +45,14 @@ class UnknownTarget(ValueError):
     """A chaos target that names no live process right now."""
 
 
-def resolve_target(target: str, ps_chain: list[str], workers: list[str]) -> str:
-    """The process name `target` means now; `ps_chain` is head-first (one PS outside chain mode)."""
+def resolve_target(target: str, ps_chain: list[str], workers: list[str], rng: random.Random | None = None) -> str:
+    """The process name `target` means now; `ps_chain` is head-first (one PS outside chain
+    mode); `rng` draws the `random` target (pass a seeded one for a repeatable run)."""
+    if target == "random":
+        pool = ps_chain + workers
+        if not pool:
+            raise UnknownTarget("random: no process is running")
+        return (rng or random.Random()).choice(pool)
     if target == "ps-head":
         if not ps_chain:
             raise UnknownTarget("ps-head: no parameter server is running")
@@ -56,7 +63,7 @@ def resolve_target(target: str, ps_chain: list[str], workers: list[str]) -> str:
         return ps_chain[-1]
     kind, _, index_text = target.rpartition("-")
     if not (index_text.isascii() and index_text.isdigit()) or kind not in ("ps", "worker"):
-        raise UnknownTarget(f"{target}: not ps-head, ps-tail, ps-<i> or worker-<i>")
+        raise UnknownTarget(f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i> or random")
     index = int(index_text)
     pool = ps_chain if kind == "ps" else workers
     if index >= len(pool):

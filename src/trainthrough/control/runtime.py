@@ -27,8 +27,9 @@ class Runtime(Protocol):
     def start_worker(self, rank: int, ps_addresses: list[str]) -> None:
         """Start (or restart) the worker of `rank`."""
 
-    def kill(self, name: str) -> None:
-        """Fail the process abruptly (SIGKILL; on Kubernetes, delete the pod without grace)."""
+    def kill(self, name: str, grace: float = 0.0) -> None:
+        """Fail the process: abruptly (SIGKILL; on Kubernetes, delete the pod without grace),
+        or with `grace` > 0 a stop request first (SIGTERM) and the kill after `grace` seconds."""
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         """Stop the process gracefully and wait for it."""

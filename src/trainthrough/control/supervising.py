@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -95,6 +96,8 @@ class Supervisor:
         self._m_recovery = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in ("detect", "restore", "first_update", "total")}
         self._m_recoveries = metrics.recoveries.labels(**labels)
         self._m_lost = metrics.lost_updates.labels(**labels)
+        self._m_chaos = (metrics.chaos_injections, metrics.chaos_last_injection, labels)
+        self._chaos_rng = random.Random(self.spec.seed)  # the `random` target, repeatable per seed
         self.ps_names = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
         self.known_ps = set(self.ps_names)
         self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
@@ -215,7 +218,7 @@ class Supervisor:
 
     def _inject(self, kill: ChaosKill) -> None:
         try:
-            name = resolve_target(kill.target, self.ps_chain(), [w for w in self.workers if w not in self._finished])
+            name = resolve_target(kill.target, self.ps_chain(), [w for w in self.workers if w not in self._finished], self._chaos_rng)
         except UnknownTarget as error:
             self.events.emit("chaos_skipped", target=kill.target, reason=str(error))
             return
@@ -229,9 +232,12 @@ class Supervisor:
         self._deferred = [k for k in self._deferred if k is not kill]
         health = self._health(self._acknowledging(name)) if name in self.known_ps else None
         version = health.version if health is not None else -1
-        self.runtime.kill(name)
+        self.runtime.kill(name, grace=kill.grace_period)
         killed_at = time.time()
         self._kills[name] = (killed_at, version)
+        injections, last_injection, labels = self._m_chaos
+        injections.labels(target=kill.target, **labels).inc()
+        last_injection.labels(target=kill.target, **labels).set(killed_at)
         self.events.emit(
             "kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at, killed_at=killed_at
         )

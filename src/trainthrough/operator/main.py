@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import kopf
-import kubernetes
 
 from trainthrough.metrics import create_metrics, serve_metrics
 from trainthrough.operator.handlers import register
-from trainthrough.operator.kubeapi import KubeApi
+from trainthrough.kubeapi import KubeApi, load_api_client
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime.kube import DEFAULT_IMAGES
-
-
-def api_client() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +29,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     parser.add_argument("--ps-image", default=DEFAULT_IMAGES["ps"])
     parser.add_argument("--worker-image", default=DEFAULT_IMAGES["worker"])
+    parser.add_argument("--chaos-image", default=DEFAULT_IMAGES["chaos"])
+    parser.add_argument(
+        "--network-policy", action="store_true",
+        help="give each job a NetworkPolicy: its PS port open to its own pods and this operator only",
+    )  # fmt: skip
+    parser.add_argument("--operator-namespace", default=os.environ.get("POD_NAMESPACE", "default"), help="where this operator runs")
+    parser.add_argument(
+        "--operator-label", action="append", default=[], metavar="KEY=VALUE",
+        help="labels of this operator's pods (the NetworkPolicy admits them)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    operator_labels = dict(label.split("=", 1) for label in args.operator_label)
+    if args.network_policy and not operator_labels:
+        parser.error("--network-policy needs --operator-label KEY=VALUE (the labels of the operator's pods)")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics = create_metrics()
     serve_metrics(args.metrics_port, addr="0.0.0.0")
     registry = kopf.OperatorRegistry()
-    config = OperatorConfig(api=KubeApi(api_client()), metrics=metrics, images={"ps": args.ps_image, "worker": args.worker_image})
+    config = OperatorConfig(
+        api=KubeApi(load_api_client()),
+        metrics=metrics,
+        images={"ps": args.ps_image, "worker": args.worker_image, "chaos": args.chaos_image},
+        operator_pods=(args.operator_namespace, operator_labels) if args.network_policy else None,
+    )
     register(registry, config)
 
     @kopf.on.login(registry=registry)

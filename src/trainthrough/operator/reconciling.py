@@ -14,7 +14,7 @@ import kopf
 
 from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
-from trainthrough.operator.kubeapi import KubeApi
+from trainthrough.kubeapi import KubeApi
 from trainthrough.runtime import kube
 from trainthrough.spec import SpecError, TrainingJob, dump_job, parse_job
 
@@ -25,6 +25,9 @@ class OperatorConfig:
     metrics: Metrics
     images: dict[str, str]
     health_timeout: float = 0.5
+    # (namespace, labels) of the operator's pods: set, each job gets a PS NetworkPolicy
+    # that lets only its own pods and the operator reach the PS.
+    operator_pods: tuple[str, dict[str, str]] | None = None
 
 
 def parse(body: dict[str, Any]) -> TrainingJob:
@@ -55,7 +58,7 @@ def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     status = body.get("status") or {}
     ps = status.get("ps") or kube.initial_ps_processes(job)
     created = []
-    for manifest in [kube.config_map(job), kube.service(job)] + ([kube.checkpoint_claim(job)] if kube.needs_claim(job) else []):
+    for manifest in kube.supporting_objects(job, config.images, config.operator_pods):
         if _create_owned(config, manifest, body):
             created.append(manifest["metadata"]["name"])
     for process in ps:

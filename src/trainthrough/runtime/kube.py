@@ -13,6 +13,11 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
 - Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index) and
   `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
   decides each recovery, as the local runtime's supervisor does.
+- With a `chaos` section: Job `NAME-chaos` running `trainthrough chaos` under its own
+  ServiceAccount, Role and RoleBinding `NAME-chaos` (read the job, list, read and delete
+  its pods, write Events: nothing else).
+- NetworkPolicy `NAME-ps` (when the operator is told to): the PS gRPC port is open to the
+  job's own pods and the operator only; metrics stay open to any scraper.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ CHECKPOINT_DIR = "/var/lib/trainthrough/checkpoints"
 DEFAULT_IMAGES = {
     "ps": "ghcr.io/trainthrough/ps:0.1.0",
     "worker": "ghcr.io/trainthrough/worker:0.1.0",
+    "chaos": "ghcr.io/trainthrough/chaos:0.1.0",
 }
 CHECKPOINT_VOLUME_SIZE = "1Gi"
 
@@ -205,17 +211,136 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
     )  # fmt: skip
 
 
+def chaos_name(job: TrainingJob) -> str:
+    return f"{job.metadata.name}-chaos"
+
+
+def chaos_service_account(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": chaos_name(job), "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
+    }
+
+
+def chaos_role(job: TrainingJob) -> dict[str, Any]:
+    """What the chaos Job does (chaos/pods.py), and nothing more: the operator may only grant
+    what it holds itself, and it holds each of these."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": chaos_name(job), "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
+        "rules": [
+            {"apiGroups": [GROUP], "resources": ["trainingjobs"], "resourceNames": [job.metadata.name], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        ],
+    }
+
+
+def chaos_role_binding(job: TrainingJob) -> dict[str, Any]:
+    name = chaos_name(job)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.metadata.namespace}],
+    }
+
+
+def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
+    """The Job that deletes the job's pods on the spec's chaos schedule (`trainthrough chaos`)."""
+    name = chaos_name(job)
+    # The schedule is read from the TrainingJob itself (spec.chaos), grace periods included.
+    args = ["chaos", "--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--metrics-port", str(METRICS_PORT)]
+    tmp, tmp_mount = _scratch_volume()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
+        "spec": {
+            # A retried chaos pod would inject its schedule a second time.
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels(job, "chaos")},
+                "spec": {
+                    "serviceAccountName": name,
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "chaos",
+                            "image": image or DEFAULT_IMAGES["chaos"],
+                            "args": args,
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "volumeMounts": [tmp_mount],
+                            "securityContext": _container_security(),
+                        }
+                    ],
+                    "volumes": [tmp],
+                },
+            },
+        },
+    }
+
+
+def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels: dict[str, str]) -> dict[str, Any]:
+    """The PS's gRPC port accepts the job's own pods (workers, chain peers) and the operator
+    (chain configuration, health); its metrics port any scraper."""
+    grpc = [{"protocol": "TCP", "port": PS_PORT}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{job.metadata.name}-ps", "namespace": job.metadata.namespace, "labels": labels(job)},
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name, LABEL_ROLE: "ps"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}}], "ports": grpc},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+                            "podSelector": {"matchLabels": operator_labels},
+                        }
+                    ],
+                    "ports": grpc,
+                },
+                {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
+    }
+
+
 def initial_ps_processes(job: TrainingJob) -> list[str]:
     return [f"ps-{i}" for i in range(job.spec.parameter_server.replicas)]
 
 
-def manifests(job: TrainingJob, images: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Everything a new job needs, in creation order."""
-    images = images or {}
-    ps = initial_ps_processes(job)
+def supporting_objects(
+    job: TrainingJob, images: dict[str, str] | None = None, operator_pods: tuple[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Every object of a job but its pods, in creation order; `operator_pods` (namespace,
+    labels) asks for the PS NetworkPolicy."""
     objects = [config_map(job), service(job)]
     if needs_claim(job):
         objects.append(checkpoint_claim(job))
+    if operator_pods is not None:
+        objects.append(ps_network_policy(job, *operator_pods))
+    if job.spec.chaos:
+        objects += [chaos_service_account(job), chaos_role(job), chaos_role_binding(job), chaos_job(job, (images or {}).get("chaos"))]
+    return objects
+
+
+def manifests(
+    job: TrainingJob, images: dict[str, str] | None = None, operator_pods: tuple[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Everything a new job needs, in creation order."""
+    images = images or {}
+    ps = initial_ps_processes(job)
+    objects = supporting_objects(job, images, operator_pods)
     objects += [ps_pod(job, p, image=images.get("ps")) for p in ps]
     objects += [worker_pod(job, r, ps, image=images.get("worker")) for r in range(job.spec.workers.replicas)]
     return objects

@@ -76,10 +76,20 @@ class LocalRuntime:
     def start_worker(self, rank: int, ps_addresses: list[str]) -> None:
         self._spawn(f"worker-{rank}", ["worker", "--rank", str(rank), "--ps", ",".join(ps_addresses)])
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, grace: float = 0.0) -> None:
         process = self._processes.get(name)
-        if process is not None and process.alive:
+        if process is None or not process.alive:
+            return
+        if grace <= 0:
             process.signal(signal.SIGKILL)
+            return
+        process.signal(signal.SIGTERM)
+
+        def kill_if_still_alive() -> None:
+            if not process.exited.wait(grace):
+                process.signal(signal.SIGKILL)
+
+        threading.Thread(target=kill_if_still_alive, name=f"grace-{name}", daemon=True).start()
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         process = self._processes.get(name)

@@ -1,9 +1,11 @@
-"""The operator's calls to the Kubernetes API, on the official `kubernetes` client.
+"""Calls to the Kubernetes API, on the official `kubernetes` client.
 
-Every call the operator makes goes through this one class, so the RBAC the Helm chart
-grants can be checked against it, and `kubernetes.client.ApiException` never leaks: it is
-wrapped into the project's errors (a conflict or a server error is temporary, a rejected
-object permanent) with the original as the cause.
+Every call the operator and the chaos Job make goes through this one class, so the RBAC
+they are granted (the Helm chart's Role, the chaos Role in runtime/kube.py) can be checked
+against what they do (tests/test_rbac.py records the calls), and
+`kubernetes.client.ApiException` never leaks: it is wrapped into the project's errors (a
+conflict or a server error is temporary, a rejected object permanent) with the original
+as the cause.
 """
 
 from __future__ import annotations
@@ -14,40 +16,42 @@ import uuid
 from typing import Any
 
 import kubernetes.client
+import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
 from trainthrough.errors import PermanentError, TemporaryError
 from trainthrough.spec import API_GROUP, PLURAL, VERSION
 
-# (api group, resource, verb) for every call below: the RBAC the operator needs.
-CALLS = {
-    ("", "pods", "create"),
-    ("", "pods", "delete"),
-    ("", "pods", "list"),
-    ("", "pods", "get"),
-    ("", "services", "create"),
-    ("", "configmaps", "create"),
-    ("", "configmaps", "patch"),
-    ("", "persistentvolumeclaims", "create"),
-    ("", "events", "create"),
-    (API_GROUP, PLURAL, "get"),
-    (API_GROUP, f"{PLURAL}/status", "patch"),
-}
+def load_api_client() -> kubernetes.client.ApiClient:
+    """A client with the pod's service account in a cluster, else the user's kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
 
 
 class KubeApi:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
     def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a namespaced core object; False if it already exists (idempotent)."""
+        """Create a namespaced object; False if it already exists (idempotent)."""
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
         create = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "Job": self.batch.create_namespaced_job,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[kind]
         try:
             create(namespace, manifest)
@@ -101,7 +105,7 @@ class KubeApi:
         except ApiException as error:
             raise _wrap(error, f"patch TrainingJob {name} status") from error
 
-    def event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def event(self, job: dict[str, Any], type_: str, reason: str, message: str, component: str = "trainthrough-operator") -> None:
         """A Kubernetes Event about the TrainingJob (best effort: never fails a handler)."""
         meta = job["metadata"]
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -117,7 +121,7 @@ class KubeApi:
             "type": type_,
             "reason": reason,
             "message": message[:1024],
-            "source": {"component": "trainthrough-operator"},
+            "source": {"component": component},
             "firstTimestamp": now.isoformat(),
             "lastTimestamp": now.isoformat(),
             "count": 1,

@@ -1,0 +1,51 @@
+"""`trainthrough chaos`: the chaos Job's entrypoint (see chaos/pods.py).
+
+    trainthrough chaos --trainingjob NAME [--namespace NS] [--kill ps-head@30s ...]
+
+Without --kill, the TrainingJob's own `spec.chaos` is the schedule. Serves its metrics
+(injections and their timestamps) on --metrics-port and keeps serving them for --linger
+after the last kill, so that Prometheus scrapes the final values before the pod ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from trainthrough.chaos.pods import ChaosError, PodChaos
+from trainthrough.kubeapi import KubeApi, load_api_client
+from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.spec import SpecError, parse_duration, parse_kill
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainthrough chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainingjob", required=True, help="the TrainingJob whose pods to delete")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--kill", action="append", default=None, metavar="TARGET@TIME", help="instead of spec.chaos (repeatable)")
+    parser.add_argument("--grace-period", default="0s", help="deletion grace for --kill kills (default 0s: a crash)")
+    parser.add_argument("--wait-timeout", default="10m", help="skip a kill whose target stays down this long")
+    parser.add_argument("--metrics-port", type=int, default=9100)
+    parser.add_argument("--linger", default="30s", help="keep serving metrics this long after the last kill")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        grace = parse_duration(args.grace_period)
+        kills = None
+        if args.kill is not None:
+            kills = [parse_kill(text).model_copy(update={"grace_period": grace}) for text in args.kill]
+        metrics = create_metrics()
+        serve_metrics(args.metrics_port, addr="0.0.0.0")
+        chaos = PodChaos(
+            KubeApi(load_api_client()), args.namespace, args.trainingjob, metrics,
+            kills=kills, wait_timeout=parse_duration(args.wait_timeout),
+        )  # fmt: skip
+        injections = chaos.run()
+    except (ChaosError, SpecError) as error:
+        print(f"trainthrough chaos: {error}", file=sys.stderr)
+        return 2
+    print(f"trainthrough chaos: {len(injections)} injected, {len(chaos.skipped)} skipped", flush=True)
+    time.sleep(parse_duration(args.linger))
+    return 0

@@ -1,0 +1,172 @@
+"""Chaos on Kubernetes: delete a TrainingJob's pods on its chaos schedule.
+
+`trainthrough chaos --trainingjob NAME` runs as the Job the operator creates for a
+TrainingJob with a `chaos` section (runtime/kube.py, `chaos_job`), or by hand with
+`--kill TARGET@TIME`. Like the local master (control/supervising.py) it
+
+- starts the clock when training starts (the job's status shows a model version above 0),
+  so `at` means the same thing on both runtimes;
+- resolves each target when it fires (chaos/schedule.py: `ps-head` follows the chain);
+- kills only a live incarnation: while the target's pod is missing, not Running, being
+  deleted, or the operator is still recovering it, the kill waits (up to `wait_timeout`,
+  then it is skipped and says why).
+
+Every injection is a Kubernetes Event on the TrainingJob (reason `ChaosInjected`) and a
+metric with its timestamp (`trainthrough_chaos_last_injection_timestamp_seconds`), so
+recovery time is measurable as the first update after the kill minus the kill.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.kubeapi import KubeApi
+from trainthrough.metrics import Metrics
+from trainthrough.spec import ChaosKill, SpecError, TrainingJob, parse_job
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "trainthrough-chaos"
+
+
+@dataclass(frozen=True)
+class Injection:
+    target: str
+    pod: str
+    at: float  # unix time of the deletion
+    scheduled_at: float  # seconds after training started
+
+
+class ChaosError(Exception):
+    """The chaos run cannot go on (its TrainingJob is gone or invalid)."""
+
+
+class PodChaos:
+    """Deletes the pods of TrainingJob `namespace/name` on a schedule."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        name: str,
+        metrics: Metrics,
+        *,
+        kills: list[ChaosKill] | None = None,
+        poll_interval: float = 0.5,
+        wait_timeout: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api, self.namespace, self.name = api, namespace, name
+        self.metrics = metrics
+        self.poll_interval, self.wait_timeout = poll_interval, wait_timeout
+        self.clock, self.sleep = clock, sleep
+        body = self._job_body()
+        self.job = self._parse(body)
+        # The spec's schedule unless kills are given (by hand, on the command line).
+        self.schedule = KillSchedule.of(list(kills) if kills is not None else list(self.job.spec.chaos))
+        self.rng = random.Random(self.job.spec.seed)
+        self.injections: list[Injection] = []
+        self.skipped: list[tuple[ChaosKill, str]] = []
+
+    # -- the TrainingJob -----------------------------------------------------------------
+    def _job_body(self) -> dict[str, Any]:
+        body = self.api.get_job(self.namespace, self.name)
+        if body is None:
+            raise ChaosError(f"TrainingJob {self.namespace}/{self.name} not found")
+        return body
+
+    def _parse(self, body: dict[str, Any]) -> TrainingJob:
+        document = dict(body, metadata={"name": self.name, "namespace": self.namespace})
+        try:
+            return parse_job(document, source=f"TrainingJob {self.namespace}/{self.name}")
+        except SpecError as error:
+            raise ChaosError(str(error)) from error
+
+    @staticmethod
+    def _finished(body: dict[str, Any]) -> bool:
+        return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> list[Injection]:
+        """Wait for training to start, then inject every kill at its time; the injections."""
+        started = self.wait_for_training()
+        if started is None:
+            return self.injections
+        log.info("training started; %d kills scheduled", len(self.schedule.pending))
+        deferred: dict[int, tuple[ChaosKill, float]] = {}  # id(kill) -> (kill, first due at)
+        while self.schedule.pending or deferred:
+            body = self._job_body()
+            if self._finished(body):
+                for kill in self.schedule.pending + [k for k, _ in deferred.values()]:
+                    self._skip(body, kill, "the TrainingJob finished first")
+                break
+            now = self.clock()
+            for kill in self.schedule.due(now - started):
+                deferred[id(kill)] = (kill, now)
+            for key, (kill, due_at) in sorted(deferred.items(), key=lambda item: item[1][0].at):
+                if self._try_inject(body, kill, started):
+                    del deferred[key]
+                elif now - due_at > self.wait_timeout:
+                    del deferred[key]
+                    self._skip(body, kill, f"no live target for {self.wait_timeout:.0f} s")
+            self.sleep(self.poll_interval)
+        return self.injections
+
+    def wait_for_training(self) -> float | None:
+        """The time training was first seen running (model version > 0); None if the job
+        finished before."""
+        while True:
+            body = self._job_body()
+            if self._finished(body):
+                for kill in self.schedule.pending:
+                    self._skip(body, kill, "the TrainingJob finished before training started")
+                return None
+            progress = (body.get("status") or {}).get("progress") or {}
+            if (progress.get("modelVersion") or 0) > 0:
+                return self.clock()
+            self.sleep(self.poll_interval)
+
+    def _try_inject(self, body: dict[str, Any], kill: ChaosKill, started: float) -> bool:
+        """Delete the pod `kill` means now if it is a live incarnation; whether it was."""
+        status = body.get("status") or {}
+        chain = (status.get("chain") or {}).get("members") or status.get("ps") or []
+        workers = [f"worker-{r}" for r in range(self.job.spec.workers.replicas)]
+        try:
+            process = resolve_target(kill.target, list(chain), workers, self.rng)
+        except UnknownTarget as error:
+            log.info("%s not resolvable yet: %s", kill.target, error)
+            return False
+        pending = ((status.get("recoveries") or {}).get("pending") or {}).get("process")
+        if pending == process:
+            return False  # still being recovered: a kill now would be no new failure
+        pod_name = f"{self.name}-{process}"  # as runtime/kube.py names pods
+        pod = self.api.get_pod(self.namespace, pod_name)
+        if pod is None or pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+            return False
+        self.api.delete_pod(self.namespace, pod_name, grace_seconds=int(round(kill.grace_period)))
+        injected_at = self.clock()
+        injection = Injection(kill.target, pod_name, injected_at, kill.at)
+        self.injections.append(injection)
+        labels = dict(trainingjob=self.name, mode=self.job.spec.consistency, target=kill.target)
+        self.metrics.chaos_injections.labels(**labels).inc()
+        self.metrics.chaos_last_injection.labels(**labels).set(injected_at)
+        when = datetime.datetime.fromtimestamp(injected_at, datetime.timezone.utc).isoformat(timespec="milliseconds")
+        message = (
+            f"deleted pod {pod_name} ({kill.target}, scheduled {kill.at:g} s after training started, "
+            f"fired {injected_at - started:.1f} s) with grace {kill.grace_period:g} s at {when}"
+        )
+        self.api.event(body, "Warning", "ChaosInjected", message, component=COMPONENT)
+        log.info("%s", message)
+        return True
+
+    def _skip(self, body: dict[str, Any], kill: ChaosKill, reason: str) -> None:
+        self.skipped.append((kill, reason))
+        self.api.event(body, "Normal", "ChaosSkipped", f"{kill}: {reason}", component=COMPONENT)
+        log.warning("skipped %s: %s", kill, reason)
