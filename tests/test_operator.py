@@ -106,7 +106,7 @@ def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube
         assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"]["name"]
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "tj-chaos" and job["spec"]["backoffLimit"] == 0
-    assert pod["containers"][0]["args"][:5] == ["chaos", "--trainingjob", "tj", "--namespace", "default"]
+    assert pod["containers"][0]["args"][:4] == ["--trainingjob", "tj", "--namespace", "default"]
     assert binding["roleRef"]["name"] == "tj-chaos" and binding["subjects"][0]["name"] == "tj-chaos"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"), ("", "pods", "list"),

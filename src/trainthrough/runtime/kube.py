@@ -177,8 +177,9 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
     config, config_mount = _config_volume(job)
     tmp, tmp_mount = _scratch_volume()
     volumes, mounts = [config, tmp], [config_mount, tmp_mount]
+    # The image's entrypoint is `trainthrough ps` (ps_image/Dockerfile): options only.
     args = [
-        "ps", "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", "0.0.0.0",
+        "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", "0.0.0.0",
         "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if needs_volume(job):
@@ -197,7 +198,7 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
     tmp, tmp_mount = _scratch_volume()
     addresses = ",".join(ps_address(job, p) for p in ps_processes)
     args = [
-        "worker", "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
+        "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
         "--host", "0.0.0.0", "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     r = job.spec.workers.resources
@@ -253,7 +254,7 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
     """The Job that deletes the job's pods on the spec's chaos schedule (`trainthrough chaos`)."""
     name = chaos_name(job)
     # The schedule is read from the TrainingJob itself (spec.chaos), grace periods included.
-    args = ["chaos", "--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--metrics-port", str(METRICS_PORT)]
+    args = ["--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--metrics-port", str(METRICS_PORT)]
     tmp, tmp_mount = _scratch_volume()
     return {
         "apiVersion": "batch/v1",
