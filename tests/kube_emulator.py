@@ -47,6 +47,9 @@ What the module provides
       call; ``path_for(resource, namespace=None, name=None, subresource=None)``;
     - ``history(resource, name, namespace=None)``: every stored version of an object
       (``None`` marks a deletion), read from the emulator's memory;
+    - ``calls()``: every API call served so far, as ``(api group, resource[/subresource],
+      verb, User-Agent)``, the verb as RBAC names it (get, list, watch, create, patch,
+      update, delete): what a Role must grant the caller;
     - ``watchers(resource)``: how many watch streams are open on a resource, and
       ``wait_watched(resource, count=1, timeout=...)``: wait until kopf watches it;
     - ``register_crd(crd)``: add another CRD manifest at run time: its resources become
@@ -397,8 +400,9 @@ class Emulator(kmock.KubernetesEmulator):
     # Every event published, per resource, in resourceVersion order: (resourceVersion, event).
     _events: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)  # from CRDs
-    # Every API call served, as the RBAC rule it needs: (api group, resource[/subresource], verb).
-    calls: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
+    # Every API call served, as the RBAC rule it needs and who made it:
+    # (api group, resource[/subresource], verb, User-Agent).
+    calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
     # -- helpers (call with self._lock held) -------------------------------------------
 
@@ -508,7 +512,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource, action = request.resource, request.action
         if resource is not None and resource.plural and action is not None:  # not discovery
-            self.calls.append(_rbac_rule(request))
+            self.calls.append((*_rbac_rule(request), request.headers.get("User-Agent", "")))
         if resource is None or not (
             action == kmock.action.CREATE
             or (request.name is not None and action in (kmock.action.UPDATE, kmock.action.DELETE))
@@ -914,6 +918,9 @@ class KubeEmulator:
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve a CRD's resources and store the CRD object (kopf's CRD watch sees it)."""
         self.call(lambda e: self._register_crd(crd))
+
+    def calls(self) -> list[tuple[str, str, str, str]]:
+        return self.call(lambda e: list(e.calls))
 
     def watchers(self, resource: str | kmock.resource) -> int:
         res = self.resource(resource)

@@ -20,7 +20,7 @@ from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime.kube import DEFAULT_IMAGES
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="trainthrough operator", description=__doc__)
     parser.add_argument("--namespace", action="append", default=[], help="watch only these (default: all)")
     parser.add_argument("--metrics-port", type=int, default=8080)
@@ -40,9 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         help="labels of this operator's pods (the NetworkPolicy admits them)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    operator_labels = dict(label.split("=", 1) for label in args.operator_label)
-    if args.network_policy and not operator_labels:
+    if any("=" not in label for label in args.operator_label):
+        parser.error(f"--operator-label must be KEY=VALUE, got {args.operator_label}")
+    if args.network_policy and not args.operator_label:
         parser.error("--network-policy needs --operator-label KEY=VALUE (the labels of the operator's pods)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    operator_labels = dict(label.split("=", 1) for label in args.operator_label)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics = create_metrics()
