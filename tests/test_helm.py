@@ -11,7 +11,8 @@ Covered:
   endpoint, resources; its arguments are accepted by `trainthrough operator`'s parser;
   without peering a single replica is enforced by the Recreate strategy;
 - a namespaced install gets a Role and RoleBinding (and a KopfPeering) per watched
-  namespace and no cluster-wide RBAC, and the operator watches only those namespaces;
+  namespace and cluster-wide only kopf's read of CRDs; the operator watches only those
+  namespaces;
 - the dashboard ConfigMap carries the sidecar label and the dashboard JSON; the
   PrometheusRule carries exactly the rules file promtool tests; the PodMonitor selects
   the job pods' metrics port; NOTES.txt renders what to run next.
@@ -133,11 +134,14 @@ def test_operator_deployment_is_locked_down_and_its_arguments_parse() -> None:
     assert parse_args(single["spec"]["template"]["spec"]["containers"][0]["args"]).standalone
 
 
-def test_a_namespaced_install_has_roles_per_namespace_and_no_cluster_rbac() -> None:
+def test_a_namespaced_install_has_roles_per_namespace_and_reads_only_crds_cluster_wide() -> None:
+    from helm_chart import granted
     from trainthrough.operator.main import parse_args
 
     kinds = by_kind(render(NAMESPACED))
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds and "ClusterKopfPeering" not in kinds
+    assert "ClusterKopfPeering" not in kinds
+    (cluster_role,) = kinds["ClusterRole"]
+    assert granted(cluster_role) == {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
     assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in kinds["RoleBinding"]) == ["team-a", "team-b"]
     assert sorted(p["metadata"]["namespace"] for p in kinds["KopfPeering"]) == ["team-a", "team-b"]

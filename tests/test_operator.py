@@ -109,7 +109,7 @@ def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube
     assert pod["containers"][0]["args"][:4] == ["--trainingjob", "tj", "--namespace", "default"]
     assert binding["roleRef"]["name"] == "tj-chaos" and binding["subjects"][0]["name"] == "tj-chaos"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"), ("", "pods", "list"),
+    assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"),
                        ("", "pods", "delete"), ("", "events", "create")}  # fmt: skip
     # The PS port: the job's own pods and the operator; nobody else.
     grpc_from = [rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"] == [{"protocol": "TCP", "port": 50051}]]

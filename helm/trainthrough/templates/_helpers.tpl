@@ -38,6 +38,13 @@ operator makes and compares): its TrainingJobs and their status; the objects of 
 (runtime/kube.py); kopf's peering and Events. It holds what the chaos Role it creates
 grants (pods get/list/delete, events create, trainingjobs get), as Kubernetes requires.
 */}}
+{{/* kopf notices new and changed CRDs (cluster-scoped: a ClusterRole in every install). */}}
+{{- define "trainthrough.crdRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end -}}
+
 {{- define "trainthrough.operatorRules" -}}
 - apiGroups: [trainthrough.io]
   resources: [trainingjobs]

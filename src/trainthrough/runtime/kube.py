@@ -14,7 +14,7 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
   `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
   decides each recovery, as the local runtime's supervisor does.
 - With a `chaos` section: Job `NAME-chaos` running `trainthrough chaos` under its own
-  ServiceAccount, Role and RoleBinding `NAME-chaos` (read the job, list, read and delete
+  ServiceAccount, Role and RoleBinding `NAME-chaos` (read the job, read and delete
   its pods, write Events: nothing else).
 - NetworkPolicy `NAME-ps` (when the operator is told to): the PS gRPC port is open to the
   job's own pods and the operator only; metrics stay open to any scraper.
@@ -233,7 +233,7 @@ def chaos_role(job: TrainingJob) -> dict[str, Any]:
         "metadata": {"name": chaos_name(job), "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
         "rules": [
             {"apiGroups": [GROUP], "resources": ["trainingjobs"], "resourceNames": [job.metadata.name], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ],
     }
