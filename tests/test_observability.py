@@ -35,6 +35,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+
+from trainthrough.control.supervising import Supervisor
+from trainthrough.events import EventLog, read_events
+from trainthrough.metrics import Metrics, create_metrics
+from trainthrough.runtime.local import LocalRuntime
+from trainthrough.spec import parse_job
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "trainthrough" / "files" / "prometheus-rules.yaml"
@@ -105,7 +112,9 @@ def test_record_names_follow_level_metric_operations() -> None:
 
 
 def test_every_alert_has_a_severity_and_names_the_trainingjob() -> None:
-    assert set(alerts()) == {"TrainingStalled", "ParameterServerDown", "RecoverySlowerThanObjective", "BufferedGradientsNearBound"}
+    assert set(alerts()) == {
+        "TrainingStalled", "ParameterServerDown", "RecoverySlowerThanObjective", "BufferedGradientsNearBound"
+    }  # fmt: skip
     for name, rule in alerts().items():
         assert rule["labels"]["severity"] in SEVERITIES, name
         for field in ("summary", "description"):
@@ -127,10 +136,6 @@ def test_unit_tests_cover_every_record_and_every_alert_firing_and_not() -> None:
 def defined_metric_names() -> set[str]:
     """Every sample name the metrics of metrics.py expose (counters' _total, histograms'
     _bucket/_sum/_count, ...)."""
-    from prometheus_client import CollectorRegistry
-
-    from trainthrough.metrics import create_metrics
-
     registry = CollectorRegistry()
     create_metrics(registry)
     names: set[str] = set()
@@ -265,7 +270,8 @@ class Prom:
         return self.get("/api/v1/query", query=promql, time=f"{at:.3f}")["result"]
 
     def range(self, promql: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
-        return self.get("/api/v1/query_range", query=promql, start=f"{start:.3f}", end=f"{end:.3f}", step=step)["result"]
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step}
+        return self.get("/api/v1/query_range", **params)["result"]
 
     def value(self, promql: str, at: float) -> float | None:
         result = self.instant(promql, at)
@@ -332,12 +338,8 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Prom, Path]]:
             server.wait(10)
 
 
-def run_job(run_dir: Path, master_port: int, metrics) -> None:
-    from trainthrough.control.supervising import Supervisor
-    from trainthrough.events import EventLog
-    from trainthrough.runtime.local import LocalRuntime
-    from trainthrough.spec import parse_job
-
+def run_job(run_dir: Path, master_port: int, metrics: Metrics) -> None:
+    """One run of JOB on the local runtime, the master's metrics served on `master_port`."""
     job = parse_job(JOB)
     runtime = LocalRuntime(job, run_dir, master_metrics_port=master_port)
     events = EventLog(runtime.events_path, source="master")
@@ -364,11 +366,6 @@ def concrete(expr: str, range_seconds: int) -> str:
 @pytest.mark.e2e
 @pytest.mark.timeout(150)
 def test_dashboard_and_rules_return_data_for_a_run_with_a_ps_kill(prometheus) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from trainthrough.events import read_events
-    from trainthrough.metrics import create_metrics
-
     prom, run_dir = prometheus
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
@@ -382,7 +379,8 @@ def test_dashboard_and_rules_return_data_for_a_run_with_a_ps_kill(prometheus) ->
             lambda: prom.value(f"sum(trainthrough_recoveries_total{{{job}}})", time.time()) == 1,
             timeout=20,
         )
-        p90 = f'trainingjob_phase_quantile:trainthrough_recovery_seconds:histogram_quantile_1h{{{job}, phase="total", quantile="0.9"}}'
+        quantile = "trainingjob_phase_quantile:trainthrough_recovery_seconds:histogram_quantile_1h"
+        p90 = f'{quantile}{{{job}, phase="total", quantile="0.9"}}'
         wait_for(
             "the recovery quantile rule gave no value",
             lambda: finite_values(prom.instant(p90, time.time())),
@@ -410,10 +408,12 @@ def test_dashboard_and_rules_return_data_for_a_run_with_a_ps_kill(prometheus) ->
     dashboard = load_dashboard()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            returns_data(f"panel {panel['title']!r} {target['refId']}", concrete(target["expr"], range_seconds), target.get("instant", False))
+            what = f"panel {panel['title']!r} {target['refId']}"
+            returns_data(what, concrete(target["expr"], range_seconds), target.get("instant", False))
     # Every annotation query; the kill's sits at the kill's time.
     for annotation in prometheus_annotations(dashboard):
-        result = returns_data(f"annotation {annotation['name']!r}", concrete(annotation["target"]["expr"], range_seconds))
+        expr = concrete(annotation["target"]["expr"], range_seconds)
+        result = returns_data(f"annotation {annotation['name']!r}", expr)
         if annotation.get("useValueForTime") and result:
             times = sorted({float(v) for s in result for _, v in s["values"]})
             assert times == [pytest.approx(kill["killed_at"] * 1000, abs=1)], (times, kill)
