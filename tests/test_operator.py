@@ -317,13 +317,7 @@ def test_the_operator_command_serves_metrics_and_liveness(kube: KubeEmulator, tm
             probe.bind(("127.0.0.1", 0))
             return probe.getsockname()[1]
 
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
-        f"clusters: [{{name: emulator, cluster: {{server: '{kube.url}'}}}}]\n"
-        "users: [{name: tester, user: {token: test}}]\n"
-        "contexts: [{name: emulator, context: {cluster: emulator, user: tester}}]\n"
-    )
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     metrics_port, liveness_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "trainthrough.cli", "operator", "--standalone", "--metrics-port", str(metrics_port),
@@ -360,3 +354,60 @@ def test_a_job_that_existed_before_the_operator_started_is_taken_up(kube: KubeEm
     register(registry, config)
     run_operator(registry, watching=[TRAININGJOBS, "pods"])
     wait_for(lambda: {"early-ps-0", "early-worker-0", "early-worker-1"} <= set(pods(kube, "early")), timeout=10, what="its pods")
+
+
+@pytest.mark.e2e
+def test_two_peered_replicas_serve_jobs_once_and_a_standby_takes_over(kube: KubeEmulator, tmp_path: Path) -> None:
+    """Two `trainthrough operator` replicas with kopf peering (the chart's CRDs and
+    ClusterKopfPeering): the higher priority serves, the other stands by; when the active
+    one dies, the standby takes over once its peering record expires."""
+    import os
+    import socket
+    import urllib.request
+
+    import yaml
+
+    for crd in yaml.safe_load_all((ROOT / "helm" / "trainthrough" / "crds" / "kopfpeerings.kopf.dev.yaml").read_text()):
+        kube.register_crd(crd)
+    kube.create("clusterkopfpeerings.v1.kopf.dev", {"metadata": {"name": "trainthrough"}})
+    env = {**os.environ, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    def start(priority: int) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        command = [sys.executable, "-m", "trainthrough.cli", "operator", "--peering", "trainthrough", "--priority", str(priority),
+                   "--peering-lifetime", "3", "--metrics-port", str(port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]  # fmt: skip
+        with open(tmp_path / f"operator-{priority}.log", "wb") as log:
+            return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), port
+
+    def reconciles(port: int) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            lines = response.read().decode().splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith("trainthrough_operator_reconciles_total{"))
+
+    def peers() -> dict[str, Any]:
+        return kube.get("clusterkopfpeerings.v1.kopf.dev", "trainthrough").get("status") or {}
+
+    (active, active_port), (standby, standby_port) = start(200), start(100)
+    try:
+        wait_for(lambda: sorted(p["priority"] for p in peers().values()) == [100, 200], timeout=60, what="both replicas peered")
+        kube.wait_watched(TRAININGJOBS, timeout=60)
+        kube.create(TRAININGJOBS, trainingjob("one", consistency="checkpoint"))
+        wait_for(lambda: "one-ps-0" in pods(kube, "one"), timeout=30, what="the active replica serving")
+        wait_for(lambda: reconciles(active_port) >= 1, timeout=10, what="the active replica's reconcile")
+        time.sleep(1.0)
+        assert reconciles(standby_port) == 0, "the standby reconciled while the active replica ran"
+
+        active.kill()  # no goodbye: its peering record stays until it expires
+        active.wait(10)
+        kube.create(TRAININGJOBS, trainingjob("two", consistency="checkpoint"))
+        wait_for(lambda: "two-ps-0" in pods(kube, "two"), timeout=30, what="the standby taking over")
+        assert reconciles(standby_port) >= 1
+    finally:
+        for process in (active, standby):
+            process.terminate()
+            process.wait(20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 
 import kopf
 
@@ -27,6 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint")
     parser.add_argument("--peering", default="trainthrough", help="kopf peering name (several replicas)")
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    parser.add_argument(
+        "--priority", type=int, default=None,
+        help="peering priority (default: random). kopf pauses every replica that sees a peer of "
+        "the same priority, so replicas must differ: the highest runs, the others stand by",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peering-lifetime", type=int, default=30,
+        help="seconds a replica's peering record lasts: a standby takes over this long after the active one dies",
+    )  # fmt: skip
     parser.add_argument("--ps-image", default=DEFAULT_IMAGES["ps"])
     parser.add_argument("--worker-image", default=DEFAULT_IMAGES["worker"])
     parser.add_argument("--chaos-image", default=DEFAULT_IMAGES["chaos"])
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     def configure(settings: kopf.OperatorSettings, **_):
         settings.peering.name = args.peering
         settings.peering.mandatory = not args.standalone
+        settings.peering.priority = args.priority if args.priority is not None else random.randrange(1, 2**31)
+        settings.peering.lifetime = args.peering_lifetime
         settings.posting.level = logging.WARNING  # kopf's own events: warnings and errors only
 
     kopf.run(
