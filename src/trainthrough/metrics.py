@@ -36,6 +36,8 @@ class Metrics:
     worker_steps: Counter
     worker_idle_seconds: Counter
     buffered_gradients: Gauge
+    buffer_entries: Gauge
+    buffer_capacity: Gauge
     dropped_gradients: Counter
     eval_accuracy: Gauge
     eval_loss: Gauge
@@ -75,7 +77,15 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         worker_idle_seconds=counter(
             "worker_idle_seconds", "Seconds workers spent waiting for an unavailable PS."
         ),
-        buffered_gradients=gauge("worker_buffered_gradients", "Gradients buffered while the PS is down."),
+        buffered_gradients=gauge(
+            "worker_buffered_gradients", "Gradients buffered while the PS is down (merged ones counted each)."
+        ),
+        buffer_entries=gauge(
+            "worker_buffer_entries", "Entries in a worker's gradient buffer (a merge keeps one entry for several)."
+        ),
+        buffer_capacity=gauge(
+            "worker_buffer_capacity", "Entries a worker's gradient buffer holds before it merges, drops or pauses (stateless.maxBuffered)."
+        ),
         dropped_gradients=counter(
             "worker_dropped_gradients", "Buffered gradients dropped because the buffer was full."
         ),

@@ -74,6 +74,8 @@ class PodChaos:
         self.rng = random.Random(self.job.spec.seed)
         self.injections: list[Injection] = []
         self.skipped: list[tuple[ChaosKill, str]] = []
+        for kill in self.schedule.pending:  # exported at 0 from the start: increase() sees the first kill
+            metrics.chaos_injections.labels(trainingjob=name, mode=self.job.spec.consistency, target=kill.target)
 
     # -- the TrainingJob -----------------------------------------------------------------
     def _job_body(self) -> dict[str, Any]:

@@ -98,6 +98,8 @@ class Supervisor:
         self._m_lost = metrics.lost_updates.labels(**labels)
         self._m_chaos = (metrics.chaos_injections, metrics.chaos_last_injection, labels)
         self._chaos_rng = random.Random(self.spec.seed)  # the `random` target, repeatable per seed
+        for kill in self.schedule.pending:  # exported at 0 from the start: increase() sees the first kill
+            metrics.chaos_injections.labels(target=kill.target, **labels)
         self.ps_names = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
         self.known_ps = set(self.ps_names)
         self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]

@@ -108,6 +108,7 @@ class ParameterServerCore:
             self.restored_from = restored_from
             self.updates_since_start = 0
         self._labels(self.metrics.model_version).set(state.version)
+        self._labels(self.metrics.updates_applied)  # exported at 0 until the first update: increase() sees it
         if announce:
             self.announce_ready()
 

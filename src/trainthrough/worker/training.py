@@ -87,9 +87,12 @@ class Worker:
         self.m_steps = metrics.worker_steps.labels(**labels)
         self.m_idle = metrics.worker_idle_seconds.labels(**labels)
         self.m_buffered = metrics.buffered_gradients.labels(**labels)
+        self.m_entries = metrics.buffer_entries.labels(**labels)
         self.m_dropped = metrics.dropped_gradients.labels(**labels)
-        self.m_accuracy = metrics.eval_accuracy.labels(**labels)
-        self.m_loss = metrics.eval_loss.labels(**labels)
+        if self.mode == "stateless":  # the only mode that buffers
+            metrics.buffer_capacity.labels(**labels).set(spec.stateless.max_buffered)
+        # Only rank 0 evaluates: the others export no accuracy rather than a false 0.
+        self.m_eval = (metrics.eval_accuracy.labels(**labels), metrics.eval_loss.labels(**labels)) if rank == 0 else None
         self.model = build_model(spec.model, spec.seed).to(self.device)
         train = load_dataset(spec.dataset, "train", spec.data_path)
         self.batches = BatchStream(
@@ -260,6 +263,7 @@ class Worker:
             self.stop.wait(REJOIN_EVERY)
             self.client.idle_seconds += time.monotonic() - started
         self.m_buffered.set(self.buffer.gradients)
+        self.m_entries.set(len(self.buffer))
         assert self.local_optimizer is not None
         self.local_optimizer.step()  # the model still holds this gradient from backward()
         self.stats.local_steps += 1
@@ -294,6 +298,7 @@ class Worker:
         )
         self.buffer.clear()
         self.m_buffered.set(0)
+        self.m_entries.set(0)
         self.offline = False
         self.local_optimizer = None
         try:
@@ -327,8 +332,9 @@ class Worker:
     ) -> None:
         """Called by the Evaluator (its thread, or this one for the final evaluation)."""
         self.accuracy = accuracy
-        self.m_accuracy.set(accuracy)
-        self.m_loss.set(loss)
+        if self.m_eval is not None:
+            self.m_eval[0].set(accuracy)
+            self.m_eval[1].set(loss)
         self.events.emit(
             "eval",
             t=at,
