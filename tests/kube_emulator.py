@@ -55,6 +55,7 @@ What the module provides
     - ``register_crd(crd)``: add another CRD manifest at run time: its resources become
       discoverable and the CRD object is stored, so a running kopf notices it through
       its CRD watch and starts serving it;
+    - ``write_kubeconfig(path)``: a kubeconfig for a process under test;
     - ``api_client()``: a `kubernetes.client.ApiClient` pointed at the emulator (closed
       when the emulator stops), for code under test that uses the `kubernetes` package;
     - ``emulator`` (the `Emulator`, i.e. KMock's handler) and ``call(fn)``: run
@@ -1085,6 +1086,19 @@ class KubeEmulator:
         client = kubernetes.client.ApiClient(configuration)
         self._clients.append(client)
         return client
+
+    def write_kubeconfig(self, path: Any) -> Any:
+        """A kubeconfig at `path` pointing at the emulator, for a process under test
+        (``KUBECONFIG=path trainthrough operator``); returns `path`."""
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "unused"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        }  # fmt: skip
+        with open(path, "w") as file:
+            json.dump(config, file)  # JSON is YAML
+        return path
 
     wait_for = staticmethod(wait_for)
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prometheus_client import CollectorRegistry
 
 from kube_emulator import TRAININGJOBS, KubeEmulator, kube_fixture, wait_for  # noqa: F401
@@ -168,13 +167,7 @@ def test_random_deletes_one_pod_of_the_job_the_same_for_the_same_seed(kube: Kube
 def test_the_chaos_command_deletes_the_pod_through_a_kubeconfig(kube: KubeEmulator, tmp_path: Path) -> None:
     make_job(kube, consistency="checkpoint")
     start_training(kube)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
-        "users": [{"name": "tester", "user": {"token": "unused"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
-    }))  # fmt: skip
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     command = [sys.executable, "-m", "trainthrough.cli", "chaos", "--trainingjob", JOB, "--metrics-port", "0", "--linger", "0s"]
     result = subprocess.run(command + ["--kill", "worker-0@0s"], env=env, capture_output=True, text=True, timeout=60)

@@ -12,10 +12,12 @@ Aspects covered:
   unique panel ids, titles, grid positions that fit and do not overlap, a datasource
   reference to the variable and targets with an expression filtered by $trainingjob;
 - end to end (e2e): a real Prometheus (1 s scrapes and rule evaluations, the rule file
-  loaded) scrapes one small local run with one PS kill through the run's file_sd targets;
+  loaded) scrapes one small local stateless run (the mode whose workers buffer gradients,
+  so the buffer panels have data) with one PS kill through the run's file_sd targets;
   every panel query, annotation query, the variable's query and every recording rule
-  return data for the run, the kill annotation sits at the kill, the ParameterServerDown
-  expression holds during the outage, and the recovery time Prometheus reports matches
+  return data for the run, the kill annotation sits at the kill, the stat panel counts the
+  run's one kill and one recovery, the ParameterServerDown and BufferedGradientsNearBound
+  expressions hold during the outage, and the recovery time Prometheus reports matches
   the run's event log.
 """
 
@@ -213,6 +215,7 @@ def test_dashboard_annotations_mark_kills() -> None:
 
 SCRAPE_INTERVAL = 1.0
 JOB_NAME = "obs-e2e"
+MAX_BUFFERED = 4
 JOB = {
     "apiVersion": "trainthrough.io/v1alpha1",
     "kind": "TrainingJob",
@@ -220,7 +223,9 @@ JOB = {
     "spec": {
         "model": "mlp",
         "dataset": "synthetic",
-        "consistency": "checkpoint",
+        # Stateless: its workers buffer gradients while the PS is down; a small buffer is
+        # full within the outage (a restart, then up to stateless.rejoinTimeout).
+        "consistency": "stateless",
         "updates": "async",
         "optimizer": {"name": "sgd", "lr": 0.05},
         "batchSize": 32,
@@ -228,7 +233,7 @@ JOB = {
         "stop": {"targetAccuracy": 0.5, "minDuration": "8s", "duration": "60s"},
         "workers": {"replicas": 2},
         "parameterServer": {"replicas": 1, "restartDelay": "1s"},
-        "checkpoint": {"everyUpdates": 20},
+        "stateless": {"maxBuffered": MAX_BUFFERED, "onFull": "merge"},
         "evaluation": {"interval": "0.5s"},
         "chaos": [{"target": "ps-head", "at": "2s"}],
     },
@@ -443,7 +448,25 @@ def test_dashboard_and_rules_return_data_for_a_run_with_a_ps_kill(prometheus) ->
     mean = prom.value(f'trainingjob_phase:trainthrough_recovery_seconds:mean1h{{{job}, phase="total"}}', end)
     assert mean == pytest.approx(recovery["phases"]["total"], abs=SCRAPE_INTERVAL)
 
+    # The stat panel counts the run's one kill and one recovery within the range: the
+    # counters exist at 0 from the start, so increase() sees their first increment.
+    [stat] = [panel for panel in dashboard["panels"] if panel["type"] == "stat"]
+    counts = {
+        target["legendFormat"].split(" ", 1)[1]: prom.value(concrete(target["expr"], range_seconds), end)
+        for target in stat["targets"]
+    }
+    assert counts["kills"] == 1 and counts["recoveries"] == 1, counts
+
     # ParameterServerDown's condition (without its `for`) holds during the outage: from the
     # kill until the restarted PS was ready, it had no PS up.
     down = prom.range(alerts()["ParameterServerDown"]["expr"], kill["killed_at"], recovery["restored_at"], step=0.25)
     assert [s["metric"].get("trainingjob") for s in down] == [JOB_NAME], down
+
+    # Both workers export their buffer's capacity, and BufferedGradientsNearBound's condition
+    # (without its `for`) holds during the outage: a worker that trained before the kill
+    # (training starts with the first update) fills its small buffer. Not necessarily both:
+    # a worker still starting at the kill has nothing to buffer.
+    capacity = prom.instant(f"max_over_time(trainthrough_worker_buffer_capacity{{{job}}}[{window}])", end)
+    assert sorted(float(s["value"][1]) for s in capacity) == [MAX_BUFFERED] * 2, capacity
+    full = prom.range(alerts()["BufferedGradientsNearBound"]["expr"], kill["killed_at"], recovery["restored_at"], step=0.25)
+    assert full and {s["metric"].get("trainingjob") for s in full} == {JOB_NAME}, full

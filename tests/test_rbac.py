@@ -58,16 +58,6 @@ def calls_by(kube: KubeEmulator, since: int = 0, exclude: str = TEST_CLIENT) -> 
     return {(group, resource, verb) for group, resource, verb, agent in kube.calls()[since:] if not agent.startswith(exclude)}
 
 
-def kubeconfig(kube: KubeEmulator, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
-        "users": [{"name": "operator", "user": {"token": "unused"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
-    }))  # fmt: skip
-    return path
-
-
 def test_the_chart_grants_the_operator_exactly_the_calls_it_makes(kube: KubeEmulator, tmp_path: Path) -> None:
     chart = {d["kind"]: d for d in render(["networkPolicy.enabled=true"])}
     role = granted(chart["ClusterRole"])
@@ -77,7 +67,7 @@ def test_the_chart_grants_the_operator_exactly_the_calls_it_makes(kube: KubeEmul
         kube.register_crd(crd)
     kube.create("clusterkopfpeerings.v1.kopf.dev", {"metadata": {"name": "trainthrough"}})
     own_port = [f"--metrics-port={free_port()}", f"--liveness=http://127.0.0.1:{free_port()}/healthz"]
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig(kube, tmp_path / "kubeconfig")), POD_NAMESPACE="trainthrough-system")
+    env = dict(os.environ, KUBECONFIG=str(kube.write_kubeconfig(tmp_path / "kubeconfig")), POD_NAMESPACE="trainthrough-system")
     with open(tmp_path / "operator.log", "wb") as log:
         operator = subprocess.Popen(
             [sys.executable, "-m", "trainthrough.cli", "operator", *args, *own_port], env=env, stdout=log, stderr=subprocess.STDOUT
