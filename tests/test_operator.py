@@ -66,6 +66,14 @@ def status(kube: KubeEmulator, name: str) -> dict[str, Any]:
     return kube.get(TRAININGJOBS, name).get("status") or {}
 
 
+def sample(metric: Any, name: str, labels: dict[str, str]) -> float | None:
+    for family in metric.collect():
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
 def events(kube: KubeEmulator, name: str) -> list[str]:
     return [e["reason"] for e in kube.list("events") if e["involvedObject"]["name"] == name]
 
@@ -302,6 +310,12 @@ def test_chain_recovery_with_real_replicas(kube: KubeEmulator, operator, tmp_pat
         assert {"ChainReconfigured", "ReplicaJoined", "RecoveryCompleted"} <= set(events(kube, "rc"))
         recoveries = wait_for(lambda: (r := status(kube, "rc").get("recoveries") or {}).get("lastRecoverySeconds") is not None and r, timeout=10, what="the recovery's time")
         assert recoveries["count"] == 1 and "pending" not in recoveries
+        # The same metrics as the local master's, for the dashboard and the rules.
+        labels = {"trainingjob": "rc", "mode": "chain"}
+        assert sample(operator.metrics.recoveries, "trainthrough_recoveries_total", labels) == 1
+        total = sample(operator.metrics.recovery_seconds, "trainthrough_recovery_seconds_sum", {**labels, "phase": "total"})
+        assert total == pytest.approx(recoveries["lastRecoverySeconds"], abs=1e-5)
+        assert sample(operator.metrics.recovery_seconds, "trainthrough_recovery_seconds_count", {**labels, "phase": "detect"}) == 1
     finally:
         kubelet.stop()
 

@@ -61,6 +61,7 @@ def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
             resumed = pending and (job.spec.consistency == "chain" or reply.first_update_at >= pending["detectedAt"])
             if resumed:
                 patch["recoveries"] = _completed(recoveries, pending, reply)
+                _observe_recovery(config, job, pending, reply, patch["recoveries"]["lastRecoverySeconds"])
                 conditions = c.with_condition(conditions, c.RECOVERING_CONDITION, False, c.RECOVERED, "training resumed", generation)
                 conditions = c.with_condition(conditions, c.DEGRADED, False, c.RECOVERED, "all pods present", generation)
                 config.api.event(
@@ -77,6 +78,20 @@ def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
         if conditions != status.get("conditions"):
             patch["conditions"] = conditions
         return patch
+
+
+def _observe_recovery(config: OperatorConfig, job: TrainingJob, pending: dict[str, Any], reply: ps_pb2.HealthReply, total: float) -> None:
+    """The recovery in the same metrics the local master exports (the dashboard and the
+    rules read them): its phases, from the operator's clock and the PS's own."""
+    labels = dict(trainingjob=job.metadata.name, mode=job.spec.consistency)
+    phases = {"detect": max(0.0, pending["detectedAt"] - pending["lostAt"]), "total": total}
+    if reply.ready_at:
+        phases["restore"] = max(0.0, reply.ready_at - pending["detectedAt"])
+        if reply.first_update_at >= reply.ready_at:
+            phases["first_update"] = reply.first_update_at - reply.ready_at
+    for phase, seconds in phases.items():
+        config.metrics.recovery_seconds.labels(phase=phase, **labels).observe(seconds)
+    config.metrics.recoveries.labels(**labels).inc()
 
 
 def _completed(recoveries: dict[str, Any], pending: dict[str, Any], reply: ps_pb2.HealthReply) -> dict[str, Any]:
