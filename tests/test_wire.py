@@ -159,3 +159,21 @@ def test_default_field_name_is_tensor() -> None:
 def test_wire_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         wire.decode(_float32_message([1.0]), 2)
+
+
+def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
+    # The finiteness check sums first; an overflowing sum must not reject finite data.
+    huge = torch.full((8,), 3.0e38)
+    assert torch.isinf(huge.sum())
+    assert torch.equal(wire.decode(wire.encode(huge)), huge)
+    mixed = torch.cat([huge, torch.tensor([float("nan")])])
+    with pytest.raises(WireError, match="1 non-finite values"):
+        wire.decode(wire.encode(mixed))
+
+
+def test_fill_writes_into_an_existing_submessage() -> None:
+    request = ps_pb2.PushRequest(worker="w", push_id=1)
+    wire.fill(request.gradient, torch.arange(6.0).reshape(2, 3))
+    wire.fill(request.gradient, torch.arange(4.0))  # refilling replaces shape and data
+    assert list(request.gradient.shape) == [4]
+    assert torch.equal(wire.decode(request.gradient), torch.arange(4.0))

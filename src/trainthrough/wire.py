@@ -19,13 +19,29 @@ _NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def encode(tensor: torch.Tensor, dtype: str = "float32") -> ps_pb2.Tensor:
-    """A flat CPU copy of `tensor` as a proto Tensor, cast to `dtype` for transfer."""
+    """A flat CPU copy of `tensor` as a new proto Tensor, cast to `dtype` for transfer."""
+    message = ps_pb2.Tensor()
+    fill(message, tensor, dtype)
+    return message
+
+
+def fill(target: ps_pb2.Tensor, tensor: torch.Tensor, dtype: str = "float32") -> None:
+    """Write `tensor` into the (sub)message `target` in place: one copy of the bytes into the
+    message (building a Tensor and assigning or CopyFrom-ing it would copy them again)."""
     if dtype not in DTYPES:
         raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
     flat = tensor.detach().reshape(-1).to(device="cpu", dtype=DTYPES[dtype]).contiguous()
     # bfloat16 has no numpy dtype: reinterpret its storage as int16 to take the bytes.
     raw = flat.view(torch.int16).numpy().tobytes() if dtype == "bfloat16" else flat.numpy().tobytes()
-    return ps_pb2.Tensor(dtype=dtype, shape=list(tensor.shape), data=raw)
+    fill_bytes(target, raw, list(tensor.shape), dtype)
+
+
+def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str = "float32") -> None:
+    """Write already-encoded bytes (e.g. a snapshot of the PS's parameters) into `target`."""
+    target.dtype = dtype
+    del target.shape[:]
+    target.shape.extend(shape)
+    target.data = raw
 
 
 def decode(message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor") -> torch.Tensor:
@@ -58,7 +74,19 @@ def decode(message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "ten
         flat = torch.frombuffer(message.data, dtype=dtype)
     if dtype != torch.float32:
         flat = flat.to(torch.float32)
-    if not bool(torch.isfinite(flat).all()):
-        bad = int((~torch.isfinite(flat)).sum())
-        raise WireError(f"{what}.data: {bad} non-finite values (NaN or Inf)")
+    check_finite(flat, what)
     return flat
+
+
+def check_finite(flat: torch.Tensor, what: str) -> None:
+    """Raise WireError if `flat` holds a NaN or an infinity.
+
+    A finite sum proves every element finite (a NaN or an infinity makes the sum NaN or
+    infinite) at a fraction of an element-wise check's cost; only a non-finite sum, which
+    a huge but finite gradient can also give, pays for the element-wise count.
+    """
+    if bool(torch.isfinite(flat.sum())):
+        return
+    bad = int((~torch.isfinite(flat)).sum())
+    if bad:
+        raise WireError(f"{what}.data: {bad} non-finite values (NaN or Inf)")

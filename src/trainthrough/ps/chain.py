@@ -156,7 +156,9 @@ class ChainReplica(Mode):
                 return
             missing = [r for r in self.log if r.seq > self.successor_seq]
             if missing and missing[0].seq == self.successor_seq + 1:
-                request = ps_pb2.ReplicateRequest(epoch=self.config.epoch, records=[_encode(r) for r in missing])
+                request = ps_pb2.ReplicateRequest(epoch=self.config.epoch)
+                for record in missing:
+                    _fill_record(request.records.add(), record)
                 reply = successor.call(lambda s, t: s.Replicate(request, timeout=t), timeout=REPLICATE_TIMEOUT)
             else:
                 with self.core.state_lock:
@@ -228,10 +230,8 @@ class ChainReplica(Mode):
         self.successor_seq = None
 
 
-def _encode(record: Record) -> ps_pb2.UpdateRecord:
-    return ps_pb2.UpdateRecord(
-        seq=record.seq,
-        gradient=wire.encode(record.gradient),
-        workers=record.workers,
-        push_ids=record.push_ids,
-    )
+def _fill_record(message: ps_pb2.UpdateRecord, record: Record) -> None:
+    message.seq = record.seq
+    wire.fill(message.gradient, record.gradient)
+    message.workers.extend(record.workers)
+    message.push_ids.extend(record.push_ids)

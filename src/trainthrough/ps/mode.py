@@ -40,7 +40,7 @@ class Mode:
         version, data = self.core.pull(request.have_version)
         reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
         if data is not None:
-            reply.params.CopyFrom(ps_pb2.Tensor(dtype="float32", shape=[len(data) // 4], data=data))
+            wire.fill_bytes(reply.params, data, [len(data) // 4])
         return reply
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:

@@ -86,13 +86,8 @@ class PSClient:
 
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
-        request = ps_pb2.PushRequest(
-            worker=self.worker,
-            push_id=self.push_id,
-            base_version=base_version,
-            gradient=wire.encode(gradient),
-            samples=samples,
-        )
+        request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
+        wire.fill(request.gradient, gradient)
         reply = self._head.call(lambda s, t: s.Push(request, timeout=t), timeout=timeout or self.call_timeout)
         self.push_id += 1
         return reply
@@ -117,10 +112,10 @@ class PSClient:
     ) -> ps_pb2.RejoinReply:
         request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
         if base_params is not None:
-            request.base_params.CopyFrom(wire.encode(base_params))
+            wire.fill(request.base_params, base_params)
         for entry in buffered:
             message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count)
-            message.gradient.CopyFrom(wire.encode(entry.gradient))
+            wire.fill(message.gradient, entry.gradient)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
     def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0) -> None:
