@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools helm run run-quick job test test-fast bench crd proto clean
+.PHONY: install tools helm run run-quick job test test-fast bench bench-ps crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ job: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/trainthrough bench --full --out bench-results-full
 
+# The PS's failure-free path against a raw gRPC echo, PyTorch's RPC parameter server and a
+# gloo all-reduce, side by side (about 10 minutes): bench-results-ps/ps_bench.{json,md}.
+bench-ps: $(STAMP)
+	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps
+
 test: $(STAMP) tools helm
 	$(BIN)/python -m pytest -q
 
@@ -59,4 +64,4 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/trainthrough/proto/ps.proto
 
 clean:
-	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full
+	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full bench-results-ps

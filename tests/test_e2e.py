@@ -45,6 +45,10 @@ def paper_job(name: str, **spec) -> dict:
         "evaluation": {"interval": "2s"},
         "seed": 1,
     }
+    if spec.get("chaos"):
+        # Every kill must happen, however fast training reaches the target (kills are at
+        # most 10 s in; a target stop also waits for recoveries in progress).
+        base["stop"] = {**base["stop"], "minDuration": "12s"}
     base.update(spec)
     return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": base}
 

@@ -177,3 +177,52 @@ def test_fill_writes_into_an_existing_submessage() -> None:
     wire.fill(request.gradient, torch.arange(4.0))  # refilling replaces shape and data
     assert list(request.gradient.shape) == [4]
     assert torch.equal(wire.decode(request.gradient), torch.arange(4.0))
+
+
+# -- Framed: the hot RPCs' tensor bytes beside the message ------------------------------------
+PUSH = wire.PUSH_TENSOR_FIELD
+
+
+def _push(gradient: torch.Tensor) -> ps_pb2.PushRequest:
+    request = ps_pb2.PushRequest(worker="worker-1", push_id=7, base_version=3, samples=32)
+    wire.fill(request.gradient, gradient)
+    return request
+
+
+def test_framed_encoding_is_standard_protobuf_both_ways() -> None:
+    gradient = torch.arange(10.0) - 4.5
+    framed = wire.frame(ps_pb2.PushRequest(worker="worker-1", push_id=7, base_version=3, samples=32), PUSH, gradient)
+    raw = wire.framed_serializer(PUSH)(framed)
+    assert ps_pb2.PushRequest.FromString(raw) == _push(gradient)  # any protobuf peer reads it
+    received = wire.framed_deserializer(ps_pb2.PushRequest, PUSH)(_push(gradient).SerializeToString())
+    assert received.message.worker == "worker-1" and received.message.push_id == 7
+    assert received.message.gradient.data == b"" and list(received.message.gradient.shape) == [10]
+    assert isinstance(received.data, memoryview)  # no copy of the bytes
+    assert torch.equal(wire.decode(received.message.gradient, 10, data=received.data), gradient)
+
+
+def test_framed_without_a_tensor_and_with_an_empty_one() -> None:
+    serialize = wire.framed_serializer(wire.PULL_TENSOR_FIELD)
+    deserialize = wire.framed_deserializer(ps_pb2.PullReply, wire.PULL_TENSOR_FIELD)
+    current = ps_pb2.PullReply(version=5, incarnation="abc")  # have_version was current: no params
+    back = deserialize(serialize(wire.Framed(current)))
+    assert back.message == current and not back.message.HasField("params") and back.data == b""
+
+
+def test_framed_deserializer_defers_to_protobuf_for_repeated_data() -> None:
+    first, second = _push(torch.ones(3)), ps_pb2.PushRequest()
+    second.gradient.data = torch.full((3,), 2.0).numpy().tobytes()
+    raw = first.SerializeToString() + second.SerializeToString()  # merge: the last data wins
+    received = wire.framed_deserializer(ps_pb2.PushRequest, PUSH)(raw)
+    assert torch.equal(wire.decode(received.message.gradient, 3, data=received.data), torch.full((3,), 2.0))
+    assert received.message.worker == "worker-1"
+
+
+def test_framed_deserializer_rejects_malformed_bytes_like_protobuf() -> None:
+    from google.protobuf.message import DecodeError
+
+    raw = _push(torch.ones(4)).SerializeToString()
+    with pytest.raises(DecodeError):
+        wire.framed_deserializer(ps_pb2.PushRequest, PUSH)(raw[:-3])  # truncated
+    with pytest.raises(DecodeError):
+        wire.framed_deserializer(ps_pb2.PushRequest, PUSH)(b"\x22\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")

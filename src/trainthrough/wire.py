@@ -8,8 +8,11 @@ WireError with what is wrong; the PS turns that into INVALID_ARGUMENT.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from google.protobuf.message import Message
 
 from trainthrough.errors import WireError
 from trainthrough.proto import ps_pb2
@@ -30,10 +33,16 @@ def fill(target: ps_pb2.Tensor, tensor: torch.Tensor, dtype: str = "float32") ->
     message (building a Tensor and assigning or CopyFrom-ing it would copy them again)."""
     if dtype not in DTYPES:
         raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
+    fill_bytes(target, tensor_bytes(tensor, dtype), list(tensor.shape), dtype)
+
+
+def tensor_bytes(tensor: torch.Tensor, dtype: str = "float32") -> bytes:
+    """The flat little-endian bytes of `tensor` cast to `dtype` (one copy)."""
+    if dtype not in DTYPES:
+        raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
     flat = tensor.detach().reshape(-1).to(device="cpu", dtype=DTYPES[dtype]).contiguous()
     # bfloat16 has no numpy dtype: reinterpret its storage as int16 to take the bytes.
-    raw = flat.view(torch.int16).numpy().tobytes() if dtype == "bfloat16" else flat.numpy().tobytes()
-    fill_bytes(target, raw, list(tensor.shape), dtype)
+    return flat.view(torch.int16).numpy().tobytes() if dtype == "bfloat16" else flat.numpy().tobytes()
 
 
 def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str = "float32") -> None:
@@ -44,11 +53,15 @@ def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str =
     target.data = raw
 
 
-def decode(message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor") -> torch.Tensor:
-    """A float32 1-D tensor from a proto Tensor; checks dtype, shape, length and finiteness.
+def decode(
+    message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor", data: bytes | memoryview | None = None
+) -> torch.Tensor:
+    """A float32 1-D tensor from a proto Tensor (its bytes in `data` when they travelled
+    beside it, see Framed); checks dtype, shape, length and finiteness.
 
-    The result may share memory with the (immutable) message bytes: never write to it.
+    The result may share memory with the (immutable) received bytes: never write to it.
     """
+    raw = message.data if data is None else data
     if message.dtype not in DTYPES:
         raise WireError(f"{what}.dtype: must be one of {sorted(DTYPES)}, got {message.dtype!r}")
     shape = list(message.shape)
@@ -61,17 +74,16 @@ def decode(message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "ten
         raise WireError(f"{what}.shape: expected {numel} elements, got shape {shape} ({count})")
     dtype = DTYPES[message.dtype]
     itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(message.data) != count * itemsize:
+    if len(raw) != count * itemsize:
         raise WireError(
-            f"{what}.data: expected {count * itemsize} bytes for shape {shape} {message.dtype}, "
-            f"got {len(message.data)}"
+            f"{what}.data: expected {count * itemsize} bytes for shape {shape} {message.dtype}, got {len(raw)}"
         )
     if count == 0:
         return torch.empty(0, dtype=torch.float32)
     with warnings.catch_warnings():
         # The bytes object is read-only; the tensor is only ever read, never written.
         warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(message.data, dtype=dtype)
+        flat = torch.frombuffer(raw, dtype=dtype)
     if dtype != torch.float32:
         flat = flat.to(torch.float32)
     check_finite(flat, what)
@@ -90,3 +102,144 @@ def check_finite(flat: torch.Tensor, what: str) -> None:
     bad = int((~torch.isfinite(flat)).sum())
     if bad:
         raise WireError(f"{what}.data: {bad} non-finite values (NaN or Inf)")
+
+
+# -- the hot RPCs' payload beside its message -------------------------------------------------
+# A push carries the gradient and a pull reply the parameters: tens or hundreds of MB each.
+# Through protobuf they are copied on every step (parse, `.data`, building, serializing).
+# `Framed` keeps the tensor's bytes beside a message that holds everything else, and the
+# (de)serializers below read and write the standard protobuf encoding around them, so any
+# protobuf peer interoperates: receiving costs no copy of the data (a memoryview into the
+# bytes gRPC hands over), sending one (joining the message and the data).
+
+DATA_FIELD = ps_pb2.Tensor.DESCRIPTOR.fields_by_name["data"].number
+SERVICE = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+PUSH_TENSOR_FIELD = ps_pb2.PushRequest.DESCRIPTOR.fields_by_name["gradient"].number
+PULL_TENSOR_FIELD = ps_pb2.PullReply.DESCRIPTOR.fields_by_name["params"].number
+
+
+@dataclass(frozen=True)
+class Framed:
+    """`message` with its Tensor field's data travelling separately as `data`."""
+
+    message: Message
+    data: bytes | memoryview = b""
+
+
+def frame(message: Message, field: int, tensor: torch.Tensor, dtype: str = "float32") -> Framed:
+    """`message` with `tensor` in its Tensor field `field`, the bytes beside it."""
+    header = getattr(message, field_name(type(message), field))
+    fill_bytes(header, b"", list(tensor.shape), dtype)
+    return Framed(message, tensor_bytes(tensor, dtype))
+
+
+def framed_serializer(field: int) -> Callable[[Framed], bytes]:
+    """Encode a Framed whose Tensor sits at `field` of its message."""
+
+    def serialize(framed: Framed) -> bytes:
+        head = framed.message.SerializeToString()
+        if not len(framed.data):
+            return head
+        # A second occurrence of a message field merges into the first (protobuf's rule),
+        # so the data can follow the already-encoded dtype and shape.
+        data_head = _key(DATA_FIELD) + _varint(len(framed.data))
+        return b"".join((head, _key(field), _varint(len(data_head) + len(framed.data)), data_head, framed.data))
+
+    return serialize
+
+
+def framed_deserializer(message_type: type[Message], field: int) -> Callable[[bytes], Framed]:
+    """Decode bytes of `message_type` into a Framed: the data of its Tensor at `field` as a
+    memoryview into `raw`, the rest parsed by protobuf."""
+
+    def deserialize(raw: bytes) -> Framed:
+        try:
+            rest, data = _split(memoryview(raw), field)
+        except (WireError, IndexError):
+            rest, data = None, None
+        if rest is None:  # an unusual encoding (the data twice, or malformed): protobuf decides
+            message = message_type.FromString(raw)
+            tensor = getattr(message, field_name(message_type, field))
+            data, tensor.data = tensor.data, b""
+            return Framed(message, data)
+        return Framed(message_type.FromString(rest), data if data is not None else b"")
+
+    return deserialize
+
+
+def field_name(message_type: type[Message], number: int) -> str:
+    return message_type.DESCRIPTOR.fields_by_number[number].name
+
+
+def _split(view: memoryview, field: int) -> tuple[bytes | None, memoryview | None]:
+    """(the message without its Tensor's data field, that data), or (None, None) when the
+    data occurs more than once (then protobuf's last-one-wins must decide)."""
+    pieces: list[bytes | memoryview] = []
+    data: memoryview | None = None
+    for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+        if number != field or wire_type != 2:
+            pieces.append(view[start:end])
+            continue
+        inner: list[bytes | memoryview] = []
+        for inner_number, inner_type, inner_start, inner_value, inner_end in _fields(view, value_start, end):
+            if inner_number == DATA_FIELD and inner_type == 2:
+                if data is not None:
+                    return None, None
+                data = view[inner_value:inner_end]
+            else:
+                inner.append(view[inner_start:inner_end])
+        body = b"".join(inner)
+        pieces += [_key(field), _varint(len(body)), body]
+    return b"".join(pieces), data
+
+
+def _fields(view: memoryview, start: int, end: int):
+    """(number, wire type, field start, value start, field end) of each field in view[start:end]."""
+    position = start
+    while position < end:
+        key, value_start = _read_varint(view, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, field_end = _read_varint(view, value_start)
+        elif wire_type == 1:
+            field_end = value_start + 8
+        elif wire_type == 2:
+            length, value_start = _read_varint(view, value_start)
+            field_end = value_start + length
+        elif wire_type == 5:
+            field_end = value_start + 4
+        else:
+            raise WireError(f"wire type {wire_type} of field {number} is not supported")
+        if field_end > end:
+            raise WireError(f"field {number} runs past the end of its message")
+        yield number, wire_type, position, value_start, field_end
+        position = field_end
+
+
+def _read_varint(view: memoryview, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = view[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise WireError("a varint longer than 10 bytes")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _key(number: int) -> bytes:
+    return _varint(number << 3 | 2)

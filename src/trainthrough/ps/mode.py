@@ -31,17 +31,21 @@ class Mode:
         """A graceful shutdown (SIGTERM): persist what the mode persists."""
 
     # -- worker-facing -----------------------------------------------------------------
-    def push(self, request: ps_pb2.PushRequest) -> ps_pb2.PushReply:
-        gradient = wire.decode(request.gradient, self.core.numel, what="gradient")
+    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None) -> ps_pb2.PushReply:
+        """Apply a push; `data`: the gradient's bytes when they travelled beside the request."""
+        gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
         version, duplicate = self.core.push(request.worker, request.push_id, gradient)
         return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation)
 
-    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
+    def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
+        """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
         version, data = self.core.pull(request.have_version)
         reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
-        if data is not None:
-            wire.fill_bytes(reply.params, data, [len(data) // 4])
-        return reply
+        if data is None:
+            return wire.Framed(reply)
+        reply.params.dtype = "float32"
+        reply.params.shape.append(len(data) // 4)
+        return wire.Framed(reply, data)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
         self.core.report_progress(request.worker, request.steps, request.accuracy)

@@ -14,8 +14,9 @@ from typing import Callable, TypeVar
 
 import grpc
 
+from trainthrough import wire
 from trainthrough.errors import NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
-from trainthrough.proto import ps_pb2_grpc
+from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.ps.core import NotServing
 from trainthrough.ps.mode import Mode, Unsupported
 from trainthrough.rpc import MESSAGE_OPTIONS
@@ -50,10 +51,10 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         raise AssertionError("unreachable: context.abort raises")
 
     def Pull(self, request, context):
-        return self._call(context, "Pull", lambda: self.mode.pull(request))
+        return self._call(context, "Pull", lambda: self.mode.pull(request))  # a wire.Framed
 
-    def Push(self, request, context):
-        return self._call(context, "Push", lambda: self.mode.push(request))
+    def Push(self, request: wire.Framed, context):
+        return self._call(context, "Push", lambda: self.mode.push(request.message, request.data))
 
     def Health(self, request, context):
         return self._call(context, "Health", self.mode.health)
@@ -77,6 +78,24 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))
 
 
+def _generated_handlers(servicer: ParameterServerServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The method handlers the generated code would register, to override some of them."""
+
+    class Capture:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, generic_handlers) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers) -> None:
+            assert service == wire.SERVICE, service
+            self.handlers = dict(handlers)
+
+    capture = Capture()
+    ps_pb2_grpc.add_ParameterServerServicer_to_server(servicer, capture)
+    return capture.handlers
+
+
 def _reason(message: str) -> str:
     # Bounded label values for the rejected-pushes metric.
     if "non-finite" in message:
@@ -96,7 +115,21 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
     # closes: every worker must get one, with room left for Health and the chain.
     threads = max_workers or max(32, 2 * mode.core.expected_workers + 16)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS)
-    ps_pb2_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(mode), server)
+    servicer = ParameterServerServicer(mode)
+    handlers = _generated_handlers(servicer)
+    # The hot RPCs keep their tensor's bytes out of protobuf (wire.Framed); same encoding.
+    handlers["Push"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Push,
+        request_deserializer=wire.framed_deserializer(ps_pb2.PushRequest, wire.PUSH_TENSOR_FIELD),
+        response_serializer=ps_pb2.PushReply.SerializeToString,
+    )
+    handlers["Pull"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Pull,
+        request_deserializer=ps_pb2.PullRequest.FromString,
+        response_serializer=wire.framed_serializer(wire.PULL_TENSOR_FIELD),
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, handlers),))
+    server.add_registered_method_handlers(wire.SERVICE, handlers)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the parameter server to {address}")

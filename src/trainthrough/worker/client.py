@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
+import grpc
 import torch
 
 from trainthrough import wire
@@ -43,6 +44,7 @@ class PSClient:
         self.worker = worker
         self.call_timeout = call_timeout
         self._pool = ConnectionPool()
+        self._hot: dict[Connection, tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]] = {}
         self._known = list(dict.fromkeys(addresses))
         self._head = self._connection(self._known[0])
         self.epoch = -1
@@ -87,16 +89,38 @@ class PSClient:
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
-        wire.fill(request.gradient, gradient)
-        reply = self._head.call(lambda s, t: s.Push(request, timeout=t), timeout=timeout or self.call_timeout)
+        framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient)
+        push = self._hot_calls(self._head)[0]
+        reply = self._head.call(lambda s, t: push(framed, timeout=t), timeout=timeout or self.call_timeout)
         self.push_id += 1
         return reply
 
     def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version)
-        reply = self._head.call(lambda s, t: s.Pull(request, timeout=t), timeout=timeout or self.call_timeout)
-        params = wire.decode(reply.params, what="params") if reply.HasField("params") else None
+        pull = self._hot_calls(self._head)[1]
+        framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
+        reply = framed.message
+        params = wire.decode(reply.params, what="params", data=framed.data) if reply.HasField("params") else None
         return reply.version, params, reply.incarnation
+
+    def _hot_calls(self, connection: Connection) -> tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]:
+        """Push and Pull with their tensor's bytes beside the message (wire.Framed): one copy
+        to send a gradient, none to receive the parameters."""
+        calls = self._hot.get(connection)
+        if calls is None:
+            calls = self._hot[connection] = (
+                connection.channel.unary_unary(
+                    f"/{wire.SERVICE}/Push",
+                    request_serializer=wire.framed_serializer(wire.PUSH_TENSOR_FIELD),
+                    response_deserializer=ps_pb2.PushReply.FromString,
+                ),
+                connection.channel.unary_unary(
+                    f"/{wire.SERVICE}/Pull",
+                    request_serializer=ps_pb2.PullRequest.SerializeToString,
+                    response_deserializer=wire.framed_deserializer(ps_pb2.PullReply, wire.PULL_TENSOR_FIELD),
+                ),
+            )
+        return calls
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
         return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)

@@ -1,0 +1,232 @@
+"""The four designs `ps_throughput.py` measures side by side, each as a server (or rank 0)
+and a worker loop, run in separate processes.
+
+- `echo`: a raw gRPC unary call that sends the gradient's bytes and gets the same number
+  of bytes back (no protobuf, no tensors): the transport limit for push + pull.
+- `trainthrough`: the product's PS (ps/core.py, ps/service.py, async updates, SGD) and its
+  client (worker/client.py): push the gradient, pull the new parameters.
+- `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
+  the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
+  returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
+- `allreduce`: torch.distributed all-reduce of the gradient with gloo among the workers
+  (no PS at all; needs 2 workers or more).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Callable
+
+import grpc
+import torch
+
+ECHO_METHOD = "/bench.Echo/Echo"
+LR = 0.01
+BIG_MESSAGES = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+@dataclass
+class ServerStats:
+    cpu_seconds: float
+    peak_rss_bytes: int
+    rss_bytes: int
+
+
+def server_stats() -> ServerStats:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open("/proc/self/statm") as statm:
+        rss_pages = int(statm.read().split()[1])
+    return ServerStats(usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, rss_pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+def prepare_process() -> None:
+    """What a trainthrough PS or worker process does at start (process.py), for every design
+    alike: one torch thread, large buffers kept in the heap."""
+    from trainthrough.process import configure_threads, tune_allocator
+
+    configure_threads(1)
+    tune_allocator()
+
+
+def serve_until_told(control: Connection, stop: Callable[[], None]) -> None:
+    """Answer `stats` requests from the benchmark until it says `stop`."""
+    while True:
+        command = control.recv()
+        if command == "stats":
+            control.send(server_stats())
+        elif command == "stop":
+            stop()
+            control.send("stopped")
+            return
+
+
+# -- echo --------------------------------------------------------------------------------------
+def echo_server(numel: int, workers: int, control: Connection) -> None:
+    prepare_process()
+    control.send(server_stats())  # the baseline, before anything of the model's size exists
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + 4), options=BIG_MESSAGES)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    control.send(port)
+    serve_until_told(control, lambda: server.stop(0).wait())
+
+
+def echo_worker(port: int, numel: int) -> Callable[[], None]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=BIG_MESSAGES)
+    echo = channel.unary_unary(ECHO_METHOD)
+    payload = torch.randn(numel).numpy().tobytes()
+
+    def step() -> None:
+        reply = echo(payload, timeout=120)
+        assert len(reply) == len(payload)
+
+    return step
+
+
+# -- trainthrough --------------------------------------------------------------------------------
+def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
+    prepare_process()
+    import tempfile
+
+    from prometheus_client import CollectorRegistry
+
+    from trainthrough.events import EventLog
+    from trainthrough.metrics import create_metrics
+    from trainthrough.ps.checkpointing import CheckpointMode
+    from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
+    from trainthrough.ps.core import ParameterServerCore
+    from trainthrough.ps.service import create_server
+    from trainthrough.ps.state import ParameterState
+    from trainthrough.spec import OptimizerSpec
+
+    control.send(server_stats())
+    scratch = tempfile.mkdtemp(prefix="bench-ps-")
+    events = EventLog(os.path.join(scratch, "events.jsonl"), source="ps-0")
+    core = ParameterServerCore(
+        name="ps-0", mode="checkpoint", updates="async", expected_workers=workers,
+        events=events, metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
+    )  # fmt: skip
+    optimizer = OptimizerSpec(name="sgd", lr=LR)
+    # Checkpoints far apart: this measures the update path, not the disk.
+    checkpointer = PeriodicCheckpointer(core, CheckpointStore(scratch, keep=1), every_updates=10**9, every_seconds=None)
+    mode = CheckpointMode(
+        core, checkpointer=checkpointer, optimizer=optimizer,
+        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer),
+    )  # fmt: skip
+    server, port = create_server(mode, "127.0.0.1:0")
+    server.start()
+    mode.start()
+    control.send(port)
+
+    def stop() -> None:
+        mode.stop()
+        server.stop(0).wait()
+
+    serve_until_told(control, stop)
+
+
+def trainthrough_worker(port: int, numel: int, rank: int) -> Callable[[], None]:
+    from trainthrough.worker.client import PSClient
+
+    client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120)
+    gradient = torch.randn(numel) * 1e-3
+    version = [-1]
+
+    def step() -> None:
+        reply = client.push(gradient, base_version=version[0], samples=32)
+        version[0], params, _ = client.pull(version[0])
+        assert params is not None and params.numel() == numel and reply.version >= 1
+
+    return step
+
+
+# -- torch.distributed.rpc (PyTorch's parameter-server tutorial design) ----------------------------
+class _TutorialPS:
+    """The tutorial's PS: one parameter tensor, SGD under a lock, the new values returned."""
+
+    def __init__(self, numel: int) -> None:
+        self.params = torch.zeros(numel)
+        self.lock = threading.Lock()
+
+
+_PS: _TutorialPS | None = None
+
+
+def _update_and_fetch(gradient: torch.Tensor) -> torch.Tensor:
+    assert _PS is not None
+    with _PS.lock:
+        _PS.params.add_(gradient, alpha=-LR)
+        return _PS.params.clone()
+
+
+def _rpc_options(workers: int):
+    from torch.distributed import rpc
+
+    return rpc.TensorPipeRpcBackendOptions(num_worker_threads=max(8, workers + 4), rpc_timeout=300, _transports=["uv"])
+
+
+def torch_rpc_server(numel: int, workers: int, control: Connection, rpc_port: int) -> None:
+    prepare_process()
+    from torch.distributed import rpc
+
+    global _PS
+    control.send(server_stats())
+    _PS = _TutorialPS(numel)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(rpc_port))
+    rpc.init_rpc("ps", rank=0, world_size=workers + 1, rpc_backend_options=_rpc_options(workers))
+    control.send(rpc_port)
+    serve_until_told(control, lambda: rpc.shutdown())
+
+
+def torch_rpc_worker(rpc_port: int, numel: int, rank: int, workers: int) -> Callable[[], None]:
+    from torch.distributed import rpc
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(rpc_port))
+    rpc.init_rpc(f"worker-{rank}", rank=rank + 1, world_size=workers + 1, rpc_backend_options=_rpc_options(workers))
+    gradient = torch.randn(numel) * 1e-3
+
+    def step() -> None:
+        params = rpc.rpc_sync("ps", _update_and_fetch, args=(gradient,))
+        assert params.numel() == numel
+
+    return step
+
+
+def torch_rpc_worker_done() -> None:
+    from torch.distributed import rpc
+
+    rpc.shutdown()
+
+
+# -- gloo all-reduce -------------------------------------------------------------------------------
+def allreduce_worker(port: int, numel: int, rank: int, workers: int) -> Callable[[], None]:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=workers)
+    gradient = torch.randn(numel) * 1e-3
+
+    def step() -> None:
+        buffer = gradient.clone()
+        dist.all_reduce(buffer)
+
+    return step
+
+
+def allreduce_worker_done() -> None:
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def now() -> float:
+    return time.perf_counter()

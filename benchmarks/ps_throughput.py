@@ -1,0 +1,229 @@
+"""`make bench-ps`: the parameter server's failure-free path against the transport limit and
+the alternatives, side by side in one run.
+
+For each model size (float32 parameters) and number of workers, each design of
+designs.py runs in fresh processes (one server, one process per worker): a warm-up step,
+then WINDOWS timed windows in which every worker does a fixed number of steps (push the
+gradient, get the parameters back). Reported per cell: updates/s and MB/s (medians over
+the windows; MB counts the gradient up and the parameters down), p50 / p99 latency of one
+step, the server's CPU time per update and its peak memory above its idle footprint (as a
+multiple of the model's size), each also as a ratio to the raw gRPC echo of the same bytes.
+
+    python benchmarks/ps_throughput.py [--out bench-results-ps] [--sizes 0.1M,1M,10M,50M]
+        [--workers 1,2,4] [--designs echo,trainthrough,torch-rpc,allreduce] [--windows 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import designs
+
+SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
+# Steps per worker per window: about a second of work at each size on a small machine.
+STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
+DESIGNS = ("echo", "trainthrough", "torch-rpc", "allreduce")
+SETUP_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def worker_main(design: str, port: int, numel: int, rank: int, workers: int, windows: int, steps: int, barrier, results) -> None:
+    designs.prepare_process()
+    try:
+        if design == "echo":
+            step, done = designs.echo_worker(port, numel), lambda: None
+        elif design == "trainthrough":
+            step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
+        elif design == "torch-rpc":
+            step, done = designs.torch_rpc_worker(port, numel, rank, workers), designs.torch_rpc_worker_done
+        else:
+            step, done = designs.allreduce_worker(port, numel, rank, workers), designs.allreduce_worker_done
+        step()  # warm-up: connections, first allocations
+        latencies: list[float] = []
+        spans: list[tuple[float, float]] = []
+        for _ in range(windows):
+            barrier.wait(SETUP_TIMEOUT)
+            started = designs.now()
+            for _ in range(steps):
+                before = designs.now()
+                step()
+                latencies.append(designs.now() - before)
+            spans.append((started, designs.now()))
+        barrier.wait(SETUP_TIMEOUT)
+        results.put((rank, latencies, spans, None))
+        done()  # after the results: torch.rpc's shutdown waits for the PS to shut down too
+    except BaseException as error:  # the cell fails with the reason; the run goes on
+        barrier.abort()
+        results.put((rank, [], [], f"{type(error).__name__}: {error}"))
+
+
+def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    steps = STEPS[numel]
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    control, server_end = ctx.Pipe()
+    server = None
+    baseline = None
+    if design == "allreduce":
+        port = free_port()
+    elif design == "torch-rpc":
+        port = free_port()
+        server = ctx.Process(target=designs.torch_rpc_server, args=(numel, workers, server_end, port), daemon=True)
+    else:
+        target = designs.echo_server if design == "echo" else designs.trainthrough_server
+        server = ctx.Process(target=target, args=(numel, workers, server_end), daemon=True)
+    if server is not None:
+        server.start()
+        baseline = control.recv()
+        if design != "torch-rpc":  # torch-rpc's server answers once every worker joined
+            port = control.recv()
+    procs = [
+        ctx.Process(target=worker_main, args=(design, port, numel, rank, workers, windows, steps, barrier, results), daemon=True)
+        for rank in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    if design == "torch-rpc":
+        control.recv()
+    before = None
+    if server is not None:
+        control.send("stats")
+        before = control.recv()
+    outcomes = [results.get(timeout=SETUP_TIMEOUT + windows * 300) for _ in procs]
+    after = None
+    if server is not None:
+        control.send("stats")
+        after = control.recv()
+        control.send("stop")
+        control.recv()
+        server.join(30)
+    for proc in procs:
+        proc.join(30)
+    errors = [e for *_, e in outcomes if e]
+    if errors:
+        return {"status": "failed", "reason": errors[0]}
+    return summarize(numel, workers, steps, windows, outcomes, baseline, before, after)
+
+
+def summarize(numel, workers, steps, windows, outcomes, baseline, before, after) -> dict[str, Any]:
+    latencies = sorted(l for _, lats, _, _ in outcomes for l in lats)
+    rates = []
+    for w in range(windows):
+        start = min(spans[w][0] for _, _, spans, _ in outcomes)
+        end = max(spans[w][1] for _, _, spans, _ in outcomes)
+        rates.append(workers * steps / (end - start))
+    updates_per_second = statistics.median(rates)
+    model_bytes = numel * 4
+    out: dict[str, Any] = {
+        "status": "ok",
+        "updates_per_second": updates_per_second,
+        "updates_per_second_windows": rates,
+        "mb_per_second": updates_per_second * 2 * model_bytes / 1e6,
+        "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "latency_p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "steps": len(latencies),
+    }
+    if before is not None and after is not None and baseline is not None:
+        updates = workers * steps * windows
+        out["server_cpu_ms_per_update"] = 1e3 * (after.cpu_seconds - before.cpu_seconds) / updates
+        out["server_peak_bytes_above_idle"] = after.peak_rss_bytes - baseline.rss_bytes
+        out["server_peak_model_multiple"] = out["server_peak_bytes_above_idle"] / model_bytes
+    return out
+
+
+def add_ratios(cells: list[dict[str, Any]]) -> None:
+    echo = {(c["size"], c["workers"]): c for c in cells if c["design"] == "echo" and c["status"] == "ok"}
+    for cell in cells:
+        base = echo.get((cell["size"], cell["workers"]))
+        if cell["status"] != "ok" or base is None:
+            continue
+        cell["vs_echo"] = {
+            "throughput": cell["updates_per_second"] / base["updates_per_second"],
+            "latency_p50": cell["latency_p50_ms"] / base["latency_p50_ms"],
+            "latency_p99": cell["latency_p99_ms"] / base["latency_p99_ms"],
+        }
+        if "server_cpu_ms_per_update" in cell and "server_cpu_ms_per_update" in base:
+            cell["vs_echo"]["server_cpu"] = cell["server_cpu_ms_per_update"] / max(base["server_cpu_ms_per_update"], 1e-9)
+
+
+def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Parameter-server throughput (failure-free path)",
+        "",
+        f"{meta['machine']}; {meta['windows']} timed windows per cell, medians; one step = push the gradient "
+        "and get the parameters back (all-reduce: one all-reduce). MB/s counts both directions. "
+        "`x echo` is the ratio to the raw gRPC echo of the same bytes (the transport limit here).",
+        "",
+        "| size | workers | design | updates/s | MB/s | x echo | p50 ms | p99 ms | server CPU ms/update | server peak (x model) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        if c["status"] != "ok":
+            lines.append(f"| {c['size']} | {c['workers']} | {c['design']} | failed: {c['reason'][:80]} | | | | | | |")
+            continue
+        ratio = c.get("vs_echo", {}).get("throughput")
+        cpu = c.get("server_cpu_ms_per_update")
+        peak = c.get("server_peak_model_multiple")
+        lines.append(
+            f"| {c['size']} | {c['workers']} | {c['design']} | {c['updates_per_second']:.1f} | {c['mb_per_second']:.0f} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} | {c['latency_p50_ms']:.1f} | {c['latency_p99_ms']:.1f} | "
+            f"{'-' if cpu is None else f'{cpu:.2f}'} | {'-' if peak is None else f'{peak:.2f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-results-ps")
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--designs", default=",".join(DESIGNS))
+    parser.add_argument("--windows", type=int, default=5)
+    args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    unknown = [s for s in sizes if s not in SIZES] + [d for d in args.designs.split(",") if d not in DESIGNS]
+    if unknown:
+        parser.error(f"unknown sizes or designs: {unknown} (sizes {list(SIZES)}, designs {list(DESIGNS)})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": f"{platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()}",
+        "windows": args.windows,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    cells: list[dict[str, Any]] = []
+    for size in sizes:
+        for workers in (int(w) for w in args.workers.split(",")):
+            for design in args.designs.split(","):
+                if design == "allreduce" and workers < 2:
+                    continue  # an all-reduce needs a peer
+                started = time.monotonic()
+                result = run_cell(design, SIZES[size], workers, args.windows)
+                cell = {"size": size, "numel": SIZES[size], "workers": workers, "design": design, **result}
+                cells.append(cell)
+                shown = f"{result['updates_per_second']:.1f} updates/s" if result["status"] == "ok" else result["reason"]
+                print(f"{size:>5} x{workers} {design:<12} {shown} ({time.monotonic() - started:.0f} s)", flush=True)
+                add_ratios(cells)
+                (out / "ps_bench.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
+                (out / "ps_bench.md").write_text(markdown(cells, meta))
+    print(f"results in {out / 'ps_bench.json'} and {out / 'ps_bench.md'}")
+    return 0 if all(c["status"] == "ok" for c in cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
