@@ -439,3 +439,26 @@ def test_restart_skips_a_corrupted_newest_checkpoint(start_ps, ps_client, tmp_pa
     assert torch.equal(second.pull()[1], -2 * LR * torch.ones(N))
     invalid = [e for e in read_events(events_path) if e["event"] == "checkpoint_invalid"]
     assert len(invalid) == 1 and invalid[0]["path"] == str(newest) and "truncated" in invalid[0]["reason"]
+
+
+def test_bfloat16_transfer_keeps_float32_master_weights(start_ps, ps_client, tmp_path) -> None:
+    """workers.transferDtype bfloat16: gradients and parameters travel as bfloat16; the PS
+    applies in float32 and its master weights keep full precision."""
+    init = torch.full((N,), 1.0 + 2**-12)  # not representable in bfloat16 (8 bits of mantissa)
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", init=init)
+    client = ps_client([ps.address], "worker-0", transfer_dtype="bfloat16")
+    version, params, _ = client.pull(-1)
+    assert params.dtype == torch.float32 and torch.equal(params, init.to(torch.bfloat16).float())
+    gradient = torch.full((N,), 0.5)  # exact in bfloat16
+    assert client.push(gradient, base_version=version, samples=32).version == 1
+    version, master = ps.pull()  # a float32 pull: the master weights, not rounded
+    assert torch.equal(master, init - LR * gradient)
+    assert torch.equal(client.pull(0)[1], master.to(torch.bfloat16).float())
+
+
+def test_a_pull_in_an_unknown_dtype_is_invalid_argument(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.Pull(ps_pb2.PullRequest(worker="w", have_version=-1, dtype="float16"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dtype: must be one of ['bfloat16', 'float32'], got 'float16'" in caught.value.details()

@@ -444,6 +444,9 @@ class WorkersSpec(SpecModel):
     replicas: Annotated[_Int, Field(ge=1, le=64)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resources: Resources = Field(default_factory=Resources)
+    # The dtype gradients and parameters travel in between workers and the PS: bfloat16
+    # halves the bytes; the PS keeps float32 master weights and applies in float32.
+    transfer_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 class ParameterServerSpec(SpecModel):

@@ -17,12 +17,14 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("worker", "have_version")
+    __slots__ = ("worker", "have_version", "dtype")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     worker: str
     have_version: int
-    def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PullReply(_message.Message):
     __slots__ = ("version", "params", "incarnation")

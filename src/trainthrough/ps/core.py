@@ -149,12 +149,12 @@ class ParameterServerCore:
         return self.state.version if self.state is not None else -1
 
     # -- pull ------------------------------------------------------------------------
-    def pull(self, have_version: int) -> tuple[int, bytes | None]:
+    def pull(self, have_version: int, dtype: str = "float32") -> tuple[int, bytes | None]:
         state = self.require_state()
         with self.state_lock:
             if have_version == state.version:
                 return state.version, None
-            return state.version, state.params_bytes()
+            return state.version, state.params_bytes(dtype)
 
     # -- push ------------------------------------------------------------------------
     def push(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:

@@ -8,7 +8,7 @@ modules never import each other.
 from __future__ import annotations
 
 from trainthrough import wire
-from trainthrough.errors import PermanentError
+from trainthrough.errors import PermanentError, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.core import ParameterServerCore
 
@@ -39,12 +39,15 @@ class Mode:
 
     def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
         """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
-        version, data = self.core.pull(request.have_version)
+        dtype = request.dtype or "float32"
+        if dtype not in wire.DTYPES:
+            raise WireError(f"dtype: must be one of {sorted(wire.DTYPES)}, got {dtype!r}")
+        version, data = self.core.pull(request.have_version, dtype)
         reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
         if data is None:
             return wire.Framed(reply)
-        reply.params.dtype = "float32"
-        reply.params.shape.append(len(data) // 4)
+        reply.params.dtype = dtype
+        reply.params.shape.append(self.core.numel)
         return wire.Framed(reply, data)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:

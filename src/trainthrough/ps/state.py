@@ -12,6 +12,7 @@ import io
 
 import torch
 
+from trainthrough import wire
 from trainthrough.optim import make_optimizer
 from trainthrough.spec import OptimizerSpec
 
@@ -55,8 +56,9 @@ class ParameterState:
             if push_id > self.last_push.get(worker, -1):
                 self.last_push[worker] = push_id
 
-    def params_bytes(self) -> bytes:
-        return self.param.detach().numpy().tobytes()
+    def params_bytes(self, dtype: str = "float32") -> bytes:
+        """A snapshot of the parameters as wire bytes (float32, or rounded to bfloat16)."""
+        return wire.tensor_bytes(self.param.detach(), dtype)
 
     def to_bytes(self) -> bytes:
         """Everything to continue training, in torch's serialization format."""

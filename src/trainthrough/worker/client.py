@@ -38,10 +38,11 @@ class PSClient:
     >>> version, params, _ = client.pull(-1)
     """
 
-    def __init__(self, addresses: list[str], worker: str, *, call_timeout: float = 5.0) -> None:
+    def __init__(self, addresses: list[str], worker: str, *, call_timeout: float = 5.0, transfer_dtype: str = "float32") -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
         self.worker = worker
+        self.transfer_dtype = transfer_dtype  # of pushed gradients and pulled parameters
         self.call_timeout = call_timeout
         self._pool = ConnectionPool()
         self._hot: dict[Connection, tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]] = {}
@@ -89,14 +90,14 @@ class PSClient:
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
-        framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient)
+        framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
         push = self._hot_calls(self._head)[0]
         reply = self._head.call(lambda s, t: push(framed, timeout=t), timeout=timeout or self.call_timeout)
         self.push_id += 1
         return reply
 
     def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
-        request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version)
+        request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
         pull = self._hot_calls(self._head)[1]
         framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
         reply = framed.message

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     context = start_process(name, args.job, args.parent_pid)
     job, stop, metrics = context.job, context.stop, context.metrics
     metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
-    client = PSClient(args.ps.split(","), worker=name)
+    client = PSClient(args.ps.split(","), worker=name, transfer_dtype=job.spec.workers.transfer_dtype)
     events = EventLog(args.events, source=name)
     try:
         Worker(job, args.rank, client, events, metrics, stop, metrics_port=metrics_port).run()
