@@ -5,6 +5,8 @@ and a worker loop, run in separate processes.
   of bytes back (no protobuf, no tensors): the transport limit for push + pull.
 - `trainthrough`: the product's PS (ps/core.py, ps/service.py, async updates, SGD) and its
   client (worker/client.py): push the gradient, pull the new parameters.
+- `trainthrough-bf16`: the same with `workers.transferDtype: bfloat16` (half the bytes on
+  the wire, float32 master weights on the PS).
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -135,10 +137,10 @@ def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
     serve_until_told(control, stop)
 
 
-def trainthrough_worker(port: int, numel: int, rank: int) -> Callable[[], None]:
+def trainthrough_worker(port: int, numel: int, rank: int, transfer_dtype: str = "float32") -> Callable[[], None]:
     from trainthrough.worker.client import PSClient
 
-    client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120)
+    client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, transfer_dtype=transfer_dtype)
     gradient = torch.randn(numel) * 1e-3
     version = [-1]
 

@@ -5,7 +5,8 @@ For each model size (float32 parameters) and number of workers, each design of
 designs.py runs in fresh processes (one server, one process per worker): a warm-up step,
 then WINDOWS timed windows in which every worker does a fixed number of steps (push the
 gradient, get the parameters back). Reported per cell: updates/s and MB/s (medians over
-the windows; MB counts the gradient up and the parameters down), p50 / p99 latency of one
+the windows; MB counts the gradient up and the parameters down in float32, so bf16's
+MB/s is the float32 model moved), p50 / p99 latency of one
 step, the server's CPU time per update and its peak memory above its idle footprint (as a
 multiple of the model's size), each also as a ratio to the raw gRPC echo of the same bytes.
 
@@ -32,7 +33,7 @@ import designs
 SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 # Steps per worker per window: about a second of work at each size on a small machine.
 STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
-DESIGNS = ("echo", "trainthrough", "torch-rpc", "allreduce")
+DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "torch-rpc", "allreduce")
 SETUP_TIMEOUT = 120.0
 
 
@@ -49,6 +50,8 @@ def worker_main(design: str, port: int, numel: int, rank: int, workers: int, win
             step, done = designs.echo_worker(port, numel), lambda: None
         elif design == "trainthrough":
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
+        elif design == "trainthrough-bf16":
+            step, done = designs.trainthrough_worker(port, numel, rank, "bfloat16"), lambda: None
         elif design == "torch-rpc":
             step, done = designs.torch_rpc_worker(port, numel, rank, workers), designs.torch_rpc_worker_done
         else:
@@ -85,7 +88,7 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
         port = free_port()
         server = ctx.Process(target=designs.torch_rpc_server, args=(numel, workers, server_end, port), daemon=True)
     else:
-        target = designs.echo_server if design == "echo" else designs.trainthrough_server
+        target = designs.echo_server if design == "echo" else designs.trainthrough_server  # either trainthrough
         server = ctx.Process(target=target, args=(numel, workers, server_end), daemon=True)
     if server is not None:
         server.start()
@@ -184,6 +187,16 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {c['latency_p50_ms']:.1f} | {c['latency_p99_ms']:.1f} | "
             f"{'-' if cpu is None else f'{cpu:.2f}'} | {'-' if peak is None else f'{peak:.2f}'} |"
         )
+    lines += ["", "## Targets", "", "| size | workers | trainthrough / echo (>= 0.80) | trainthrough / torch-rpc (>= 2) | PS peak, x model (<= 3) |", "|---|---|---|---|---|"]
+    by_key = {(c["size"], c["workers"], c["design"]): c for c in cells if c["status"] == "ok"}
+    for size, workers in sorted({(c["size"], c["workers"]) for c in cells}, key=lambda k: (SIZES[k[0]], k[1])):
+        ours, echo, rpc = (by_key.get((size, workers, d)) for d in ("trainthrough", "echo", "torch-rpc"))
+        if ours is None:
+            continue
+        vs_echo = f"{ours['updates_per_second'] / echo['updates_per_second']:.2f}" if echo else "-"
+        vs_rpc = f"{ours['updates_per_second'] / rpc['updates_per_second']:.2f}" if rpc else "-"
+        peak = ours.get("server_peak_model_multiple")
+        lines.append(f"| {size} | {workers} | {vs_echo} | {vs_rpc} | {'-' if peak is None else f'{peak:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 
