@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools helm run run-quick job test test-fast bench bench-ps crd proto clean
+.PHONY: install tools helm run run-quick job test test-fast bench bench-ps bench-recovery crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: $(STAMP)
 bench-ps: $(STAMP)
 	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps
 
+# Each mode's recovery pieces at 1M and 50M parameters against the disk and the transport
+# (checkpoint write/restore, chain state transfer, stateless re-seed and replay):
+# bench-results-recovery/recovery.{json,md}.
+bench-recovery: $(STAMP)
+	$(BIN)/python benchmarks/recovery.py --out bench-results-recovery
+
 test: $(STAMP) tools helm
 	$(BIN)/python -m pytest -q
 
@@ -64,4 +70,4 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/trainthrough/proto/ps.proto
 
 clean:
-	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full bench-results-ps
+	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full bench-results-ps bench-results-recovery

@@ -1,0 +1,262 @@
+"""`make bench-recovery`: the pieces of each mode's recovery at 1M and 50M parameters, each
+against the limit it runs into, measured in the same run.
+
+- checkpoint: write (serialize + SHA-256 + fsync) and restore (read + verify + deserialize)
+  of a ParameterState through the product's CheckpointStore, against the raw write (with
+  fsync) and read bandwidth of the same directory for the same number of bytes; the page
+  cache is dropped for both files before reading (posix_fadvise), so reads hit the disk;
+- chain: a state transfer (GetState from a running PS process, deserialized as a joining
+  replica does) against a raw gRPC fetch of the same number of bytes;
+- stateless: a restarted PS's re-seed and replay (one worker's Rejoin with its base
+  weights and k buffered gradients) against k.
+
+Results: bench-results-recovery/recovery.{json,md}; medians of --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import torch
+
+import designs
+
+SIZES = {"0.1M": 100_000, "1M": 1_000_000, "50M": 50_000_000}
+BUFFERED = {"0.1M": [0, 2], "1M": [0, 8, 32], "50M": [0, 2, 4]}  # a Rejoin is one message: under 2 GB
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
+    times = []
+    for _ in range(repeats):
+        before()
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def drop_cache(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+# -- checkpoint -------------------------------------------------------------------------------------
+def checkpoint(numel: int, directory: Path, repeats: int) -> dict[str, Any]:
+    from trainthrough.ps.checkpoints import CheckpointStore
+    from trainthrough.ps.state import ParameterState
+    from trainthrough.spec import OptimizerSpec
+
+    optimizer = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # momentum: state twice the model
+    state = ParameterState(torch.randn(numel), optimizer)
+    state.apply(torch.randn(numel))  # creates the momentum buffer
+    payload = state.to_bytes()
+    raw_path = directory / "raw.bin"
+
+    def raw_write() -> None:
+        with open(raw_path, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def raw_read() -> None:
+        raw_path.read_bytes()
+
+    store = CheckpointStore(directory / "store", keep=1)
+    version = [0]
+
+    def save() -> None:
+        version[0] += 1
+        store.save(version[0], state.to_bytes())
+
+    def restore() -> None:
+        newest = store.load_newest()
+        assert newest is not None
+        ParameterState.from_bytes(newest.payload, optimizer)
+
+    out = {"bytes": len(payload)}
+    out["disk_write_s"] = median_seconds(raw_write, repeats)
+    out["disk_read_s"] = median_seconds(raw_read, repeats, before=lambda: drop_cache(raw_path))
+    out["checkpoint_write_s"] = median_seconds(save, repeats)
+    out["checkpoint_restore_s"] = median_seconds(restore, repeats, before=lambda: drop_cache(store.path_for(version[0])))
+    for what in ("disk_write", "disk_read", "checkpoint_write", "checkpoint_restore"):
+        out[f"{what}_mb_s"] = len(payload) / out[f"{what}_s"] / 1e6
+    out["write_vs_disk"] = out["checkpoint_write_mb_s"] / out["disk_write_mb_s"]
+    out["restore_vs_disk"] = out["checkpoint_restore_mb_s"] / out["disk_read_mb_s"]
+    return out
+
+
+# -- chain state transfer ------------------------------------------------------------------------------
+def blob_server(size: int, control) -> None:
+    designs.prepare_process()
+    blob = os.urandom(size)
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Blob", {"Fetch": grpc.unary_unary_rpc_method_handler(lambda request, context: blob)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=designs.BIG_MESSAGES)
+    server.add_generic_rpc_handlers((handler,))
+    control.send(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    designs.serve_until_told(control, lambda: server.stop(0).wait())
+
+
+def start(target, *args) -> tuple[Any, Any, int]:
+    ctx = mp.get_context("spawn")
+    control, end = ctx.Pipe()
+    process = ctx.Process(target=target, args=(*args, end), daemon=True)
+    process.start()
+    first = control.recv()
+    port = first if isinstance(first, int) else control.recv()  # servers may send a baseline first
+    return process, control, port
+
+
+def stop(process, control) -> None:
+    control.send("stop")
+    control.recv()
+    process.join(30)
+
+
+def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
+    from trainthrough.proto import ps_pb2
+    from trainthrough.ps.state import ParameterState
+    from trainthrough.rpc import Connection
+    from trainthrough.spec import OptimizerSpec
+
+    ps, ps_control, ps_port = start(designs.trainthrough_server, numel, 1)
+    connection = Connection(f"127.0.0.1:{ps_port}")
+    size = len(connection.call(lambda s, t: s.GetState(ps_pb2.HealthRequest(), timeout=t), timeout=300).data)
+    blob, blob_control, blob_port = start(blob_server, size)
+    channel = grpc.insecure_channel(f"127.0.0.1:{blob_port}", options=designs.BIG_MESSAGES)
+    fetch = channel.unary_unary("/bench.Blob/Fetch")
+    try:
+
+        def transfer() -> None:
+            reply = connection.call(lambda s, t: s.GetState(ps_pb2.HealthRequest(), timeout=t), timeout=300)
+            ParameterState.from_bytes(reply.data, OptimizerSpec(name="sgd", lr=designs.LR))
+
+        out = {"bytes": size}
+        out["transport_s"] = median_seconds(lambda: fetch(b"", timeout=300), repeats)
+        out["state_transfer_s"] = median_seconds(transfer, repeats)
+    finally:
+        channel.close()
+        connection.close()
+        stop(blob, blob_control)
+        stop(ps, ps_control)
+    out["transport_mb_s"] = size / out["transport_s"] / 1e6
+    out["state_transfer_mb_s"] = size / out["state_transfer_s"] / 1e6
+    out["vs_transport"] = out["state_transfer_mb_s"] / out["transport_mb_s"]
+    return out
+
+
+# -- stateless re-seed and replay ------------------------------------------------------------------------
+def stateless_server(numel: int, control) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from trainthrough.events import EventLog
+    from trainthrough.metrics import create_metrics
+    from trainthrough.ps.core import ParameterServerCore
+    from trainthrough.ps.service import create_server
+    from trainthrough.ps.state import ParameterState
+    from trainthrough.ps.stateless import StatelessMode
+    from trainthrough.spec import OptimizerSpec, StatelessSpec
+
+    designs.prepare_process()
+    scratch = tempfile.mkdtemp(prefix="bench-stateless-")
+    core = ParameterServerCore(
+        name="ps-0", mode="stateless", updates="async", expected_workers=1,
+        events=EventLog(os.path.join(scratch, "events.jsonl"), source="ps-0"),
+        metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
+    )  # fmt: skip
+    optimizer = OptimizerSpec(name="sgd", lr=designs.LR)
+    mode = StatelessMode(
+        core, spec=StatelessSpec(rejoin_timeout=60.0), optimizer=optimizer,
+        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer), fallback=None,
+    )  # fmt: skip
+    server, port = create_server(mode, "127.0.0.1:0")
+    server.start()
+    mode.start()
+    control.send(port)
+    designs.serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
+
+
+def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
+    """One fresh (restarted) stateless PS per measurement: the rejoin is its first."""
+    from trainthrough.worker.buffer import GradientBuffer
+    from trainthrough.worker.client import PSClient
+
+    buffer = GradientBuffer(capacity=max(buffered, 1), on_full="merge")
+    for i in range(buffered):
+        buffer.add(torch.randn(numel) * 1e-3, base_version=i)
+    base = torch.randn(numel)
+    ps, control, port = start(stateless_server, numel)
+    client = PSClient([f"127.0.0.1:{port}"], "worker-0", call_timeout=300)
+    try:
+        started = time.perf_counter()
+        client.announce_rejoin()
+        reply = client.rejoin(10, base, list(buffer.entries), timeout=600)
+        seconds = time.perf_counter() - started
+        assert reply.replayed == buffered, (reply.replayed, buffered)
+    finally:
+        client.close()
+        stop(ps, control)
+    return {"buffered": buffered, "rejoin_s": seconds, "bytes": (buffered + 1) * numel * 4}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# Recovery pieces", "", f"{results['machine']}; medians of {results['repeats']} runs.", ""]
+    lines += ["## Checkpoint mode", "", "| size | state MB | disk write MB/s | checkpoint write MB/s | x disk | disk read MB/s | restore MB/s | x disk |", "|---|---|---|---|---|---|---|---|"]
+    for size, c in results["checkpoint"].items():
+        lines.append(
+            f"| {size} | {c['bytes'] / 1e6:.0f} | {c['disk_write_mb_s']:.0f} | {c['checkpoint_write_mb_s']:.0f} | {c['write_vs_disk']:.2f} "
+            f"| {c['disk_read_mb_s']:.0f} | {c['checkpoint_restore_mb_s']:.0f} | {c['restore_vs_disk']:.2f} |"
+        )
+    lines += ["", "## Chain state transfer", "", "| size | state MB | raw gRPC fetch MB/s | state transfer MB/s | x transport |", "|---|---|---|---|---|"]
+    for size, c in results["state_transfer"].items():
+        lines.append(f"| {size} | {c['bytes'] / 1e6:.0f} | {c['transport_mb_s']:.0f} | {c['state_transfer_mb_s']:.0f} | {c['vs_transport']:.2f} |")
+    lines += ["", "## Stateless re-seed and replay", "", "| size | buffered gradients | rejoin MB | re-seed + replay s |", "|---|---|---|---|"]
+    for size, rows in results["stateless"].items():
+        for r in rows:
+            lines.append(f"| {size} | {r['buffered']} | {r['bytes'] / 1e6:.0f} | {r['rejoin_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-results-recovery")
+    parser.add_argument("--sizes", default="1M,50M", help=f"of {list(SIZES)}")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    designs.prepare_process()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, checkpoints in {out.resolve()}",
+        "repeats": args.repeats, "checkpoint": {}, "state_transfer": {}, "stateless": {},
+    }  # fmt: skip
+    for size in args.sizes.split(","):
+        numel = SIZES[size]
+        with tempfile.TemporaryDirectory(dir=out) as directory:
+            results["checkpoint"][size] = checkpoint(numel, Path(directory), args.repeats)
+        print(f"{size} checkpoint: {results['checkpoint'][size]}", flush=True)
+        results["state_transfer"][size] = state_transfer(numel, args.repeats)
+        print(f"{size} state transfer: {results['state_transfer'][size]}", flush=True)
+        results["stateless"][size] = [stateless_rejoin(numel, k) for k in BUFFERED[size]]
+        print(f"{size} stateless: {results['stateless'][size]}", flush=True)
+        (out / "recovery.json").write_text(json.dumps(results, indent=1))
+        (out / "recovery.md").write_text(markdown(results))
+    print(f"results in {out / 'recovery.json'} and {out / 'recovery.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

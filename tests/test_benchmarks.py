@@ -1,0 +1,45 @@
+"""The benchmark scripts (benchmarks/) run end to end on a tiny size and write their
+results: `make bench-ps` and `make bench-recovery` cannot rot unnoticed. (Their figures
+are for the benchmark runs to report, never asserted here: the machine is shared.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=280)
+
+
+def test_ps_throughput_measures_every_design_side_by_side(tmp_path: Path) -> None:
+    result = run("ps_throughput.py", "--out", str(tmp_path), "--sizes", "0.1M", "--workers", "2", "--windows", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = json.loads((tmp_path / "ps_bench.json").read_text())["cells"]
+    assert [c["design"] for c in cells] == ["echo", "trainthrough", "trainthrough-bf16", "torch-rpc", "allreduce"]
+    for cell in cells:
+        assert cell["status"] == "ok" and cell["updates_per_second"] > 0 and cell["steps"] == 2 * 40
+        assert cell["vs_echo"]["throughput"] > 0
+    ours = next(c for c in cells if c["design"] == "trainthrough")
+    assert ours["server_cpu_ms_per_update"] > 0 and ours["server_peak_bytes_above_idle"] > 0
+    assert "## Targets" in (tmp_path / "ps_bench.md").read_text()
+
+
+def test_recovery_measures_each_mode_against_its_limit(tmp_path: Path) -> None:
+    result = run("recovery.py", "--out", str(tmp_path), "--sizes", "0.1M", "--repeats", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "recovery.json").read_text())
+    checkpoint, transfer = results["checkpoint"]["0.1M"], results["state_transfer"]["0.1M"]
+    assert checkpoint["bytes"] > 400_000 and checkpoint["restore_vs_disk"] > 0 and checkpoint["write_vs_disk"] > 0
+    assert transfer["bytes"] > 400_000 and transfer["vs_transport"] > 0
+    assert [r["buffered"] for r in results["stateless"]["0.1M"]] == [0, 2]
+    assert "## Stateless re-seed and replay" in (tmp_path / "recovery.md").read_text()
