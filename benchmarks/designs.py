@@ -7,6 +7,8 @@ and a worker loop, run in separate processes.
   client (worker/client.py): push the gradient, pull the new parameters.
 - `trainthrough-bf16`: the same with `workers.transferDtype: bfloat16` (half the bytes on
   the wire, float32 master weights on the PS).
+- `trainthrough-unary`: the same with streaming off: every tensor in one message (by
+  default tensors above 64 MB stream in chunks).
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -137,10 +139,10 @@ def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
     serve_until_told(control, stop)
 
 
-def trainthrough_worker(port: int, numel: int, rank: int, transfer_dtype: str = "float32") -> Callable[[], None]:
+def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable[[], None]:
     from trainthrough.worker.client import PSClient
 
-    client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, transfer_dtype=transfer_dtype)
+    client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, **options)
     gradient = torch.randn(numel) * 1e-3
     version = [-1]
 

@@ -33,7 +33,7 @@ import designs
 SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 # Steps per worker per window: about a second of work at each size on a small machine.
 STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
-DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "torch-rpc", "allreduce")
+DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "torch-rpc", "allreduce")
 SETUP_TIMEOUT = 120.0
 
 
@@ -51,7 +51,9 @@ def worker_main(design: str, port: int, numel: int, rank: int, workers: int, win
         elif design == "trainthrough":
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
         elif design == "trainthrough-bf16":
-            step, done = designs.trainthrough_worker(port, numel, rank, "bfloat16"), lambda: None
+            step, done = designs.trainthrough_worker(port, numel, rank, transfer_dtype="bfloat16"), lambda: None
+        elif design == "trainthrough-unary":
+            step, done = designs.trainthrough_worker(port, numel, rank, stream_above_bytes=1 << 62), lambda: None
         elif design == "torch-rpc":
             step, done = designs.torch_rpc_worker(port, numel, rank, workers), designs.torch_rpc_worker_done
         else:

@@ -203,8 +203,8 @@ def ps_client() -> Iterator[Callable[..., PSClient]]:
     """ps_client(addresses, worker, call_timeout=) -> PSClient, closed at teardown."""
     clients: list[PSClient] = []
 
-    def make(addresses: list[str], worker: str = "worker-0", call_timeout: float = 10.0, transfer_dtype: str = "float32") -> PSClient:
-        client = PSClient(addresses, worker, call_timeout=call_timeout, transfer_dtype=transfer_dtype)
+    def make(addresses: list[str], worker: str = "worker-0", call_timeout: float = 10.0, **options) -> PSClient:
+        client = PSClient(addresses, worker, call_timeout=call_timeout, **options)
         clients.append(client)
         return client
 

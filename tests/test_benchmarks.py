@@ -25,7 +25,7 @@ def test_ps_throughput_measures_every_design_side_by_side(tmp_path: Path) -> Non
     result = run("ps_throughput.py", "--out", str(tmp_path), "--sizes", "0.1M", "--workers", "2", "--windows", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     cells = json.loads((tmp_path / "ps_bench.json").read_text())["cells"]
-    assert [c["design"] for c in cells] == ["echo", "trainthrough", "trainthrough-bf16", "torch-rpc", "allreduce"]
+    assert [c["design"] for c in cells] == ["echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "torch-rpc", "allreduce"]
     for cell in cells:
         assert cell["status"] == "ok" and cell["updates_per_second"] > 0 and cell["steps"] == 2 * 40
         assert cell["vs_echo"]["throughput"] > 0

@@ -18,7 +18,13 @@ Aspects covered:
   incarnation that Pull and Push also carry;
 - checkpoint restart: a new PS on the same directory restores the newest checkpoint, with a new
   incarnation, and the checkpoint_written event is in the event log; a torn newest checkpoint
-  is skipped for the one before it (checkpoint_invalid event).
+  is skipped for the one before it (checkpoint_invalid event);
+- a retry of a push in a full round that is still being applied waits for that round;
+- workers.transferDtype bfloat16: the PS keeps float32 master weights; a pull in an unknown
+  dtype is INVALID_ARGUMENT;
+- above a size, pushes and pulls stream in chunks with the same result as one message; a
+  stream cut short, with a split element, too long, with a NaN or without its request is
+  INVALID_ARGUMENT and applies nothing.
 """
 
 from __future__ import annotations
@@ -462,3 +468,49 @@ def test_a_pull_in_an_unknown_dtype_is_invalid_argument(start_ps, tmp_path) -> N
         ps.stub.Pull(ps_pb2.PullRequest(worker="w", have_version=-1, dtype="float16"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "dtype: must be one of ['bfloat16', 'float32'], got 'float16'" in caught.value.details()
+
+
+# -- large tensors in chunks ------------------------------------------------------------------
+def test_streamed_push_and_pull_match_unary(start_ps, ps_client, tmp_path) -> None:
+    """Above `stream_above_bytes` pushes and pulls travel in chunks; the PS applies the same
+    update and the worker gets the same parameters as with one message."""
+    n = 300_001  # not a multiple of the chunk size
+    init = torch.randn(n)
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt", init=init)
+    ps.core.expected_workers = 1
+    streaming = ps_client([ps.address], "worker-0", stream_above_bytes=64 * 1024)
+    unary = ps_client([ps.address], "worker-1")
+    version, params, _ = streaming.pull(-1)  # learns the size: later pulls stream
+    assert torch.equal(params, init)
+    gradient = torch.randn(n)
+    assert streaming.push(gradient, base_version=version, samples=32).version == 1
+    version, streamed, _ = streaming.pull(0)
+    assert version == 1 and torch.equal(streamed, unary.pull(-1)[1])
+    assert torch.equal(streamed, init - LR * gradient)
+
+
+def test_a_stream_cut_short_or_malformed_applies_nothing(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    header = push_request("worker-0", 1, ps_pb2.Tensor(dtype="float32", shape=[N]))
+    whole = torch.ones(N).numpy().tobytes()
+    cases = {
+        "short": [ps_pb2.PushChunk(request=header, data=whole[:16])],
+        "split element": [ps_pb2.PushChunk(request=header, data=whole[:6]), ps_pb2.PushChunk(data=whole[6:])],
+        "too long": [ps_pb2.PushChunk(request=header, data=whole), ps_pb2.PushChunk(data=whole[:4])],
+        "nan": [ps_pb2.PushChunk(request=header, data=torch.full((N,), float("nan")).numpy().tobytes())],
+        "no request": [ps_pb2.PushChunk(data=whole)],
+    }
+    messages = {
+        "short": "the stream ended after 4 of 10 elements",
+        "split element": "a chunk of 6 bytes is not whole 4-byte elements",
+        "too long": "more than the 10 elements",
+        "nan": "10 non-finite values",
+        "no request": "the first chunk must carry the request",
+    }
+    for name, chunks in cases.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            ps.stub.PushStream(iter(chunks), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert messages[name] in caught.value.details(), (name, caught.value.details())
+    version, params = ps.pull()
+    assert version == 0 and torch.equal(params, torch.zeros(N))  # nothing applied

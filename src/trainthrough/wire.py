@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from google.protobuf.message import Message
@@ -243,3 +243,74 @@ def _varint(value: int) -> bytes:
 
 def _key(number: int) -> bytes:
     return _varint(number << 3 | 2)
+
+
+# -- large tensors in chunks (PushStream, PullStream) ---------------------------------------------
+CHUNK_BYTES = 4 << 20  # per message of a stream: small buffers, far from any message limit
+
+
+def tensor_chunks(tensor: torch.Tensor, dtype: str = "float32", chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes of `tensor` (cast to `dtype`) in chunks of whole elements: one copy in all."""
+    if dtype not in DTYPES:
+        raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
+    flat = tensor.detach().reshape(-1).to(device="cpu", dtype=DTYPES[dtype]).contiguous()
+    view = flat.view(torch.int16) if dtype == "bfloat16" else flat
+    step = max(1, chunk_bytes // flat.element_size())
+    for start in range(0, max(flat.numel(), 1), step):
+        yield view[start : start + step].numpy().tobytes()
+
+
+def byte_chunks(raw: bytes | memoryview, itemsize: int = 4, chunk_bytes: int = CHUNK_BYTES) -> Iterator[memoryview]:
+    """Already-encoded bytes in chunks of whole elements (views: no copy here)."""
+    view = memoryview(raw)
+    step = max(itemsize, chunk_bytes - chunk_bytes % itemsize)
+    for start in range(0, max(len(view), 1), step):
+        yield view[start : start + step]
+
+
+class TensorAssembler:
+    """Rebuilds a float32 tensor from chunks as they arrive, checking each (dtype, whole
+    elements, finiteness) and copying it into place; `finish()` checks nothing is missing.
+
+    >>> header = encode(torch.ones(6))
+    >>> assembler = TensorAssembler(header, 6)
+    >>> for chunk in byte_chunks(header.data, chunk_bytes=8): assembler.add(chunk)
+    >>> assembler.finish().tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, header: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor") -> None:
+        if header.dtype not in DTYPES:
+            raise WireError(f"{what}.dtype: must be one of {sorted(DTYPES)}, got {header.dtype!r}")
+        shape = list(header.shape)
+        if any(d < 0 for d in shape):
+            raise WireError(f"{what}.shape: negative dimension in {shape}")
+        count = 1
+        for d in shape:
+            count *= d
+        if numel is not None and count != numel:
+            raise WireError(f"{what}.shape: expected {numel} elements, got shape {shape} ({count})")
+        self.what, self.dtype, self.shape = what, DTYPES[header.dtype], shape
+        self.itemsize = torch.empty((), dtype=self.dtype).element_size()
+        self.tensor = torch.empty(count, dtype=torch.float32)
+        self.filled = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        if len(data) % self.itemsize:
+            raise WireError(f"{self.what}.data: a chunk of {len(data)} bytes is not whole {self.itemsize}-byte elements")
+        count = len(data) // self.itemsize
+        if self.filled + count > self.tensor.numel():
+            raise WireError(f"{self.what}.data: more than the {self.tensor.numel()} elements of shape {self.shape}")
+        if count == 0:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only bytes, only read
+            chunk = torch.frombuffer(data, dtype=self.dtype)
+        check_finite(chunk, self.what)
+        self.tensor[self.filled : self.filled + count].copy_(chunk)
+        self.filled += count
+
+    def finish(self) -> torch.Tensor:
+        if self.filled != self.tensor.numel():
+            raise WireError(f"{self.what}.data: the stream ended after {self.filled} of {self.tensor.numel()} elements")
+        return self.tensor

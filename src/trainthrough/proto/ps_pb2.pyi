@@ -60,6 +60,22 @@ class PushReply(_message.Message):
     incarnation: str
     def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
+class PushChunk(_message.Message):
+    __slots__ = ("request", "data")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request: PushRequest
+    data: bytes
+    def __init__(self, request: _Optional[_Union[PushRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PullChunk(_message.Message):
+    __slots__ = ("reply", "data")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    reply: PullReply
+    data: bytes
+    def __init__(self, reply: _Optional[_Union[PullReply, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

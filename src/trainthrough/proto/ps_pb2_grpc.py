@@ -44,6 +44,16 @@ class ParameterServerStub:
                 request_serializer=trainthrough_dot_proto_dot_ps__pb2.PushRequest.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.PushStream = channel.stream_unary(
+                '/trainthrough.v1alpha1.ParameterServer/PushStream',
+                request_serializer=trainthrough_dot_proto_dot_ps__pb2.PushChunk.SerializeToString,
+                response_deserializer=trainthrough_dot_proto_dot_ps__pb2.PushReply.FromString,
+                _registered_method=True)
+        self.PullStream = channel.unary_stream(
+                '/trainthrough.v1alpha1.ParameterServer/PullStream',
+                request_serializer=trainthrough_dot_proto_dot_ps__pb2.PullRequest.SerializeToString,
+                response_deserializer=trainthrough_dot_proto_dot_ps__pb2.PullChunk.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/trainthrough.v1alpha1.ParameterServer/Health',
                 request_serializer=trainthrough_dot_proto_dot_ps__pb2.HealthRequest.SerializeToString,
@@ -91,6 +101,18 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Push(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +174,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=trainthrough_dot_proto_dot_ps__pb2.PushRequest.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.PushReply.SerializeToString,
+            ),
+            'PushStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushStream,
+                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.PushChunk.FromString,
+                    response_serializer=trainthrough_dot_proto_dot_ps__pb2.PushReply.SerializeToString,
+            ),
+            'PullStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullStream,
+                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.PullRequest.FromString,
+                    response_serializer=trainthrough_dot_proto_dot_ps__pb2.PullChunk.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -243,6 +275,60 @@ class ParameterServer:
             '/trainthrough.v1alpha1.ParameterServer/Push',
             trainthrough_dot_proto_dot_ps__pb2.PushRequest.SerializeToString,
             trainthrough_dot_proto_dot_ps__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/trainthrough.v1alpha1.ParameterServer/PushStream',
+            trainthrough_dot_proto_dot_ps__pb2.PushChunk.SerializeToString,
+            trainthrough_dot_proto_dot_ps__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trainthrough.v1alpha1.ParameterServer/PullStream',
+            trainthrough_dot_proto_dot_ps__pb2.PullRequest.SerializeToString,
+            trainthrough_dot_proto_dot_ps__pb2.PullChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,12 +112,12 @@ class ChainReplica(Mode):
         return "tail" if index == len(self.config.members) - 1 else "middle"
 
     # -- worker-facing -----------------------------------------------------------------
-    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None) -> ps_pb2.PushReply:
+    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None, **payload) -> ps_pb2.PushReply:
         if not self.is_head():
             head = self.config.members[0] if self.config.members else None
             where = f"{head.name} at {head.address}" if head else "unknown"
             raise NotHead(f"{self.core.name} is not the head in epoch {self.config.epoch}; head is {where}")
-        return super().push(request, data)
+        return super().push(request, data, **payload)
 
     # -- replication -------------------------------------------------------------------
     def _commit(self, record: Record | None) -> None:

@@ -7,6 +7,10 @@ modules never import each other.
 
 from __future__ import annotations
 
+from typing import Iterable
+
+import torch
+
 from trainthrough import wire
 from trainthrough.errors import PermanentError, WireError
 from trainthrough.proto import ps_pb2
@@ -31,9 +35,13 @@ class Mode:
         """A graceful shutdown (SIGTERM): persist what the mode persists."""
 
     # -- worker-facing -----------------------------------------------------------------
-    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None) -> ps_pb2.PushReply:
-        """Apply a push; `data`: the gradient's bytes when they travelled beside the request."""
-        gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
+    def push(
+        self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None, *, gradient: torch.Tensor | None = None
+    ) -> ps_pb2.PushReply:
+        """Apply a push; `data`: the gradient's bytes when they travelled beside the request,
+        `gradient`: the gradient already assembled from a stream."""
+        if gradient is None:
+            gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
         version, duplicate = self.core.push(request.worker, request.push_id, gradient)
         return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation)
 
@@ -49,6 +57,21 @@ class Mode:
         reply.params.dtype = dtype
         reply.params.shape.append(self.core.numel)
         return wire.Framed(reply, data)
+
+    def push_stream(self, chunks: Iterable[ps_pb2.PushChunk]) -> ps_pb2.PushReply:
+        """A push whose gradient arrives in chunks: each is checked and copied into place as
+        it arrives; nothing is applied unless the whole gradient arrived intact."""
+        iterator = iter(chunks)
+        first = next(iterator, None)
+        if first is None or not first.HasField("request"):
+            raise WireError("PushStream: the first chunk must carry the request")
+        assembler = wire.TensorAssembler(first.request.gradient, self.core.numel, what="gradient")
+        assembler.add(first.data)
+        for chunk in iterator:
+            if chunk.HasField("request"):
+                raise WireError("PushStream: only the first chunk may carry the request")
+            assembler.add(chunk.data)
+        return self.push(first.request, gradient=assembler.finish())
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
         self.core.report_progress(request.worker, request.steps, request.accuracy)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import grpc
 
@@ -56,6 +56,13 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
     def Push(self, request: wire.Framed, context):
         return self._call(context, "Push", lambda: self.mode.push(request.message, request.data))
 
+    def PushStream(self, request_iterator, context):
+        return self._call(context, "PushStream", lambda: self.mode.push_stream(request_iterator))
+
+    def PullStream(self, request, context):
+        framed = self._call(context, "PullStream", lambda: self.mode.pull(request))
+        return _pull_chunks(framed)
+
     def Health(self, request, context):
         return self._call(context, "Health", self.mode.health)
 
@@ -76,6 +83,16 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
 
     def Rejoin(self, request, context):
         return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))
+
+
+def _pull_chunks(framed: wire.Framed) -> Iterator[ps_pb2.PullChunk]:
+    """The reply first, then the parameters' bytes in chunks (a snapshot taken under the
+    PS's lock by the pull: later updates do not tear it)."""
+    itemsize = 2 if framed.message.params.dtype == "bfloat16" else 4
+    first = True
+    for chunk in wire.byte_chunks(framed.data, itemsize):
+        yield ps_pb2.PullChunk(reply=framed.message, data=bytes(chunk)) if first else ps_pb2.PullChunk(data=bytes(chunk))
+        first = False
 
 
 def _generated_handlers(servicer: ParameterServerServicer) -> dict[str, grpc.RpcMethodHandler]:

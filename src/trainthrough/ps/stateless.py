@@ -99,10 +99,10 @@ class StatelessMode(Mode):
             self.fallback.after_apply(self.core.require_state().version)
 
     # -- worker-facing -----------------------------------------------------------------
-    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None) -> ps_pb2.PushReply:
+    def push(self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None, **payload) -> ps_pb2.PushReply:
         if request.worker not in self._rejoined:
             raise RejoinRequired(f"{request.worker} has not rejoined PS incarnation {self.core.incarnation}")
-        return super().push(request, data)
+        return super().push(request, data, **payload)
 
     def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
         if not self._seeded.is_set():

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import grpc
 import torch
 
 from trainthrough import wire
-from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
+from trainthrough.errors import NotHead, PermanentError, PSUnavailable, TemporaryError, TrainthroughError
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
 
@@ -32,17 +32,47 @@ class Stopped(TrainthroughError):
     """The worker was asked to stop while waiting for the PS."""
 
 
+STREAM_ABOVE_BYTES = 16 << 20
+
+
+def _assemble(chunks: Iterable[ps_pb2.PullChunk]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
+    """A PullStream's reply and its parameters, each chunk copied into place on arrival."""
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    if first is None or not first.HasField("reply"):
+        raise PermanentError("PullStream: the first chunk did not carry the reply")
+    reply = first.reply
+    if not reply.HasField("params"):
+        return reply, None
+    assembler = wire.TensorAssembler(reply.params, what="params")
+    assembler.add(first.data)
+    for chunk in iterator:
+        assembler.add(chunk.data)
+    return reply, assembler.finish()
+
+
 class PSClient:
     """
     >>> client = PSClient(["127.0.0.1:50051"], worker="worker-0")
     >>> version, params, _ = client.pull(-1)
     """
 
-    def __init__(self, addresses: list[str], worker: str, *, call_timeout: float = 5.0, transfer_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        worker: str,
+        *,
+        call_timeout: float = 5.0,
+        transfer_dtype: str = "float32",
+        stream_above_bytes: int = STREAM_ABOVE_BYTES,
+    ) -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
         self.worker = worker
         self.transfer_dtype = transfer_dtype  # of pushed gradients and pulled parameters
+        # Tensors larger than this travel in chunks (PushStream, PullStream).
+        self.stream_above_bytes = stream_above_bytes
+        self._numel: int | None = None  # the model's size, learnt from the first pull
         self.call_timeout = call_timeout
         self._pool = ConnectionPool()
         self._hot: dict[Connection, tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]] = {}
@@ -90,18 +120,38 @@ class PSClient:
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
-        framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
-        push = self._hot_calls(self._head)[0]
-        reply = self._head.call(lambda s, t: push(framed, timeout=t), timeout=timeout or self.call_timeout)
+        if self._streams(gradient.numel()):
+            wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
+
+            def stream() -> Iterator[ps_pb2.PushChunk]:  # a fresh one for each attempt
+                chunks = wire.tensor_chunks(gradient, self.transfer_dtype)
+                yield ps_pb2.PushChunk(request=request, data=next(chunks))
+                for data in chunks:
+                    yield ps_pb2.PushChunk(data=data)
+
+            reply = self._head.call(lambda s, t: s.PushStream(stream(), timeout=t), timeout=timeout or self.call_timeout)
+        else:
+            framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
+            push = self._hot_calls(self._head)[0]
+            reply = self._head.call(lambda s, t: push(framed, timeout=t), timeout=timeout or self.call_timeout)
         self.push_id += 1
         return reply
 
+    def _streams(self, numel: int | None) -> bool:
+        itemsize = 2 if self.transfer_dtype == "bfloat16" else 4
+        return numel is not None and numel * itemsize > self.stream_above_bytes
+
     def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
-        pull = self._hot_calls(self._head)[1]
-        framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
-        reply = framed.message
-        params = wire.decode(reply.params, what="params", data=framed.data) if reply.HasField("params") else None
+        if self._streams(self._numel):
+            reply, params = self._head.call(lambda s, t: _assemble(s.PullStream(request, timeout=t)), timeout=timeout or self.call_timeout)
+        else:
+            pull = self._hot_calls(self._head)[1]
+            framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
+            reply = framed.message
+            params = wire.decode(reply.params, what="params", data=framed.data) if reply.HasField("params") else None
+        if params is not None:
+            self._numel = params.numel()
         return reply.version, params, reply.incarnation
 
     def _hot_calls(self, connection: Connection) -> tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]:
