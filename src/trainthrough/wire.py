@@ -53,15 +53,8 @@ def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str =
     target.data = raw
 
 
-def decode(
-    message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor", data: bytes | memoryview | None = None
-) -> torch.Tensor:
-    """A float32 1-D tensor from a proto Tensor (its bytes in `data` when they travelled
-    beside it, see Framed); checks dtype, shape, length and finiteness.
-
-    The result may share memory with the (immutable) received bytes: never write to it.
-    """
-    raw = message.data if data is None else data
+def check_header(message: ps_pb2.Tensor, numel: int | None, what: str) -> tuple[torch.dtype, list[int], int]:
+    """(dtype, shape, element count) of a proto Tensor, checked against `numel` if given."""
     if message.dtype not in DTYPES:
         raise WireError(f"{what}.dtype: must be one of {sorted(DTYPES)}, got {message.dtype!r}")
     shape = list(message.shape)
@@ -72,7 +65,19 @@ def decode(
         count *= d
     if numel is not None and count != numel:
         raise WireError(f"{what}.shape: expected {numel} elements, got shape {shape} ({count})")
-    dtype = DTYPES[message.dtype]
+    return DTYPES[message.dtype], shape, count
+
+
+def decode(
+    message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor", data: bytes | memoryview | None = None
+) -> torch.Tensor:
+    """A float32 1-D tensor from a proto Tensor (its bytes in `data` when they travelled
+    beside it, see Framed); checks dtype, shape, length and finiteness.
+
+    The result may share memory with the (immutable) received bytes: never write to it.
+    """
+    raw = message.data if data is None else data
+    dtype, shape, count = check_header(message, numel, what)
     itemsize = torch.empty((), dtype=dtype).element_size()
     if len(raw) != count * itemsize:
         raise WireError(
@@ -280,17 +285,8 @@ class TensorAssembler:
     """
 
     def __init__(self, header: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor") -> None:
-        if header.dtype not in DTYPES:
-            raise WireError(f"{what}.dtype: must be one of {sorted(DTYPES)}, got {header.dtype!r}")
-        shape = list(header.shape)
-        if any(d < 0 for d in shape):
-            raise WireError(f"{what}.shape: negative dimension in {shape}")
-        count = 1
-        for d in shape:
-            count *= d
-        if numel is not None and count != numel:
-            raise WireError(f"{what}.shape: expected {numel} elements, got shape {shape} ({count})")
-        self.what, self.dtype, self.shape = what, DTYPES[header.dtype], shape
+        self.dtype, self.shape, count = check_header(header, numel, what)
+        self.what = what
         self.itemsize = torch.empty((), dtype=self.dtype).element_size()
         self.tensor = torch.empty(count, dtype=torch.float32)
         self.filled = 0
