@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools helm run run-quick job test test-fast bench bench-ps bench-recovery crd proto clean
+.PHONY: install tools helm run run-quick job test test-fast bench bench-ps bench-recovery bench-gpu crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-ps: $(STAMP)
 bench-recovery: $(STAMP)
 	$(BIN)/python benchmarks/recovery.py --out bench-results-recovery
 
+# On a machine with an NVIDIA GPU: steps/s of the paper's CNN and a 50M-parameter model with
+# the worker on the GPU and the PS on the CPU (bench-results-gpu/gpu_worker.json).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_worker.py --device cuda --out bench-results-gpu
+
 test: $(STAMP) tools helm
 	$(BIN)/python -m pytest -q
 
@@ -70,4 +75,4 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/trainthrough/proto/ps.proto
 
 clean:
-	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full bench-results-ps bench-results-recovery
+	rm -rf $(VENV) runs bench-results bench-results-quick bench-results-full bench-results-ps bench-results-recovery bench-results-gpu

@@ -1,5 +1,5 @@
 """The benchmark scripts (benchmarks/) run end to end on a tiny size and write their
-results: `make bench-ps` and `make bench-recovery` cannot rot unnoticed. (Their figures
+results: `make bench-ps`, `make bench-recovery` and the GPU script cannot rot unnoticed. (Their figures
 are for the benchmark runs to report, never asserted here: the machine is shared.)
 """
 
@@ -43,3 +43,12 @@ def test_recovery_measures_each_mode_against_its_limit(tmp_path: Path) -> None:
     assert transfer["bytes"] > 400_000 and transfer["vs_transport"] > 0
     assert [r["buffered"] for r in results["stateless"]["0.1M"]] == [0, 2]
     assert "## Stateless re-seed and replay" in (tmp_path / "recovery.md").read_text()
+
+
+def test_gpu_worker_script_runs_here_on_the_cpu(tmp_path: Path) -> None:
+    # Prepared for a machine with an NVIDIA GPU (--device cuda); the same loop runs on the CPU.
+    result = run("gpu_worker.py", "--device", "cpu", "--models", "paper-cnn,mlp-small", "--windows", "1", "--steps", "3", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = json.loads((tmp_path / "gpu_worker.json").read_text())["runs"]
+    assert [r["model"] for r in runs] == ["paper-cnn", "mlp-small"]
+    assert all(r["steps_per_second"] > 0 and 0 < r["compute_share"] < 1 and r["device"] == "cpu" for r in runs)
