@@ -503,7 +503,7 @@ def test_a_stream_cut_short_or_malformed_applies_nothing(start_ps, tmp_path) -> 
     messages = {
         "short": "the stream ended after 4 of 10 elements",
         "split element": "a chunk of 6 bytes is not whole 4-byte elements",
-        "too long": "more than the 10 elements",
+        "too long": "4 bytes after the last tensor",
         "nan": "10 non-finite values",
         "no request": "the first chunk must carry the request",
     }

@@ -21,7 +21,9 @@ Aspects covered:
 - fallback: with fallbackCheckpoint on and no worker bringing weights the PS restores the
   newest checkpoint (restored_from 'fallback-checkpoint') and replays onto it, then keeps
   writing checkpoints; weights from a worker win over the checkpoint;
-- idempotency: a retried rejoin (same worker, same entries) replays nothing twice.
+- idempotency: a retried rejoin (same worker, same entries) replays nothing twice;
+- a rejoin streamed in chunks (RejoinStream) reseeds and replays exactly as one message; a
+  stream cut short is INVALID_ARGUMENT and does not count as a rejoin.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import grpc
 import pytest
 import torch
 
-from conftest import RunningPS, StartPS, rejected, tensor_msg
+from conftest import RunningPS, StartPS, rejected, tensor_msg, wait_until
 from trainthrough.errors import RejoinRequired
 from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
@@ -111,10 +113,10 @@ G2 = torch.tensor([0.0, 2.0, 0.0, 0.0])
 G3 = torch.tensor([0.0, 0.0, 4.0, 0.0])
 
 
-def reseed(start_ps, ps_client, **spec_args) -> tuple[RunningPS, dict[str, ps_pb2.RejoinReply]]:
+def reseed(start_ps, ps_client, stream_above_bytes: int = 1 << 30, **spec_args) -> tuple[RunningPS, dict[str, ps_pb2.RejoinReply]]:
     ps = stateless_ps(start_ps, **spec_args)
-    w0 = ps_client([ps.address], "worker-0")
-    w1 = ps_client([ps.address], "worker-1")
+    w0 = ps_client([ps.address], "worker-0", stream_above_bytes=stream_above_bytes)
+    w1 = ps_client([ps.address], "worker-1", stream_above_bytes=stream_above_bytes)
     replies = rejoin_all(
         [
             (w0, (7, A, [BufferedGradient(1, 7, G1), BufferedGradient(2, 8, G2, count=2)])),
@@ -185,6 +187,34 @@ def test_reseed_from_highest_version_and_replay_sum(start_ps, ps_client, events_
     assert torch.equal(params, torch.tensor([9.5, 19.0, 28.0, 40.0]))
     replayed = [e for e in read_events(events_path) if e["event"] == "gradients_replayed"]
     assert [(e["count"], e["per_worker"]) for e in replayed] == [(4, {"worker-0": 3, "worker-1": 1})]
+
+
+def test_a_rejoin_streamed_in_chunks_reseeds_and_replays_the_same(start_ps, ps_client) -> None:
+    # Above stream_above_bytes a rejoin travels as RejoinStream (large models: no message
+    # near protobuf's 2 GB); here every rejoin streams.
+    ps, replies = reseed(start_ps, ps_client, stream_above_bytes=0, staleness="sum")
+    assert (replies["worker-0"].replayed, replies["worker-1"].replayed) == (3, 1)
+    assert replies["worker-0"].seeded_from == "worker-1"
+    version, params = pull(ps)
+    assert version == 12 and torch.equal(params, B - LR * (G1 + G2 + G3))
+
+
+def test_a_rejoin_stream_cut_short_is_invalid_and_not_counted(start_ps, ps_client) -> None:
+    ps = stateless_ps(start_ps, expected_workers=1, rejoin_timeout=0.3)
+    request = ps_pb2.RejoinRequest(worker="worker-0", base_version=7)
+    request.base_params.dtype = "float32"
+    request.base_params.shape.append(4)
+    chunks = [ps_pb2.RejoinChunk(request=request), ps_pb2.RejoinChunk(data=A[:2].numpy().tobytes())]
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.RejoinStream(iter(chunks), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "base_params.data: the stream ended after 2 of 4 elements" in caught.value.details()
+    # It did not count as a rejoin: the window closes without it, from the seed, and the
+    # worker must rejoin before it pushes.
+    assert wait_until(lambda: ps.health().state == "serving", timeout=5.0)
+    assert ps.health().restored_from == "seed"
+    with pytest.raises(RejoinRequired):
+        ps_client([ps.address], "worker-0").push(G1, base_version=0, samples=1)
 
 
 def test_equal_base_versions_seed_from_lowest_rank(start_ps, ps_client) -> None:

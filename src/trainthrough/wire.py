@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from google.protobuf.message import Message
@@ -306,7 +306,45 @@ class TensorAssembler:
         self.tensor[self.filled : self.filled + count].copy_(chunk)
         self.filled += count
 
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.tensor.numel()
+
     def finish(self) -> torch.Tensor:
         if self.filled != self.tensor.numel():
             raise WireError(f"{self.what}.data: the stream ended after {self.filled} of {self.tensor.numel()} elements")
         return self.tensor
+
+
+def stream_payload(chunks: Iterable[Message], field: str, what: str) -> tuple[Message, Iterator[bytes]]:
+    """(the message the first chunk carries in `field`, every chunk's data in order), checking
+    that the first chunk carries it and no other chunk does."""
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    if first is None or not first.HasField(field):
+        raise WireError(f"{what}: the first chunk must carry the {field}")
+
+    def data() -> Iterator[bytes]:
+        yield first.data
+        for chunk in iterator:
+            if chunk.HasField(field):
+                raise WireError(f"{what}: only the first chunk may carry the {field}")
+            yield chunk.data
+
+    return getattr(first, field), data()
+
+
+def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Iterable[bytes]) -> list[torch.Tensor]:
+    """Tensors sent one after another in chunks, no chunk spanning two: each chunk checked
+    and copied into place on arrival; WireError unless every tensor arrived whole."""
+    assemblers = [TensorAssembler(header, numel, what=what) for header, numel, what in headers]
+    current = 0
+    for data in chunks:
+        if not len(data):
+            continue
+        while current < len(assemblers) and assemblers[current].complete:
+            current += 1
+        if current == len(assemblers):
+            raise WireError(f"{len(data)} bytes after the last tensor")
+        assemblers[current].add(data)
+    return [assembler.finish() for assembler in assemblers]

@@ -76,6 +76,14 @@ class PullChunk(_message.Message):
     data: bytes
     def __init__(self, reply: _Optional[_Union[PullReply, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class RejoinChunk(_message.Message):
+    __slots__ = ("request", "data")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request: RejoinRequest
+    data: bytes
+    def __init__(self, request: _Optional[_Union[RejoinRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -89,6 +89,11 @@ class ParameterServerStub:
                 request_serializer=trainthrough_dot_proto_dot_ps__pb2.RejoinRequest.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.RejoinReply.FromString,
                 _registered_method=True)
+        self.RejoinStream = channel.stream_unary(
+                '/trainthrough.v1alpha1.ParameterServer/RejoinStream',
+                request_serializer=trainthrough_dot_proto_dot_ps__pb2.RejoinChunk.SerializeToString,
+                response_deserializer=trainthrough_dot_proto_dot_ps__pb2.RejoinReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -162,6 +167,12 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RejoinStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +229,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
             'Rejoin': grpc.unary_unary_rpc_method_handler(
                     servicer.Rejoin,
                     request_deserializer=trainthrough_dot_proto_dot_ps__pb2.RejoinRequest.FromString,
+                    response_serializer=trainthrough_dot_proto_dot_ps__pb2.RejoinReply.SerializeToString,
+            ),
+            'RejoinStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RejoinStream,
+                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.RejoinChunk.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.RejoinReply.SerializeToString,
             ),
     }
@@ -517,6 +533,33 @@ class ParameterServer:
             target,
             '/trainthrough.v1alpha1.ParameterServer/Rejoin',
             trainthrough_dot_proto_dot_ps__pb2.RejoinRequest.SerializeToString,
+            trainthrough_dot_proto_dot_ps__pb2.RejoinReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejoinStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/trainthrough.v1alpha1.ParameterServer/RejoinStream',
+            trainthrough_dot_proto_dot_ps__pb2.RejoinChunk.SerializeToString,
             trainthrough_dot_proto_dot_ps__pb2.RejoinReply.FromString,
             options,
             channel_credentials,

@@ -61,17 +61,9 @@ class Mode:
     def push_stream(self, chunks: Iterable[ps_pb2.PushChunk]) -> ps_pb2.PushReply:
         """A push whose gradient arrives in chunks: each is checked and copied into place as
         it arrives; nothing is applied unless the whole gradient arrived intact."""
-        iterator = iter(chunks)
-        first = next(iterator, None)
-        if first is None or not first.HasField("request"):
-            raise WireError("PushStream: the first chunk must carry the request")
-        assembler = wire.TensorAssembler(first.request.gradient, self.core.numel, what="gradient")
-        assembler.add(first.data)
-        for chunk in iterator:
-            if chunk.HasField("request"):
-                raise WireError("PushStream: only the first chunk may carry the request")
-            assembler.add(chunk.data)
-        return self.push(first.request, gradient=assembler.finish())
+        request, data = wire.stream_payload(chunks, "request", "PushStream")
+        [gradient] = wire.assemble([(request.gradient, self.core.numel, "gradient")], data)
+        return self.push(request, gradient=gradient)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
         self.core.report_progress(request.worker, request.steps, request.accuracy)
@@ -117,3 +109,6 @@ class Mode:
     # -- stateless -------------------------------------------------------------------------
     def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
         raise Unsupported(f"Rejoin: not a stateless PS (mode {self.name})")
+
+    def rejoin_stream(self, chunks: Iterable[ps_pb2.RejoinChunk]) -> ps_pb2.RejoinReply:
+        raise Unsupported(f"RejoinStream: not a stateless PS (mode {self.name})")

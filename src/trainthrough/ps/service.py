@@ -84,6 +84,9 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
     def Rejoin(self, request, context):
         return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))
 
+    def RejoinStream(self, request_iterator, context):
+        return self._call(context, "RejoinStream", lambda: self.mode.rejoin_stream(request_iterator))
+
 
 def _pull_chunks(framed: wire.Framed) -> Iterator[ps_pb2.PullChunk]:
     """The reply first, then the parameters' bytes in chunks (a snapshot taken under the

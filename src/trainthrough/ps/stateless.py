@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -75,7 +75,8 @@ class StatelessMode(Mode):
         self.initial_state = initial_state
         self.fallback = fallback
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[ps_pb2.RejoinRequest, list[_Entry]]] = {}
+        # worker -> (its rejoin, its base params if any, its buffered entries)
+        self._pending: dict[str, tuple[ps_pb2.RejoinRequest, torch.Tensor | None, list[_Entry]]] = {}
         self._replayed: dict[str, int] = {}
         self._rejoined: set[str] = set()
         self._announced: set[str] = set()
@@ -109,7 +110,22 @@ class StatelessMode(Mode):
             raise NotServing(f"{self.core.name} is seeding from the workers")
         return super().pull(request)
 
-    def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
+    def rejoin_stream(self, chunks: Iterable[ps_pb2.RejoinChunk]) -> ps_pb2.RejoinReply:
+        """A rejoin whose tensors arrive in chunks (base params, then each buffered gradient):
+        each is checked and copied into place on arrival; a rejoin cut short counts for nothing."""
+        request, data = wire.stream_payload(chunks, "request", "RejoinStream")
+        numel = self._numel()
+        headers = [(request.base_params, numel, "base_params")] if request.base_version >= 0 else []
+        headers += [(entry.gradient, numel, f"buffered[{i}].gradient") for i, entry in enumerate(request.buffered)]
+        tensors = wire.assemble(headers, data)
+        base = tensors.pop(0) if request.base_version >= 0 else None
+        return self.rejoin(request, decoded=(base, tensors))
+
+    def rejoin(
+        self, request: ps_pb2.RejoinRequest, decoded: tuple[torch.Tensor | None, list[torch.Tensor]] | None = None
+    ) -> ps_pb2.RejoinReply:
+        """A worker rejoins; `decoded`: its base params and buffered gradients, already
+        assembled from a stream (else they are read from the request)."""
         if request.announce:
             with self._lock:
                 if not self._seeded.is_set():
@@ -118,14 +134,14 @@ class StatelessMode(Mode):
             with self._lock:
                 return self._reply(request.worker, 0)
         self.core.events.emit("rejoin_received", worker=request.worker, buffered=len(request.buffered))
-        buffered = self._decode_buffer(request)  # reject a malformed rejoin before it counts
+        base, buffered = self._decode(request, decoded)  # reject a malformed rejoin before it counts
         with self._lock:
             if self._seeded.is_set():
                 # A late worker: its gradients go onto the live model, under the policy.
                 replayed = self._replay({request.worker: buffered})
                 self._rejoined.add(request.worker)
                 return self._reply(request.worker, replayed[request.worker])
-            self._pending[request.worker] = (request, buffered)
+            self._pending[request.worker] = (request, base, buffered)
             if len(self._pending) >= self.core.expected_workers:
                 self._close_window()
         if not self._seeded.wait(self.spec.rejoin_timeout + 30.0):
@@ -141,15 +157,23 @@ class StatelessMode(Mode):
             replayed_seq=self._replayed_seq.get(worker, -1),
         )
 
-    def _decode_buffer(self, request: ps_pb2.RejoinRequest) -> list[_Entry]:
+    def _decode(
+        self, request: ps_pb2.RejoinRequest, decoded: tuple[torch.Tensor | None, list[torch.Tensor]] | None
+    ) -> tuple[torch.Tensor | None, list[_Entry]]:
+        """(base params if the worker has any, its buffered entries), checked."""
         numel = self._numel()
-        entries = []
-        for i, entry in enumerate(request.buffered):
-            gradient = wire.decode(entry.gradient, numel, what=f"buffered[{i}].gradient")
-            entries.append(_Entry(entry.seq, entry.base_version, max(1, entry.count), gradient))
-        if request.base_version >= 0:
-            wire.decode(request.base_params, numel, what="base_params")
-        return entries
+        if decoded is None:
+            base = wire.decode(request.base_params, numel, what="base_params") if request.base_version >= 0 else None
+            gradients = [
+                wire.decode(entry.gradient, numel, what=f"buffered[{i}].gradient") for i, entry in enumerate(request.buffered)
+            ]
+        else:
+            base, gradients = decoded
+        entries = [
+            _Entry(entry.seq, entry.base_version, max(1, entry.count), gradient)
+            for entry, gradient in zip(request.buffered, gradients)
+        ]
+        return base, entries
 
     def _numel(self) -> int:
         if self.core.state is not None:
@@ -175,11 +199,10 @@ class StatelessMode(Mode):
     def _close_window(self) -> None:
         """Seed, replay and start serving; the caller holds self._lock."""
         started = time.monotonic()
-        with_weights = [req for req, _ in self._pending.values() if req.base_version >= 0]
+        with_weights = [(req, base) for req, base, _ in self._pending.values() if base is not None]
         if with_weights:
-            best = max(with_weights, key=lambda r: (r.base_version, -_rank(r.worker)))
-            params = wire.decode(best.base_params, self._numel(), what="base_params")
-            state = ParameterState(params, self.optimizer, version=best.base_version)
+            best, params = max(with_weights, key=lambda pair: (pair[0].base_version, -_rank(pair[0].worker)))
+            state = ParameterState(params, self.optimizer, version=best.base_version)  # copies
             source, self._seeded_from = "workers", best.worker
         else:
             state = None
@@ -189,7 +212,7 @@ class StatelessMode(Mode):
             if state is None:
                 state, source = getattr(self, "_initial", None) or self.initial_state(), "seed"
         self.core.install(state, restored_from=source, announce=False)
-        buffers = {worker: entries for worker, (_, entries) in self._pending.items()}
+        buffers = {worker: entries for worker, (_, _, entries) in self._pending.items()}
         self._replayed = self._replay(buffers) if buffers else {}
         self._rejoined.update(self._pending)
         self._pending.clear()

@@ -186,6 +186,23 @@ class PSClient:
         self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
     ) -> ps_pb2.RejoinReply:
         request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
+        tensors = ([base_params] if base_params is not None else []) + [entry.gradient for entry in buffered]
+        if sum(t.numel() for t in tensors) * 4 > self.stream_above_bytes:
+            # Every tensor in chunks: a rejoin of many large gradients stays far from
+            # protobuf's 2 GB message limit.
+            if base_params is not None:
+                wire.fill_bytes(request.base_params, b"", list(base_params.shape))
+            for entry in buffered:
+                message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count)
+                wire.fill_bytes(message.gradient, b"", list(entry.gradient.shape))
+
+            def stream() -> Iterator[ps_pb2.RejoinChunk]:  # a fresh one for each attempt
+                yield ps_pb2.RejoinChunk(request=request)
+                for tensor in tensors:
+                    for data in wire.tensor_chunks(tensor):
+                        yield ps_pb2.RejoinChunk(data=data)
+
+            return self._head.call(lambda s, t: s.RejoinStream(stream(), timeout=t), timeout=timeout)
         if base_params is not None:
             wire.fill(request.base_params, base_params)
         for entry in buffered:
