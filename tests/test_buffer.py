@@ -151,3 +151,15 @@ def test_restarted_worker_sequence_continues_upwards(monkeypatch) -> None:
     second = GradientBuffer(capacity=1, on_full="merge")
     second.add(torch.ones(1), base_version=0)
     assert second.entries[0].seq > first.entries[0].seq
+
+
+def test_merge_never_writes_into_an_entry_that_was_a_push() -> None:
+    # The PS may skip that entry as already applied: merging later gradients into it
+    # would lose them.
+    buffer = GradientBuffer(capacity=1, on_full="merge")
+    assert buffer.add(torch.ones(2), base_version=3, push_id=77)
+    assert buffer.add(torch.full((2,), 2.0), base_version=4)
+    assert [(e.push_id, e.count) for e in buffer.entries] == [(77, 1), (0, 1)]
+    assert torch.equal(buffer.entries[0].gradient, torch.ones(2))
+    assert buffer.add(torch.full((2,), 3.0), base_version=5)  # merges into the newest, as before
+    assert [(e.push_id, e.count) for e in buffer.entries] == [(77, 1), (0, 2)]

@@ -23,7 +23,8 @@ Aspects covered:
   writing checkpoints; weights from a worker win over the checkpoint;
 - idempotency: a retried rejoin (same worker, same entries) replays nothing twice;
 - a rejoin streamed in chunks (RejoinStream) reseeds and replays exactly as one message; a
-  stream cut short is INVALID_ARGUMENT and does not count as a rejoin.
+  stream cut short is INVALID_ARGUMENT and does not count as a rejoin;
+- a buffered gradient whose push timed out but was applied (same PS) is skipped on replay.
 """
 
 from __future__ import annotations
@@ -303,6 +304,26 @@ def test_window_closes_after_timeout_and_late_worker_replays_onto_live_model(
 
     # The late worker now may push.
     assert w1.push(torch.ones(N), base_version=7, samples=1).version == 8
+
+
+def test_a_timed_out_push_the_ps_applied_is_not_replayed_again(start_ps, ps_client, events_path) -> None:
+    """A push that timed out on the worker but was applied by a slow (not dead) PS: the
+    worker buffers the gradient with that push id and rejoins the same PS, which skips it."""
+    ps = stateless_ps(start_ps, expected_workers=1, rejoin_timeout=0.3)
+    worker = ps_client([ps.address], "worker-0")
+    worker.rejoin(-1, None, [], timeout=15)
+    applied = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    sent = worker.push_id
+    assert worker.push(applied, base_version=0, samples=1).version == 1  # applied (its reply "lost")
+    other = torch.tensor([0.0, 3.0, 0.0, 0.0])  # trained locally after going offline
+    reply = worker.rejoin(
+        0, INITIAL, [BufferedGradient(1, 0, applied.clone(), push_id=sent), BufferedGradient(2, 1, other)], timeout=15
+    )
+    assert reply.replayed == 1 and reply.version == 2 and reply.replayed_seq == 2
+    version, params = pull(ps)
+    assert version == 2 and torch.equal(params, INITIAL - LR * (applied + other))  # `applied` once
+    skipped = [e for e in read_events(events_path) if e["event"] == "replay_skipped_applied"]
+    assert [e["per_worker"] for e in skipped] == [{"worker-0": [1]}]
 
 
 # -- malformed rejoins -------------------------------------------------------------------------

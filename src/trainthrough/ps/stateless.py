@@ -170,7 +170,7 @@ class StatelessMode(Mode):
         else:
             base, gradients = decoded
         entries = [
-            _Entry(entry.seq, entry.base_version, max(1, entry.count), gradient)
+            _Entry(entry.seq, entry.base_version, max(1, entry.count), gradient, entry.push_id)
             for entry, gradient in zip(request.buffered, gradients)
         ]
         return base, entries
@@ -238,6 +238,13 @@ class StatelessMode(Mode):
         for worker, entries in buffers.items():
             if entries:
                 self._replayed_seq[worker] = max(e.seq for e in entries)
+        # A gradient whose push timed out may have been applied after all (a slow PS, not a
+        # dead one): this state knows the push ids it applied; skip those.
+        state = self.core.require_state()
+        skipped = {w: [e.seq for e in entries if e.push_id and state.is_duplicate(w, e.push_id)] for w, entries in buffers.items()}
+        buffers = {w: [e for e in entries if e.seq not in skipped[w]] for w, entries in buffers.items()}
+        if any(skipped.values()):
+            self.core.events.emit("replay_skipped_applied", per_worker={w: s for w, s in skipped.items() if s})
         policy = self.spec.staleness
         contributors = sum(1 for entries in buffers.values() if entries)
         counts = {worker: 0 for worker in buffers}
@@ -273,6 +280,7 @@ class _Entry:
     base_version: int
     count: int
     gradient: torch.Tensor
+    push_id: int = 0  # the timed-out push it went out in (0: never pushed)
 
 
 def _rank(worker: str) -> int:

@@ -27,6 +27,7 @@ class BufferedGradient:
     gradient: torch.Tensor
     count: int = 1
     sent: bool = False
+    push_id: int = 0  # the timed-out push this gradient was sent in (0: never pushed)
 
 
 class GradientBuffer:
@@ -60,12 +61,14 @@ class GradientBuffer:
     def full(self) -> bool:
         return len(self.entries) >= self.capacity
 
-    def add(self, gradient: torch.Tensor, base_version: int) -> bool:
-        """Buffer one gradient; False when the policy is `pause` and the buffer is full."""
+    def add(self, gradient: torch.Tensor, base_version: int, push_id: int = 0) -> bool:
+        """Buffer one gradient; False when the policy is `pause` and the buffer is full.
+        `push_id`: the push this gradient already went out in, whose outcome is unknown."""
         if self.full:
             if self.on_full == "pause":
                 return False
-            if self.on_full == "merge" and not self.entries[-1].sent:
+            # Never merge into an entry the PS may skip as already applied (its push id).
+            if self.on_full == "merge" and not self.entries[-1].sent and not self.entries[-1].push_id:
                 newest = self.entries[-1]
                 newest.gradient.add_(gradient)
                 newest.count += 1
@@ -75,7 +78,7 @@ class GradientBuffer:
                 self.dropped += 1
             # merge onto a sealed entry: start a new one (past capacity, until the next
             # rejoin succeeds; only after a rejoin whose outcome is unknown).
-        self.entries.append(BufferedGradient(self._next_seq, base_version, gradient.detach().clone()))
+        self.entries.append(BufferedGradient(self._next_seq, base_version, gradient.detach().clone(), push_id=push_id))
         self._next_seq += 1
         return True
 

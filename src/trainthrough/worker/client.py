@@ -193,7 +193,9 @@ class PSClient:
             if base_params is not None:
                 wire.fill_bytes(request.base_params, b"", list(base_params.shape))
             for entry in buffered:
-                message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count)
+                message = request.buffered.add(
+                    seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id
+                )
                 wire.fill_bytes(message.gradient, b"", list(entry.gradient.shape))
 
             def stream() -> Iterator[ps_pb2.RejoinChunk]:  # a fresh one for each attempt
@@ -206,7 +208,7 @@ class PSClient:
         if base_params is not None:
             wire.fill(request.base_params, base_params)
         for entry in buffered:
-            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count)
+            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id)
             wire.fill(message.gradient, entry.gradient)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 

@@ -222,16 +222,27 @@ class Worker:
     # -- stateless: keep training ----------------------------------------------------------
     def _stateless_step(self, gradient: torch.Tensor, samples: int) -> None:
         if not self.offline:
+            sent = self.client.push_id
             try:
                 self._count_ack(self.client.push(gradient, self.version, samples, timeout=OFFLINE_CALL_TIMEOUT))
                 self._follow(*self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
                 return
             except TemporaryError as error:
-                # The PS is gone (or restarted empty). Whether or not it took this push,
-                # the gradient goes into the buffer on top of the last pulled weights: a
-                # restarted PS rebuilds exactly that from the rejoin.
+                # The PS is gone (or restarted empty, or just slow). Whether or not it took
+                # this push, the gradient goes into the buffer on top of the last pulled
+                # weights: a restarted PS rebuilds exactly that from the rejoin, and a PS
+                # that did apply it knows its push id and skips it on replay.
                 self._go_offline(error)
+                self._local_step(gradient, push_id=sent)
+                # Spent whether it was applied or not: the next push must not look like a
+                # retry of this one (the PS would drop it as a duplicate).
+                self.client.push_id = max(self.client.push_id, sent + 1)
+                self._maybe_rejoin()
+                return
         self._local_step(gradient)
+        self._maybe_rejoin()
+
+    def _maybe_rejoin(self) -> None:
         if time.monotonic() - self._last_rejoin_try >= REJOIN_EVERY:
             self._last_rejoin_try = time.monotonic()
             self._try_rejoin()
@@ -252,10 +263,11 @@ class Worker:
         self.local_optimizer = make_optimizer(self.spec.optimizer, self.model.parameters())
         self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
 
-    def _local_step(self, gradient: torch.Tensor) -> None:
-        """Buffer the gradient for the PS and apply it to the local copy (local SGD)."""
+    def _local_step(self, gradient: torch.Tensor, push_id: int = 0) -> None:
+        """Buffer the gradient for the PS and apply it to the local copy (local SGD);
+        `push_id`: the push it already went out in, if any (the PS may have applied it)."""
         # The gradient's model is the last pulled version plus this outage's local steps.
-        while not self.buffer.add(gradient, self.version + self._outage_steps):
+        while not self.buffer.add(gradient, self.version + self._outage_steps, push_id):
             # `pause`: the buffer is full; wait for the PS instead of training on.
             if self.stop.is_set() or self._try_rejoin():
                 return
