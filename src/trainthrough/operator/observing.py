@@ -1,8 +1,9 @@
 """The operator's periodic look at a running TrainingJob: progress read from the PS (step,
 model version, accuracy), the end of a pending recovery (its restore and first-update
 phases, from the PS's own clock), chain replacements joining at the tail, configurations
-not yet published, and the job's end. Called by the operator's timer; returns the status
-to write.
+not yet published, and the job's end. Called by the operator's timer; it reads the job
+and writes the status itself under the job's lock (as recoveries do), so that neither
+overwrites the other.
 """
 
 from __future__ import annotations
@@ -36,48 +37,62 @@ def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
         return {}
     namespace, name = job.metadata.namespace, job.metadata.name
     with job_lock(namespace, name):
-        status = body.get("status") or {}
-        if status.get("phase") in (c.SUCCEEDED, c.FAILED) or "ps" not in status:
-            return {}  # finished, or not created yet (the create handler writes `ps`)
-        patch: dict[str, Any] = {}
-        generation = body["metadata"].get("generation")
-        conditions = status.get("conditions")
-        if job.spec.consistency == "chain":
-            patch.update(_chain_upkeep(body, job, status, config))
-        chain = patch.get("chain") or status.get("chain") or {}
-        head = (chain.get("members") or ["ps-0"])[0]
-        reply = health(config, job, head)
-        if reply is not None and reply.state == "serving":
-            patch["progress"] = {
-                "step": reply.worker_steps,
-                "modelVersion": reply.version,
-                "accuracy": round(reply.accuracy, 6) if reply.accuracy >= 0 else None,
-            }
-            conditions = c.with_condition(conditions, c.READY, True, c.SERVING, f"{head} serving version {reply.version}", generation)
-            recoveries = status.get("recoveries") or {}
-            pending = recoveries.get("pending")
-            # A restarted PS has resumed at its first update after the loss; a promoted
-            # chain head serves at once.
-            resumed = pending and (job.spec.consistency == "chain" or reply.first_update_at >= pending["detectedAt"])
-            if resumed:
-                patch["recoveries"] = _completed(recoveries, pending, reply)
-                _observe_recovery(config, job, pending, reply, patch["recoveries"]["lastRecoverySeconds"])
-                conditions = c.with_condition(conditions, c.RECOVERING_CONDITION, False, c.RECOVERED, "training resumed", generation)
-                conditions = c.with_condition(conditions, c.DEGRADED, False, c.RECOVERED, "all pods present", generation)
-                config.api.event(
-                    body, "Normal", c.RECOVERY_COMPLETED,
-                    f"{pending['process']}: training resumed {patch['recoveries']['lastRecoverySeconds']:.3f} s after the loss",
-                )  # fmt: skip
-            patch["phase"] = c.RUNNING
-        elif reply is not None:
-            conditions = c.with_condition(conditions, c.READY, False, c.NOT_SERVING, f"{head} is {reply.state}", generation)
-        workers = config.api.list_pods(namespace, f"{kube.LABEL_JOB}={name},{kube.LABEL_ROLE}=worker")
-        if workers and len(workers) >= job.spec.workers.replicas and all((p.get("status") or {}).get("phase") == "Succeeded" for p in workers):
-            patch["phase"] = c.SUCCEEDED
-            conditions = c.with_condition(conditions, c.PROGRESSING, False, c.SUCCEEDED, "every worker finished", generation)
-        if conditions != status.get("conditions"):
-            patch["conditions"] = conditions
-        return patch
+        # Re-read and write under the job's lock: a patch returned to kopf would be applied
+        # after the lock is released, over a recovery's status written in between.
+        fresh = config.api.get_job(namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return {}
+        patch = _observe(fresh, job, config)
+        if patch:
+            config.api.patch_job_status(namespace, name, patch)
+    return {}
+
+
+def _observe(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
+    """The status patch for `body` (read under the job's lock); the caller writes it."""
+    namespace, name = job.metadata.namespace, job.metadata.name
+    status = body.get("status") or {}
+    if status.get("phase") in (c.SUCCEEDED, c.FAILED) or "ps" not in status:
+        return {}  # finished, or not created yet (the create handler writes `ps`)
+    patch: dict[str, Any] = {}
+    generation = body["metadata"].get("generation")
+    conditions = status.get("conditions")
+    if job.spec.consistency == "chain":
+        patch.update(_chain_upkeep(body, job, status, config))
+    chain = patch.get("chain") or status.get("chain") or {}
+    head = (chain.get("members") or ["ps-0"])[0]
+    reply = health(config, job, head)
+    if reply is not None and reply.state == "serving":
+        patch["progress"] = {
+            "step": reply.worker_steps,
+            "modelVersion": reply.version,
+            "accuracy": round(reply.accuracy, 6) if reply.accuracy >= 0 else None,
+        }
+        conditions = c.with_condition(conditions, c.READY, True, c.SERVING, f"{head} serving version {reply.version}", generation)
+        recoveries = status.get("recoveries") or {}
+        pending = recoveries.get("pending")
+        # A restarted PS has resumed at its first update after the loss; a promoted
+        # chain head serves at once.
+        resumed = pending and (job.spec.consistency == "chain" or reply.first_update_at >= pending["detectedAt"])
+        if resumed:
+            patch["recoveries"] = _completed(recoveries, pending, reply)
+            _observe_recovery(config, job, pending, reply, patch["recoveries"]["lastRecoverySeconds"])
+            conditions = c.with_condition(conditions, c.RECOVERING_CONDITION, False, c.RECOVERED, "training resumed", generation)
+            conditions = c.with_condition(conditions, c.DEGRADED, False, c.RECOVERED, "all pods present", generation)
+            config.api.event(
+                body, "Normal", c.RECOVERY_COMPLETED,
+                f"{pending['process']}: training resumed {patch['recoveries']['lastRecoverySeconds']:.3f} s after the loss",
+            )  # fmt: skip
+        patch["phase"] = c.RUNNING
+    elif reply is not None:
+        conditions = c.with_condition(conditions, c.READY, False, c.NOT_SERVING, f"{head} is {reply.state}", generation)
+    workers = config.api.list_pods(namespace, f"{kube.LABEL_JOB}={name},{kube.LABEL_ROLE}=worker")
+    if workers and len(workers) >= job.spec.workers.replicas and all((p.get("status") or {}).get("phase") == "Succeeded" for p in workers):
+        patch["phase"] = c.SUCCEEDED
+        conditions = c.with_condition(conditions, c.PROGRESSING, False, c.SUCCEEDED, "every worker finished", generation)
+    if conditions != status.get("conditions"):
+        patch["conditions"] = conditions
+    return patch
 
 
 def _observe_recovery(config: OperatorConfig, job: TrainingJob, pending: dict[str, Any], reply: ps_pb2.HealthReply, total: float) -> None:
