@@ -18,7 +18,18 @@ from trainthrough.errors import WireError
 from trainthrough.proto import ps_pb2
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def check_dtype(dtype: str, what: str = "dtype") -> torch.dtype:
+    """The torch dtype of a wire dtype name; WireError naming `what` for any other name."""
+    if dtype not in DTYPES:
+        raise WireError(f"{what}: must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a wire dtype."""
+    return check_dtype(dtype).itemsize
 
 
 def encode(tensor: torch.Tensor, dtype: str = "float32") -> ps_pb2.Tensor:
@@ -31,18 +42,19 @@ def encode(tensor: torch.Tensor, dtype: str = "float32") -> ps_pb2.Tensor:
 def fill(target: ps_pb2.Tensor, tensor: torch.Tensor, dtype: str = "float32") -> None:
     """Write `tensor` into the (sub)message `target` in place: one copy of the bytes into the
     message (building a Tensor and assigning or CopyFrom-ing it would copy them again)."""
-    if dtype not in DTYPES:
-        raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
     fill_bytes(target, tensor_bytes(tensor, dtype), list(tensor.shape), dtype)
+
+
+def _wire_view(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
+    """`tensor` flat on the CPU in `dtype`, as a tensor numpy can take the bytes of."""
+    flat = tensor.detach().reshape(-1).to(device="cpu", dtype=check_dtype(dtype)).contiguous()
+    # bfloat16 has no numpy dtype: reinterpret its storage as int16 to take the bytes.
+    return flat.view(torch.int16) if dtype == "bfloat16" else flat
 
 
 def tensor_bytes(tensor: torch.Tensor, dtype: str = "float32") -> bytes:
     """The flat little-endian bytes of `tensor` cast to `dtype` (one copy)."""
-    if dtype not in DTYPES:
-        raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
-    flat = tensor.detach().reshape(-1).to(device="cpu", dtype=DTYPES[dtype]).contiguous()
-    # bfloat16 has no numpy dtype: reinterpret its storage as int16 to take the bytes.
-    return flat.view(torch.int16).numpy().tobytes() if dtype == "bfloat16" else flat.numpy().tobytes()
+    return _wire_view(tensor, dtype).numpy().tobytes()
 
 
 def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str = "float32") -> None:
@@ -55,8 +67,7 @@ def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str =
 
 def check_header(message: ps_pb2.Tensor, numel: int | None, what: str) -> tuple[torch.dtype, list[int], int]:
     """(dtype, shape, element count) of a proto Tensor, checked against `numel` if given."""
-    if message.dtype not in DTYPES:
-        raise WireError(f"{what}.dtype: must be one of {sorted(DTYPES)}, got {message.dtype!r}")
+    dtype = check_dtype(message.dtype, f"{what}.dtype")
     shape = list(message.shape)
     if any(d < 0 for d in shape):
         raise WireError(f"{what}.shape: negative dimension in {shape}")
@@ -65,7 +76,7 @@ def check_header(message: ps_pb2.Tensor, numel: int | None, what: str) -> tuple[
         count *= d
     if numel is not None and count != numel:
         raise WireError(f"{what}.shape: expected {numel} elements, got shape {shape} ({count})")
-    return DTYPES[message.dtype], shape, count
+    return dtype, shape, count
 
 
 def decode(
@@ -78,10 +89,9 @@ def decode(
     """
     raw = message.data if data is None else data
     dtype, shape, count = check_header(message, numel, what)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(raw) != count * itemsize:
+    if len(raw) != count * dtype.itemsize:
         raise WireError(
-            f"{what}.data: expected {count * itemsize} bytes for shape {shape} {message.dtype}, got {len(raw)}"
+            f"{what}.data: expected {count * dtype.itemsize} bytes for shape {shape} {message.dtype}, got {len(raw)}"
         )
     if count == 0:
         return torch.empty(0, dtype=torch.float32)
@@ -256,12 +266,9 @@ CHUNK_BYTES = 4 << 20  # per message of a stream: small buffers, far from any me
 
 def tensor_chunks(tensor: torch.Tensor, dtype: str = "float32", chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The bytes of `tensor` (cast to `dtype`) in chunks of whole elements: one copy in all."""
-    if dtype not in DTYPES:
-        raise WireError(f"dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
-    flat = tensor.detach().reshape(-1).to(device="cpu", dtype=DTYPES[dtype]).contiguous()
-    view = flat.view(torch.int16) if dtype == "bfloat16" else flat
-    step = max(1, chunk_bytes // flat.element_size())
-    for start in range(0, max(flat.numel(), 1), step):
+    view = _wire_view(tensor, dtype)
+    step = max(1, chunk_bytes // view.element_size())
+    for start in range(0, max(view.numel(), 1), step):
         yield view[start : start + step].numpy().tobytes()
 
 
@@ -287,7 +294,7 @@ class TensorAssembler:
     def __init__(self, header: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor") -> None:
         self.dtype, self.shape, count = check_header(header, numel, what)
         self.what = what
-        self.itemsize = torch.empty((), dtype=self.dtype).element_size()
+        self.itemsize = self.dtype.itemsize
         self.tensor = torch.empty(count, dtype=torch.float32)
         self.filled = 0
 

@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from trainthrough import wire
-from trainthrough.errors import PermanentError, WireError
+from trainthrough.errors import PermanentError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.core import ParameterServerCore
 
@@ -48,8 +48,7 @@ class Mode:
     def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
         """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
         dtype = request.dtype or "float32"
-        if dtype not in wire.DTYPES:
-            raise WireError(f"dtype: must be one of {sorted(wire.DTYPES)}, got {dtype!r}")
+        wire.check_dtype(dtype)  # also when the pull sends no parameters
         version, data = self.core.pull(request.have_version, dtype)
         reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
         if data is None:

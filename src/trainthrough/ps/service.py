@@ -91,9 +91,8 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
 def _pull_chunks(framed: wire.Framed) -> Iterator[ps_pb2.PullChunk]:
     """The reply first, then the parameters' bytes in chunks (a snapshot taken under the
     PS's lock by the pull: later updates do not tear it)."""
-    itemsize = 2 if framed.message.params.dtype == "bfloat16" else 4
     first = True
-    for chunk in wire.byte_chunks(framed.data, itemsize):
+    for chunk in wire.byte_chunks(framed.data, wire.itemsize(framed.message.params.dtype or "float32")):
         yield ps_pb2.PullChunk(reply=framed.message, data=bytes(chunk)) if first else ps_pb2.PullChunk(data=bytes(chunk))
         first = False
 

@@ -114,17 +114,10 @@ class StatelessMode(Mode):
         """A rejoin whose tensors arrive in chunks (base params, then each buffered gradient):
         each is checked and copied into place on arrival; a rejoin cut short counts for nothing."""
         request, data = wire.stream_payload(chunks, "request", "RejoinStream")
-        numel = self._numel()
-        headers = [(request.base_params, numel, "base_params")] if request.base_version >= 0 else []
-        headers += [(entry.gradient, numel, f"buffered[{i}].gradient") for i, entry in enumerate(request.buffered)]
-        tensors = wire.assemble(headers, data)
-        base = tensors.pop(0) if request.base_version >= 0 else None
-        return self.rejoin(request, decoded=(base, tensors))
+        return self.rejoin(request, tensors=wire.assemble(self._tensor_headers(request), data))
 
-    def rejoin(
-        self, request: ps_pb2.RejoinRequest, decoded: tuple[torch.Tensor | None, list[torch.Tensor]] | None = None
-    ) -> ps_pb2.RejoinReply:
-        """A worker rejoins; `decoded`: its base params and buffered gradients, already
+    def rejoin(self, request: ps_pb2.RejoinRequest, tensors: list[torch.Tensor] | None = None) -> ps_pb2.RejoinReply:
+        """A worker rejoins; `tensors`: its base params (if any) and buffered gradients, already
         assembled from a stream (else they are read from the request)."""
         if request.announce:
             with self._lock:
@@ -134,7 +127,7 @@ class StatelessMode(Mode):
             with self._lock:
                 return self._reply(request.worker, 0)
         self.core.events.emit("rejoin_received", worker=request.worker, buffered=len(request.buffered))
-        base, buffered = self._decode(request, decoded)  # reject a malformed rejoin before it counts
+        base, buffered = self._decode(request, tensors)  # reject a malformed rejoin before it counts
         with self._lock:
             if self._seeded.is_set():
                 # A late worker: its gradients go onto the live model, under the policy.
@@ -157,18 +150,21 @@ class StatelessMode(Mode):
             replayed_seq=self._replayed_seq.get(worker, -1),
         )
 
+    def _tensor_headers(self, request: ps_pb2.RejoinRequest) -> list[tuple[ps_pb2.Tensor, int, str]]:
+        """The rejoin's tensors in order (base params if the worker has any, then each
+        buffered gradient): (header, expected size, field path)."""
+        numel = self._numel()
+        headers = [(request.base_params, numel, "base_params")] if request.base_version >= 0 else []
+        return headers + [(entry.gradient, numel, f"buffered[{i}].gradient") for i, entry in enumerate(request.buffered)]
+
     def _decode(
-        self, request: ps_pb2.RejoinRequest, decoded: tuple[torch.Tensor | None, list[torch.Tensor]] | None
+        self, request: ps_pb2.RejoinRequest, tensors: list[torch.Tensor] | None
     ) -> tuple[torch.Tensor | None, list[_Entry]]:
         """(base params if the worker has any, its buffered entries), checked."""
-        numel = self._numel()
-        if decoded is None:
-            base = wire.decode(request.base_params, numel, what="base_params") if request.base_version >= 0 else None
-            gradients = [
-                wire.decode(entry.gradient, numel, what=f"buffered[{i}].gradient") for i, entry in enumerate(request.buffered)
-            ]
-        else:
-            base, gradients = decoded
+        if tensors is None:
+            tensors = [wire.decode(header, numel, what=what) for header, numel, what in self._tensor_headers(request)]
+        base = tensors[0] if request.base_version >= 0 else None
+        gradients = tensors[1:] if base is not None else tensors
         entries = [
             _Entry(entry.seq, entry.base_version, max(1, entry.count), gradient, entry.push_id)
             for entry, gradient in zip(request.buffered, gradients)

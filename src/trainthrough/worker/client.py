@@ -17,7 +17,7 @@ import grpc
 import torch
 
 from trainthrough import wire
-from trainthrough.errors import NotHead, PermanentError, PSUnavailable, TemporaryError, TrainthroughError
+from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
 
@@ -37,18 +37,11 @@ STREAM_ABOVE_BYTES = 16 << 20
 
 def _assemble(chunks: Iterable[ps_pb2.PullChunk]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
     """A PullStream's reply and its parameters, each chunk copied into place on arrival."""
-    iterator = iter(chunks)
-    first = next(iterator, None)
-    if first is None or not first.HasField("reply"):
-        raise PermanentError("PullStream: the first chunk did not carry the reply")
-    reply = first.reply
+    reply, data = wire.stream_payload(chunks, "reply", "PullStream")
     if not reply.HasField("params"):
         return reply, None
-    assembler = wire.TensorAssembler(reply.params, what="params")
-    assembler.add(first.data)
-    for chunk in iterator:
-        assembler.add(chunk.data)
-    return reply, assembler.finish()
+    [params] = wire.assemble([(reply.params, None, "params")], data)
+    return reply, params
 
 
 class PSClient:
@@ -137,9 +130,8 @@ class PSClient:
         self.push_id += 1
         return reply
 
-    def _streams(self, numel: int | None) -> bool:
-        itemsize = 2 if self.transfer_dtype == "bfloat16" else 4
-        return numel is not None and numel * itemsize > self.stream_above_bytes
+    def _streams(self, numel: int | None, dtype: str | None = None) -> bool:
+        return numel is not None and numel * wire.itemsize(dtype or self.transfer_dtype) > self.stream_above_bytes
 
     def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
@@ -186,30 +178,27 @@ class PSClient:
         self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
     ) -> ps_pb2.RejoinReply:
         request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
-        tensors = ([base_params] if base_params is not None else []) + [entry.gradient for entry in buffered]
-        if sum(t.numel() for t in tensors) * 4 > self.stream_above_bytes:
+        # (message, tensor) for base params first, then each buffered gradient: the order
+        # the PS reads them in (also from a stream).
+        slots = [(request.base_params, base_params)] if base_params is not None else []
+        for entry in buffered:
+            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id)
+            slots.append((message.gradient, entry.gradient))
+        if self._streams(sum(tensor.numel() for _, tensor in slots), "float32"):
             # Every tensor in chunks: a rejoin of many large gradients stays far from
             # protobuf's 2 GB message limit.
-            if base_params is not None:
-                wire.fill_bytes(request.base_params, b"", list(base_params.shape))
-            for entry in buffered:
-                message = request.buffered.add(
-                    seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id
-                )
-                wire.fill_bytes(message.gradient, b"", list(entry.gradient.shape))
+            for message, tensor in slots:
+                wire.fill_bytes(message, b"", list(tensor.shape))
 
             def stream() -> Iterator[ps_pb2.RejoinChunk]:  # a fresh one for each attempt
                 yield ps_pb2.RejoinChunk(request=request)
-                for tensor in tensors:
+                for _, tensor in slots:
                     for data in wire.tensor_chunks(tensor):
                         yield ps_pb2.RejoinChunk(data=data)
 
             return self._head.call(lambda s, t: s.RejoinStream(stream(), timeout=t), timeout=timeout)
-        if base_params is not None:
-            wire.fill(request.base_params, base_params)
-        for entry in buffered:
-            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id)
-            wire.fill(message.gradient, entry.gradient)
+        for message, tensor in slots:
+            wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
     def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0) -> None:
