@@ -705,6 +705,13 @@ def dump_job(job: TrainingJob) -> dict[str, Any]:
     return job.model_dump(mode="json", by_alias=True)
 
 
+def parse_resource(body: dict[str, Any]) -> TrainingJob:
+    """A TrainingJob as the API server returns it: only its name and namespace are kept of
+    the metadata (the server adds uid, resourceVersion, ...)."""
+    metadata = {"name": body["metadata"]["name"], "namespace": body["metadata"].get("namespace", "default")}
+    return parse_job(dict(body, metadata=metadata), source=f"TrainingJob {metadata['namespace']}/{metadata['name']}")
+
+
 def parse_kill(text: str, path: str = "--kill") -> ChaosKill:
     """A chaos kill from its command-line form ``TARGET@TIME``, e.g. ``ps-head@30s``.
 

@@ -25,10 +25,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trainthrough.chaos.injections import InjectionMetrics
 from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import Metrics
-from trainthrough.spec import ChaosKill, SpecError, TrainingJob, parse_job
+from trainthrough.spec import ChaosKill, SpecError, TrainingJob, parse_resource
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ class PodChaos:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api, self.namespace, self.name = api, namespace, name
-        self.metrics = metrics
         self.poll_interval, self.wait_timeout = poll_interval, wait_timeout
         self.clock, self.sleep = clock, sleep
         body = self._job_body()
@@ -74,8 +74,7 @@ class PodChaos:
         self.rng = random.Random(self.job.spec.seed)
         self.injections: list[Injection] = []
         self.skipped: list[tuple[ChaosKill, str]] = []
-        for kill in self.schedule.pending:  # exported at 0 from the start: increase() sees the first kill
-            metrics.chaos_injections.labels(trainingjob=name, mode=self.job.spec.consistency, target=kill.target)
+        self.recorder = InjectionMetrics(metrics, name, self.job.spec.consistency, self.schedule.pending)
 
     # -- the TrainingJob -----------------------------------------------------------------
     def _job_body(self) -> dict[str, Any]:
@@ -85,9 +84,8 @@ class PodChaos:
         return body
 
     def _parse(self, body: dict[str, Any]) -> TrainingJob:
-        document = dict(body, metadata={"name": self.name, "namespace": self.namespace})
         try:
-            return parse_job(document, source=f"TrainingJob {self.namespace}/{self.name}")
+            return parse_resource(body)
         except SpecError as error:
             raise ChaosError(str(error)) from error
 
@@ -156,9 +154,7 @@ class PodChaos:
         injected_at = self.clock()
         injection = Injection(kill.target, pod_name, injected_at, kill.at)
         self.injections.append(injection)
-        labels = dict(trainingjob=self.name, mode=self.job.spec.consistency, target=kill.target)
-        self.metrics.chaos_injections.labels(**labels).inc()
-        self.metrics.chaos_last_injection.labels(**labels).set(injected_at)
+        self.recorder.record(kill.target, injected_at)
         when = datetime.datetime.fromtimestamp(injected_at, datetime.timezone.utc).isoformat(timespec="milliseconds")
         message = (
             f"deleted pod {pod_name} ({kill.target}, scheduled {kill.at:g} s after training started, "

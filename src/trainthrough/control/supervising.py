@@ -9,12 +9,13 @@ one loop, so a second failure during a recovery is handled as promptly as the fi
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from trainthrough.chaos.injections import InjectionMetrics
 from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
 from trainthrough.control.chain_master import ChainMaster
 from trainthrough.control.recovery import Action, Recovery, decide
@@ -96,10 +97,8 @@ class Supervisor:
         self._m_recovery = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in ("detect", "restore", "first_update", "total")}
         self._m_recoveries = metrics.recoveries.labels(**labels)
         self._m_lost = metrics.lost_updates.labels(**labels)
-        self._m_chaos = (metrics.chaos_injections, metrics.chaos_last_injection, labels)
+        self._m_chaos = InjectionMetrics(metrics, job.metadata.name, self.mode, self.schedule.pending)
         self._chaos_rng = random.Random(self.spec.seed)  # the `random` target, repeatable per seed
-        for kill in self.schedule.pending:  # exported at 0 from the start: increase() sees the first kill
-            metrics.chaos_injections.labels(target=kill.target, **labels)
         self.ps_names = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
         self.known_ps = set(self.ps_names)
         self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
@@ -237,9 +236,7 @@ class Supervisor:
         self.runtime.kill(name, grace=kill.grace_period)
         killed_at = time.time()
         self._kills[name] = (killed_at, version)
-        injections, last_injection, labels = self._m_chaos
-        injections.labels(target=kill.target, **labels).inc()
-        last_injection.labels(target=kill.target, **labels).set(killed_at)
+        self._m_chaos.record(kill.target, killed_at)
         self.events.emit(
             "kill", target=kill.target, process=name, version_before=version, scheduled_at=kill.at, killed_at=killed_at
         )

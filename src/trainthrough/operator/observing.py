@@ -12,12 +12,12 @@ from typing import Any
 
 from trainthrough.errors import TrainthroughError
 from trainthrough.operator import conditions as c
-from trainthrough.operator.reconciling import OperatorConfig, parse
+from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.recovering import endpoint, job_lock, publish_chain
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection
 from trainthrough.runtime import kube
-from trainthrough.spec import SpecError, TrainingJob
+from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 
 def health(config: OperatorConfig, job: TrainingJob, process: str) -> ps_pb2.HealthReply | None:
@@ -32,7 +32,7 @@ def health(config: OperatorConfig, job: TrainingJob, process: str) -> ps_pb2.Hea
 
 def observe(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     try:
-        job = parse(body)
+        job = parse_resource(body)
     except SpecError:
         return {}
     namespace, name = job.metadata.namespace, job.metadata.name

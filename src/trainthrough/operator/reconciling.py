@@ -16,7 +16,7 @@ from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
 from trainthrough.kubeapi import KubeApi
 from trainthrough.runtime import kube
-from trainthrough.spec import SpecError, TrainingJob, dump_job, parse_job
+from trainthrough.spec import SpecError, dump_job, parse_resource
 
 
 @dataclass
@@ -28,13 +28,6 @@ class OperatorConfig:
     # (namespace, labels) of the operator's pods: set, each job gets a PS NetworkPolicy
     # that lets only its own pods and the operator reach the PS.
     operator_pods: tuple[str, dict[str, str]] | None = None
-
-
-def parse(body: dict[str, Any]) -> TrainingJob:
-    """The job, with the namespace the object lives in."""
-    document = dict(body)
-    document["metadata"] = {"name": body["metadata"]["name"], "namespace": body["metadata"].get("namespace", "default")}
-    return parse_job(document, source=f"TrainingJob {document['metadata']['namespace']}/{document['metadata']['name']}")
 
 
 def invalid_status(body: dict[str, Any], error: SpecError) -> dict[str, Any]:
@@ -51,7 +44,7 @@ def invalid_status(body: dict[str, Any], error: SpecError) -> dict[str, Any]:
 def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """Create every object of a new (or resumed) job; the status to write."""
     try:
-        job = parse(body)
+        job = parse_resource(body)
     except SpecError as error:
         config.api.event(body, "Warning", c.INVALID_SPEC, str(error))
         return invalid_status(body, error)
@@ -88,7 +81,7 @@ def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
 def update(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """Converge a changed spec: the job's ConfigMap and the number of worker pods."""
     try:
-        job = parse(body)
+        job = parse_resource(body)
     except SpecError as error:
         config.api.event(body, "Warning", c.INVALID_SPEC, str(error))
         return invalid_status(body, error)

@@ -24,9 +24,9 @@ from trainthrough.control.chain_master import ChainMaster
 from trainthrough.errors import TemporaryError
 from trainthrough.control.recovery import Action, decide
 from trainthrough.operator import conditions as c
-from trainthrough.operator.reconciling import OperatorConfig, parse
+from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import kube
-from trainthrough.spec import SpecError, TrainingJob
+from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # the job itself is going away: its pods go with it
         try:
-            job = parse(body)
+            job = parse_resource(body)
         except SpecError:
             return
         status = body.get("status") or {}
