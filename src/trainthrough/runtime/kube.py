@@ -133,31 +133,38 @@ def _container_security() -> dict[str, Any]:
 def _pod(
     job: TrainingJob, process: str, role: str, image: str, args: list[str], resources: dict[str, Any], volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], extra_spec: dict[str, Any]
 ) -> dict[str, Any]:
-    name = pod_name(job, process)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": job.metadata.namespace, "labels": labels(job, role, process)},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": role,
-                    "image": image,
-                    "args": args,
-                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
-                    + ([{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}] if role == "ps" else []),
-                    "resources": resources,
-                    # The root filesystem is read-only: caches (the dataset) go to /tmp.
-                    "env": [{"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}, {"name": "HOME", "value": "/tmp"}],
-                    "volumeMounts": mounts,
-                    "securityContext": _container_security(),
-                }
-            ],
-            "volumes": volumes,
-            **extra_spec,
-        },
+        "metadata": {"name": pod_name(job, process), "namespace": job.metadata.namespace, "labels": labels(job, role, process)},
+        "spec": _pod_spec(role, image, args, resources, volumes, mounts, extra_spec),
+    }
+
+
+def _pod_spec(
+    role: str, image: str, args: list[str], resources: dict[str, Any], volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], extra_spec: dict[str, Any]
+) -> dict[str, Any]:
+    """One non-root container of `role` with the metrics port (and the PS's gRPC port), never
+    restarted by the kubelet: the operator decides each recovery."""
+    return {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": role,
+                "image": image,
+                "args": args,
+                "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+                + ([{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}] if role == "ps" else []),
+                "resources": resources,
+                # The root filesystem is read-only: caches (the dataset) go to /tmp.
+                "env": [{"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}, {"name": "HOME", "value": "/tmp"}],
+                "volumeMounts": mounts,
+                "securityContext": _container_security(),
+            }
+        ],
+        "volumes": volumes,
+        **extra_spec,
     }
 
 
@@ -265,24 +272,11 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
             "backoffLimit": 0,
             "template": {
                 "metadata": {"labels": labels(job, "chaos")},
-                "spec": {
-                    "serviceAccountName": name,
-                    "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [
-                        {
-                            "name": "chaos",
-                            "image": image or DEFAULT_IMAGES["chaos"],
-                            "args": args,
-                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-                            "env": [{"name": "HOME", "value": "/tmp"}],
-                            "volumeMounts": [tmp_mount],
-                            "securityContext": _container_security(),
-                        }
-                    ],
-                    "volumes": [tmp],
-                },
+                "spec": _pod_spec(
+                    "chaos", image or DEFAULT_IMAGES["chaos"], args,
+                    {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                    [tmp], [tmp_mount], {"serviceAccountName": name},
+                ),  # fmt: skip
             },
         },
     }
