@@ -5,8 +5,9 @@ against the limit it runs into, measured in the same run.
   of a ParameterState through the product's CheckpointStore, against the raw write (with
   fsync) and read bandwidth of the same directory for the same number of bytes; the page
   cache is dropped for both files before reading (posix_fadvise), so reads hit the disk;
-- chain: a state transfer (GetState from a running PS process, deserialized as a joining
-  replica does) against a raw gRPC fetch of the same number of bytes;
+- chain: a state transfer (InstallState, sent as a predecessor sends it, into a joining
+  replica process that receives, decodes and installs it) against a raw gRPC client stream
+  of the same bytes in the same chunks;
 - stateless: a restarted PS's re-seed and replay (one worker's Rejoin with its base
   weights and k buffered gradients) against k.
 
@@ -31,7 +32,9 @@ import grpc
 import torch
 
 import designs
+from trainthrough.spec import OptimizerSpec
 
+STATE_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # momentum: a state twice the model
 SIZES = {"0.1M": 100_000, "1M": 1_000_000, "50M": 50_000_000}
 BUFFERED = {"0.1M": [0, 2], "1M": [0, 8, 32], "50M": [0, 2, 4, 16]}  # 16 x 200 MB: streamed (RejoinStream)
 
@@ -55,9 +58,8 @@ def drop_cache(path: Path) -> None:
 def checkpoint(numel: int, directory: Path, repeats: int) -> dict[str, Any]:
     from trainthrough.ps.checkpoints import CheckpointStore
     from trainthrough.ps.state import ParameterState
-    from trainthrough.spec import OptimizerSpec
 
-    optimizer = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # momentum: state twice the model
+    optimizer = STATE_OPTIMIZER
     state = ParameterState(torch.randn(numel), optimizer)
     state.apply(torch.randn(numel))  # creates the momentum buffer
     payload = state.to_bytes()
@@ -77,7 +79,7 @@ def checkpoint(numel: int, directory: Path, repeats: int) -> dict[str, Any]:
 
     def save() -> None:
         version[0] += 1
-        store.save(version[0], state.to_bytes())
+        store.save(version[0], state.encode().chunks())  # as checkpoint mode writes
 
     def restore() -> None:
         newest = store.load_newest()
@@ -97,19 +99,6 @@ def checkpoint(numel: int, directory: Path, repeats: int) -> dict[str, Any]:
 
 
 # -- chain state transfer ------------------------------------------------------------------------------
-def blob_server(size: int, control) -> None:
-    designs.prepare_process()
-    blob = os.urandom(size)
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Blob", {"Fetch": grpc.unary_unary_rpc_method_handler(lambda request, context: blob)}
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=designs.BIG_MESSAGES)
-    server.add_generic_rpc_handlers((handler,))
-    control.send(server.add_insecure_port("127.0.0.1:0"))
-    server.start()
-    designs.serve_until_told(control, lambda: server.stop(0).wait())
-
-
 def start(target, *args) -> tuple[Any, Any, int]:
     ctx = mp.get_context("spawn")
     control, end = ctx.Pipe()
@@ -126,34 +115,82 @@ def stop(process, control) -> None:
     process.join(30)
 
 
+def sink_server(control) -> None:
+    """The transport limit: a client stream whose chunks the server only counts."""
+    designs.prepare_process()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Sink", {"Send": grpc.stream_unary_rpc_method_handler(lambda chunks, context: str(sum(len(c) for c in chunks)).encode())}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=designs.BIG_MESSAGES)
+    server.add_generic_rpc_handlers((handler,))
+    control.send(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    designs.serve_until_told(control, lambda: server.stop(0).wait())
+
+
+def joining_replica(control) -> None:
+    """A chain replica waiting for its state (a replacement added at the tail), as a PS process."""
+    from prometheus_client import CollectorRegistry
+
+    from trainthrough.events import EventLog
+    from trainthrough.metrics import create_metrics
+    from trainthrough.ps.chain import ChainReplica
+    from trainthrough.ps.core import ParameterServerCore
+    from trainthrough.ps.service import create_server
+    from trainthrough.ps.state import ParameterState
+
+    designs.prepare_process()
+    scratch = tempfile.mkdtemp(prefix="bench-chain-")
+    core = ParameterServerCore(
+        name="ps-1", mode="chain", updates="async", expected_workers=1,
+        events=EventLog(os.path.join(scratch, "events.jsonl"), source="ps-1"),
+        metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
+    )  # fmt: skip
+    mode = ChainReplica(
+        core, ack="tail", replicate_every=1, optimizer=STATE_OPTIMIZER, join=True,
+        initial_state=lambda: ParameterState(torch.zeros(0), STATE_OPTIMIZER),  # unused: it joins
+    )  # fmt: skip
+    server, port = create_server(mode, "127.0.0.1:0")
+    server.start()
+    mode.start()
+    control.send(port)
+    designs.serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
+
+
 def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
-    from trainthrough.proto import ps_pb2
+    """The predecessor's side of InstallState (as ps/chain.py sends it) into a joining
+    replica process, which receives, decodes and installs it; each repeat a newer seq."""
+    from trainthrough import wire
     from trainthrough.ps.state import ParameterState
     from trainthrough.rpc import Connection
-    from trainthrough.spec import OptimizerSpec
 
-    ps, ps_control, ps_port = start(designs.trainthrough_server, numel, 1)
-    connection = Connection(f"127.0.0.1:{ps_port}")
-    size = len(connection.call(lambda s, t: s.GetState(ps_pb2.HealthRequest(), timeout=t), timeout=300).data)
-    blob, blob_control, blob_port = start(blob_server, size)
-    channel = grpc.insecure_channel(f"127.0.0.1:{blob_port}", options=designs.BIG_MESSAGES)
-    fetch = channel.unary_unary("/bench.Blob/Fetch")
+    state = ParameterState(torch.randn(numel), STATE_OPTIMIZER)
+    state.apply(torch.randn(numel))  # creates the momentum buffer
+    encoded = state.encode()
+    raw = [bytes(chunk) for chunk in encoded.chunks()]  # the same chunks, ready to send
+    joiner, joiner_control, joiner_port = start(joining_replica)
+    sink, sink_control, sink_port = start(sink_server)
+    connection = Connection(f"127.0.0.1:{joiner_port}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{sink_port}", options=designs.BIG_MESSAGES)
+    send = channel.stream_unary("/bench.Sink/Send")
     try:
 
         def transfer() -> None:
-            reply = connection.call(lambda s, t: s.GetState(ps_pb2.HealthRequest(), timeout=t), timeout=300)
-            ParameterState.from_bytes(reply.data, OptimizerSpec(name="sgd", lr=designs.LR))
+            state.seq += 1  # newer than what the joiner has: it installs every time
+            stream = wire.state_stream(state.seq, encoded.nbytes, state.encode().chunks())
+            reply = connection.call(lambda s, t: s.InstallState(stream, timeout=t), timeout=300)
+            assert reply.applied_seq == state.seq
 
-        out = {"bytes": size}
-        out["transport_s"] = median_seconds(lambda: fetch(b"", timeout=300), repeats)
+        out = {"bytes": encoded.nbytes}
+        out["transport_s"] = median_seconds(lambda: send(iter(raw), timeout=300), repeats)
         out["state_transfer_s"] = median_seconds(transfer, repeats)
     finally:
         channel.close()
         connection.close()
-        stop(blob, blob_control)
-        stop(ps, ps_control)
-    out["transport_mb_s"] = size / out["transport_s"] / 1e6
-    out["state_transfer_mb_s"] = size / out["state_transfer_s"] / 1e6
+        stop(sink, sink_control)
+        stop(joiner, joiner_control)
+    out["transport_mb_s"] = encoded.nbytes / out["transport_s"] / 1e6
+    out["state_transfer_mb_s"] = encoded.nbytes / out["state_transfer_s"] / 1e6
     out["vs_transport"] = out["state_transfer_mb_s"] / out["transport_mb_s"]
     return out
 
@@ -220,7 +257,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {size} | {c['bytes'] / 1e6:.0f} | {c['disk_write_mb_s']:.0f} | {c['checkpoint_write_mb_s']:.0f} | {c['write_vs_disk']:.2f} "
             f"| {c['disk_read_mb_s']:.0f} | {c['checkpoint_restore_mb_s']:.0f} | {c['restore_vs_disk']:.2f} |"
         )
-    lines += ["", "## Chain state transfer", "", "| size | state MB | raw gRPC fetch MB/s | state transfer MB/s | x transport |", "|---|---|---|---|---|"]
+    lines += ["", "## Chain state transfer", "", "| size | state MB | raw gRPC stream MB/s | state transfer MB/s | x transport |", "|---|---|---|---|---|"]
     for size, c in results["state_transfer"].items():
         lines.append(f"| {size} | {c['bytes'] / 1e6:.0f} | {c['transport_mb_s']:.0f} | {c['state_transfer_mb_s']:.0f} | {c['vs_transport']:.2f} |")
     lines += ["", "## Stateless re-seed and replay", "", "| size | buffered gradients | rejoin MB | re-seed + replay s |", "|---|---|---|---|"]

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from conftest import RunningPS, StartPS, tensor_msg, wait_until
+from trainthrough import wire
 from trainthrough.errors import NotHead
 from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
@@ -292,3 +293,23 @@ def test_ack_head_acknowledges_before_tail_and_tail_catches_up(start_ps, chain_m
     assert wait_until(lambda: tail.core.version == 9 and middle.core.version == 9, timeout=10.0)
     assert_all_equal(replicas, 9)
     assert raw_params(tail)[1] == expected_params([grad(i) for i in range(9)])
+
+
+def test_a_malformed_state_transfer_is_refused_and_the_joiner_stays_empty(start_ps) -> None:
+    joiner = replica(start_ps, "ps-3", join=True)
+    good = ParameterState(INITIAL.clone(), OPTIMIZER, version=4).encode()
+    attempts = {
+        "the stream ended after": wire.state_stream(4, good.nbytes + 10, good.chunks()),
+        "more than the": wire.state_stream(4, good.nbytes - 10, good.chunks()),
+        "unknown format": wire.state_stream(4, 64, [b"x" * 64]),
+        "the first chunk must carry the header": iter([ps_pb2.StateChunk(data=b"x" * 64)]),
+        "the header says seq 9": wire.state_stream(9, good.nbytes, good.chunks()),
+    }
+    for message, stream in attempts.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            joiner.stub.InstallState(stream, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details(), message
+    assert joiner.health().state == "joining" and joiner.core.state is None
+    # The same replica then takes a whole one.
+    assert joiner.stub.InstallState(wire.state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
+    assert joiner.health().state == "serving" and joiner.health().version == 4

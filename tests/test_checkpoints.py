@@ -8,9 +8,13 @@ Covered:
 - ParameterState.to_bytes / from_bytes round trip of params, version, seq and dedup table;
   the optimizer state (SGD momentum buffer, Adam moments and step) is restored exactly, so
   the next step gives bit-identical parameters on the original and the copy, while a copy
-  without optimizer state would not; an unknown format number is refused;
+  without optimizer state would not; an unknown format number is refused, a format-1
+  payload (torch.save) still restores; from_buffer keeps the tensors in the given buffer
+  (no copies); hyperparameters come from the spec; each kind of malformed payload is
+  refused with what is wrong;
 - CheckpointStore: save/load round trip, file name and header layout (magic, length,
-  SHA-256); versions newest first; load_newest picks the newest; prune keeps `keep` files;
+  BLAKE3; files of earlier releases with SHA-256 are still read and verified); a payload saved in chunks gives the same file as saved whole; a file longer than
+  its header says is invalid; versions newest first; load_newest picks the newest; prune keeps `keep` files;
   no temporary file is left after a save;
 - invalid files (truncated payload, truncated header, a flipped payload byte, a bad magic)
   are skipped in favour of the previous valid checkpoint, with the file and reason in
@@ -32,6 +36,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
@@ -39,14 +44,17 @@ from prometheus_client import CollectorRegistry
 from trainthrough.events import EventLog, read_events
 from trainthrough.metrics import create_metrics
 from trainthrough.ps.checkpointing import CheckpointMode
+from trainthrough.optim import make_optimizer
 from trainthrough.ps.checkpoints import (
     HEADER,
     MAGIC,
+    READ_CHUNK,
     CheckpointStore,
     CorruptCheckpoint,
     PeriodicCheckpointer,
 )
 from trainthrough.ps.core import ParameterServerCore
+from trainthrough.ps import state_codec
 from trainthrough.ps.state import ParameterState
 from trainthrough.spec import OptimizerSpec
 
@@ -157,6 +165,26 @@ def test_optimizer_state_matters_for_the_round_trip_check(optimizer: OptimizerSp
     assert not torch.equal(fresh.param, original.param)
 
 
+def test_from_bytes_reads_a_format_1_payload_of_an_older_release() -> None:
+    """Checkpoints written before the current layout (torch.save archives) still restore."""
+    import io
+
+    original = _state(optimizer=SGD_MOMENTUM)
+    for gradient in _gradients(3):
+        original.apply(gradient)
+    original.record_pushes(["worker-0"], [7])
+    buffer = io.BytesIO()
+    legacy = {"format": 1, "version": original.version, "seq": original.seq, "params": original.param.detach().clone(),
+              "optimizer": original.optimizer.state_dict(), "last_push": dict(original.last_push)}  # fmt: skip
+    torch.save(legacy, buffer)
+    restored = ParameterState.from_bytes(buffer.getvalue(), SGD_MOMENTUM)
+    assert (restored.version, restored.last_push) == (3, {"worker-0": 7})
+    step = _gradients(1, seed=9)[0]
+    original.apply(step)
+    restored.apply(step)
+    assert torch.equal(restored.param, original.param)  # the momentum came along
+
+
 def test_from_bytes_refuses_an_unknown_format() -> None:
     import io
 
@@ -164,6 +192,60 @@ def test_from_bytes_refuses_an_unknown_format() -> None:
     torch.save({"format": 99}, buffer)
     with pytest.raises(ValueError, match="state format 99 is not 1"):
         ParameterState.from_bytes(buffer.getvalue(), OptimizerSpec())
+    future = state_codec.MAGIC + ParameterState(torch.zeros(4), OptimizerSpec()).to_bytes()[len(state_codec.MAGIC) :]
+    future = future.replace(b'"format": 2', b'"format": 9')
+    with pytest.raises(state_codec.StateFormatError, match="state format 9 is not 2"):
+        ParameterState.from_bytes(future, OptimizerSpec())
+
+
+def test_from_buffer_keeps_the_tensors_in_the_buffer_it_was_given() -> None:
+    """A restore costs one read: the parameters and the optimizer state are views of the
+    buffer, and training goes on in it."""
+    original = _state(optimizer=ADAM)
+    original.apply(_gradients(1)[0])
+    buffer = torch.frombuffer(bytearray(original.to_bytes()), dtype=torch.uint8)
+    restored = ParameterState.from_buffer(buffer, ADAM)
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+    moments = restored.optimizer.state[restored.param]
+    for tensor in (restored.param, moments["exp_avg"], moments["exp_avg_sq"]):
+        assert start <= tensor.data_ptr() < end
+    restored.apply(_gradients(1, seed=5)[0])
+    assert restored.version == 2 and torch.equal(ParameterState.from_buffer(buffer, ADAM).param, restored.param)
+
+
+def test_the_optimizer_hyperparameters_come_from_the_spec_not_the_payload() -> None:
+    payload = _state(optimizer=SGD_MOMENTUM).to_bytes()
+    changed = OptimizerSpec(name="sgd", lr=0.5, momentum=0.9)
+    assert ParameterState.from_bytes(payload, changed).optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_encoded_chunks_are_the_payload_and_are_aligned() -> None:
+    state = _state(optimizer=ADAM)
+    state.apply(_gradients(1)[0])
+    encoded = state.encode()
+    chunks = list(encoded.chunks(chunk_bytes=12))
+    assert b"".join(chunks) == encoded.to_bytes() and len(encoded.to_bytes()) == encoded.nbytes
+    assert all(offset % state_codec.ALIGN == 0 for offset in encoded.offsets)
+    tensor_data = [c for c in chunks if not c.readonly]  # views of the live tensors (header, padding: bytes)
+    assert len(tensor_data) >= 3 * 3 and max(len(c) for c in tensor_data) <= 12
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:10], "shorter than its 16-byte prefix"),
+        (lambda b: b"NOTSTATE" + b[8:], "unknown format"),
+        (lambda b: b[:8] + (10**9).to_bytes(8, "little") + b[16:], "header of 1000000000 bytes runs past"),
+        (lambda b: b.replace(b'"float32"', b'"float99"', 1), "unknown dtype 'float99'"),
+        (lambda b: b[: len(b) - 4], "lies outside the"),
+        (lambda b: b.replace(b'"version"', b'"versjon"', 1), "malformed header"),
+    ],
+    ids=["short", "magic", "header-length", "dtype", "truncated-data", "missing-field"],
+)
+def test_a_malformed_state_is_refused_with_what_is_wrong(damage, message: str) -> None:
+    payload = _state(optimizer=SGD_MOMENTUM).to_bytes()
+    with pytest.raises(state_codec.StateFormatError, match=message):
+        ParameterState.from_bytes(damage(payload), SGD_MOMENTUM)
 
 
 # -- CheckpointStore ---------------------------------------------------------------------
@@ -175,13 +257,49 @@ def test_save_and_load_round_trip_and_file_layout(tmp_path: Path) -> None:
     assert path == tmp_path / "ckpts" / "ckpt-000000000010.ttc"
     data = path.read_bytes()
     magic, length, digest = HEADER.unpack_from(data)
-    assert magic == MAGIC == b"TTCKPT01"
+    assert magic == MAGIC == b"TTCKPT02"
     assert length == len(b"payload-10")
-    assert digest == hashlib.sha256(b"payload-10").digest()
+    assert digest == blake3.blake3(b"payload-10").digest()
     assert data[HEADER.size :] == b"payload-10"
 
     checkpoint = store.load(10)
     assert (checkpoint.version, checkpoint.path, checkpoint.payload) == (10, path, b"payload-10")
+
+
+def test_a_payload_saved_in_chunks_is_the_same_file_as_saved_whole(tmp_path: Path) -> None:
+    """Checkpoint mode writes the state straight from its tensors, chunk by chunk, hashing
+    each while the previous one is written; the file is the same as one written whole,
+    and it spans several read chunks on load."""
+    state = _state(optimizer=ADAM)
+    state.param = torch.nn.Parameter(torch.randn(9_000_000), requires_grad=False)  # 36 MB: > READ_CHUNK
+    state.optimizer = make_optimizer(ADAM, [state.param])
+    state.apply(torch.randn(9_000_000))
+    encoded = state.encode()
+    whole, chunked = CheckpointStore(tmp_path / "whole"), CheckpointStore(tmp_path / "chunked")
+    assert whole.save(1, encoded.to_bytes()).read_bytes() == chunked.save(1, encoded.chunks()).read_bytes()
+    assert encoded.nbytes > 2 * READ_CHUNK
+    restored = ParameterState.from_bytes(chunked.load(1).payload, ADAM)
+    assert torch.equal(restored.param, state.param) and restored.version == 1
+
+
+def test_a_checkpoint_of_an_earlier_release_sha256_is_read_and_verified(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    payload = _state(version=3).to_bytes()
+    path = store.path_for(3)
+    path.write_bytes(HEADER.pack(b"TTCKPT01", len(payload), hashlib.sha256(payload).digest()) + payload)
+    assert ParameterState.from_bytes(store.load(3).payload, SGD_MOMENTUM).version == 3
+    _flip_byte(path, HEADER.size + len(payload) - 1)
+    with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
+        store.load(3)
+
+
+def test_a_file_longer_than_its_header_says_is_invalid(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    path = store.save(10, b"payload-10")
+    with open(path, "ab") as f:
+        f.write(b"junk")
+    with pytest.raises(CorruptCheckpoint, match="oversized payload"):
+        store.load(10)
 
 
 def test_load_newest_and_versions(tmp_path: Path) -> None:

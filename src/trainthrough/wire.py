@@ -355,3 +355,29 @@ def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Itera
             raise WireError(f"{len(data)} bytes after the last tensor")
         assemblers[current].add(data)
     return [assembler.finish() for assembler in assemblers]
+
+
+# -- a parameter-server state in chunks (InstallState) ----------------------------------------------
+def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview]) -> Iterator[ps_pb2.StateChunk]:
+    """The StateChunk messages of a state of `total_bytes` sent as `chunks`."""
+    yield ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes))
+    for chunk in chunks:
+        yield ps_pb2.StateChunk(data=bytes(chunk))
+
+
+def receive_bytes(total_bytes: int, data: Iterable[bytes], what: str) -> torch.Tensor:
+    """The `total_bytes` sent as `data`, copied into one uint8 buffer as they arrive;
+    WireError unless exactly that many arrived."""
+    if total_bytes < 0:
+        raise WireError(f"{what}: total_bytes is {total_bytes}")
+    buffer = torch.empty(total_bytes, dtype=torch.uint8)
+    view = memoryview(buffer.numpy()) if total_bytes else memoryview(bytearray())
+    filled = 0
+    for chunk in data:
+        if filled + len(chunk) > total_bytes:
+            raise WireError(f"{what}: more than the {total_bytes} bytes announced")
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled != total_bytes:
+        raise WireError(f"{what}: the stream ended after {filled} of {total_bytes} bytes")
+    return buffer

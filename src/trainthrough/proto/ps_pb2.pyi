@@ -168,13 +168,21 @@ class ReconfigureReply(_message.Message):
     applied_seq: int
     def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
 
-class StateBlob(_message.Message):
-    __slots__ = ("seq", "data")
+class StateHeader(_message.Message):
+    __slots__ = ("seq", "total_bytes")
     SEQ_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     seq: int
+    total_bytes: int
+    def __init__(self, seq: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class StateChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: StateHeader
     data: bytes
-    def __init__(self, seq: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[StateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InstallReply(_message.Message):
     __slots__ = ("applied_seq",)

@@ -74,15 +74,10 @@ class ParameterServerStub:
                 request_serializer=trainthrough_dot_proto_dot_ps__pb2.ChainConfig.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.ReconfigureReply.FromString,
                 _registered_method=True)
-        self.InstallState = channel.unary_unary(
+        self.InstallState = channel.stream_unary(
                 '/trainthrough.v1alpha1.ParameterServer/InstallState',
-                request_serializer=trainthrough_dot_proto_dot_ps__pb2.StateBlob.SerializeToString,
+                request_serializer=trainthrough_dot_proto_dot_ps__pb2.StateChunk.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.InstallReply.FromString,
-                _registered_method=True)
-        self.GetState = channel.unary_unary(
-                '/trainthrough.v1alpha1.ParameterServer/GetState',
-                request_serializer=trainthrough_dot_proto_dot_ps__pb2.HealthRequest.SerializeToString,
-                response_deserializer=trainthrough_dot_proto_dot_ps__pb2.StateBlob.FromString,
                 _registered_method=True)
         self.Rejoin = channel.unary_unary(
                 '/trainthrough.v1alpha1.ParameterServer/Rejoin',
@@ -148,13 +143,7 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def InstallState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetState(self, request, context):
+    def InstallState(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,15 +205,10 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     request_deserializer=trainthrough_dot_proto_dot_ps__pb2.ChainConfig.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.ReconfigureReply.SerializeToString,
             ),
-            'InstallState': grpc.unary_unary_rpc_method_handler(
+            'InstallState': grpc.stream_unary_rpc_method_handler(
                     servicer.InstallState,
-                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.StateBlob.FromString,
+                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.StateChunk.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.InstallReply.SerializeToString,
-            ),
-            'GetState': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetState,
-                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.HealthRequest.FromString,
-                    response_serializer=trainthrough_dot_proto_dot_ps__pb2.StateBlob.SerializeToString,
             ),
             'Rejoin': grpc.unary_unary_rpc_method_handler(
                     servicer.Rejoin,
@@ -464,7 +448,7 @@ class ParameterServer:
             _registered_method=True)
 
     @staticmethod
-    def InstallState(request,
+    def InstallState(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -474,39 +458,12 @@ class ParameterServer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/trainthrough.v1alpha1.ParameterServer/InstallState',
-            trainthrough_dot_proto_dot_ps__pb2.StateBlob.SerializeToString,
+            trainthrough_dot_proto_dot_ps__pb2.StateChunk.SerializeToString,
             trainthrough_dot_proto_dot_ps__pb2.InstallReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetState(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/trainthrough.v1alpha1.ParameterServer/GetState',
-            trainthrough_dot_proto_dot_ps__pb2.HealthRequest.SerializeToString,
-            trainthrough_dot_proto_dot_ps__pb2.StateBlob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Callable
 
 from trainthrough import wire
@@ -30,6 +31,7 @@ from trainthrough.proto import ps_pb2
 from trainthrough.ps.core import NotServing, ParameterServerCore, Record
 from trainthrough.ps.mode import Mode
 from trainthrough.ps.state import ParameterState
+from trainthrough.ps.state_codec import StateFormatError
 from trainthrough.rpc import Connection
 from trainthrough.spec import OptimizerSpec
 
@@ -161,10 +163,13 @@ class ChainReplica(Mode):
                     _fill_record(request.records.add(), record)
                 reply = successor.call(lambda s, t: s.Replicate(request, timeout=t), timeout=REPLICATE_TIMEOUT)
             else:
-                with self.core.state_lock:
-                    blob = ps_pb2.StateBlob(seq=state.seq, data=state.to_bytes())
-                reply = successor.call(lambda s, t: s.InstallState(blob, timeout=t), timeout=REPLICATE_TIMEOUT)
-                self.core.events.emit("chain_state_transfer", to=successor.address, seq=state.seq, bytes=len(blob.data))
+                encoded = state.encode()  # views of the live state: unchanged while we hold the order lock
+
+                def stream() -> Iterator[ps_pb2.StateChunk]:  # a fresh one for each attempt
+                    return wire.state_stream(state.seq, encoded.nbytes, encoded.chunks())
+
+                reply = successor.call(lambda s, t: s.InstallState(stream(), timeout=t), timeout=REPLICATE_TIMEOUT)
+                self.core.events.emit("chain_state_transfer", to=successor.address, seq=state.seq, bytes=encoded.nbytes)
             self.successor_seq = reply.applied_seq
         if self.successor_seq < state.seq:
             raise PSUnavailable(f"successor {successor.address} stays behind at seq {self.successor_seq} < {state.seq}")
@@ -188,12 +193,23 @@ class ChainReplica(Mode):
                 self.core.apply_record(Record(message.seq, gradient, list(message.workers), list(message.push_ids)))
             return ps_pb2.ReplicateReply(applied_seq=state.seq)
 
-    def install_state(self, request: ps_pb2.StateBlob) -> ps_pb2.InstallReply:
+    def install_state(self, chunks: Iterable[ps_pb2.StateChunk]) -> ps_pb2.InstallReply:
+        header, data = wire.stream_payload(chunks, "header", "InstallState")
+        current = self.core.state
+        if current is not None and current.seq >= header.seq:
+            return ps_pb2.InstallReply(applied_seq=current.seq)
+        # Received outside the order lock: records may still arrive meanwhile, re-checked below.
+        buffer = wire.receive_bytes(header.total_bytes, data, "InstallState")
+        try:
+            state = ParameterState.from_buffer(buffer, self.optimizer)
+        except StateFormatError as error:
+            raise wire.WireError(str(error)) from error
+        if state.seq != header.seq:
+            raise wire.WireError(f"the header says seq {header.seq}, the state has seq {state.seq}")
         with self.core.order_lock:
             current = self.core.state
-            if current is not None and current.seq >= request.seq:
+            if current is not None and current.seq >= header.seq:
                 return ps_pb2.InstallReply(applied_seq=current.seq)
-            state = ParameterState.from_bytes(request.data, self.optimizer)
             self.log.clear()
             self.core.install(state, restored_from="chain")
             self.successor_seq = None

@@ -3,11 +3,14 @@
 Used by checkpoint mode (ps/checkpointing.py) and, optionally, as the stateless mode's
 fallback. A file is written to a temporary name, fsynced, renamed into place and the
 directory fsynced, so a kill at any moment leaves either the old set or the new file,
-never a half-written checkpoint under a final name. Each file carries the SHA-256 of its
-payload; on load a truncated or corrupted file is reported and skipped in favour of the
-next newest.
+never a half-written checkpoint under a final name. Each file carries the BLAKE3 hash of
+its payload (files of earlier releases: SHA-256, still read); on load a truncated or
+corrupted file is reported and skipped in favour of the next newest.
 
-File layout: MAGIC (8 bytes) | payload length (8 bytes, big-endian) | sha256 (32 bytes) | payload
+File layout: MAGIC (8 bytes) | payload length (8 bytes, big-endian) | hash (32 bytes) | payload
+
+The payload is a state in the layout of ps/state_codec.py, written straight from the live
+tensors and read back into one buffer that the restored state keeps (no copies).
 """
 
 from __future__ import annotations
@@ -19,15 +22,21 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import blake3
+import torch
 
 from trainthrough.ps.state import ParameterState
 from trainthrough.spec import OptimizerSpec
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"TTCKPT01"
+MAGIC = b"TTCKPT02"  # BLAKE3 of the payload
+MAGIC_SHA256 = b"TTCKPT01"  # files of earlier releases: SHA-256 of the payload, still read
 HEADER = struct.Struct(">8sQ32s")
 NAME = re.compile(r"^ckpt-(\d{12})\.ttc$")
 
@@ -36,11 +45,30 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file failed verification (bad magic, length or checksum)."""
 
 
+Payload = bytes | bytearray | memoryview | Iterable[bytes | memoryview]
+READ_CHUNK = 16 << 20
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     version: int
     path: Path
-    payload: bytes
+    payload: memoryview  # writable: a state decoded from it takes the buffer over
+
+
+def _write_all(f, chunk: bytes | memoryview) -> None:
+    view = memoryview(chunk).cast("B")
+    while view:
+        view = view[f.write(view) :]
+
+
+def _read_exactly(f, part: memoryview, path: Path) -> None:
+    filled = 0
+    while filled < len(part):
+        count = f.readinto(part[filled:])
+        if not count:
+            raise CorruptCheckpoint(f"{path}: the payload ended early while reading")
+        filled += count
 
 
 class CheckpointStore:
@@ -70,16 +98,26 @@ class CheckpointStore:
                 found.append(int(match.group(1)))
         return sorted(found, reverse=True)
 
-    def save(self, version: int, payload: bytes) -> Path:
+    def save(self, version: int, payload: Payload) -> Path:
+        """Write `payload` (bytes, or its chunks in order) as the checkpoint of `version`,
+        hashing each chunk while the previous one is written."""
+        chunks = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
         final = self.path_for(version)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        header = HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            with os.fdopen(fd, "wb", closefd=True) as f:
-                f.write(header)
-                f.write(payload)
-                f.flush()
+            with os.fdopen(fd, "wb", buffering=0, closefd=True) as f, ThreadPoolExecutor(1) as hashing:
+                f.write(bytes(HEADER.size))  # the real header once the payload's length and hash are known
+                digest, length, hashed = blake3.blake3(), 0, None
+                for chunk in chunks:
+                    if hashed is not None:
+                        hashed.result()
+                    hashed = hashing.submit(digest.update, chunk)  # hashing releases the GIL
+                    _write_all(f, chunk)
+                    length += len(chunk)
+                if hashed is not None:
+                    hashed.result()
+                os.pwrite(f.fileno(), HEADER.pack(MAGIC, length, digest.digest()), 0)
                 os.fsync(f.fileno())
             os.replace(tmp, final)
         except BaseException:
@@ -90,19 +128,34 @@ class CheckpointStore:
         return final
 
     def load(self, version: int) -> Checkpoint:
+        """The verified checkpoint of `version`: read into one buffer while the part read
+        before is hashed, so verifying costs little more than reading."""
         path = self.path_for(version)
-        data = path.read_bytes()
-        if len(data) < HEADER.size:
-            raise CorruptCheckpoint(f"{path}: truncated header ({len(data)} bytes)")
-        magic, length, digest = HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise CorruptCheckpoint(f"{path}: not a trainthrough checkpoint (magic {magic!r})")
-        payload = data[HEADER.size :]
-        if len(payload) != length:
-            raise CorruptCheckpoint(f"{path}: truncated payload ({len(payload)} of {length} bytes)")
-        if hashlib.sha256(payload).digest() != digest:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(HEADER.size)
+            if len(head) < HEADER.size:
+                raise CorruptCheckpoint(f"{path}: truncated header ({len(head)} bytes)")
+            magic, length, expected = HEADER.unpack(head)
+            if magic not in (MAGIC, MAGIC_SHA256):
+                raise CorruptCheckpoint(f"{path}: not a trainthrough checkpoint (magic {magic!r})")
+            stored = os.fstat(f.fileno()).st_size - HEADER.size
+            if stored != length:
+                raise CorruptCheckpoint(f"{path}: {'truncated' if stored < length else 'oversized'} payload ({stored} of {length} bytes)")
+            buffer = torch.empty(length, dtype=torch.uint8)
+            view = memoryview(buffer.numpy()) if length else memoryview(bytearray())
+            digest, hashed = (blake3.blake3() if magic == MAGIC else hashlib.sha256()), None
+            with ThreadPoolExecutor(1) as hashing:
+                for start in range(0, length, READ_CHUNK):
+                    part = view[start : start + READ_CHUNK]
+                    _read_exactly(f, part, path)
+                    if hashed is not None:
+                        hashed.result()
+                    hashed = hashing.submit(digest.update, part)
+                if hashed is not None:
+                    hashed.result()
+        if digest.digest() != expected:
             raise CorruptCheckpoint(f"{path}: checksum mismatch")
-        return Checkpoint(version=version, path=path, payload=payload)
+        return Checkpoint(version=version, path=path, payload=view)
 
     def load_newest(self) -> Checkpoint | None:
         """The newest checkpoint that verifies; invalid ones are logged, recorded and skipped."""
@@ -181,16 +234,15 @@ class PeriodicCheckpointer:
         if state.version == self._last_version:
             return
         started = time.monotonic()
-        with self.core.state_lock:
-            payload = state.to_bytes()
-        path = self.store.save(state.version, payload)
+        encoded = state.encode()  # views of the live state: unchanged while we hold the order lock
+        path = self.store.save(state.version, encoded.chunks())
         self._last_version = state.version
         self.core.metric(self.core.metrics.checkpoints_written).inc()
         self.core.events.emit(
             "checkpoint_written",
             version=state.version,
             path=str(path),
-            bytes=len(payload),
+            bytes=encoded.nbytes,
             seconds=round(time.monotonic() - started, 6),
         )
 

@@ -97,13 +97,8 @@ class Mode:
     def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:
         raise Unsupported(f"Reconfigure: not a chain replica (mode {self.name})")
 
-    def install_state(self, request: ps_pb2.StateBlob) -> ps_pb2.InstallReply:
+    def install_state(self, chunks: Iterable[ps_pb2.StateChunk]) -> ps_pb2.InstallReply:
         raise Unsupported(f"InstallState: not a chain replica (mode {self.name})")
-
-    def get_state(self) -> ps_pb2.StateBlob:
-        state = self.core.require_state()
-        with self.core.order_lock, self.core.state_lock:
-            return ps_pb2.StateBlob(seq=state.seq, data=state.to_bytes())
 
     # -- stateless -------------------------------------------------------------------------
     def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:

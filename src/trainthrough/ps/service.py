@@ -75,11 +75,8 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
     def Reconfigure(self, request, context):
         return self._call(context, "Reconfigure", lambda: self.mode.reconfigure(request))
 
-    def InstallState(self, request, context):
-        return self._call(context, "InstallState", lambda: self.mode.install_state(request))
-
-    def GetState(self, request, context):
-        return self._call(context, "GetState", self.mode.get_state)
+    def InstallState(self, request_iterator, context):
+        return self._call(context, "InstallState", lambda: self.mode.install_state(request_iterator))
 
     def Rejoin(self, request, context):
         return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))

@@ -2,21 +2,18 @@
 the model version, the chain sequence number and the per-worker deduplication table.
 
 Used by every mode (ps/core.py applies updates through it; checkpoints and chain state
-transfer serialize it with `to_bytes`/`from_bytes`). Not thread-safe: the caller holds
-the PS's state lock.
+transfer serialize it with `encode`/`from_buffer`, in the layout of ps/state_codec.py).
+Not thread-safe: the caller holds the PS's state lock.
 """
 
 from __future__ import annotations
-
-import io
 
 import torch
 
 from trainthrough import wire
 from trainthrough.optim import make_optimizer
+from trainthrough.ps import state_codec
 from trainthrough.spec import OptimizerSpec
-
-FORMAT_VERSION = 1
 
 
 class ParameterState:
@@ -28,8 +25,10 @@ class ParameterState:
     1
     """
 
-    def __init__(self, params: torch.Tensor, optimizer: OptimizerSpec, version: int = 0) -> None:
-        self.param = torch.nn.Parameter(params.detach().reshape(-1).to(torch.float32).clone(), requires_grad=False)
+    def __init__(self, params: torch.Tensor, optimizer: OptimizerSpec, version: int = 0, *, copy: bool = True) -> None:
+        """`copy=False` takes `params` (flat float32) itself as the master copy."""
+        flat = params.detach().reshape(-1)
+        self.param = torch.nn.Parameter(flat.to(torch.float32).clone() if copy else flat, requires_grad=False)
         self.optimizer_spec = optimizer
         self.optimizer = make_optimizer(optimizer, [self.param])
         self.version = version
@@ -60,29 +59,36 @@ class ParameterState:
         """A snapshot of the parameters as wire bytes (float32, or rounded to bfloat16)."""
         return wire.tensor_bytes(self.param.detach(), dtype)
 
+    def encode(self) -> state_codec.EncodedState:
+        """Everything to continue training, as views of the live tensors: the caller keeps
+        the state unchanged (holds the order lock) until the bytes are written."""
+        optimizer_state = self.optimizer.state_dict()["state"].get(0, {})
+        return state_codec.encode(self.version, self.seq, dict(self.last_push), self.param, optimizer_state)
+
     def to_bytes(self) -> bytes:
-        """Everything to continue training, in torch's serialization format."""
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "format": FORMAT_VERSION,
-                "version": self.version,
-                "seq": self.seq,
-                "params": self.param.detach().clone(),
-                "optimizer": self.optimizer.state_dict(),
-                "last_push": dict(self.last_push),
-            },
-            buffer,
-        )
-        return buffer.getvalue()
+        return self.encode().to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, optimizer: OptimizerSpec) -> "ParameterState":
-        blob = torch.load(io.BytesIO(data), weights_only=True)
-        if blob.get("format") != FORMAT_VERSION:
-            raise ValueError(f"state format {blob.get('format')!r} is not {FORMAT_VERSION}")
-        state = cls(blob["params"], optimizer, version=int(blob["version"]))
-        state.seq = int(blob["seq"])
-        state.optimizer.load_state_dict(blob["optimizer"])
-        state.last_push = {str(k): int(v) for k, v in blob["last_push"].items()}
+    def from_buffer(cls, buffer: torch.Tensor, optimizer: OptimizerSpec) -> "ParameterState":
+        """The state encoded in `buffer` (a writable uint8 tensor), which it takes over:
+        the parameters and the optimizer state are views into it, not copies."""
+        decoded = state_codec.decode(buffer)
+        params = decoded.params
+        if params.dtype != torch.float32 or params.dim() != 1:
+            raise state_codec.StateFormatError(f"state: params must be a flat float32 vector, not {params.dtype} of shape {list(params.shape)}")
+        for key, value in decoded.optimizer_state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params.shape:
+                raise state_codec.StateFormatError(f"state: optimizer tensor {key!r} has shape {list(value.shape)}, the params {list(params.shape)}")
+        state = cls(params, optimizer, decoded.version, copy=False)
+        state.seq = decoded.seq
+        state.last_push = decoded.last_push
+        if decoded.optimizer_state:
+            # Hyperparameters from the spec, not the payload; same-dtype tensors are kept, not copied.
+            groups = state.optimizer.state_dict()["param_groups"]
+            state.optimizer.load_state_dict({"state": {0: decoded.optimizer_state}, "param_groups": groups})
         return state
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, optimizer: OptimizerSpec) -> "ParameterState":
+        """As from_buffer; writable `data` is shared, read-only bytes are copied once."""
+        return cls.from_buffer(state_codec.writable_buffer(data), optimizer)
