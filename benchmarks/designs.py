@@ -4,7 +4,8 @@ and a worker loop, run in separate processes.
 - `echo`: a raw gRPC unary call that sends the gradient's bytes and gets the same number
   of bytes back (no protobuf, no tensors): the transport limit for push + pull.
 - `trainthrough`: the product's PS (ps/core.py, ps/service.py, async updates, SGD) and its
-  client (worker/client.py): push the gradient, pull the new parameters.
+  client (worker/client.py): push the gradient and get the new parameters back, in one
+  call (a streamed model: a push, then a pull).
 - `trainthrough-bf16`: the same with `workers.transferDtype: bfloat16` (half the bytes on
   the wire, float32 master weights on the PS).
 - `trainthrough-unary`: the same with streaming off: every tensor in one message (by
@@ -147,8 +148,8 @@ def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable
     version = [-1]
 
     def step() -> None:
-        reply = client.push(gradient, base_version=version[0], samples=32)
-        version[0], params, _ = client.pull(version[0])
+        reply, pulled = client.push_and_pull(gradient, base_version=version[0], samples=32)  # as the worker does
+        version[0], params, _ = pulled or client.pull(version[0])
         assert params is not None and params.numel() == numel and reply.version >= 1
 
     return step

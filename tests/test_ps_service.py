@@ -108,6 +108,42 @@ def test_push_then_pull_applies_sgd_exactly(start_ps, ps_client, tmp_path) -> No
     assert version == 2 and params is None
 
 
+def test_push_and_pull_gets_the_parameters_after_the_push_in_the_same_call(start_ps, ps_client, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    client = ps_client([ps.address])
+    _, _, incarnation = client.pull(-1)
+    grad = torch.arange(N, dtype=torch.float32) - 3.0
+    push_id = client.push_id
+    reply, pulled = client.push_and_pull(grad, base_version=0, samples=32)
+    assert (reply.version, reply.duplicate, reply.params_version) == (1, False, 1)
+    version, params, pulled_incarnation = pulled
+    assert version == 1 and pulled_incarnation == incarnation
+    assert torch.equal(params, -LR * grad) and torch.equal(params, client.pull(-1)[1])
+    assert client.push_id == push_id + 1  # one push, acknowledged
+
+    # In bfloat16 when the worker transfers in bfloat16; the master weights stay float32.
+    half = ps_client([ps.address], "worker-1", transfer_dtype="bfloat16")
+    half.pull(-1)
+    _, (version, params, _) = half.push_and_pull(torch.full((N,), 0.5), base_version=1, samples=32)
+    assert version == 2 and torch.equal(params, ps.pull()[1].to(torch.bfloat16).float())
+
+
+def test_a_push_asking_for_parameters_in_an_unknown_dtype_applies_nothing(start_ps, tmp_path) -> None:
+    ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
+    request = push_request("worker-0", 1, tensor_msg(GOOD))
+    request.pull_dtype = "float16"
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.Push(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pull_dtype: must be one of" in caught.value.details()
+    streamed = push_request("worker-0", 1, ps_pb2.Tensor(dtype="float32", shape=[N]))
+    streamed.pull_dtype = "float32"
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.PushStream(iter([ps_pb2.PushChunk(request=streamed, data=tensor_msg(GOOD).data)]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pull a streamed model with PullStream" in caught.value.details()
+    assert ps.pull()[0] == 0  # nothing applied
+
+
 def test_bfloat16_gradient_is_accepted(start_ps, ps_client, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
     grad = torch.tensor([1.0, -2.0, 0.5, 4.0, 0, 0, 0, 0, 0, 8.0])  # exact in bfloat16
@@ -487,6 +523,9 @@ def test_streamed_push_and_pull_match_unary(start_ps, ps_client, tmp_path) -> No
     version, streamed, _ = streaming.pull(0)
     assert version == 1 and torch.equal(streamed, unary.pull(-1)[1])
     assert torch.equal(streamed, init - LR * gradient)
+    # push_and_pull of a streamed model: the push streams, the parameters come by the caller's pull.
+    reply, pulled = streaming.push_and_pull(gradient, base_version=1, samples=32)
+    assert reply.version == 2 and pulled is None and streaming.pull(1)[0] == 2
 
 
 def test_a_stream_cut_short_or_malformed_applies_nothing(start_ps, tmp_path) -> None:

@@ -130,6 +130,7 @@ def check_finite(flat: torch.Tensor, what: str) -> None:
 DATA_FIELD = ps_pb2.Tensor.DESCRIPTOR.fields_by_name["data"].number
 SERVICE = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 PUSH_TENSOR_FIELD = ps_pb2.PushRequest.DESCRIPTOR.fields_by_name["gradient"].number
+PUSH_REPLY_TENSOR_FIELD = ps_pb2.PushReply.DESCRIPTOR.fields_by_name["params"].number
 PULL_TENSOR_FIELD = ps_pb2.PullReply.DESCRIPTOR.fields_by_name["params"].number
 
 

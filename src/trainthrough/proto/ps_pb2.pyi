@@ -37,28 +37,34 @@ class PullReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("worker", "push_id", "base_version", "gradient", "samples")
+    __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PULL_DTYPE_FIELD_NUMBER: _ClassVar[int]
     worker: str
     push_id: int
     base_version: int
     gradient: Tensor
     samples: int
-    def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ...) -> None: ...
+    pull_dtype: str
+    def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("version", "duplicate", "incarnation")
+    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     duplicate: bool
     incarnation: str
-    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    params: Tensor
+    params_version: int
+    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ...) -> None: ...
 
 class PushChunk(_message.Message):
     __slots__ = ("request", "data")

@@ -199,7 +199,7 @@ class ChainReplica(Mode):
         if current is not None and current.seq >= header.seq:
             return ps_pb2.InstallReply(applied_seq=current.seq)
         # Received outside the order lock: records may still arrive meanwhile, re-checked below.
-        buffer = wire.receive_bytes(header.total_bytes, data, "InstallState")
+        buffer = wire.receive_bytes(header.total_bytes, data, "state")
         try:
             state = ParameterState.from_buffer(buffer, self.optimizer)
         except StateFormatError as error:

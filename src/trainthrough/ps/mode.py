@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from trainthrough import wire
-from trainthrough.errors import PermanentError
+from trainthrough.errors import PermanentError, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.core import ParameterServerCore
 
@@ -45,6 +45,19 @@ class Mode:
         version, duplicate = self.core.push(request.worker, request.push_id, gradient)
         return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation)
 
+    def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview) -> wire.Framed:
+        """A push and, when the request asks (pull_dtype), the parameters after it beside
+        the reply: the pull that follows every push, in the same call."""
+        if request.pull_dtype:
+            wire.check_dtype(request.pull_dtype, "pull_dtype")  # before the push is applied
+        reply = self.push(request, data)
+        if not request.pull_dtype:
+            return wire.Framed(reply)
+        pulled = self.pull(ps_pb2.PullRequest(worker=request.worker, have_version=-1, dtype=request.pull_dtype))
+        reply.params_version = pulled.message.version
+        reply.params.CopyFrom(pulled.message.params)
+        return wire.Framed(reply, pulled.data)
+
     def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
         """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
         dtype = request.dtype or "float32"
@@ -61,6 +74,8 @@ class Mode:
         """A push whose gradient arrives in chunks: each is checked and copied into place as
         it arrives; nothing is applied unless the whole gradient arrived intact."""
         request, data = wire.stream_payload(chunks, "request", "PushStream")
+        if request.pull_dtype:
+            raise WireError("pull_dtype is for Push only; pull a streamed model with PullStream")
         [gradient] = wire.assemble([(request.gradient, self.core.numel, "gradient")], data)
         return self.push(request, gradient=gradient)
 

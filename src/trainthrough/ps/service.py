@@ -54,7 +54,7 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         return self._call(context, "Pull", lambda: self.mode.pull(request))  # a wire.Framed
 
     def Push(self, request: wire.Framed, context):
-        return self._call(context, "Push", lambda: self.mode.push(request.message, request.data))
+        return self._call(context, "Push", lambda: self.mode.push_then_pull(request.message, request.data))  # a wire.Framed
 
     def PushStream(self, request_iterator, context):
         return self._call(context, "PushStream", lambda: self.mode.push_stream(request_iterator))
@@ -137,7 +137,7 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
     handlers["Push"] = grpc.unary_unary_rpc_method_handler(
         servicer.Push,
         request_deserializer=wire.framed_deserializer(ps_pb2.PushRequest, wire.PUSH_TENSOR_FIELD),
-        response_serializer=ps_pb2.PushReply.SerializeToString,
+        response_serializer=wire.framed_serializer(wire.PUSH_REPLY_TENSOR_FIELD),
     )
     handlers["Pull"] = grpc.unary_unary_rpc_method_handler(
         servicer.Pull,

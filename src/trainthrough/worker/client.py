@@ -33,6 +33,7 @@ class Stopped(TrainthroughError):
 
 
 STREAM_ABOVE_BYTES = 16 << 20
+Pulled = tuple[int, torch.Tensor | None, str]  # (version, parameters or None if unchanged, PS incarnation)
 
 
 def _assemble(chunks: Iterable[ps_pb2.PullChunk]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
@@ -112,8 +113,22 @@ class PSClient:
 
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
+        return self._push(gradient, base_version, samples, timeout, pull=False)[0]
+
+    def push_and_pull(
+        self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None
+    ) -> tuple[ps_pb2.PushReply, Pulled | None]:
+        """A push and the parameters after it, in one call; None instead of the parameters
+        when the model streams (then the caller pulls: retrying this call after a
+        successful push would push the gradient again under the next push id)."""
+        return self._push(gradient, base_version, samples, timeout, pull=True)
+
+    def _push(
+        self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None, *, pull: bool
+    ) -> tuple[ps_pb2.PushReply, Pulled | None]:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
-        if self._streams(gradient.numel()):
+        pulled = None
+        if self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
             def stream() -> Iterator[ps_pb2.PushChunk]:  # a fresh one for each attempt
@@ -124,38 +139,51 @@ class PSClient:
 
             reply = self._head.call(lambda s, t: s.PushStream(stream(), timeout=t), timeout=timeout or self.call_timeout)
         else:
-            framed = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
+            if pull:
+                request.pull_dtype = self.transfer_dtype
+            framed_request = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
             push = self._hot_calls(self._head)[0]
-            reply = self._head.call(lambda s, t: push(framed, timeout=t), timeout=timeout or self.call_timeout)
+            framed = self._head.call(lambda s, t: push(framed_request, timeout=t), timeout=timeout or self.call_timeout)
+            reply = framed.message
+            if pull:
+                params = reply.params if reply.HasField("params") else None
+                pulled = self._pulled(reply.params_version, params, framed.data, reply.incarnation)
         self.push_id += 1
-        return reply
+        return reply, pulled
 
     def _streams(self, numel: int | None, dtype: str | None = None) -> bool:
         return numel is not None and numel * wire.itemsize(dtype or self.transfer_dtype) > self.stream_above_bytes
 
-    def pull(self, have_version: int, timeout: float | None = None) -> tuple[int, torch.Tensor | None, str]:
+    def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
         if self._streams(self._numel):
             reply, params = self._head.call(lambda s, t: _assemble(s.PullStream(request, timeout=t)), timeout=timeout or self.call_timeout)
-        else:
-            pull = self._hot_calls(self._head)[1]
-            framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
-            reply = framed.message
-            params = wire.decode(reply.params, what="params", data=framed.data) if reply.HasField("params") else None
+            return self._learn_size(reply.version, params, reply.incarnation)
+        pull = self._hot_calls(self._head)[1]
+        framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
+        reply = framed.message
+        return self._pulled(reply.version, reply.params if reply.HasField("params") else None, framed.data, reply.incarnation)
+
+    def _pulled(self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, incarnation: str) -> Pulled:
+        params = None if header is None else wire.decode(header, what="params", data=data)
+        return self._learn_size(version, params, incarnation)
+
+    def _learn_size(self, version: int, params: torch.Tensor | None, incarnation: str) -> Pulled:
         if params is not None:
             self._numel = params.numel()
-        return reply.version, params, reply.incarnation
+        return version, params, incarnation
 
     def _hot_calls(self, connection: Connection) -> tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]:
         """Push and Pull with their tensor's bytes beside the message (wire.Framed): one copy
-        to send a gradient, none to receive the parameters."""
+        to send a gradient, none to receive the parameters (of a Pull, or of a Push that
+        asked for them)."""
         calls = self._hot.get(connection)
         if calls is None:
             calls = self._hot[connection] = (
                 connection.channel.unary_unary(
                     f"/{wire.SERVICE}/Push",
                     request_serializer=wire.framed_serializer(wire.PUSH_TENSOR_FIELD),
-                    response_deserializer=ps_pb2.PushReply.FromString,
+                    response_deserializer=wire.framed_deserializer(ps_pb2.PushReply, wire.PUSH_REPLY_TENSOR_FIELD),
                 ),
                 connection.channel.unary_unary(
                     f"/{wire.SERVICE}/Pull",

@@ -180,11 +180,14 @@ class Worker:
     def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
         chain = self.mode == "chain"
         timeout = self.spec_push_timeout()
-        reply = self.client.until_done(
-            lambda: self.client.push(gradient, self.version, samples, timeout=timeout), self.stop, chain
+        reply, pulled = self.client.until_done(
+            lambda: self.client.push_and_pull(gradient, self.version, samples, timeout=timeout), self.stop, chain
         )
         self._count_ack(reply)
-        self._pull(chain)
+        if pulled is None:  # a streamed model: its parameters come by a pull of their own
+            self._pull(chain)
+        else:
+            self._follow(*pulled)
 
     def spec_push_timeout(self) -> float:
         # A sync push waits for its round (the PS closes a round after 10 s without a worker).
@@ -224,8 +227,9 @@ class Worker:
         if not self.offline:
             sent = self.client.push_id
             try:
-                self._count_ack(self.client.push(gradient, self.version, samples, timeout=OFFLINE_CALL_TIMEOUT))
-                self._follow(*self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
+                reply, pulled = self.client.push_and_pull(gradient, self.version, samples, timeout=OFFLINE_CALL_TIMEOUT)
+                self._count_ack(reply)
+                self._follow(*(pulled or self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT)))
                 return
             except TemporaryError as error:
                 # The PS is gone (or restarted empty, or just slow). Whether or not it took
