@@ -313,3 +313,16 @@ def test_a_malformed_state_transfer_is_refused_and_the_joiner_stays_empty(start_
     # The same replica then takes a whole one.
     assert joiner.stub.InstallState(wire.state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
     assert joiner.health().state == "serving" and joiner.health().version == 4
+
+
+@pytest.mark.parametrize(("ack", "replicate_every", "kept"), [("tail", 1, 2), ("head", 4, 8)])
+def test_the_log_holds_two_gradients_worth_but_never_less_than_the_forwarder_needs(start_ps, chain_master, ack, replicate_every, kept) -> None:
+    """A successor further behind than that gets the state, which costs no more; a log of
+    64 whole gradients would hold 12.8 GB for a 50M-parameter model."""
+    replicas, _ = chain(start_ps, chain_master, size=2, ack=ack, replicate_every=replicate_every)
+    head, tail = replicas
+    for i in range(12):
+        push(head, "worker-0", i + 1, grad(i))
+    assert [r.seq for r in head.mode.log] == list(range(12 - kept + 1, 13))
+    assert head.mode._log_bytes == kept * N * 4
+    assert wait_until(lambda: tail.health().version == 12 if ack == "tail" else tail.health().version >= 8, timeout=10)
