@@ -126,7 +126,7 @@ def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
     checkpointer = PeriodicCheckpointer(core, CheckpointStore(scratch, keep=1), every_updates=10**9, every_seconds=None)
     mode = CheckpointMode(
         core, checkpointer=checkpointer, optimizer=optimizer,
-        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer),
+        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
     )  # fmt: skip
     server, port = create_server(mode, "127.0.0.1:0")
     server.start()

@@ -29,7 +29,8 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
     spec = job.spec
 
     def initial_state() -> ParameterState:
-        return ParameterState(flatten_params(build_model(spec.model, spec.seed)), spec.optimizer)
+        # The flat vector is a fresh copy already: the state takes it over (no third copy of the model).
+        return ParameterState(flatten_params(build_model(spec.model, spec.seed)), spec.optimizer, copy=False)
 
     def checkpointer() -> PeriodicCheckpointer:
         store = CheckpointStore(checkpoint_dir or spec.checkpoint.path, keep=spec.checkpoint.keep)

@@ -152,7 +152,9 @@ class PSClient:
         return reply, pulled
 
     def _streams(self, numel: int | None, dtype: str | None = None) -> bool:
-        return numel is not None and numel * wire.itemsize(dtype or self.transfer_dtype) > self.stream_above_bytes
+        """Whether `numel` elements travel in chunks; an unknown size (the first pull) does:
+        a large model must not arrive as one message of its whole size."""
+        return numel is None or numel * wire.itemsize(dtype or self.transfer_dtype) > self.stream_above_bytes
 
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
