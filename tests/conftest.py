@@ -71,10 +71,20 @@ class RunningPS:
     mode_stopped: bool = False
 
     @property
-    def stub(self) -> ps_pb2_grpc.ParameterServerStub:
+    def channel(self) -> grpc.Channel:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.address, options=MESSAGE_OPTIONS)
-        return ps_pb2_grpc.ParameterServerStub(self._channel)
+        return self._channel
+
+    @property
+    def stub(self) -> ps_pb2_grpc.ParameterServerStub:
+        """Plain protobuf messages, as any gRPC client sends them."""
+        return ps_pb2_grpc.ParameterServerStub(self.channel)
+
+    @property
+    def framed(self) -> wire.FramedCalls:
+        """The tensor-carrying RPCs as trainthrough's own clients call them."""
+        return wire.FramedCalls.on(self.channel)
 
     def start_mode(self) -> None:
         self.mode.start()

@@ -302,16 +302,16 @@ def test_a_malformed_state_transfer_is_refused_and_the_joiner_stays_empty(start_
         "the stream ended after": wire.state_stream(4, good.nbytes + 10, good.chunks()),
         "more than the": wire.state_stream(4, good.nbytes - 10, good.chunks()),
         "unknown format": wire.state_stream(4, 64, [b"x" * 64]),
-        "the first chunk must carry the header": iter([ps_pb2.StateChunk(data=b"x" * 64)]),
+        "the first chunk must carry the header": iter([wire.Framed(ps_pb2.StateChunk(), b"x" * 64)]),
         "the header says seq 9": wire.state_stream(9, good.nbytes, good.chunks()),
     }
     for message, stream in attempts.items():
         with pytest.raises(grpc.RpcError) as caught:
-            joiner.stub.InstallState(stream, timeout=10)
+            joiner.framed.install_state(stream, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details(), message
     assert joiner.health().state == "joining" and joiner.core.state is None
     # The same replica then takes a whole one.
-    assert joiner.stub.InstallState(wire.state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
+    assert joiner.framed.install_state(wire.state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
     assert joiner.health().state == "serving" and joiner.health().version == 4
 
 

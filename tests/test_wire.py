@@ -218,6 +218,34 @@ def test_framed_deserializer_defers_to_protobuf_for_repeated_data() -> None:
     assert received.message.worker == "worker-1"
 
 
+@pytest.mark.parametrize("chunk_type", [ps_pb2.PushChunk, ps_pb2.PullChunk, ps_pb2.RejoinChunk, ps_pb2.StateChunk])
+def test_every_chunk_message_keeps_its_data_in_field_2(chunk_type) -> None:
+    assert chunk_type.DESCRIPTOR.fields_by_name["data"].number == wire.CHUNK_DATA_FIELD
+
+
+def test_chunk_encoding_is_standard_protobuf_both_ways() -> None:
+    request = _push(torch.ones(3))
+    data = memoryview(torch.arange(6.0).numpy()).cast("B")
+    raw = wire.serialize_chunk(wire.Framed(ps_pb2.PushChunk(request=request), data))
+    assert ps_pb2.PushChunk.FromString(raw) == ps_pb2.PushChunk(request=request, data=bytes(data))  # any peer reads it
+    received = wire.chunk_deserializer(ps_pb2.PushChunk)(ps_pb2.PushChunk(request=request, data=bytes(data)).SerializeToString())
+    assert received.message == ps_pb2.PushChunk(request=request) and isinstance(received.data, memoryview)
+    assert bytes(received.data) == bytes(data)
+    data_only = wire.chunk_deserializer(ps_pb2.PushChunk)(wire.serialize_chunk(wire.Framed(ps_pb2.PushChunk(), data)))
+    assert not data_only.message.HasField("request") and bytes(data_only.data) == bytes(data)
+    empty = wire.chunk_deserializer(ps_pb2.PushChunk)(b"")
+    assert empty.message == ps_pb2.PushChunk() and empty.data == b""
+
+
+def test_chunk_deserializer_defers_to_protobuf_for_repeated_or_malformed_data() -> None:
+    from google.protobuf.message import DecodeError
+
+    raw = ps_pb2.PushChunk(data=b"first").SerializeToString() + ps_pb2.PushChunk(data=b"second").SerializeToString()
+    assert bytes(wire.chunk_deserializer(ps_pb2.PushChunk)(raw).data) == b"second"  # protobuf: the last one wins
+    with pytest.raises(DecodeError):
+        wire.chunk_deserializer(ps_pb2.PushChunk)(ps_pb2.PushChunk(data=b"abcdef").SerializeToString()[:-2])
+
+
 def test_framed_deserializer_rejects_malformed_bytes_like_protobuf() -> None:
     from google.protobuf.message import DecodeError
 

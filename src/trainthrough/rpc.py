@@ -12,6 +12,7 @@ import grpc
 
 from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, TrainthroughError
 from trainthrough.proto import ps_pb2_grpc
+from trainthrough.wire import FramedCalls
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class Connection:
         self.address = address
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = ps_pb2_grpc.ParameterServerStub(self.channel)
+        self.framed = FramedCalls.on(self.channel)  # the RPCs that carry tensors, without copies
 
     def call(self, fn: Callable[[ps_pb2_grpc.ParameterServerStub, float], T], timeout: float) -> T:
         try:

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+import grpc
 import torch
 from google.protobuf.message import Message
 
@@ -265,12 +266,10 @@ def _key(number: int) -> bytes:
 CHUNK_BYTES = 4 << 20  # per message of a stream: small buffers, far from any message limit
 
 
-def tensor_chunks(tensor: torch.Tensor, dtype: str = "float32", chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The bytes of `tensor` (cast to `dtype`) in chunks of whole elements: one copy in all."""
-    view = _wire_view(tensor, dtype)
-    step = max(1, chunk_bytes // view.element_size())
-    for start in range(0, max(view.numel(), 1), step):
-        yield view[start : start + step].numpy().tobytes()
+def tensor_chunks(tensor: torch.Tensor, dtype: str = "float32", chunk_bytes: int = CHUNK_BYTES) -> Iterator[memoryview]:
+    """The bytes of `tensor` (cast to `dtype`) in chunks of whole elements: views, no copy
+    when the tensor is already flat float32 on the CPU (else one cast)."""
+    yield from byte_chunks(memoryview(_wire_view(tensor, dtype).numpy()).cast("B"), check_dtype(dtype).itemsize, chunk_bytes)
 
 
 def byte_chunks(raw: bytes | memoryview, itemsize: int = 4, chunk_bytes: int = CHUNK_BYTES) -> Iterator[memoryview]:
@@ -324,22 +323,59 @@ class TensorAssembler:
         return self.tensor
 
 
-def stream_payload(chunks: Iterable[Message], field: str, what: str) -> tuple[Message, Iterator[bytes]]:
+def stream_payload(chunks: Iterable[Framed], field: str, what: str) -> tuple[Message, Iterator[bytes | memoryview]]:
     """(the message the first chunk carries in `field`, every chunk's data in order), checking
     that the first chunk carries it and no other chunk does."""
     iterator = iter(chunks)
     first = next(iterator, None)
-    if first is None or not first.HasField(field):
+    if first is None or not first.message.HasField(field):
         raise WireError(f"{what}: the first chunk must carry the {field}")
 
-    def data() -> Iterator[bytes]:
+    def data() -> Iterator[bytes | memoryview]:
         yield first.data
         for chunk in iterator:
-            if chunk.HasField(field):
+            if chunk.message.HasField(field):
                 raise WireError(f"{what}: only the first chunk may carry the {field}")
             yield chunk.data
 
-    return getattr(first, field), data()
+    return getattr(first.message, field), data()
+
+
+# Every chunk message (PushChunk, PullChunk, RejoinChunk, StateChunk) has `bytes data = 2`:
+# its (de)serializers keep those bytes beside the message, as Framed does for a Tensor field.
+CHUNK_DATA_FIELD = 2
+
+
+def serialize_chunk(framed: Framed) -> bytes:
+    """A chunk message and its data as standard protobuf: one copy of the data."""
+    head = framed.message.SerializeToString()
+    if not len(framed.data):
+        return head
+    return b"".join((head, _key(CHUNK_DATA_FIELD), _varint(len(framed.data)), framed.data))
+
+
+def chunk_deserializer(message_type: type[Message]) -> Callable[[bytes], Framed]:
+    """Decode a chunk message into a Framed: its data a memoryview into `raw`, no copy."""
+
+    def deserialize(raw: bytes) -> Framed:
+        view = memoryview(raw)
+        rest: list[memoryview] = []
+        data: list[memoryview] = []
+        try:
+            for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+                if number == CHUNK_DATA_FIELD and wire_type == 2:
+                    data.append(view[value_start:end])
+                else:
+                    rest.append(view[start:end])
+        except (WireError, IndexError):
+            data = [view, view]  # malformed: protobuf decides, and says why
+        if len(data) > 1:  # an unusual encoding (the data twice): protobuf's last-one-wins
+            message = message_type.FromString(raw)
+            payload, message.data = message.data, b""
+            return Framed(message, payload)
+        return Framed(message_type.FromString(b"".join(rest)), data[0] if data else b"")
+
+    return deserialize
 
 
 def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Iterable[bytes]) -> list[torch.Tensor]:
@@ -359,11 +395,11 @@ def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Itera
 
 
 # -- a parameter-server state in chunks (InstallState) ----------------------------------------------
-def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview]) -> Iterator[ps_pb2.StateChunk]:
-    """The StateChunk messages of a state of `total_bytes` sent as `chunks`."""
-    yield ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes))
+def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview]) -> Iterator[Framed]:
+    """The StateChunk messages of a state of `total_bytes` sent as `chunks` (serialize_chunk)."""
+    yield Framed(ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes)))
     for chunk in chunks:
-        yield ps_pb2.StateChunk(data=bytes(chunk))
+        yield Framed(ps_pb2.StateChunk(), chunk)
 
 
 def receive_bytes(total_bytes: int, data: Iterable[bytes], what: str) -> torch.Tensor:
@@ -382,3 +418,48 @@ def receive_bytes(total_bytes: int, data: Iterable[bytes], what: str) -> torch.T
     if filled != total_bytes:
         raise WireError(f"{what}: the stream ended after {filled} of {total_bytes} bytes")
     return buffer
+
+
+@dataclass(frozen=True)
+class FramedCalls:
+    """A channel's RPCs that carry tensors, their bytes kept beside the message (Framed):
+    the generated stub's protobuf (de)serialization would copy them several times over."""
+
+    push: grpc.UnaryUnaryMultiCallable
+    pull: grpc.UnaryUnaryMultiCallable
+    push_stream: grpc.StreamUnaryMultiCallable
+    pull_stream: grpc.UnaryStreamMultiCallable
+    rejoin_stream: grpc.StreamUnaryMultiCallable
+    install_state: grpc.StreamUnaryMultiCallable
+
+    @classmethod
+    def on(cls, channel: grpc.Channel) -> "FramedCalls":
+        def method(name: str) -> str:
+            return f"/{SERVICE}/{name}"
+
+        return cls(
+            push=channel.unary_unary(
+                method("Push"),
+                request_serializer=framed_serializer(PUSH_TENSOR_FIELD),
+                response_deserializer=framed_deserializer(ps_pb2.PushReply, PUSH_REPLY_TENSOR_FIELD),
+            ),
+            pull=channel.unary_unary(
+                method("Pull"),
+                request_serializer=ps_pb2.PullRequest.SerializeToString,
+                response_deserializer=framed_deserializer(ps_pb2.PullReply, PULL_TENSOR_FIELD),
+            ),
+            push_stream=channel.stream_unary(
+                method("PushStream"), request_serializer=serialize_chunk, response_deserializer=ps_pb2.PushReply.FromString
+            ),
+            pull_stream=channel.unary_stream(
+                method("PullStream"),
+                request_serializer=ps_pb2.PullRequest.SerializeToString,
+                response_deserializer=chunk_deserializer(ps_pb2.PullChunk),
+            ),
+            rejoin_stream=channel.stream_unary(
+                method("RejoinStream"), request_serializer=serialize_chunk, response_deserializer=ps_pb2.RejoinReply.FromString
+            ),
+            install_state=channel.stream_unary(
+                method("InstallState"), request_serializer=serialize_chunk, response_deserializer=ps_pb2.InstallReply.FromString
+            ),
+        )

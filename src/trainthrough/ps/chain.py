@@ -180,10 +180,10 @@ class ChainReplica(Mode):
             else:
                 encoded = state.encode()  # views of the live state: unchanged while we hold the order lock
 
-                def stream() -> Iterator[ps_pb2.StateChunk]:  # a fresh one for each attempt
+                def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
                     return wire.state_stream(state.seq, encoded.nbytes, encoded.chunks())
 
-                reply = successor.call(lambda s, t: s.InstallState(stream(), timeout=t), timeout=REPLICATE_TIMEOUT)
+                reply = successor.call(lambda s, t: successor.framed.install_state(stream(), timeout=t), timeout=REPLICATE_TIMEOUT)
                 self.core.events.emit("chain_state_transfer", to=successor.address, seq=state.seq, bytes=encoded.nbytes)
             self.successor_seq = reply.applied_seq
         if self.successor_seq < state.seq:
@@ -208,7 +208,7 @@ class ChainReplica(Mode):
                 self.core.apply_record(Record(message.seq, gradient, list(message.workers), list(message.push_ids)))
             return ps_pb2.ReplicateReply(applied_seq=state.seq)
 
-    def install_state(self, chunks: Iterable[ps_pb2.StateChunk]) -> ps_pb2.InstallReply:
+    def install_state(self, chunks: Iterable[wire.Framed]) -> ps_pb2.InstallReply:
         header, data = wire.stream_payload(chunks, "header", "InstallState")
         current = self.core.state
         if current is not None and current.seq >= header.seq:

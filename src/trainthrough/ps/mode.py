@@ -70,7 +70,7 @@ class Mode:
         reply.params.shape.append(self.core.numel)
         return wire.Framed(reply, data)
 
-    def push_stream(self, chunks: Iterable[ps_pb2.PushChunk]) -> ps_pb2.PushReply:
+    def push_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.PushReply:
         """A push whose gradient arrives in chunks: each is checked and copied into place as
         it arrives; nothing is applied unless the whole gradient arrived intact."""
         request, data = wire.stream_payload(chunks, "request", "PushStream")
@@ -112,12 +112,12 @@ class Mode:
     def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:
         raise Unsupported(f"Reconfigure: not a chain replica (mode {self.name})")
 
-    def install_state(self, chunks: Iterable[ps_pb2.StateChunk]) -> ps_pb2.InstallReply:
+    def install_state(self, chunks: Iterable[wire.Framed]) -> ps_pb2.InstallReply:
         raise Unsupported(f"InstallState: not a chain replica (mode {self.name})")
 
     # -- stateless -------------------------------------------------------------------------
     def rejoin(self, request: ps_pb2.RejoinRequest) -> ps_pb2.RejoinReply:
         raise Unsupported(f"Rejoin: not a stateless PS (mode {self.name})")
 
-    def rejoin_stream(self, chunks: Iterable[ps_pb2.RejoinChunk]) -> ps_pb2.RejoinReply:
+    def rejoin_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.RejoinReply:
         raise Unsupported(f"RejoinStream: not a stateless PS (mode {self.name})")

@@ -85,12 +85,12 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         return self._call(context, "RejoinStream", lambda: self.mode.rejoin_stream(request_iterator))
 
 
-def _pull_chunks(framed: wire.Framed) -> Iterator[ps_pb2.PullChunk]:
+def _pull_chunks(framed: wire.Framed) -> Iterator[wire.Framed]:
     """The reply first, then the parameters' bytes in chunks (a snapshot taken under the
     PS's lock by the pull: later updates do not tear it)."""
     first = True
     for chunk in wire.byte_chunks(framed.data, wire.itemsize(framed.message.params.dtype or "float32")):
-        yield ps_pb2.PullChunk(reply=framed.message, data=bytes(chunk)) if first else ps_pb2.PullChunk(data=bytes(chunk))
+        yield wire.Framed(ps_pb2.PullChunk(reply=framed.message) if first else ps_pb2.PullChunk(), chunk)
         first = False
 
 
@@ -133,7 +133,8 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS)
     servicer = ParameterServerServicer(mode)
     handlers = _generated_handlers(servicer)
-    # The hot RPCs keep their tensor's bytes out of protobuf (wire.Framed); same encoding.
+    # The RPCs that carry tensors keep their bytes out of protobuf (wire.Framed, the chunk
+    # (de)serializers): the same encoding, without the copies.
     handlers["Push"] = grpc.unary_unary_rpc_method_handler(
         servicer.Push,
         request_deserializer=wire.framed_deserializer(ps_pb2.PushRequest, wire.PUSH_TENSOR_FIELD),
@@ -144,6 +145,17 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
         request_deserializer=ps_pb2.PullRequest.FromString,
         response_serializer=wire.framed_serializer(wire.PULL_TENSOR_FIELD),
     )
+    handlers["PullStream"] = grpc.unary_stream_rpc_method_handler(
+        servicer.PullStream, request_deserializer=ps_pb2.PullRequest.FromString, response_serializer=wire.serialize_chunk
+    )
+    for name, chunk, reply in [
+        ("PushStream", ps_pb2.PushChunk, ps_pb2.PushReply),
+        ("RejoinStream", ps_pb2.RejoinChunk, ps_pb2.RejoinReply),
+        ("InstallState", ps_pb2.StateChunk, ps_pb2.InstallReply),
+    ]:
+        handlers[name] = grpc.stream_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=wire.chunk_deserializer(chunk), response_serializer=reply.SerializeToString
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, handlers),))
     server.add_registered_method_handlers(wire.SERVICE, handlers)
     port = server.add_insecure_port(address)

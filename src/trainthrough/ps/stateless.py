@@ -110,7 +110,7 @@ class StatelessMode(Mode):
             raise NotServing(f"{self.core.name} is seeding from the workers")
         return super().pull(request)
 
-    def rejoin_stream(self, chunks: Iterable[ps_pb2.RejoinChunk]) -> ps_pb2.RejoinReply:
+    def rejoin_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.RejoinReply:
         """A rejoin whose tensors arrive in chunks (base params, then each buffered gradient):
         each is checked and copied into place on arrival; a rejoin cut short counts for nothing."""
         request, data = wire.stream_payload(chunks, "request", "RejoinStream")

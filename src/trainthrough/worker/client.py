@@ -36,7 +36,7 @@ STREAM_ABOVE_BYTES = 16 << 20
 Pulled = tuple[int, torch.Tensor | None, str]  # (version, parameters or None if unchanged, PS incarnation)
 
 
-def _assemble(chunks: Iterable[ps_pb2.PullChunk]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
+def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
     """A PullStream's reply and its parameters, each chunk copied into place on arrival."""
     reply, data = wire.stream_payload(chunks, "reply", "PullStream")
     if not reply.HasField("params"):
@@ -69,7 +69,6 @@ class PSClient:
         self._numel: int | None = None  # the model's size, learnt from the first pull
         self.call_timeout = call_timeout
         self._pool = ConnectionPool()
-        self._hot: dict[Connection, tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]] = {}
         self._known = list(dict.fromkeys(addresses))
         self._head = self._connection(self._known[0])
         self.epoch = -1
@@ -131,19 +130,20 @@ class PSClient:
         if self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
-            def stream() -> Iterator[ps_pb2.PushChunk]:  # a fresh one for each attempt
+            def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
                 chunks = wire.tensor_chunks(gradient, self.transfer_dtype)
-                yield ps_pb2.PushChunk(request=request, data=next(chunks))
+                yield wire.Framed(ps_pb2.PushChunk(request=request), next(chunks))
                 for data in chunks:
-                    yield ps_pb2.PushChunk(data=data)
+                    yield wire.Framed(ps_pb2.PushChunk(), data)
 
-            reply = self._head.call(lambda s, t: s.PushStream(stream(), timeout=t), timeout=timeout or self.call_timeout)
+            head = self._head
+            reply = head.call(lambda s, t: head.framed.push_stream(stream(), timeout=t), timeout=timeout or self.call_timeout)
         else:
             if pull:
                 request.pull_dtype = self.transfer_dtype
             framed_request = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
-            push = self._hot_calls(self._head)[0]
-            framed = self._head.call(lambda s, t: push(framed_request, timeout=t), timeout=timeout or self.call_timeout)
+            head = self._head
+            framed = head.call(lambda s, t: head.framed.push(framed_request, timeout=t), timeout=timeout or self.call_timeout)
             reply = framed.message
             if pull:
                 params = reply.params if reply.HasField("params") else None
@@ -158,11 +158,11 @@ class PSClient:
 
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
+        head = self._head
         if self._streams(self._numel):
-            reply, params = self._head.call(lambda s, t: _assemble(s.PullStream(request, timeout=t)), timeout=timeout or self.call_timeout)
+            reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout or self.call_timeout)
             return self._learn_size(reply.version, params, reply.incarnation)
-        pull = self._hot_calls(self._head)[1]
-        framed = self._head.call(lambda s, t: pull(request, timeout=t), timeout=timeout or self.call_timeout)
+        framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout or self.call_timeout)
         reply = framed.message
         return self._pulled(reply.version, reply.params if reply.HasField("params") else None, framed.data, reply.incarnation)
 
@@ -174,26 +174,6 @@ class PSClient:
         if params is not None:
             self._numel = params.numel()
         return version, params, incarnation
-
-    def _hot_calls(self, connection: Connection) -> tuple[grpc.UnaryUnaryMultiCallable, grpc.UnaryUnaryMultiCallable]:
-        """Push and Pull with their tensor's bytes beside the message (wire.Framed): one copy
-        to send a gradient, none to receive the parameters (of a Pull, or of a Push that
-        asked for them)."""
-        calls = self._hot.get(connection)
-        if calls is None:
-            calls = self._hot[connection] = (
-                connection.channel.unary_unary(
-                    f"/{wire.SERVICE}/Push",
-                    request_serializer=wire.framed_serializer(wire.PUSH_TENSOR_FIELD),
-                    response_deserializer=wire.framed_deserializer(ps_pb2.PushReply, wire.PUSH_REPLY_TENSOR_FIELD),
-                ),
-                connection.channel.unary_unary(
-                    f"/{wire.SERVICE}/Pull",
-                    request_serializer=ps_pb2.PullRequest.SerializeToString,
-                    response_deserializer=wire.framed_deserializer(ps_pb2.PullReply, wire.PULL_TENSOR_FIELD),
-                ),
-            )
-        return calls
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
         return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
@@ -220,13 +200,14 @@ class PSClient:
             for message, tensor in slots:
                 wire.fill_bytes(message, b"", list(tensor.shape))
 
-            def stream() -> Iterator[ps_pb2.RejoinChunk]:  # a fresh one for each attempt
-                yield ps_pb2.RejoinChunk(request=request)
+            def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
+                yield wire.Framed(ps_pb2.RejoinChunk(request=request))
                 for _, tensor in slots:
                     for data in wire.tensor_chunks(tensor):
-                        yield ps_pb2.RejoinChunk(data=data)
+                        yield wire.Framed(ps_pb2.RejoinChunk(), data)
 
-            return self._head.call(lambda s, t: s.RejoinStream(stream(), timeout=t), timeout=timeout)
+            head = self._head
+            return head.call(lambda s, t: head.framed.rejoin_stream(stream(), timeout=t), timeout=timeout)
         for message, tensor in slots:
             wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
