@@ -178,7 +178,7 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
         def transfer() -> None:
             state.seq += 1  # newer than what the joiner has: it installs every time
             stream = wire.state_stream(state.seq, encoded.nbytes, state.encode().chunks())
-            reply = connection.call(lambda s, t: s.InstallState(stream, timeout=t), timeout=300)
+            reply = connection.call(lambda s, t: connection.framed.install_state(stream, timeout=t), timeout=300)
             assert reply.applied_seq == state.seq
 
         out = {"bytes": encoded.nbytes}
