@@ -47,8 +47,8 @@ def test_recovery_measures_each_mode_against_its_limit(tmp_path: Path) -> None:
 
 def test_gpu_worker_script_runs_here_on_the_cpu(tmp_path: Path) -> None:
     # Prepared for a machine with an NVIDIA GPU (--device cuda); the same loop runs on the CPU.
-    result = run("gpu_worker.py", "--device", "cpu", "--models", "paper-cnn,mlp-small", "--windows", "1", "--steps", "3", "--out", str(tmp_path))
+    result = run("gpu_worker.py", "--device", "cpu", "--models", "paper-cnn,mlp-1m", "--windows", "1", "--steps", "3", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     runs = json.loads((tmp_path / "gpu_worker.json").read_text())["runs"]
-    assert [r["model"] for r in runs] == ["paper-cnn", "mlp-small"]
+    assert [r["model"] for r in runs] == ["paper-cnn", "mlp-1m"]
     assert all(r["steps_per_second"] > 0 and 0 < r["compute_share"] < 1 and r["device"] == "cpu" for r in runs)
