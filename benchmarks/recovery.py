@@ -222,8 +222,10 @@ def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
 # -- end to end: kill to first update ----------------------------------------------------------------
 E2E_MODELS = {"0.1M": "mlp", "1M": "mlp-1m", "50M": "mlp-50m"}
 E2E_VARIANTS = ["checkpoint-async", "chain-async", "stateless"]
-# Seconds between kills: room for each recovery, and a chain replacement's join, to end first.
-KILL_SPACING = {"0.1M": 5.0, "1M": 8.0, "50M": 30.0}
+# (first kill, seconds after each kill): the first comes once training is steady, each kill
+# leaves room for its recovery (and a chain replacement's join) to end before the next one and
+# before the run does. A restarted PS starts slowly while a stateless worker trains on offline.
+KILL_TIMING = {"0.1M": (2.0, 8.0), "1M": (3.0, 10.0), "50M": (10.0, 30.0)}
 PHASES = ("detect", "start", "restore", "first_update", "total")
 
 
@@ -233,13 +235,13 @@ def kill_matrix(size: str, kills: int):
     evaluation only at the end (evaluating the 50M MLP would take the cores)."""
     from trainthrough.bench.matrix import BASE_SPEC, parse_matrix
 
-    spacing = KILL_SPACING[size]
+    first, spacing = KILL_TIMING[size]
     base = {**BASE_SPEC, "model": E2E_MODELS[size], "dataset": "synthetic", "evaluation": {"interval": "1h", "testSamples": 100}}
     document = {
         "variants": E2E_VARIANTS,
-        "scenarios": [{"name": "kills", "kills": [spacing * (k + 1) for k in range(kills)]}],
+        "scenarios": [{"name": "kills", "kills": [first + spacing * k for k in range(kills)]}],
         "workers": [1],
-        "budget": spacing * (kills + 1),
+        "budget": first + spacing * kills,
         "outage": 0,
         "base": base,
     }
@@ -290,7 +292,7 @@ def end_to_end(size: str, kills: int, out: Path) -> dict[str, Any]:
     from trainthrough.bench.running import run_plan
     from trainthrough.events import read_events
 
-    results = {"model": E2E_MODELS[size], "kill_spacing_s": KILL_SPACING[size], "modes": {}}
+    results = {"model": E2E_MODELS[size], "kill_timing_s": KILL_TIMING[size], "modes": {}}
     for plan in expand(kill_matrix(size, kills)):
         with tempfile.TemporaryDirectory(dir=out) as directory:
             result = run_plan(plan, Path(directory) / "runs" / plan.run_id)
