@@ -226,7 +226,7 @@ E2E_VARIANTS = ["checkpoint-async", "chain-async", "stateless"]
 # leaves room for its recovery (and a chain replacement's join) to end before the next one and
 # before the run does. A restarted PS starts slowly while a stateless worker trains on offline.
 KILL_TIMING = {"0.1M": (2.0, 8.0), "1M": (3.0, 10.0), "50M": (10.0, 30.0)}
-PHASES = ("detect", "start", "restore", "first_update", "total")
+PHASES = ("detect", "start", "restore", "boot", "load", "first_update", "total")
 
 
 def kill_matrix(size: str, kills: int):
@@ -248,18 +248,30 @@ def kill_matrix(size: str, kills: int):
     return parse_matrix(document, source=f"end-to-end {size}")
 
 
-def recovery_phases(recovery: dict[str, Any]) -> dict[str, float | None]:
+def recovery_phases(recovery: dict[str, Any], up: float | None) -> dict[str, float | None]:
     """A "recovery" event's milestones as phases: restore runs from the replacement's start
-    (checkpoint, stateless) or from the failure's detection (a chain promotion, no start)."""
+    (checkpoint, stateless) or from the failure's detection (a chain promotion, no start).
+    A replacement's restore splits at `up`, when its process serves gRPC: boot (interpreter,
+    imports, server) and load (checkpoint load, or re-seed and replay)."""
     killed, detected, restarted = recovery["killed_at"], recovery["detected_at"], recovery["restarted_at"]
     restored, first_update = recovery["restored_at"], recovery["first_update_at"]
     return {
         "detect": detected - killed,
         "start": None if restarted is None else restarted - detected,
         "restore": restored - (detected if restarted is None else restarted),
+        "boot": None if up is None else up - restarted,
+        "load": None if up is None else restored - up,
         "first_update": first_update - restored,
         "total": first_update - killed,
     }
+
+
+def process_up(recovery: dict[str, Any], events: list[dict[str, Any]]) -> float | None:
+    """When the replacement PS of a recovery started serving gRPC (its ps_started event)."""
+    if recovery["restarted_at"] is None:
+        return None
+    started = (e["t"] for e in events if e["event"] == "ps_started" and e["source"] == recovery["target"])
+    return next((t for t in started if t >= recovery["restarted_at"]), None)
 
 
 def median_or_none(values: list[float | None]) -> float | None:
@@ -270,7 +282,7 @@ def median_or_none(values: list[float | None]) -> float | None:
 def kill_to_first_update(result: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's kills: each recovery's phases, their medians, lost updates."""
     recoveries = [e for e in events if e["event"] == "recovery" and e.get("killed_at") is not None]
-    phases = [recovery_phases(r) for r in recoveries]
+    phases = [recovery_phases(r, process_up(r, events)) for r in recoveries]
     return {
         "status": result["status"], "reason": result.get("reason", ""),
         "kills": sum(e["event"] == "kill" for e in events),
@@ -337,10 +349,12 @@ def end_to_end_markdown(sizes: dict[str, Any], kills: int) -> list[str]:
         "(spaced so that each recovery ends first), no outage (restart delay 0), synthetic data; medians over "
         "the kills, in seconds. detect: kill -> death noticed; start: -> replacement process started (none for "
         "a chain promotion); restore: -> PS serving again (process start and checkpoint load / promotion / "
-        "re-seed and replay); first update: -> first update applied; total: kill -> first update. "
+        "re-seed and replay), of which boot: -> the new PS process serves gRPC (interpreter, imports), and load: "
+        "-> serving (checkpoint load, or waiting for the rejoin, re-seed and replay); first update: -> first "
+        "update applied; total: kill -> first update. "
         "Chain replica join: the replacement tail's start and state transfer, after the recovery.", "",
-        "| size | model | mode | samples / kills | detect | start | restore | first update | total | lost updates | chain replica join |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | model | mode | samples / kills | detect | start | restore | boot | load | first update | total | lost updates | chain replica join |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for size, e2e in sizes.items():
         for variant, m in e2e["modes"].items():

@@ -54,11 +54,15 @@ def test_recovery_measures_each_mode_against_its_limit_and_end_to_end(tmp_path: 
         assert recovery["total"] > 0 and all(p >= 0 for p in pieces)
         assert recovery["total"] >= recovery["first_update"] and recovery["total"] >= recovery["restore"]
         assert abs(sum(pieces) - recovery["total"]) < 1e-6  # the phases tile the recovery
+        if recovery["start"] is not None:  # a replacement process: its boot, then its load
+            assert recovery["boot"] > 0 and recovery["load"] >= 0
+            assert abs(recovery["boot"] + recovery["load"] - recovery["restore"]) < 1e-6
         assert mode["median_s"]["total"] == recovery["total"]
         assert (tmp_path / f"events-0.1M-{variant}.jsonl").stat().st_size > 0
     # A chain promotion starts no process; a replacement tail joins beside the recovery.
     chain = e2e["modes"]["chain-async"]
-    assert chain["recoveries"][0]["start"] is None and chain["replica_join_s"] > 0 and chain["lost_updates"] == 0
+    assert chain["recoveries"][0]["start"] is None and chain["recoveries"][0]["boot"] is None
+    assert chain["replica_join_s"] > 0 and chain["lost_updates"] == 0
     assert e2e["modes"]["checkpoint-async"]["recoveries"][0]["start"] is not None
 
 
