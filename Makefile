@@ -51,7 +51,8 @@ bench-ps: $(STAMP)
 	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps
 
 # Each mode's recovery pieces at 1M and 50M parameters against the disk and the transport
-# (checkpoint write/restore, chain state transfer, stateless re-seed and replay):
+# (checkpoint write/restore, chain state transfer, stateless re-seed and replay) and each
+# mode's kill to first update end to end, with its phases (one job per mode and size):
 # bench-results-recovery/recovery.{json,md}.
 bench-recovery: $(STAMP)
 	$(BIN)/python benchmarks/recovery.py --out bench-results-recovery

@@ -9,7 +9,8 @@ computing on the device versus moving and serving parameters.
     python benchmarks/gpu_worker.py [--device cuda] [--models paper-cnn,mlp-50m] [--out bench-results-gpu]
 
 Prepared for a machine with an NVIDIA GPU (`--device cuda`, the default); `--device cpu`
-runs the same script here (and in tests/test_benchmarks.py with --small).
+runs the same script here (and in tests/test_benchmarks.py with the small models). The
+models are the product's (trainthrough.model.MODELS): "mlp-50m" is 784-8192-5376-10.
 """
 
 from __future__ import annotations
@@ -31,29 +32,12 @@ import designs
 BATCH = 64
 
 
-def mlp(hidden: int) -> nn.Module:
-    """784-hidden-hidden-10: about 784h + h^2 parameters (h = 6700: 50M)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-
-
-def build(name: str) -> nn.Module:
-    from trainthrough.model import build_model
-
-    if name == "paper-cnn":
-        return build_model("paper-cnn", seed=0)
-    if name == "mlp-50m":
-        return mlp(6700)
-    if name == "mlp-small":  # for --small runs
-        return mlp(256)
-    raise ValueError(f"unknown model {name!r}: paper-cnn, mlp-50m or mlp-small")
-
-
 def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[str, Any]:
     from trainthrough.data import BatchStream, load_dataset
-    from trainthrough.model import flatten_grads, load_flat_params
+    from trainthrough.model import build_model, flatten_grads, load_flat_params
     from trainthrough.worker.client import PSClient
 
-    model = build(name).to(device)
+    model = build_model(name, seed=0).to(device)
     numel = sum(p.numel() for p in model.parameters())
     ctx = mp.get_context("spawn")
     control, end = ctx.Pipe()
@@ -111,7 +95,7 @@ def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--models", default="paper-cnn,mlp-50m")
+    parser.add_argument("--models", default="paper-cnn,mlp-50m", help="names of trainthrough.model.MODELS")
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per window")
     parser.add_argument("--out", default="bench-results-gpu")

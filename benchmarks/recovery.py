@@ -9,9 +9,15 @@ against the limit it runs into, measured in the same run.
   replica process that receives, decodes and installs it) against a raw gRPC client stream
   of the same bytes in the same chunks;
 - stateless: a restarted PS's re-seed and replay (one worker's Rejoin with its base
-  weights and k buffered gradients) against k.
+  weights and k buffered gradients) against k;
+- end to end: kill to first update after recovery, per mode, with its phases: one real
+  TrainingJob per mode on the local runtime, run by the bench harness (bench/matrix.py,
+  bench/running.py) with the MLP of that size (mlp, mlp-1m, mlp-50m), 1 worker, --kills
+  PS-head kills and no outage, so that the time measured is the mechanism's and not the
+  modelled pod rescheduling; phases from each run's "recovery" events.
 
-Results: bench-results-recovery/recovery.{json,md}; medians of --repeats runs.
+Results: bench-results-recovery/recovery.{json,md}; medians of --repeats runs (end to end:
+of the kills of one run); --sections picks the sections to run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -249,22 +256,154 @@ def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
     return {"buffered": buffered, "rejoin_s": seconds, "bytes": (buffered + 1) * numel * 4}
 
 
+# -- end to end: kill to first update ----------------------------------------------------------------
+E2E_MODELS = {"0.1M": "mlp", "1M": "mlp-1m", "50M": "mlp-50m"}
+E2E_VARIANTS = ["checkpoint-async", "chain-async", "stateless"]
+# (first kill, seconds after each kill): the first comes once training is steady, each kill
+# leaves room for its recovery (and a chain replacement's join) to end before the next one and
+# before the run does. A restarted PS starts slowly while a stateless worker trains on offline.
+KILL_TIMING = {"0.1M": (2.0, 8.0), "1M": (3.0, 10.0), "50M": (10.0, 30.0)}
+PHASES = ("detect", "start", "restore", "boot", "load", "first_update", "total")
+
+
+def kill_matrix(size: str, kills: int):
+    """One run per mode: the harness's base job with the MLP of `size` on synthetic data
+    (the data does not enter a recovery), 1 worker, `kills` PS-head kills, no outage, and
+    evaluation only at the end (evaluating the 50M MLP would take the cores)."""
+    from trainthrough.bench.matrix import BASE_SPEC, parse_matrix
+
+    first, spacing = KILL_TIMING[size]
+    base = {**BASE_SPEC, "model": E2E_MODELS[size], "dataset": "synthetic", "evaluation": {"interval": "1h", "testSamples": 100}}
+    document = {
+        "variants": E2E_VARIANTS,
+        "scenarios": [{"name": "kills", "kills": [first + spacing * k for k in range(kills)]}],
+        "workers": [1],
+        "budget": first + spacing * kills,
+        "outage": 0,
+        "base": base,
+    }
+    return parse_matrix(document, source=f"end-to-end {size}")
+
+
+def recovery_phases(recovery: dict[str, Any], up: float | None) -> dict[str, float | None]:
+    """A "recovery" event's milestones as phases: restore runs from the replacement's start
+    (checkpoint, stateless) or from the failure's detection (a chain promotion, no start).
+    A replacement's restore splits at `up`, when its process serves gRPC: boot (interpreter,
+    imports, server) and load (checkpoint load, or re-seed and replay)."""
+    killed, detected, restarted = recovery["killed_at"], recovery["detected_at"], recovery["restarted_at"]
+    restored, first_update = recovery["restored_at"], recovery["first_update_at"]
+    return {
+        "detect": detected - killed,
+        "start": None if restarted is None else restarted - detected,
+        "restore": restored - (detected if restarted is None else restarted),
+        "boot": None if up is None else up - restarted,
+        "load": None if up is None else restored - up,
+        "first_update": first_update - restored,
+        "total": first_update - killed,
+    }
+
+
+def process_up(recovery: dict[str, Any], events: list[dict[str, Any]]) -> float | None:
+    """When the replacement PS of a recovery started serving gRPC (its ps_started event)."""
+    if recovery["restarted_at"] is None:
+        return None
+    started = (e["t"] for e in events if e["event"] == "ps_started" and e["source"] == recovery["target"])
+    return next((t for t in started if t >= recovery["restarted_at"]), None)
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def kill_to_first_update(result: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's kills: each recovery's phases, their medians, lost updates."""
+    recoveries = [e for e in events if e["event"] == "recovery" and e.get("killed_at") is not None]
+    phases = [recovery_phases(r, process_up(r, events)) for r in recoveries]
+    return {
+        "status": result["status"], "reason": result.get("reason", ""),
+        "kills": sum(e["event"] == "kill" for e in events),
+        "samples": len(recoveries),
+        "incomplete": sum(e["event"] == "recovery_incomplete" for e in events),
+        "lost_updates": sum(r["lost_updates"] for r in recoveries),
+        "updates_applied": result.get("updates_applied"),
+        "median_s": {p: median_or_none([ph[p] for ph in phases]) for p in PHASES},
+        # chain: the replacement replica's start and state transfer, beside the recovery
+        "replica_join_s": median_or_none([e["seconds"] for e in events if e["event"] == "replica_joined"]),
+        "recoveries": phases,
+    }  # fmt: skip
+
+
+def end_to_end(size: str, kills: int, out: Path) -> dict[str, Any]:
+    """One run per mode through the harness's own runner; each run's event log is kept in
+    `out`, its checkpoints are not."""
+    from trainthrough.bench.matrix import expand
+    from trainthrough.bench.running import run_plan
+    from trainthrough.events import read_events
+
+    results = {"model": E2E_MODELS[size], "kill_timing_s": KILL_TIMING[size], "modes": {}}
+    for plan in expand(kill_matrix(size, kills)):
+        with tempfile.TemporaryDirectory(dir=out) as directory:
+            result = run_plan(plan, Path(directory) / "runs" / plan.run_id)
+            events_path = Path(result["run_dir"]) / "events.jsonl"
+            results["modes"][plan.variant] = kill_to_first_update(result, read_events(events_path))
+            shutil.copy(events_path, out / f"events-{size}-{plan.variant}.jsonl")
+        print(f"{size} {plan.variant} end to end: {results['modes'][plan.variant]}", flush=True)
+    return results
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["# Recovery pieces", "", f"{results['machine']}; medians of {results['repeats']} runs.", ""]
-    lines += ["## Checkpoint mode", "", "| size | state MB | disk write MB/s | checkpoint write MB/s | x disk | disk read MB/s | restore MB/s | x disk |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["# Recovery pieces", "", f"{results['machine']}; medians of {results['repeats']} runs."]
+    if results["checkpoint"]:
+        lines += ["", "## Checkpoint mode", "", "| size | state MB | disk write MB/s | checkpoint write MB/s | x disk | disk read MB/s | restore MB/s | x disk |", "|---|---|---|---|---|---|---|---|"]
     for size, c in results["checkpoint"].items():
         lines.append(
             f"| {size} | {c['bytes'] / 1e6:.0f} | {c['disk_write_mb_s']:.0f} | {c['checkpoint_write_mb_s']:.0f} | {c['write_vs_disk']:.2f} "
             f"| {c['disk_read_mb_s']:.0f} | {c['checkpoint_restore_mb_s']:.0f} | {c['restore_vs_disk']:.2f} |"
         )
-    lines += ["", "## Chain state transfer", "", "| size | state MB | raw gRPC stream MB/s | state transfer MB/s | x transport |", "|---|---|---|---|---|"]
+    if results["state_transfer"]:
+        lines += ["", "## Chain state transfer", "", "| size | state MB | raw gRPC stream MB/s | state transfer MB/s | x transport |", "|---|---|---|---|---|"]
     for size, c in results["state_transfer"].items():
         lines.append(f"| {size} | {c['bytes'] / 1e6:.0f} | {c['transport_mb_s']:.0f} | {c['state_transfer_mb_s']:.0f} | {c['vs_transport']:.2f} |")
-    lines += ["", "## Stateless re-seed and replay", "", "| size | buffered gradients | rejoin MB | re-seed + replay s |", "|---|---|---|---|"]
+    if results["stateless"]:
+        lines += ["", "## Stateless re-seed and replay", "", "| size | buffered gradients | rejoin MB | re-seed + replay s |", "|---|---|---|---|"]
     for size, rows in results["stateless"].items():
         for r in rows:
             lines.append(f"| {size} | {r['buffered']} | {r['bytes'] / 1e6:.0f} | {r['rejoin_s']:.2f} |")
+    if results["end_to_end"]:
+        lines += end_to_end_markdown(results["end_to_end"], results["kills"])
     return "\n".join(lines) + "\n"
+
+
+def end_to_end_markdown(sizes: dict[str, Any], kills: int) -> list[str]:
+    lines = [
+        "", "## Kill to first update (end to end)", "",
+        f"One TrainingJob per mode and size (`trainthrough bench`'s runner): 1 worker, {kills} PS-head kills "
+        "(spaced so that each recovery ends first), no outage (restart delay 0), synthetic data; medians over "
+        "the kills, in seconds. detect: kill -> death noticed; start: -> replacement process started (none for "
+        "a chain promotion); restore: -> PS serving again (process start and checkpoint load / promotion / "
+        "re-seed and replay), of which boot: -> the new PS process serves gRPC (interpreter, imports), and load: "
+        "-> serving (checkpoint load, or waiting for the rejoin, re-seed and replay); first update: -> first "
+        "update applied; total: kill -> first update. "
+        "Chain replica join: the replacement tail's start and state transfer, after the recovery.", "",
+        "| size | model | mode | samples / kills | detect | start | restore | boot | load | first update | total | lost updates | chain replica join |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for size, e2e in sizes.items():
+        for variant, m in e2e["modes"].items():
+            medians = " | ".join(seconds(m["median_s"][p]) for p in PHASES)
+            lines.append(
+                f"| {size} | {e2e['model']} | {variant} | {m['samples']} / {m['kills']} | {medians} "
+                f"| {m['lost_updates']} | {seconds(m['replica_join_s'])} |"
+            )
+    return lines
+
+
+SECTIONS = ("checkpoint", "state-transfer", "stateless", "end-to-end")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,23 +411,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results-recovery")
     parser.add_argument("--sizes", default="1M,50M", help=f"of {list(SIZES)}")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"of {list(SECTIONS)}")
+    parser.add_argument("--kills", type=int, default=3, help="PS-head kills per end-to-end run")
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; known: {list(SECTIONS)}")
     designs.prepare_process()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, checkpoints in {out.resolve()}",
-        "repeats": args.repeats, "checkpoint": {}, "state_transfer": {}, "stateless": {},
+        "repeats": args.repeats, "kills": args.kills,
+        "checkpoint": {}, "state_transfer": {}, "stateless": {}, "end_to_end": {},
     }  # fmt: skip
     for size in args.sizes.split(","):
         numel = SIZES[size]
-        with tempfile.TemporaryDirectory(dir=out) as directory:
-            results["checkpoint"][size] = checkpoint(numel, Path(directory), args.repeats)
-        print(f"{size} checkpoint: {results['checkpoint'][size]}", flush=True)
-        results["state_transfer"][size] = state_transfer(numel, args.repeats)
-        print(f"{size} state transfer: {results['state_transfer'][size]}", flush=True)
-        results["stateless"][size] = [stateless_rejoin(numel, k) for k in BUFFERED[size]]
-        print(f"{size} stateless: {results['stateless'][size]}", flush=True)
+        if "checkpoint" in sections:
+            with tempfile.TemporaryDirectory(dir=out) as directory:
+                results["checkpoint"][size] = checkpoint(numel, Path(directory), args.repeats)
+            print(f"{size} checkpoint: {results['checkpoint'][size]}", flush=True)
+        if "state-transfer" in sections:
+            results["state_transfer"][size] = state_transfer(numel, args.repeats)
+            print(f"{size} state transfer: {results['state_transfer'][size]}", flush=True)
+        if "stateless" in sections:
+            results["stateless"][size] = [stateless_rejoin(numel, k) for k in BUFFERED[size]]
+            print(f"{size} stateless: {results['stateless'][size]}", flush=True)
+        if "end-to-end" in sections:
+            results["end_to_end"][size] = end_to_end(size, args.kills, out)
         (out / "recovery.json").write_text(json.dumps(results, indent=1))
         (out / "recovery.md").write_text(markdown(results))
     print(f"results in {out / 'recovery.json'} and {out / 'recovery.md'}")

@@ -2,7 +2,8 @@
 
 Aspects covered:
 - the paper's CNN has exactly the layers of the paper (parameter count from layer shapes);
-- the MLP's parameter count; forward shapes [B, 10] for every registered model;
+- the MLPs' parameter counts (0.1M, 1M, 50M); forward shapes [B, 10] for every registered
+  model; the spec's model choices are exactly the registered names;
 - build_model: same seed -> same weights, different seed -> different weights, independent
   of and not disturbing the global RNG; unknown names are a ValueError naming known ones;
 - flatten_params / load_flat_params round trip, copies not aliases, dtype conversion,
@@ -11,6 +12,8 @@ Aspects covered:
 """
 
 from __future__ import annotations
+
+from typing import get_args
 
 import pytest
 import torch
@@ -26,6 +29,7 @@ from trainthrough.model import (
     load_flat_params,
     param_count,
 )
+from trainthrough.spec import TrainingJobSpec
 
 
 def conv_params(c_in: int, c_out: int, k: int) -> int:
@@ -58,8 +62,21 @@ def test_paper_cnn_layers() -> None:
     assert len([m for m in model.modules() if isinstance(m, nn.MaxPool2d)]) == 2
 
 
-def test_mlp_param_count() -> None:
-    assert param_count(build_model("mlp", 0)) == linear_params(784, 128) + linear_params(128, 10)
+@pytest.mark.parametrize(
+    ("name", "widths", "expected"),
+    [
+        ("mlp", [784, 128, 10], 101_770),
+        ("mlp-1m", [784, 1024, 256, 10], 1_068_810),
+        ("mlp-50m", [784, 8192, 5376, 10], 50_530_058),
+    ],
+)
+def test_mlp_param_counts(name: str, widths: list[int], expected: int) -> None:
+    assert sum(linear_params(a, b) for a, b in zip(widths, widths[1:])) == expected
+    assert param_count(build_model(name, 0)) == expected
+
+
+def test_the_spec_offers_exactly_the_registered_models() -> None:
+    assert set(get_args(TrainingJobSpec.model_fields["model"].annotation)) == set(MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -297,7 +297,7 @@ def test_exact_message_for_replicas_below_one():
         ({"chain": {"ack": "all"}}, "spec.chain.ack: must be one of 'tail', 'head', got 'all'"),
         ({"evaluation": {"testSamples": 0}}, "spec.evaluation.testSamples: must be >= 1, got 0"),
         ({"seed": -1}, "spec.seed: must be >= 0, got -1"),
-        ({"model": "resnet"}, "spec.model: must be one of 'paper-cnn', 'mlp', got 'resnet'"),
+        ({"model": "resnet"}, "spec.model: must be one of 'paper-cnn', 'mlp', 'mlp-1m', 'mlp-50m', got 'resnet'"),
         ({"dataPath": 3}, "spec.dataPath: must be a string, got 3"),
         ({"workers": {"resources": {"gpu": -1}}}, "spec.workers.resources.gpu: must be >= 0, got -1"),
         ({"workers": []}, "spec.workers: must be a mapping, got a list"),

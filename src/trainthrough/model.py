@@ -13,6 +13,7 @@ models here) are not part of it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -59,15 +60,30 @@ class PaperCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def make_mlp() -> nn.Module:
-    """A 784-128-10 MLP: small enough for fast tests of the PS and workers."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, 10))
+def make_mlp(*hidden: int) -> nn.Module:
+    """A ReLU MLP 784-hidden...-10 for 1x28x28 inputs, 10 classes.
+
+    The registered sizes (parameters: weights and biases of every layer):
+    - "mlp" (784-128-10): 101,770, small enough for fast tests of the PS and workers;
+    - "mlp-1m" (784-1024-256-10): 1,068,810;
+    - "mlp-50m" (784-8192-5376-10): 50,530,058 (recovery and GPU benchmarks at scale).
+
+    >>> make_mlp(128)(torch.zeros(4, 1, 28, 28)).shape
+    torch.Size([4, 10])
+    """
+    widths = [28 * 28, *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for n_in, n_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
 
 
 # Name in the TrainingJob spec -> factory building the model with fresh default init.
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "paper-cnn": PaperCNN,
-    "mlp": make_mlp,
+    "mlp": partial(make_mlp, 128),
+    "mlp-1m": partial(make_mlp, 1024, 256),
+    "mlp-50m": partial(make_mlp, 8192, 5376),
 }
 
 

@@ -521,7 +521,7 @@ class ChaosKill(SpecModel):
 
 
 class TrainingJobSpec(SpecModel):
-    model: Literal["paper-cnn", "mlp"] = "paper-cnn"
+    model: Literal["paper-cnn", "mlp", "mlp-1m", "mlp-50m"] = "paper-cnn"
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_path: _Str | None = None  # explicit Fashion-MNIST folder; else the loader searches
     consistency: Literal["checkpoint", "chain", "stateless"] = "checkpoint"
