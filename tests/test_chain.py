@@ -326,3 +326,19 @@ def test_the_log_holds_two_gradients_worth_but_never_less_than_the_forwarder_nee
     assert [r.seq for r in head.mode.log] == list(range(12 - kept + 1, 13))
     assert head.mode._log_bytes == kept * N * 4
     assert wait_until(lambda: tail.health().version == 12 if ack == "tail" else tail.health().version >= 8, timeout=10)
+
+
+def test_a_replicate_stream_cut_short_applies_nothing(start_ps, chain_master) -> None:
+    replicas, master = chain(start_ps, chain_master, size=2)
+    tail = replicas[1]
+    request = ps_pb2.ReplicateRequest(epoch=tail.mode.config.epoch)
+    record = request.records.add(seq=1, workers=["worker-0"], push_ids=[1])
+    wire.fill_bytes(record.gradient, b"", [N])
+    short = [wire.Framed(ps_pb2.ReplicateChunk(request=request), grad(0).numpy().tobytes()[:-8])]
+    with pytest.raises(grpc.RpcError) as caught:
+        tail.framed.replicate(iter(short), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the stream ended after 62 of 64 elements" in caught.value.details()
+    assert tail.health().version == 0
+    whole = [wire.Framed(ps_pb2.ReplicateChunk(request=request), grad(0).numpy().tobytes())]
+    assert tail.framed.replicate(iter(whole), timeout=10).applied_seq == 1

@@ -553,3 +553,17 @@ def test_a_stream_cut_short_or_malformed_applies_nothing(start_ps, tmp_path) -> 
         assert messages[name] in caught.value.details(), (name, caught.value.details())
     version, params = ps.pull()
     assert version == 0 and torch.equal(params, torch.zeros(N))  # nothing applied
+
+
+def test_a_large_models_calls_get_time_to_move_their_bytes() -> None:
+    """A deadline sized for a small model would cut a 50M-parameter push short, and a
+    stateless worker would take that for a dead PS."""
+    from trainthrough.worker.client import PSClient
+
+    client = PSClient(["127.0.0.1:1"], "worker-0", call_timeout=1.0)
+    try:
+        assert client._deadline(None, 1000) == pytest.approx(1.0, abs=1e-3)
+        assert client._deadline(None, 50_000_000) == pytest.approx(1.0 + 200e6 / 50e6)
+        assert client._deadline(0.5, 50_000_000) == pytest.approx(0.5 + 4.0)
+    finally:
+        client.close()

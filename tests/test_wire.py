@@ -218,7 +218,7 @@ def test_framed_deserializer_defers_to_protobuf_for_repeated_data() -> None:
     assert received.message.worker == "worker-1"
 
 
-@pytest.mark.parametrize("chunk_type", [ps_pb2.PushChunk, ps_pb2.PullChunk, ps_pb2.RejoinChunk, ps_pb2.StateChunk])
+@pytest.mark.parametrize("chunk_type", [ps_pb2.PushChunk, ps_pb2.PullChunk, ps_pb2.RejoinChunk, ps_pb2.StateChunk, ps_pb2.ReplicateChunk])
 def test_every_chunk_message_keeps_its_data_in_field_2(chunk_type) -> None:
     assert chunk_type.DESCRIPTOR.fields_by_name["data"].number == wire.CHUNK_DATA_FIELD
 

@@ -341,7 +341,7 @@ def stream_payload(chunks: Iterable[Framed], field: str, what: str) -> tuple[Mes
     return getattr(first.message, field), data()
 
 
-# Every chunk message (PushChunk, PullChunk, RejoinChunk, StateChunk) has `bytes data = 2`:
+# Every chunk message (PushChunk, PullChunk, RejoinChunk, StateChunk, ReplicateChunk) has `bytes data = 2`:
 # its (de)serializers keep those bytes beside the message, as Framed does for a Tensor field.
 CHUNK_DATA_FIELD = 2
 
@@ -431,6 +431,7 @@ class FramedCalls:
     pull_stream: grpc.UnaryStreamMultiCallable
     rejoin_stream: grpc.StreamUnaryMultiCallable
     install_state: grpc.StreamUnaryMultiCallable
+    replicate: grpc.StreamUnaryMultiCallable
 
     @classmethod
     def on(cls, channel: grpc.Channel) -> "FramedCalls":
@@ -461,5 +462,8 @@ class FramedCalls:
             ),
             install_state=channel.stream_unary(
                 method("InstallState"), request_serializer=serialize_chunk, response_deserializer=ps_pb2.InstallReply.FromString
+            ),
+            replicate=channel.stream_unary(
+                method("Replicate"), request_serializer=serialize_chunk, response_deserializer=ps_pb2.ReplicateReply.FromString
             ),
         )

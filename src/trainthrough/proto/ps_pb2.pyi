@@ -162,6 +162,14 @@ class ReplicateRequest(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[UpdateRecord]
     def __init__(self, epoch: _Optional[int] = ..., records: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ...) -> None: ...
 
+class ReplicateChunk(_message.Message):
+    __slots__ = ("request", "data")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request: ReplicateRequest
+    data: bytes
+    def __init__(self, request: _Optional[_Union[ReplicateRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ReplicateReply(_message.Message):
     __slots__ = ("applied_seq",)
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]

@@ -64,9 +64,9 @@ class ParameterServerStub:
                 request_serializer=trainthrough_dot_proto_dot_ps__pb2.ProgressReport.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.ProgressReply.FromString,
                 _registered_method=True)
-        self.Replicate = channel.unary_unary(
+        self.Replicate = channel.stream_unary(
                 '/trainthrough.v1alpha1.ParameterServer/Replicate',
-                request_serializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateRequest.SerializeToString,
+                request_serializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateChunk.SerializeToString,
                 response_deserializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateReply.FromString,
                 _registered_method=True)
         self.Reconfigure = channel.unary_unary(
@@ -130,7 +130,7 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Replicate(self, request, context):
+    def Replicate(self, request_iterator, context):
         """chain
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -195,9 +195,9 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     request_deserializer=trainthrough_dot_proto_dot_ps__pb2.ProgressReport.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.ProgressReply.SerializeToString,
             ),
-            'Replicate': grpc.unary_unary_rpc_method_handler(
+            'Replicate': grpc.stream_unary_rpc_method_handler(
                     servicer.Replicate,
-                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateRequest.FromString,
+                    request_deserializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateChunk.FromString,
                     response_serializer=trainthrough_dot_proto_dot_ps__pb2.ReplicateReply.SerializeToString,
             ),
             'Reconfigure': grpc.unary_unary_rpc_method_handler(
@@ -394,7 +394,7 @@ class ParameterServer:
             _registered_method=True)
 
     @staticmethod
-    def Replicate(request,
+    def Replicate(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -404,11 +404,11 @@ class ParameterServer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/trainthrough.v1alpha1.ParameterServer/Replicate',
-            trainthrough_dot_proto_dot_ps__pb2.ReplicateRequest.SerializeToString,
+            trainthrough_dot_proto_dot_ps__pb2.ReplicateChunk.SerializeToString,
             trainthrough_dot_proto_dot_ps__pb2.ReplicateReply.FromString,
             options,
             channel_credentials,

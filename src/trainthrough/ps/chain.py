@@ -173,10 +173,10 @@ class ChainReplica(Mode):
                 return
             missing = [r for r in self.log if r.seq > self.successor_seq]
             if missing and missing[0].seq == self.successor_seq + 1:
-                request = ps_pb2.ReplicateRequest(epoch=self.config.epoch)
-                for record in missing:
-                    _fill_record(request.records.add(), record)
-                reply = successor.call(lambda s, t: s.Replicate(request, timeout=t), timeout=REPLICATE_TIMEOUT)
+                reply = successor.call(
+                    lambda s, t: successor.framed.replicate(_record_stream(self.config.epoch, missing), timeout=t),
+                    timeout=REPLICATE_TIMEOUT,
+                )
             else:
                 encoded = state.encode()  # views of the live state: unchanged while we hold the order lock
 
@@ -189,22 +189,26 @@ class ChainReplica(Mode):
         if self.successor_seq < state.seq:
             raise PSUnavailable(f"successor {successor.address} stays behind at seq {self.successor_seq} < {state.seq}")
 
-    def replicate(self, request: ps_pb2.ReplicateRequest) -> ps_pb2.ReplicateReply:
+    def replicate(self, chunks: Iterable[wire.Framed]) -> ps_pb2.ReplicateReply:
+        request, data = wire.stream_payload(chunks, "request", "Replicate")
         if request.epoch < self.config.epoch:
             # The master publishes tail first, so a predecessor may briefly lag an epoch
             # behind; it retries once it has the new configuration. A deposed head never
             # gets one, and so stays fenced off.
             raise StaleEpoch(f"Replicate from epoch {request.epoch}, this replica is at epoch {self.config.epoch}")
+        if self.core.state is None:
+            raise NotServing(f"{self.core.name} is joining and has no state yet")
+        # Received whole before any is applied: a stream cut short applies nothing.
+        numel = self.core.numel
+        headers = [(message.gradient, numel, f"records[{i}].gradient") for i, message in enumerate(request.records)]
+        gradients = wire.assemble(headers, data)
         with self.core.order_lock:
-            state = self.core.state
-            if state is None:
-                raise NotServing(f"{self.core.name} is joining and has no state yet")
-            for message in request.records:
+            state = self.core.require_state()
+            for message, gradient in zip(request.records, gradients):
                 if message.seq <= state.seq:
                     continue  # already applied (a resend after a reconfiguration)
                 if message.seq != state.seq + 1:
                     break  # a gap: the reply's applied_seq tells the sender where to resume
-                gradient = wire.decode(message.gradient, state.numel, what="record.gradient")
                 self.core.apply_record(Record(message.seq, gradient, list(message.workers), list(message.push_ids)))
             return ps_pb2.ReplicateReply(applied_seq=state.seq)
 
@@ -262,8 +266,14 @@ class ChainReplica(Mode):
         self.successor_seq = None
 
 
-def _fill_record(message: ps_pb2.UpdateRecord, record: Record) -> None:
-    message.seq = record.seq
-    wire.fill(message.gradient, record.gradient)
-    message.workers.extend(record.workers)
-    message.push_ids.extend(record.push_ids)
+def _record_stream(epoch: int, records: list[Record]) -> Iterator[wire.Framed]:
+    """A Replicate call's chunks: the request with each record's gradient header, then the
+    gradients' bytes (views of the logged tensors) in order. A fresh one for each attempt."""
+    request = ps_pb2.ReplicateRequest(epoch=epoch)
+    for record in records:
+        message = request.records.add(seq=record.seq, workers=record.workers, push_ids=record.push_ids)
+        wire.fill_bytes(message.gradient, b"", list(record.gradient.shape))
+    yield wire.Framed(ps_pb2.ReplicateChunk(request=request))
+    for record in records:
+        for data in wire.tensor_chunks(record.gradient):
+            yield wire.Framed(ps_pb2.ReplicateChunk(), data)

@@ -106,7 +106,7 @@ class Mode:
         return "serving" if self.core.serving else "starting"
 
     # -- chain ---------------------------------------------------------------------------
-    def replicate(self, request: ps_pb2.ReplicateRequest) -> ps_pb2.ReplicateReply:
+    def replicate(self, chunks: Iterable[wire.Framed]) -> ps_pb2.ReplicateReply:
         raise Unsupported(f"Replicate: not a chain replica (mode {self.name})")
 
     def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:

@@ -69,8 +69,8 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
     def ReportProgress(self, request, context):
         return self._call(context, "ReportProgress", lambda: self.mode.report_progress(request))
 
-    def Replicate(self, request, context):
-        return self._call(context, "Replicate", lambda: self.mode.replicate(request))
+    def Replicate(self, request_iterator, context):
+        return self._call(context, "Replicate", lambda: self.mode.replicate(request_iterator))
 
     def Reconfigure(self, request, context):
         return self._call(context, "Reconfigure", lambda: self.mode.reconfigure(request))
@@ -152,6 +152,7 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
         ("PushStream", ps_pb2.PushChunk, ps_pb2.PushReply),
         ("RejoinStream", ps_pb2.RejoinChunk, ps_pb2.RejoinReply),
         ("InstallState", ps_pb2.StateChunk, ps_pb2.InstallReply),
+        ("Replicate", ps_pb2.ReplicateChunk, ps_pb2.ReplicateReply),
     ]:
         handlers[name] = grpc.stream_unary_rpc_method_handler(
             getattr(servicer, name), request_deserializer=wire.chunk_deserializer(chunk), response_serializer=reply.SerializeToString

@@ -33,6 +33,10 @@ class Stopped(TrainthroughError):
 
 
 STREAM_ABOVE_BYTES = 16 << 20
+# A call that moves N bytes gets N / this many extra seconds on top of its timeout: a
+# deadline sized for a small model would cut a large model's push short, and a stateless
+# worker would take that for a dead PS (a dead one fails fast either way).
+SLOWEST_TRANSFER_BYTES_PER_S = 50e6
 Pulled = tuple[int, torch.Tensor | None, str]  # (version, parameters or None if unchanged, PS incarnation)
 
 
@@ -127,6 +131,7 @@ class PSClient:
     ) -> tuple[ps_pb2.PushReply, Pulled | None]:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
         pulled = None
+        timeout = self._deadline(timeout, gradient.numel() + ((self._numel or 0) if pull else 0))
         if self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
@@ -137,19 +142,24 @@ class PSClient:
                     yield wire.Framed(ps_pb2.PushChunk(), data)
 
             head = self._head
-            reply = head.call(lambda s, t: head.framed.push_stream(stream(), timeout=t), timeout=timeout or self.call_timeout)
+            reply = head.call(lambda s, t: head.framed.push_stream(stream(), timeout=t), timeout=timeout)
         else:
             if pull:
                 request.pull_dtype = self.transfer_dtype
             framed_request = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
             head = self._head
-            framed = head.call(lambda s, t: head.framed.push(framed_request, timeout=t), timeout=timeout or self.call_timeout)
+            framed = head.call(lambda s, t: head.framed.push(framed_request, timeout=t), timeout=timeout)
             reply = framed.message
             if pull:
                 params = reply.params if reply.HasField("params") else None
                 pulled = self._pulled(reply.params_version, params, framed.data, reply.incarnation)
         self.push_id += 1
         return reply, pulled
+
+    def _deadline(self, timeout: float | None, elements: int) -> float:
+        """The caller's timeout (else the default) plus the time to move `elements` at the
+        slowest rate expected (SLOWEST_TRANSFER_BYTES_PER_S)."""
+        return (timeout or self.call_timeout) + elements * wire.itemsize(self.transfer_dtype) / SLOWEST_TRANSFER_BYTES_PER_S
 
     def _streams(self, numel: int | None, dtype: str | None = None) -> bool:
         """Whether `numel` elements travel in chunks; an unknown size (the first pull) does:
@@ -158,11 +168,11 @@ class PSClient:
 
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
-        head = self._head
+        head, timeout = self._head, self._deadline(timeout, self._numel or 0)
         if self._streams(self._numel):
-            reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout or self.call_timeout)
+            reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
             return self._learn_size(reply.version, params, reply.incarnation)
-        framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout or self.call_timeout)
+        framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout)
         reply = framed.message
         return self._pulled(reply.version, reply.params if reply.HasField("params") else None, framed.data, reply.incarnation)
 
