@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import resource
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -103,45 +104,51 @@ def echo_worker(port: int, numel: int) -> Callable[[], None]:
 
 
 # -- trainthrough --------------------------------------------------------------------------------
-def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
-    prepare_process()
-    import tempfile
-
+def ps_core(name: str, mode: str, workers: int):
+    """A PS core as a PS process builds one, its event log in a scratch folder."""
     from prometheus_client import CollectorRegistry
 
     from trainthrough.events import EventLog
     from trainthrough.metrics import create_metrics
-    from trainthrough.ps.checkpointing import CheckpointMode
-    from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
     from trainthrough.ps.core import ParameterServerCore
-    from trainthrough.ps.service import create_server
-    from trainthrough.ps.state import ParameterState
-    from trainthrough.spec import OptimizerSpec
 
-    control.send(server_stats())
-    scratch = tempfile.mkdtemp(prefix="bench-ps-")
-    events = EventLog(os.path.join(scratch, "events.jsonl"), source="ps-0")
-    core = ParameterServerCore(
-        name="ps-0", mode="checkpoint", updates="async", expected_workers=workers,
-        events=events, metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
+    scratch = tempfile.mkdtemp(prefix=f"bench-{mode}-")
+    return ParameterServerCore(
+        name=name, mode=mode, updates="async", expected_workers=workers,
+        events=EventLog(os.path.join(scratch, "events.jsonl"), source=name),
+        metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
     )  # fmt: skip
-    optimizer = OptimizerSpec(name="sgd", lr=LR)
-    # Checkpoints far apart: this measures the update path, not the disk.
-    checkpointer = PeriodicCheckpointer(core, CheckpointStore(scratch, keep=1), every_updates=10**9, every_seconds=None)
-    mode = CheckpointMode(
-        core, checkpointer=checkpointer, optimizer=optimizer,
-        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
-    )  # fmt: skip
+
+
+def serve_mode(mode, control: Connection) -> None:
+    """Serve `mode` on a free loopback port, send the port, then answer until told to stop."""
+    from trainthrough.ps.service import create_server
+
     server, port = create_server(mode, "127.0.0.1:0")
     server.start()
     mode.start()
     control.send(port)
+    serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
 
-    def stop() -> None:
-        mode.stop()
-        server.stop(0).wait()
 
-    serve_until_told(control, stop)
+def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
+    prepare_process()
+    from trainthrough.ps.checkpointing import CheckpointMode
+    from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
+    from trainthrough.ps.state import ParameterState
+    from trainthrough.spec import OptimizerSpec
+
+    control.send(server_stats())
+    core = ps_core("ps-0", "checkpoint", workers)
+    optimizer = OptimizerSpec(name="sgd", lr=LR)
+    # Checkpoints far apart: this measures the update path, not the disk.
+    store = CheckpointStore(tempfile.mkdtemp(prefix="bench-checkpoints-"), keep=1)
+    checkpointer = PeriodicCheckpointer(core, store, every_updates=10**9, every_seconds=None)
+    mode = CheckpointMode(
+        core, checkpointer=checkpointer, optimizer=optimizer,
+        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
+    )  # fmt: skip
+    serve_mode(mode, control)
 
 
 def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable[[], None]:

@@ -137,31 +137,15 @@ def sink_server(control) -> None:
 
 def joining_replica(control) -> None:
     """A chain replica waiting for its state (a replacement added at the tail), as a PS process."""
-    from prometheus_client import CollectorRegistry
-
-    from trainthrough.events import EventLog
-    from trainthrough.metrics import create_metrics
     from trainthrough.ps.chain import ChainReplica
-    from trainthrough.ps.core import ParameterServerCore
-    from trainthrough.ps.service import create_server
     from trainthrough.ps.state import ParameterState
 
     designs.prepare_process()
-    scratch = tempfile.mkdtemp(prefix="bench-chain-")
-    core = ParameterServerCore(
-        name="ps-1", mode="chain", updates="async", expected_workers=1,
-        events=EventLog(os.path.join(scratch, "events.jsonl"), source="ps-1"),
-        metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
-    )  # fmt: skip
     mode = ChainReplica(
-        core, ack="tail", replicate_every=1, optimizer=STATE_OPTIMIZER, join=True,
+        designs.ps_core("ps-1", "chain", 1), ack="tail", replicate_every=1, optimizer=STATE_OPTIMIZER, join=True,
         initial_state=lambda: ParameterState(torch.zeros(0), STATE_OPTIMIZER),  # unused: it joins
     )  # fmt: skip
-    server, port = create_server(mode, "127.0.0.1:0")
-    server.start()
-    mode.start()
-    control.send(port)
-    designs.serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
+    designs.serve_mode(mode, control)
 
 
 def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
@@ -204,33 +188,17 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
 
 # -- stateless re-seed and replay ------------------------------------------------------------------------
 def stateless_server(numel: int, control) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from trainthrough.events import EventLog
-    from trainthrough.metrics import create_metrics
-    from trainthrough.ps.core import ParameterServerCore
-    from trainthrough.ps.service import create_server
     from trainthrough.ps.state import ParameterState
     from trainthrough.ps.stateless import StatelessMode
     from trainthrough.spec import OptimizerSpec, StatelessSpec
 
     designs.prepare_process()
-    scratch = tempfile.mkdtemp(prefix="bench-stateless-")
-    core = ParameterServerCore(
-        name="ps-0", mode="stateless", updates="async", expected_workers=1,
-        events=EventLog(os.path.join(scratch, "events.jsonl"), source="ps-0"),
-        metrics=create_metrics(CollectorRegistry()), trainingjob="bench",
-    )  # fmt: skip
     optimizer = OptimizerSpec(name="sgd", lr=designs.LR)
     mode = StatelessMode(
-        core, spec=StatelessSpec(rejoin_timeout=60.0), optimizer=optimizer,
+        designs.ps_core("ps-0", "stateless", 1), spec=StatelessSpec(rejoin_timeout=60.0), optimizer=optimizer,
         initial_state=lambda: ParameterState(torch.zeros(numel), optimizer), fallback=None,
     )  # fmt: skip
-    server, port = create_server(mode, "127.0.0.1:0")
-    server.start()
-    mode.start()
-    control.send(port)
-    designs.serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
+    designs.serve_mode(mode, control)
 
 
 def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:

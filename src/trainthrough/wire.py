@@ -7,6 +7,7 @@ WireError with what is wrong; the PS turns that into INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -113,7 +114,7 @@ def check_finite(flat: torch.Tensor, what: str) -> None:
     infinite) at a fraction of an element-wise check's cost; only a non-finite sum, which
     a huge but finite gradient can also give, pays for the element-wise count.
     """
-    if bool(torch.isfinite(flat.sum())):
+    if math.isfinite(flat.sum().item()):  # a Python float: no tensor op for one scalar
         return
     bad = int((~torch.isfinite(flat)).sum())
     if bad:

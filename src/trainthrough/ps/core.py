@@ -255,7 +255,7 @@ class ParameterServerCore:
             assert round_.total is not None
             with self.order_lock:
                 state = self.require_state()
-                mean = round_.total / len(round_.workers)
+                mean = round_.total.div_(len(round_.workers))  # in place: the sum is not needed after
                 self.apply_record(Record(state.seq + 1, mean, round_.workers, round_.push_ids))
                 round_.version = state.version
         except BaseException as error:  # every waiter of the round must learn of it
