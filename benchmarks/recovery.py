@@ -196,7 +196,7 @@ def stateless_server(numel: int, control) -> None:
     optimizer = OptimizerSpec(name="sgd", lr=designs.LR)
     mode = StatelessMode(
         designs.ps_core("ps-0", "stateless", 1), spec=StatelessSpec(rejoin_timeout=60.0), optimizer=optimizer,
-        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer), fallback=None,
+        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer), numel=numel, fallback=None,
     )  # fmt: skip
     designs.serve_mode(mode, control)
 

@@ -27,6 +27,7 @@ from trainthrough.model import (
     flatten_grads,
     flatten_params,
     load_flat_params,
+    model_size,
     param_count,
 )
 from trainthrough.spec import TrainingJobSpec
@@ -172,3 +173,13 @@ def test_flatten_grads_zero_fills_parameters_without_gradient() -> None:
     grads = flatten_grads(model)
     assert torch.equal(grads[-last.numel() :], torch.ones(last.numel()))
     assert torch.equal(grads[: -last.numel()], torch.zeros(grads.numel() - last.numel()))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_size_is_the_flat_vector_length_without_building_the_model(name: str) -> None:
+    assert model_size(name) == param_count(build_model(name, seed=0))
+
+
+def test_model_size_of_an_unknown_model_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown model 'nope'; known models: mlp, "):
+        model_size("nope")

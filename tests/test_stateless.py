@@ -73,6 +73,7 @@ def stateless_ps(
             spec=spec,
             optimizer=OPTIMIZER,
             initial_state=lambda: ParameterState(INITIAL.clone(), OPTIMIZER),
+            numel=INITIAL.numel(),
             fallback=fallback,
         )
 

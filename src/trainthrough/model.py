@@ -25,6 +25,7 @@ __all__ = [
     "build_model",
     "flatten_grads",
     "flatten_params",
+    "model_size",
     "load_flat_params",
     "make_mlp",
     "param_count",
@@ -106,6 +107,18 @@ def build_model(name: str, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return factory()
+
+
+def model_size(name: str) -> int:
+    """The length of model `name`'s flat vector, without allocating or initializing it.
+
+    >>> model_size("mlp-1m")
+    1068810
+    """
+    if name not in MODELS:
+        build_model(name, 0)  # the error naming the known models
+    with torch.device("meta"):
+        return param_count(MODELS[name]())
 
 
 def param_count(model: nn.Module) -> int:

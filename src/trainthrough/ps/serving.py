@@ -12,7 +12,7 @@ import os
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
-from trainthrough.model import build_model, flatten_params
+from trainthrough.model import build_model, flatten_params, model_size
 from trainthrough.process import start_process
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.checkpointing import CheckpointMode
@@ -50,8 +50,9 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
     if spec.consistency == "stateless":
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
         return StatelessMode(
-            core, spec=spec.stateless, optimizer=spec.optimizer, initial_state=initial_state, fallback=fallback
-        )
+            core, spec=spec.stateless, optimizer=spec.optimizer, initial_state=initial_state,
+            numel=model_size(spec.model), fallback=fallback,
+        )  # fmt: skip
     raise ValueError(f"spec.consistency: unknown mode {spec.consistency!r}")
 
 

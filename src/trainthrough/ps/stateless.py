@@ -67,12 +67,14 @@ class StatelessMode(Mode):
         spec: StatelessSpec,
         optimizer: OptimizerSpec,
         initial_state: Callable[[], ParameterState],
+        numel: int,
         fallback: PeriodicCheckpointer | None,
     ) -> None:
         super().__init__(core)
         self.spec = spec
         self.optimizer = optimizer
         self.initial_state = initial_state
+        self.numel = numel  # the model's size, to check rejoins before any state exists
         self.fallback = fallback
         self._lock = threading.Lock()
         # worker -> (its rejoin, its base params if any, its buffered entries)
@@ -172,11 +174,7 @@ class StatelessMode(Mode):
         return base, entries
 
     def _numel(self) -> int:
-        if self.core.state is not None:
-            return self.core.state.numel
-        if not hasattr(self, "_initial"):
-            self._initial = self.initial_state()
-        return self._initial.numel
+        return self.core.state.numel if self.core.state is not None else self.numel
 
     # -- seeding ---------------------------------------------------------------------------
     def _window_timer(self) -> None:
@@ -206,7 +204,7 @@ class StatelessMode(Mode):
                 state = restore_newest(self.core, self.fallback.store, self.optimizer)
             source = "fallback-checkpoint"
             if state is None:
-                state, source = getattr(self, "_initial", None) or self.initial_state(), "seed"
+                state, source = self.initial_state(), "seed"
         self.core.install(state, restored_from=source, announce=False)
         buffers = {worker: entries for worker, (_, _, entries) in self._pending.items()}
         self._replayed = self._replay(buffers) if buffers else {}
