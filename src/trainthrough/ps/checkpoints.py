@@ -100,7 +100,7 @@ class CheckpointStore:
 
     def save(self, version: int, payload: Payload) -> Path:
         """Write `payload` (bytes, or its chunks in order) as the checkpoint of `version`,
-        hashing each chunk while the previous one is written."""
+        hashing each chunk in a thread while it is written."""
         chunks = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
         final = self.path_for(version)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
