@@ -355,6 +355,14 @@ def serialize_chunk(framed: Framed) -> bytes:
     return b"".join((head, _key(CHUNK_DATA_FIELD), _varint(len(framed.data)), framed.data))
 
 
+def chunk_stream(first: Message, chunks: Iterable[bytes | memoryview]) -> Iterator[Framed]:
+    """The messages of a stream (serialize_chunk): `first`, a chunk message carrying the
+    header and no data, then one empty message of its type per chunk of data."""
+    yield Framed(first)
+    for chunk in chunks:
+        yield Framed(type(first)(), chunk)
+
+
 def chunk_deserializer(message_type: type[Message]) -> Callable[[bytes], Framed]:
     """Decode a chunk message into a Framed: its data a memoryview into `raw`, no copy."""
 
@@ -398,9 +406,7 @@ def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Itera
 # -- a parameter-server state in chunks (InstallState) ----------------------------------------------
 def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview]) -> Iterator[Framed]:
     """The StateChunk messages of a state of `total_bytes` sent as `chunks` (serialize_chunk)."""
-    yield Framed(ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes)))
-    for chunk in chunks:
-        yield Framed(ps_pb2.StateChunk(), chunk)
+    return chunk_stream(ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes)), chunks)
 
 
 def receive_bytes(total_bytes: int, data: Iterable[bytes], what: str) -> torch.Tensor:

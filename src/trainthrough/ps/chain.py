@@ -273,7 +273,5 @@ def _record_stream(epoch: int, records: list[Record]) -> Iterator[wire.Framed]:
     for record in records:
         message = request.records.add(seq=record.seq, workers=record.workers, push_ids=record.push_ids)
         wire.fill_bytes(message.gradient, b"", list(record.gradient.shape))
-    yield wire.Framed(ps_pb2.ReplicateChunk(request=request))
-    for record in records:
-        for data in wire.tensor_chunks(record.gradient):
-            yield wire.Framed(ps_pb2.ReplicateChunk(), data)
+    chunks = (data for record in records for data in wire.tensor_chunks(record.gradient))
+    return wire.chunk_stream(ps_pb2.ReplicateChunk(request=request), chunks)

@@ -88,10 +88,8 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
 def _pull_chunks(framed: wire.Framed) -> Iterator[wire.Framed]:
     """The reply first, then the parameters' bytes in chunks (a snapshot taken under the
     PS's lock by the pull: later updates do not tear it)."""
-    first = True
-    for chunk in wire.byte_chunks(framed.data, wire.itemsize(framed.message.params.dtype or "float32")):
-        yield wire.Framed(ps_pb2.PullChunk(reply=framed.message) if first else ps_pb2.PullChunk(), chunk)
-        first = False
+    itemsize = wire.itemsize(framed.message.params.dtype or "float32")
+    return wire.chunk_stream(ps_pb2.PullChunk(reply=framed.message), wire.byte_chunks(framed.data, itemsize))
 
 
 def _generated_handlers(servicer: ParameterServerServicer) -> dict[str, grpc.RpcMethodHandler]:

@@ -130,24 +130,19 @@ class PSClient:
         self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None, *, pull: bool
     ) -> tuple[ps_pb2.PushReply, Pulled | None]:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
-        pulled = None
+        head, pulled = self._head, None
         timeout = self._deadline(timeout, gradient.numel() + ((self._numel or 0) if pull else 0))
         if self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
             def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
-                chunks = wire.tensor_chunks(gradient, self.transfer_dtype)
-                yield wire.Framed(ps_pb2.PushChunk(request=request), next(chunks))
-                for data in chunks:
-                    yield wire.Framed(ps_pb2.PushChunk(), data)
+                return wire.chunk_stream(ps_pb2.PushChunk(request=request), wire.tensor_chunks(gradient, self.transfer_dtype))
 
-            head = self._head
             reply = head.call(lambda s, t: head.framed.push_stream(stream(), timeout=t), timeout=timeout)
         else:
             if pull:
                 request.pull_dtype = self.transfer_dtype
             framed_request = wire.frame(request, wire.PUSH_TENSOR_FIELD, gradient, self.transfer_dtype)
-            head = self._head
             framed = head.call(lambda s, t: head.framed.push(framed_request, timeout=t), timeout=timeout)
             reply = framed.message
             if pull:
@@ -211,10 +206,8 @@ class PSClient:
                 wire.fill_bytes(message, b"", list(tensor.shape))
 
             def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
-                yield wire.Framed(ps_pb2.RejoinChunk(request=request))
-                for _, tensor in slots:
-                    for data in wire.tensor_chunks(tensor):
-                        yield wire.Framed(ps_pb2.RejoinChunk(), data)
+                chunks = (data for _, tensor in slots for data in wire.tensor_chunks(tensor))
+                return wire.chunk_stream(ps_pb2.RejoinChunk(request=request), chunks)
 
             head = self._head
             return head.call(lambda s, t: head.framed.rejoin_stream(stream(), timeout=t), timeout=timeout)
