@@ -19,6 +19,7 @@ and a worker loop, run in separate processes.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import tempfile
@@ -74,6 +75,24 @@ def serve_until_told(control: Connection, stop: Callable[[], None]) -> None:
             stop()
             control.send("stopped")
             return
+
+
+def start_server(target: Callable[..., None], *args) -> tuple[multiprocessing.Process, Connection, int]:
+    """Run `target(*args, control)` in a fresh process; (process, control, its port). The
+    servers that report their idle footprint first have it skipped here."""
+    ctx = multiprocessing.get_context("spawn")
+    control, end = ctx.Pipe()
+    process = ctx.Process(target=target, args=(*args, end), daemon=True)
+    process.start()
+    first = control.recv()
+    port = first if isinstance(first, int) else control.recv()
+    return process, control, port
+
+
+def stop_server(process: multiprocessing.Process, control: Connection) -> None:
+    control.send("stop")
+    control.recv()
+    process.join(30)
 
 
 # -- echo --------------------------------------------------------------------------------------

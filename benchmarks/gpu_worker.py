@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -34,17 +33,12 @@ BATCH = 64
 
 def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[str, Any]:
     from trainthrough.data import BatchStream, load_dataset
-    from trainthrough.model import build_model, flatten_grads, load_flat_params
+    from trainthrough.model import build_model, flatten_grads, load_flat_params, param_count
     from trainthrough.worker.client import PSClient
 
     model = build_model(name, seed=0).to(device)
-    numel = sum(p.numel() for p in model.parameters())
-    ctx = mp.get_context("spawn")
-    control, end = ctx.Pipe()
-    server = ctx.Process(target=designs.trainthrough_server, args=(numel, 1, end), daemon=True)
-    server.start()
-    control.recv()  # the server's idle footprint
-    port = control.recv()
+    numel = param_count(model)
+    server, control, port = designs.start_server(designs.trainthrough_server, numel, 1)
     client = PSClient([f"127.0.0.1:{port}"], "worker-0", call_timeout=300)
     batches = BatchStream(load_dataset("synthetic", "train"), BATCH, seed=0, rank=0)
     loss_fn = nn.CrossEntropyLoss()
@@ -61,8 +55,8 @@ def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[s
         loss_fn(model(images.to(device)), labels.to(device)).backward()
         gradient = flatten_grads(model).cpu()  # waits for the device: the compute ends here
         compute[0] += time.perf_counter() - started
-        client.push(gradient, base_version=version, samples=BATCH)
-        version, fresh, _ = client.pull(version)
+        _, pulled = client.push_and_pull(gradient, base_version=version, samples=BATCH)  # as the worker does
+        version, fresh, _ = pulled or client.pull(version)
         if fresh is not None:
             load_flat_params(model, fresh)
 
@@ -80,9 +74,7 @@ def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[s
             rates.append(steps / elapsed)
     finally:
         client.close()
-        control.send("stop")
-        control.recv()
-        server.join(30)
+        designs.stop_server(server, control)
     return {
         "model": name,
         "parameters": numel,

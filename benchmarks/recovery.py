@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -106,22 +105,6 @@ def checkpoint(numel: int, directory: Path, repeats: int) -> dict[str, Any]:
 
 
 # -- chain state transfer ------------------------------------------------------------------------------
-def start(target, *args) -> tuple[Any, Any, int]:
-    ctx = mp.get_context("spawn")
-    control, end = ctx.Pipe()
-    process = ctx.Process(target=target, args=(*args, end), daemon=True)
-    process.start()
-    first = control.recv()
-    port = first if isinstance(first, int) else control.recv()  # servers may send a baseline first
-    return process, control, port
-
-
-def stop(process, control) -> None:
-    control.send("stop")
-    control.recv()
-    process.join(30)
-
-
 def sink_server(control) -> None:
     """The transport limit: a client stream whose chunks the server only counts."""
     designs.prepare_process()
@@ -159,8 +142,8 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
     state.apply(torch.randn(numel))  # creates the momentum buffer
     encoded = state.encode()
     raw = [bytes(chunk) for chunk in encoded.chunks()]  # the same chunks, ready to send
-    joiner, joiner_control, joiner_port = start(joining_replica)
-    sink, sink_control, sink_port = start(sink_server)
+    joiner, joiner_control, joiner_port = designs.start_server(joining_replica)
+    sink, sink_control, sink_port = designs.start_server(sink_server)
     connection = Connection(f"127.0.0.1:{joiner_port}")
     channel = grpc.insecure_channel(f"127.0.0.1:{sink_port}", options=designs.BIG_MESSAGES)
     send = channel.stream_unary("/bench.Sink/Send")
@@ -178,8 +161,8 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
     finally:
         channel.close()
         connection.close()
-        stop(sink, sink_control)
-        stop(joiner, joiner_control)
+        designs.stop_server(sink, sink_control)
+        designs.stop_server(joiner, joiner_control)
     out["transport_mb_s"] = encoded.nbytes / out["transport_s"] / 1e6
     out["state_transfer_mb_s"] = encoded.nbytes / out["state_transfer_s"] / 1e6
     out["vs_transport"] = out["state_transfer_mb_s"] / out["transport_mb_s"]
@@ -210,7 +193,7 @@ def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
     for i in range(buffered):
         buffer.add(torch.randn(numel) * 1e-3, base_version=i)
     base = torch.randn(numel)
-    ps, control, port = start(stateless_server, numel)
+    ps, control, port = designs.start_server(stateless_server, numel)
     client = PSClient([f"127.0.0.1:{port}"], "worker-0", call_timeout=300)
     try:
         started = time.perf_counter()
@@ -220,7 +203,7 @@ def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
         assert reply.replayed == buffered, (reply.replayed, buffered)
     finally:
         client.close()
-        stop(ps, control)
+        designs.stop_server(ps, control)
     return {"buffered": buffered, "rejoin_s": seconds, "bytes": (buffered + 1) * numel * 4}
 
 

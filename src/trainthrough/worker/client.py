@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
-import grpc
 import torch
 
 from trainthrough import wire
