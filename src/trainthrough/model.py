@@ -97,11 +97,7 @@ def build_model(name: str, seed: int) -> nn.Module:
     the global CPU generator is borrowed for the duration, build models before starting
     threads that draw from it concurrently.
     """
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+    factory = _factory(name)
     # devices=[]: only the CPU generator is saved/restored, and only it is seeded
     # (torch.manual_seed would also reseed, and so disturb, any CUDA generators).
     with torch.random.fork_rng(devices=[]):
@@ -115,10 +111,17 @@ def model_size(name: str) -> int:
     >>> model_size("mlp-1m")
     1068810
     """
-    if name not in MODELS:
-        build_model(name, 0)  # the error naming the known models
+    factory = _factory(name)
     with torch.device("meta"):
-        return param_count(MODELS[name]())
+        return param_count(factory())
+
+
+def _factory(name: str) -> Callable[[], nn.Module]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def param_count(model: nn.Module) -> int:

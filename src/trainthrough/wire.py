@@ -409,13 +409,19 @@ def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview
     return chunk_stream(ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes)), chunks)
 
 
+def byte_buffer(nbytes: int) -> tuple[torch.Tensor, memoryview]:
+    """An uninitialized uint8 tensor of `nbytes` and a writable view of it, to read or
+    receive bytes straight into (a state decoded from it keeps the tensor)."""
+    buffer = torch.empty(nbytes, dtype=torch.uint8)
+    return buffer, memoryview(buffer.numpy()) if nbytes else memoryview(bytearray())
+
+
 def receive_bytes(total_bytes: int, data: Iterable[bytes], what: str) -> torch.Tensor:
     """The `total_bytes` sent as `data`, copied into one uint8 buffer as they arrive;
     WireError unless exactly that many arrived."""
     if total_bytes < 0:
         raise WireError(f"{what}: total_bytes is {total_bytes}")
-    buffer = torch.empty(total_bytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy()) if total_bytes else memoryview(bytearray())
+    buffer, view = byte_buffer(total_bytes)
     filled = 0
     for chunk in data:
         if filled + len(chunk) > total_bytes:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
-import torch
 
+from trainthrough import wire
 from trainthrough.ps.state import ParameterState
 from trainthrough.spec import OptimizerSpec
 
@@ -141,8 +141,7 @@ class CheckpointStore:
             stored = os.fstat(f.fileno()).st_size - HEADER.size
             if stored != length:
                 raise CorruptCheckpoint(f"{path}: {'truncated' if stored < length else 'oversized'} payload ({stored} of {length} bytes)")
-            buffer = torch.empty(length, dtype=torch.uint8)
-            view = memoryview(buffer.numpy()) if length else memoryview(bytearray())
+            _, view = wire.byte_buffer(length)
             digest, hashed = (blake3.blake3() if magic == MAGIC else hashlib.sha256()), None
             with ThreadPoolExecutor(1) as hashing:
                 for start in range(0, length, READ_CHUNK):

@@ -158,9 +158,9 @@ def writable_buffer(data: bytes | bytearray | memoryview) -> torch.Tensor:
     """`data` as a writable uint8 tensor: shared when it is writable, else copied once
     (decoded tensors are trained in place, and read-only bytes must never be written)."""
     view = memoryview(data)
-    if view.readonly:
-        return torch.frombuffer(bytearray(view), dtype=torch.uint8) if len(view) else torch.empty(0, dtype=torch.uint8)
-    return torch.frombuffer(view, dtype=torch.uint8) if len(view) else torch.empty(0, dtype=torch.uint8)
+    if not len(view):
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(view) if view.readonly else view, dtype=torch.uint8)
 
 
 def _tensor_at(buffer: torch.Tensor, entry: dict[str, Any]) -> torch.Tensor:
