@@ -324,7 +324,7 @@ def test_the_log_holds_two_gradients_worth_but_never_less_than_the_forwarder_nee
     for i in range(12):
         push(head, "worker-0", i + 1, grad(i))
     assert [r.seq for r in head.mode.log] == list(range(12 - kept + 1, 13))
-    assert head.mode._log_bytes == kept * N * 4
+    assert sum(r.gradient.nbytes for r in head.mode.log) == kept * N * 4
     assert wait_until(lambda: tail.health().version == 12 if ack == "tail" else tail.health().version >= 8, timeout=10)
 
 

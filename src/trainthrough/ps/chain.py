@@ -35,7 +35,6 @@ from trainthrough.ps.state_codec import StateFormatError
 from trainthrough.rpc import Connection
 from trainthrough.spec import OptimizerSpec
 
-LOG_MODEL_MULTIPLE = 2  # the log's byte budget, in gradients (a state transfer: params + optimizer state)
 REPLICATE_TIMEOUT = 30.0  # a state transfer of a large model may take seconds
 SYNC_ATTEMPTS = 3
 
@@ -56,7 +55,6 @@ class ChainReplica(Mode):
         optimizer: OptimizerSpec,
         initial_state: Callable[[], ParameterState],
         join: bool,
-        log_size: int = 64,
     ) -> None:
         super().__init__(core)
         self.ack = ack
@@ -65,14 +63,12 @@ class ChainReplica(Mode):
         self.initial_state = initial_state
         self.join = join
         self.config = ps_pb2.ChainConfig(epoch=-1)
-        # Records a successor may lack, oldest first. Bounded by count and by bytes: a
-        # successor further behind than LOG_MODEL_MULTIPLE models' worth of gradients gets
-        # the state instead, which costs no more (64 records of a 50M model: 12.8 GB). The
-        # forwarder of `ack: head` always finds its last 2 x replicateEvery records.
-        self.log: deque[Record] = deque()
-        self.log_size = max(log_size, 2 * replicate_every)
-        self._log_keep = 2 * replicate_every
-        self._log_bytes = 0
+        # Records a successor may lack, oldest first. Every record holds a whole model's
+        # gradient, so the log keeps only what the `ack: head` forwarder needs (its last
+        # 2 x replicateEvery records, 2 at least): a successor further behind gets the state
+        # instead, which costs about as much as two gradients (params + optimizer state).
+        # (64 records of a 50M-parameter model held 12.8 GB.)
+        self.log: deque[Record] = deque(maxlen=2 * replicate_every)
         self.successor: Connection | None = None
         self.successor_seq: int | None = None  # last seq the successor is known to have
         self._wakeup = threading.Event()
@@ -133,19 +129,12 @@ class ChainReplica(Mode):
     def _commit(self, record: Record | None) -> None:
         """After an apply (record) or before acknowledging a duplicate (None)."""
         if record is not None:
-            self._remember(record)
+            self.log.append(record)
         if self.ack == "head" and self.is_head():
             if record is None or self.core.require_state().seq - (self.successor_seq or 0) >= self.replicate_every:
                 self._wakeup.set()
             return
         self._sync_successor()
-
-    def _remember(self, record: Record) -> None:
-        self.log.append(record)
-        self._log_bytes += record.gradient.nbytes
-        budget = LOG_MODEL_MULTIPLE * record.gradient.nbytes
-        while len(self.log) > self._log_keep and (len(self.log) > self.log_size or self._log_bytes > budget):
-            self._log_bytes -= self.log.popleft().gradient.nbytes
 
     def _forwarder(self) -> None:
         while not self._stopped.is_set():
@@ -230,7 +219,6 @@ class ChainReplica(Mode):
             if current is not None and current.seq >= header.seq:
                 return ps_pb2.InstallReply(applied_seq=current.seq)
             self.log.clear()
-            self._log_bytes = 0
             self.core.install(state, restored_from="chain")
             self.successor_seq = None
             self._sync_successor()
