@@ -22,7 +22,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +62,28 @@ def _write_all(f, chunk: bytes | memoryview) -> None:
         view = view[f.write(view) :]
 
 
-def _read_exactly(f, part: memoryview, path: Path) -> None:
+def _read_exactly(f, part: memoryview, path: Path) -> memoryview:
     filled = 0
     while filled < len(part):
         count = f.readinto(part[filled:])
         if not count:
             raise CorruptCheckpoint(f"{path}: the payload ended early while reading")
         filled += count
+    return part
+
+
+def _hashed_alongside(digest, chunks: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """Each chunk, after handing it to a thread that hashes it into `digest` (hashing
+    releases the GIL) while the caller writes it or reads the next; all hashed at the end."""
+    with ThreadPoolExecutor(1) as hashing:
+        hashed = None
+        for chunk in chunks:
+            if hashed is not None:
+                hashed.result()  # in order: one chunk at a time
+            hashed = hashing.submit(digest.update, chunk)
+            yield chunk
+        if hashed is not None:
+            hashed.result()
 
 
 class CheckpointStore:
@@ -106,17 +121,12 @@ class CheckpointStore:
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            with os.fdopen(fd, "wb", buffering=0, closefd=True) as f, ThreadPoolExecutor(1) as hashing:
+            with os.fdopen(fd, "wb", buffering=0, closefd=True) as f:
                 f.write(bytes(HEADER.size))  # the real header once the payload's length and hash are known
-                digest, length, hashed = blake3.blake3(), 0, None
-                for chunk in chunks:
-                    if hashed is not None:
-                        hashed.result()
-                    hashed = hashing.submit(digest.update, chunk)  # hashing releases the GIL
+                digest, length = blake3.blake3(), 0
+                for chunk in _hashed_alongside(digest, chunks):
                     _write_all(f, chunk)
                     length += len(chunk)
-                if hashed is not None:
-                    hashed.result()
                 os.pwrite(f.fileno(), HEADER.pack(MAGIC, length, digest.digest()), 0)
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -142,16 +152,10 @@ class CheckpointStore:
             if stored != length:
                 raise CorruptCheckpoint(f"{path}: {'truncated' if stored < length else 'oversized'} payload ({stored} of {length} bytes)")
             _, view = wire.byte_buffer(length)
-            digest, hashed = (blake3.blake3() if magic == MAGIC else hashlib.sha256()), None
-            with ThreadPoolExecutor(1) as hashing:
-                for start in range(0, length, READ_CHUNK):
-                    part = view[start : start + READ_CHUNK]
-                    _read_exactly(f, part, path)
-                    if hashed is not None:
-                        hashed.result()
-                    hashed = hashing.submit(digest.update, part)
-                if hashed is not None:
-                    hashed.result()
+            digest = blake3.blake3() if magic == MAGIC else hashlib.sha256()
+            parts = (_read_exactly(f, view[start : start + READ_CHUNK], path) for start in range(0, length, READ_CHUNK))
+            for _ in _hashed_alongside(digest, parts):
+                pass  # the next part is read while this one is hashed
         if digest.digest() != expected:
             raise CorruptCheckpoint(f"{path}: checksum mismatch")
         return Checkpoint(version=version, path=path, payload=view)
