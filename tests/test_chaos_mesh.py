@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from kube_emulator import TRAININGJOBS, KubeEmulator, kube_fixture, wait_for  # 
 from trainthrough.chaos.pods import PodChaos
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics
-from trainthrough.runtime import kube as manifests
+from trainthrough.runtime import manifests
 from trainthrough.spec import ChaosKill
 
 JOB = "tj"

@@ -12,11 +12,11 @@ Each Dockerfile (operator/, ps_image/, worker_image/, chaos/) is parsed into ins
   filesystem is read-only);
 - ENTRYPOINT is exec form, `trainthrough <subcommand>`, the subcommand one the CLI
   registers and whose `--help` runs;
-- the command line a pod or Job of runtime/kube.py runs (ENTRYPOINT + its args) names the
+- the command line a pod or Job of runtime/manifests.py runs (ENTRYPOINT + its args) names the
   subcommand once, followed by that subcommand's options;
 - OCI labels: source, title, description, licenses (the project's, Apache-2.0), version
   (the project's, and the tag of the operator's default image);
-- EXPOSE covers the ports of runtime/kube.py (gRPC 50051 on the PS, metrics 9100);
+- EXPOSE covers the ports of runtime/manifests.py (gRPC 50051 on the PS, metrics 9100);
 - every COPY source exists and, with everything under it, survives .dockerignore; the
   builder copies what `pip install` needs (pyproject.toml, its readme, src/);
 - .dockerignore (matched as Docker does: anchored at the root, `**`, `!` exceptions,
@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from trainthrough import cli
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,13 +291,13 @@ def job():
 
 
 def pod_spec(role: str, job) -> dict:
-    """The pod spec runtime/kube.py gives the image of `role`."""
+    """The pod spec runtime/manifests.py gives the image of `role`."""
     if role == "ps":
-        return kube.ps_pod(job, "ps-0")["spec"]
+        return manifests.ps_pod(job, "ps-0")["spec"]
     if role == "worker":
-        return kube.worker_pod(job, 0, ["ps-0"])["spec"]
+        return manifests.worker_pod(job, 0, ["ps-0"])["spec"]
     if role == "chaos":
-        return kube.chaos_job(job)["spec"]["template"]["spec"]
+        return manifests.chaos_job(job)["spec"]["template"]["spec"]
     raise AssertionError(role)
 
 
@@ -411,7 +411,7 @@ def test_pod_command_line_names_the_subcommand_once(path: str, job):
     argv = entrypoint + container.get("args", [])
     assert "command" not in container, f"the {role} pod overrides the image's ENTRYPOINT"
     assert argv[:2] == ["trainthrough", role] and (len(argv) == 2 or argv[2].startswith("-")), (
-        f"the {role} container would run {shlex.join(argv[:6])} ...: runtime/kube.py's args "
+        f"the {role} container would run {shlex.join(argv[:6])} ...: runtime/manifests.py's args "
         f"{container.get('args', [])[:3]} ... and {path}'s ENTRYPOINT {entrypoint} both name the subcommand"
     )
 
@@ -429,7 +429,7 @@ def test_oci_labels(dockerfile: Dockerfile):
 
 
 def test_default_images_are_tagged_with_the_project_version():
-    for role, image in kube.DEFAULT_IMAGES.items():
+    for role, image in manifests.DEFAULT_IMAGES.items():
         assert image.rpartition(":")[2] == PYPROJECT["version"], f"DEFAULT_IMAGES[{role!r}] = {image}"
         assert role in IMAGES.values(), f"no Dockerfile builds the {role} image"
 
@@ -437,9 +437,9 @@ def test_default_images_are_tagged_with_the_project_version():
 @pytest.mark.parametrize(
     ("path", "ports"),
     [
-        ("ps_image/Dockerfile", {kube.PS_PORT, kube.METRICS_PORT}),
-        ("worker_image/Dockerfile", {kube.METRICS_PORT}),
-        ("chaos/Dockerfile", {kube.METRICS_PORT}),
+        ("ps_image/Dockerfile", {manifests.PS_PORT, manifests.METRICS_PORT}),
+        ("worker_image/Dockerfile", {manifests.METRICS_PORT}),
+        ("chaos/Dockerfile", {manifests.METRICS_PORT}),
     ],
 )
 def test_exposed_ports_match_the_pods(path: str, ports: set[int], job):

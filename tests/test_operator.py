@@ -36,7 +36,7 @@ from trainthrough.metrics import create_metrics
 from trainthrough.operator.handlers import register
 from trainthrough.kubeapi import KubeApi
 from trainthrough.operator.reconciling import OperatorConfig
-from trainthrough.runtime import kube as manifests
+from trainthrough.runtime import manifests
 from trainthrough.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[1]

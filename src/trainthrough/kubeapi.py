@@ -1,7 +1,7 @@
 """Calls to the Kubernetes API, on the official `kubernetes` client.
 
 Every call the operator and the chaos Job make goes through this one class, so the RBAC
-they are granted (the Helm chart's Role, the chaos Role in runtime/kube.py) can be checked
+they are granted (the Helm chart's Role, the chaos Role in runtime/manifests.py) can be checked
 against what they do (tests/test_rbac.py records the calls), and
 `kubernetes.client.ApiException` never leaks: it is wrapped into the project's errors (a
 conflict or a server error is temporary, a rejected object permanent) with the original

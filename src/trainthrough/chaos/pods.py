@@ -1,7 +1,7 @@
 """Chaos on Kubernetes: delete a TrainingJob's pods on its chaos schedule.
 
 `trainthrough chaos --trainingjob NAME` runs as the Job the operator creates for a
-TrainingJob with a `chaos` section (runtime/kube.py, `chaos_job`), or by hand with
+TrainingJob with a `chaos` section (runtime/manifests.py, `chaos_job`), or by hand with
 `--kill TARGET@TIME`. Like the local master (control/supervising.py) it
 
 - starts the clock when training starts (the job's status shows a model version above 0),
@@ -146,7 +146,7 @@ class PodChaos:
         pending = ((status.get("recoveries") or {}).get("pending") or {}).get("process")
         if pending == process:
             return False  # still being recovered: a kill now would be no new failure
-        pod_name = f"{self.name}-{process}"  # as runtime/kube.py names pods
+        pod_name = f"{self.name}-{process}"  # as runtime/manifests.py names pods
         pod = self.api.get_pod(self.namespace, pod_name)
         if pod is None or pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
             return False

@@ -1,7 +1,7 @@
 """The small interface through which recovery drives a runtime: start, stop and kill PS
 and worker processes, know their addresses, and hear of their deaths.
 
-runtime/local.py implements it with processes on 127.0.0.1; runtime/kube.py with pods.
+runtime/local.py implements it with processes on 127.0.0.1; runtime/manifests.py with pods.
 control/ is written against this interface only, so recovery exists once.
 """
 

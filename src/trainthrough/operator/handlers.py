@@ -16,7 +16,7 @@ import kopf
 from trainthrough.errors import PermanentError, TemporaryError
 from trainthrough.operator import observing, reconciling, recovering
 from trainthrough.operator.reconciling import OperatorConfig
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import API_GROUP, PLURAL, VERSION
 
 PROGRESS_INTERVAL = 2.0  # seconds between looks at a running job
@@ -59,7 +59,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def progress(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         _timed(config, lambda: observing.observe(dict(body), config), patch)
 
-    @kopf.on.event("", "v1", "pods", labels={kube.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels={manifests.LABEL_JOB: kopf.PRESENT}, registry=registry)
     def pod_event(event: dict[str, Any], **_: Any) -> None:
         try:
             recovering.handle_pod_event(event.get("type") or "", dict(event.get("object") or {}), config)

@@ -18,7 +18,7 @@ from trainthrough.metrics import create_metrics, serve_metrics
 from trainthrough.operator.handlers import register
 from trainthrough.kubeapi import KubeApi, load_api_client
 from trainthrough.operator.reconciling import OperatorConfig
-from trainthrough.runtime.kube import DEFAULT_IMAGES
+from trainthrough.runtime.manifests import DEFAULT_IMAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

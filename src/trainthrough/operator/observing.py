@@ -16,7 +16,7 @@ from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.recovering import endpoint, job_lock, publish_chain
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 
@@ -86,7 +86,7 @@ def _observe(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> 
         patch["phase"] = c.RUNNING
     elif reply is not None:
         conditions = c.with_condition(conditions, c.READY, False, c.NOT_SERVING, f"{head} is {reply.state}", generation)
-    workers = config.api.list_pods(namespace, f"{kube.LABEL_JOB}={name},{kube.LABEL_ROLE}=worker")
+    workers = config.api.list_pods(namespace, f"{manifests.LABEL_JOB}={name},{manifests.LABEL_ROLE}=worker")
     if workers and len(workers) >= job.spec.workers.replicas and all((p.get("status") or {}).get("phase") == "Succeeded" for p in workers):
         patch["phase"] = c.SUCCEEDED
         conditions = c.with_condition(conditions, c.PROGRESSING, False, c.SUCCEEDED, "every worker finished", generation)

@@ -15,7 +15,7 @@ import kopf
 from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
 from trainthrough.kubeapi import KubeApi
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import SpecError, dump_job, parse_resource
 
 
@@ -49,16 +49,16 @@ def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
         config.api.event(body, "Warning", c.INVALID_SPEC, str(error))
         return invalid_status(body, error)
     status = body.get("status") or {}
-    ps = status.get("ps") or kube.initial_ps_processes(job)
+    ps = status.get("ps") or manifests.initial_ps_processes(job)
     created = []
-    for manifest in kube.supporting_objects(job, config.images, config.operator_pods):
+    for manifest in manifests.supporting_objects(job, config.images, config.operator_pods):
         if _create_owned(config, manifest, body):
             created.append(manifest["metadata"]["name"])
     for process in ps:
-        if _create_owned(config, kube.ps_pod(job, process, image=config.images.get("ps")), body):
+        if _create_owned(config, manifests.ps_pod(job, process, image=config.images.get("ps")), body):
             created.append(process)
     for rank in range(job.spec.workers.replicas):
-        if _create_owned(config, kube.worker_pod(job, rank, ps, image=config.images.get("worker")), body):
+        if _create_owned(config, manifests.worker_pod(job, rank, ps, image=config.images.get("worker")), body):
             created.append(f"worker-{rank}")
     generation = body["metadata"].get("generation")
     out: dict[str, Any] = {
@@ -87,16 +87,16 @@ def update(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
         return invalid_status(body, error)
     namespace = job.metadata.namespace
     status = body.get("status") or {}
-    ps = status.get("ps") or kube.initial_ps_processes(job)
+    ps = status.get("ps") or manifests.initial_ps_processes(job)
     config.api.patch_config_map(namespace, f"{job.metadata.name}-job", {"job.json": json.dumps(dump_job(job), indent=2, sort_keys=True)})
-    selector = f"{kube.LABEL_JOB}={job.metadata.name},{kube.LABEL_ROLE}=worker"
-    existing = {p["metadata"]["labels"].get(kube.LABEL_PROCESS) for p in config.api.list_pods(namespace, selector)}
+    selector = f"{manifests.LABEL_JOB}={job.metadata.name},{manifests.LABEL_ROLE}=worker"
+    existing = {p["metadata"]["labels"].get(manifests.LABEL_PROCESS) for p in config.api.list_pods(namespace, selector)}
     wanted = {f"worker-{r}" for r in range(job.spec.workers.replicas)}
     for rank in range(job.spec.workers.replicas):
         if f"worker-{rank}" not in existing:
-            _create_owned(config, kube.worker_pod(job, rank, ps, image=config.images.get("worker")), body)
+            _create_owned(config, manifests.worker_pod(job, rank, ps, image=config.images.get("worker")), body)
     for process in sorted(existing - wanted):
-        config.api.delete_pod(namespace, kube.pod_name(job, process))
+        config.api.delete_pod(namespace, manifests.pod_name(job, process))
     generation = body["metadata"].get("generation")
     message = f"{len(wanted)} workers (added {len(wanted - existing)}, removed {len(existing - wanted)})"
     if wanted != existing:

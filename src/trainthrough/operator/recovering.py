@@ -25,7 +25,7 @@ from trainthrough.errors import TemporaryError
 from trainthrough.control.recovery import Action, decide
 from trainthrough.operator import conditions as c
 from trainthrough.operator.reconciling import OperatorConfig
-from trainthrough.runtime import kube
+from trainthrough.runtime import manifests
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ def pod_gone(event_type: str, pod: dict[str, Any]) -> tuple[bool, int | None]:
 
 def endpoint(config: OperatorConfig, job: TrainingJob, process: str) -> str:
     """The PS's gRPC address: its pod IP when known, else its stable DNS name."""
-    pod = config.api.get_pod(job.metadata.namespace, kube.pod_name(job, process))
+    pod = config.api.get_pod(job.metadata.namespace, manifests.pod_name(job, process))
     ip = ((pod or {}).get("status") or {}).get("podIP")
-    return f"{ip}:{kube.PS_PORT}" if ip else kube.ps_address(job, process)
+    return f"{ip}:{manifests.PS_PORT}" if ip else manifests.ps_address(job, process)
 
 
 def publish_chain(config: OperatorConfig, job: TrainingJob, members: list[str], epoch: int) -> list[str]:
@@ -74,7 +74,7 @@ def publish_chain(config: OperatorConfig, job: TrainingJob, members: list[str], 
 
 def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfig) -> None:
     labels = pod["metadata"].get("labels") or {}
-    name, process = labels.get(kube.LABEL_JOB), labels.get(kube.LABEL_PROCESS)
+    name, process = labels.get(manifests.LABEL_JOB), labels.get(manifests.LABEL_PROCESS)
     if not name or not process:
         return  # not a pod of a TrainingJob (the emulator ignores label selectors)
     gone, exit_code = pod_gone(event_type, pod)
@@ -98,7 +98,7 @@ def handle_pod_event(event_type: str, pod: dict[str, Any], config: OperatorConfi
             return
         if process.startswith("worker-") and int(process.split("-")[1]) >= job.spec.workers.replicas:
             return  # scaled away on purpose (reconciling.update), not lost
-        ps = list(status.get("ps") or kube.initial_ps_processes(job))
+        ps = list(status.get("ps") or manifests.initial_ps_processes(job))
         chain = (status.get("chain") or {}).get("members") or ps
         if process in (status.get("chain") or {}).get("joining", []):
             _replace_joining(config, job, body, status, ps, process)
@@ -148,12 +148,12 @@ def _apply(
     """Carry out the decision; the status fields it changes."""
     if action is Action.RESTART_WORKER:
         rank = int(process.split("-")[1])
-        _recreate(config, body, kube.worker_pod(job, rank, chain if job.spec.consistency == "chain" else ps, image=config.images.get("worker")), lost_uid)
+        _recreate(config, body, manifests.worker_pod(job, rank, chain if job.spec.consistency == "chain" else ps, image=config.images.get("worker")), lost_uid)
         config.api.event(body, "Normal", c.POD_REPLACED, f"recreated {process}")
         return {}
     if action is Action.RESTART_PS:
         time.sleep(job.spec.parameter_server.restart_delay)  # models rescheduling, as locally
-        _recreate(config, body, kube.ps_pod(job, process, image=config.images.get("ps")), lost_uid)
+        _recreate(config, body, manifests.ps_pod(job, process, image=config.images.get("ps")), lost_uid)
         config.api.event(body, "Normal", c.POD_REPLACED, f"recreated {process} ({job.spec.consistency}: it restores on start)")
         return {}
     # Action.PROMOTE: drop the replica, publish, start a replacement that joins at the tail.
@@ -162,7 +162,7 @@ def _apply(
     epoch = int(state.get("epoch", 1)) + 1
     failed = publish_chain(config, job, members, epoch) if members else []
     replacement = f"ps-{_next_index(ps)}"
-    _recreate(config, body, kube.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
+    _recreate(config, body, manifests.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
     config.api.event(
         body, "Normal", c.CHAIN_RECONFIGURED,
         f"removed {process}; epoch {epoch}, head {members[0] if members else '-'}; replacement {replacement} joins at the tail",
@@ -184,7 +184,7 @@ def _replace_joining(
 ) -> None:
     """A chain replacement was lost before it joined: start another one in its place."""
     replacement = f"ps-{_next_index(ps)}"
-    _recreate(config, body, kube.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
+    _recreate(config, body, manifests.ps_pod(job, replacement, join=True, image=config.images.get("ps")), None)
     chain = dict(status["chain"])
     chain["joining"] = [r for r in chain.get("joining", []) if r != lost] + [replacement]
     config.api.patch_job_status(job.metadata.namespace, job.metadata.name, {"ps": ps + [replacement], "chain": chain})
