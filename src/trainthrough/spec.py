@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
@@ -429,6 +430,23 @@ class OptimizerSpec(SpecModel):
     ] = (0.9, 0.999)  # adam only
 
 
+class Mode(StrEnum):
+    """The consistency mode: what a PS failure costs and how it is recovered."""
+
+    CHECKPOINT = "checkpoint"
+    CHAIN = "chain"
+    STATELESS = "stateless"
+
+
+class RunPolicySpec(SpecModel):
+    """How the job as a whole fails (as Kubeflow's runPolicy)."""
+
+    # Process failures (a PS or worker that exited non-zero on its own) the job survives;
+    # one more fails it with reason BackoffLimitExceeded. Disruptions (a pod deleted, a
+    # process killed from outside: preemption, node loss, chaos) do not count.
+    backoff_limit: Annotated[_Int, Field(ge=0, le=1000)] = 6
+
+
 class StopSpec(SpecModel):
     """Training ends when the first of these is reached; at least one must be set.
     ``minDuration`` keeps a job running that long even once ``targetAccuracy`` is reached
@@ -524,7 +542,7 @@ class TrainingJobSpec(SpecModel):
     model: Literal["paper-cnn", "mlp", "mlp-1m", "mlp-50m"] = "paper-cnn"
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_path: _Str | None = None  # explicit Fashion-MNIST folder; else the loader searches
-    consistency: Literal["checkpoint", "chain", "stateless"] = "checkpoint"
+    consistency: Mode = Mode.CHECKPOINT
     updates: Literal["sync", "async"] = "async"
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     batch_size: Annotated[_Int, Field(ge=1)] = 32
@@ -537,6 +555,7 @@ class TrainingJobSpec(SpecModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] = 0  # numpy seeds must fit 32 bits
     chaos: list[ChaosKill] = Field(default_factory=list)
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> TrainingJobSpec:

@@ -1,7 +1,8 @@
 """The chain's master state: the configuration (epoch + ordered members) and its
 publication to the replicas.
 
-Owned by the supervisor (local runtime) or the operator. Every change bumps the epoch and
+The configuration itself is decided by the master (control/master.py); both drivers send
+it with `publish_chain`. Every change bumps the epoch and
 is pushed to the members tail first, so that by the time the head hears of a new
 configuration its successors already follow it.
 """
@@ -23,11 +24,12 @@ class ChainMaster:
     'ps-1'
     """
 
-    def __init__(self, members: list[tuple[str, str]], epoch: int = 1) -> None:
+    def __init__(self, members: list[tuple[str, str]], epoch: int = 1, pool: ConnectionPool | None = None) -> None:
         self.config = ps_pb2.ChainConfig(
             epoch=epoch, members=[ps_pb2.ChainMember(name=n, address=a) for n, a in members]
         )
-        self._pool = ConnectionPool()
+        self._owns_pool = pool is None
+        self._pool = pool or ConnectionPool()
 
     @property
     def names(self) -> list[str]:
@@ -63,4 +65,16 @@ class ChainMaster:
         return self._pool.get(address)
 
     def close(self) -> None:
-        self._pool.close()
+        if self._owns_pool:
+            self._pool.close()
+
+
+def publish_chain(members: list[tuple[str, str]], epoch: int, pool: ConnectionPool | None = None) -> list[str]:
+    """Send configuration `epoch` (members head first, with their addresses) to its
+    members, tail first; the members that did not take it. The master (control/master.py)
+    decides the configuration; both drivers publish it through this."""
+    master = ChainMaster(members, epoch=epoch, pool=pool)
+    try:
+        return master.publish()
+    finally:
+        master.close()

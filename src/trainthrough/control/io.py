@@ -1,0 +1,145 @@
+"""What a driver tells the master (observations) and what the master asks of a driver
+(actions). Both runtimes speak exactly these; each driver has one applier per action type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from trainthrough.control.vocabulary import EventName, JobPhase, Reason
+from trainthrough.proto import ps_pb2
+
+# -- observations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A process ended (locally: reaped; on Kubernetes: its pod Failed, Succeeded or vanished)."""
+
+    process: str
+    exit_code: int | None  # None when unknown (a pod that vanished)
+    at: float
+    # removed from outside (a pod deleted, a process the master killed): such a death
+    # does not count against spec.runPolicy.backoffLimit
+    disrupted: bool = False
+    cpu_seconds: float | None = None
+    max_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Disrupted:
+    """Something outside the process is ending it: a chaos kill, a pod deletion (its
+    deletionTimestamp). Its `Exited` follows once it is gone."""
+
+    process: str
+    at: float
+    target: str = ""  # the chaos target that chose it (`ps-head`), when chaos did
+    scheduled_at: float | None = None  # seconds after training started, when scheduled
+    version_before: int | None = None  # the acknowledged version just before, when read
+
+
+@dataclass(frozen=True)
+class Health:
+    """A PS answered its Health call (the fields the master uses, from `HealthReply`)."""
+
+    process: str
+    state: str  # starting | seeding | serving
+    version: int
+    started_version: int
+    updates_since_start: int
+    restored_from: str
+    ready_at: float
+    first_update_at: float
+    accuracy: float
+    worker_steps: int
+    applied_seq: int = -1
+
+    @classmethod
+    def of(cls, process: str, reply: ps_pb2.HealthReply) -> Health:
+        return cls(
+            process=process,
+            state=reply.state,
+            version=reply.version,
+            started_version=reply.started_version,
+            updates_since_start=reply.updates_since_start,
+            restored_from=reply.restored_from,
+            ready_at=reply.ready_at,
+            first_update_at=reply.first_update_at,
+            accuracy=reply.accuracy,
+            worker_steps=reply.worker_steps,
+            applied_seq=reply.applied_seq,
+        )
+
+
+@dataclass(frozen=True)
+class Published:
+    """The outcome of a PublishChain: the members that did not take the configuration."""
+
+    epoch: int
+    failed: tuple[str, ...] = ()
+
+
+Observation = Union[Exited, Disrupted, Health, Published]
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start `process` (a PS, a chain replacement that `join`s, or a worker that reaches
+    the PS processes `ps`, head first). A PS keeps its address across restarts."""
+
+    process: str
+    join: bool = False
+    ps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop `process`: ask it to end (SIGTERM / pod deletion), kill it after `grace`."""
+
+    process: str
+    grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class PublishChain:
+    """Send the chain configuration (epoch, members head first) to its members, tail first;
+    answer with `Published`."""
+
+    epoch: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Record:
+    """Something happened: the driver appends `event` with `fields` to its event log and,
+    when `reason` is set, makes it a Kubernetes Event (`warning`: type Warning)."""
+
+    event: EventName
+    fields: dict[str, Any] = field(default_factory=dict)
+    reason: Reason | None = None
+    message: str = ""
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class RecoveryDone:
+    """A recovery reached its first update: record it (event log, metrics, status)."""
+
+    recovery: dict[str, Any]  # Recovery.as_event()
+    phases: dict[str, float]
+    lost_updates: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The job ended: stop every process; the job's phase and reason are final."""
+
+    phase: JobPhase
+    reason: Reason
+    message: str
+
+
+Action = Union[Start, Stop, PublishChain, Record, RecoveryDone, Finish]

@@ -1,0 +1,516 @@
+"""The one recovery master of a TrainingJob, for both runtimes.
+
+Every decision of a job's life is made here and nowhere else: what to start, when a dead
+process is restarted (a due time, never a sleep), promoted or replaced, the chain's
+configuration and epochs, a replacement's join, whether a kill must wait for its target,
+each recovery's milestones and lost updates, the restart limit, and the job's end and its
+reason. It is pure: its state is plain data (control/state.py), the clock is passed in,
+and it answers observations (control/io.py) with actions that a driver applies:
+
+    master = Master(job)                    # or Master(job, MasterState.load(status["master"]))
+    actions = master.start(now)
+    actions += master.observe(Exited("ps-0", -9, at=now, disrupted=True), now)
+    actions += master.tick(now)             # due restarts, replacements, the stop condition
+
+Drivers: control/supervising.py (processes on loopback) and operator/driving.py (pods).
+"""
+
+from __future__ import annotations
+
+from trainthrough.control.io import (
+    Action,
+    Disrupted,
+    Exited,
+    Finish,
+    Health,
+    Observation,
+    Published,
+    PublishChain,
+    Record,
+    RecoveryDone,
+    Start,
+    Stop,
+)
+from trainthrough.control.recovery import Decision, Remedy, decide
+from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement
+from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
+from trainthrough.spec import Mode, TrainingJob
+
+STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
+PUBLISH_RETRY = 1.0  # seconds between attempts to publish a chain configuration
+STOP_GRACE = 60.0  # a stateless worker stopped offline waits a little to hand its work over
+
+
+class Master:
+    def __init__(
+        self,
+        job: TrainingJob,
+        state: MasterState | None = None,
+        *,
+        restart_delay: float | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.mode = Mode(job.spec.consistency)
+        self.state = state or MasterState()
+        self.restart_delay = self.spec.parameter_server.restart_delay if restart_delay is None else restart_delay
+        self.startup_timeout = startup_timeout
+        self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
+
+    # -- what the drivers ask ---------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.state.phase.terminal
+
+    def chain_order(self) -> list[str]:
+        """The PS processes head first (the chain's members, else the one PS)."""
+        if self.state.chain is not None:
+            return list(self.state.chain.members)
+        return [p for p in self.state.ps[:1]]
+
+    def elapsed(self, now: float) -> float:
+        """Seconds on the job's clock (0 until training started)."""
+        started = self.state.training_started_at
+        return 0.0 if started is None else max(0.0, now - started)
+
+    def watched(self) -> list[str]:
+        """The PS processes whose health the driver should read now."""
+        s = self.state
+        if s.phase is JobPhase.STARTING:
+            return [p for p in s.ps if p in s.up]
+        if s.phase.terminal:
+            return []
+        names = self.chain_order()[:1]
+        if self.state.chain is not None and self.spec.chain.ack == "tail":
+            names += self.chain_order()[-1:]
+        names += [r.target for r in s.recoveries if r.stage is RecoveryStage.AWAITING_READY]
+        names += [r.name for r in s.replacements if r.name]
+        return list(dict.fromkeys(n for n in names if n in s.up))
+
+    def acknowledging(self, process: str) -> str:
+        """The PS whose version counts as acknowledged when `process` dies: with `ack:
+        tail` a push is acknowledged once the tail has it, otherwise once `process` has."""
+        order = self.chain_order()
+        if self.state.chain is not None and self.spec.chain.ack == "tail" and order and process == order[0]:
+            return order[-1]
+        return process
+
+    def kill_blocker(self, process: str, live: bool) -> str | None:
+        """Why a kill of `process` must wait (None: kill now). A kill hits the first live
+        incarnation at or after its time: killing a process that is still down, or whose
+        recovery has not reached its first update, would be no new failure."""
+        if not live or process not in self.state.up:
+            return f"{process} is down"
+        if process in self.state.kills:
+            return f"{process} is being killed"
+        if any(r.target == process for r in self.state.recoveries):
+            return f"{process} is still recovering"
+        return None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self, now: float) -> list[Action]:
+        """Start the job's PS processes; workers follow once every PS answers."""
+        s = self.state
+        if s.phase is not JobPhase.NEW:
+            return []
+        s.phase, s.created_at = JobPhase.STARTING, now
+        s.ps = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
+        if self.mode is Mode.CHAIN:
+            s.chain = Chain(members=list(s.ps))
+        out: list[Action] = [
+            Record(
+                EventName.RUN_START,
+                {
+                    "job": self.job.metadata.name,
+                    "mode": self.mode.value,
+                    "updates": self.spec.updates,
+                    "workers": len(self.workers),
+                    "ps_replicas": len(s.ps),
+                    "restart_delay": self.restart_delay,
+                    "backoff_limit": self.spec.run_policy.backoff_limit,
+                },
+            )
+        ]
+        return out + [self._start(p, now) for p in s.ps]
+
+    def fail(self, message: str, now: float) -> list[Action]:
+        """A permanent error the driver met (a broken spec, an API that refuses): the end."""
+        return self._finish(JobPhase.FAILED, Reason.PERMANENT_ERROR, message)
+
+    def stop(self, message: str, now: float) -> list[Action]:
+        """The job is stopped from outside (a user, a benchmark that measured what it
+        wanted): it ends as Succeeded if it was training, else as Failed."""
+        phase = JobPhase.SUCCEEDED if self.state.phase is JobPhase.RUNNING else JobPhase.FAILED
+        return self._finish(phase, Reason.STOPPED, message)
+
+    def observe(self, observation: Observation, now: float) -> list[Action]:
+        if isinstance(observation, Health):
+            return self._on_health(observation, now)
+        if isinstance(observation, Exited):
+            return self._on_exit(observation, now)
+        if isinstance(observation, Disrupted):
+            return self._on_disrupted(observation)
+        if isinstance(observation, Published):
+            return self._on_published(observation, now)
+        raise TypeError(f"not an observation: {observation!r}")
+
+    def tick(self, now: float) -> list[Action]:
+        """What is due at `now`: restarts after their delay, replacements, a configuration
+        to publish again, start-up's deadline, and the stop condition."""
+        s = self.state
+        if s.phase.terminal or s.phase is JobPhase.NEW:
+            return []
+        out: list[Action] = []
+        if s.phase is JobPhase.STARTING and s.created_at is not None and now - s.created_at > self.startup_timeout:
+            return self._finish(
+                JobPhase.FAILED, Reason.STARTUP_TIMEOUT, f"no update was applied within {self.startup_timeout:.0f} s of the start"
+            )
+        for recovery in s.recoveries:
+            if recovery.stage is RecoveryStage.AWAITING_RESTART and recovery.due_at is not None and now >= recovery.due_at:
+                recovery.stage, recovery.restarted_at = RecoveryStage.AWAITING_READY, now
+                out.append(self._start(recovery.target, now))
+        for replacement in s.replacements:
+            if not replacement.name and now >= replacement.due_at:
+                replacement.name = f"ps-{len(s.ps)}"
+                replacement.started_at = now
+                s.ps.append(replacement.name)
+                out.append(self._start(replacement.name, now, join=True))
+        chain = s.chain
+        if chain is not None and chain.members and chain.published_epoch < chain.epoch and now >= chain.publish_due_at:
+            if s.phase is JobPhase.RUNNING or set(chain.members) <= set(s.answered):
+                out.append(self._publish(now))
+        return out + self._check_stop(now)
+
+    # -- observations ------------------------------------------------------------------------------
+    def _on_health(self, health: Health, now: float) -> list[Action]:
+        s = self.state
+        name = health.process
+        if name not in s.up:
+            return []
+        order = self.chain_order()
+        if order and name == order[0]:
+            p = s.progress
+            p.serving = f"{name} {health.state}"
+            if health.state == "serving":
+                p.steps = max(p.steps, health.worker_steps)
+                p.version = health.version
+                if health.accuracy >= 0:
+                    p.accuracy = health.accuracy
+                    p.best_accuracy = max(p.best_accuracy, health.accuracy)
+                p.observed_at = now
+        if s.phase.terminal:
+            return []  # the final progress is still read; nothing is decided any more
+        out: list[Action] = []
+        s.versions[name] = health.version
+        if name not in s.answered:
+            s.answered.append(name)
+        if s.phase is JobPhase.STARTING:
+            out += self._advance_start(health, now)
+        for replacement in list(s.replacements):
+            if replacement.name == name:
+                out += self._join(replacement, health, now)
+        for recovery in list(s.recoveries):
+            out += self._advance_recovery(recovery, health, now)
+        return out
+
+    def _advance_start(self, health: Health, now: float) -> list[Action]:
+        s = self.state
+        out: list[Action] = []
+        initial = s.ps[: self.spec.parameter_server.replicas]
+        if not set(initial) <= set(s.answered):
+            return out
+        if s.chain is not None and s.chain.published_epoch < s.chain.epoch:
+            if now >= s.chain.publish_due_at:
+                out.append(self._publish(now))
+            return out
+        if not s.workers_started:
+            s.workers_started = True
+            out += [self._start(w, now) for w in self.workers if w not in s.finished_workers]
+            return out
+        order = self.chain_order()
+        if order and health.process == order[0] and health.version > 0:
+            s.phase, s.training_started_at = JobPhase.RUNNING, now
+            out.append(Record(EventName.TRAINING_STARTED, {"ps": order}, Reason.TRAINING_STARTED, "the first update was applied"))
+        return out
+
+    def _on_disrupted(self, disrupted: Disrupted) -> list[Action]:
+        s = self.state
+        if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.terminal:
+            return []
+        version = disrupted.version_before
+        if version is None:
+            version = s.versions.get(self.acknowledging(disrupted.process), s.progress.version)
+        s.kills[disrupted.process] = Kill(killed_at=disrupted.at, version_before=version)
+        fields = {
+            "target": disrupted.target or disrupted.process,
+            "process": disrupted.process,
+            "version_before": version,
+            "scheduled_at": disrupted.scheduled_at,
+            "killed_at": disrupted.at,
+        }
+        return [Record(EventName.KILL, fields)]
+
+    def _on_exit(self, exited: Exited, now: float) -> list[Action]:
+        s = self.state
+        name = exited.process
+        stopping = s.phase.terminal
+        known = name in s.up
+        if known:
+            s.up.remove(name)
+        if name in s.answered:
+            s.answered.remove(name)
+        kill = s.kills.pop(name, None)
+        if stopping or not known:
+            why = "the job is stopping" if stopping else "not a live process of this job"
+            return [self._exit_record(exited, Remedy.IGNORE.value, why)]
+        disrupted = exited.disrupted or kill is not None
+        out: list[Action] = []
+        if not disrupted and exited.exit_code != 0:
+            s.failures += 1
+        for replacement in s.replacements:
+            if replacement.name == name:
+                # A replacement died before it joined: another one, after the delay.
+                replacement.name, replacement.started_at = "", None
+                replacement.due_at = exited.at + self.restart_delay
+                out.append(Record(EventName.REPLICA_JOIN_FAILED, {"process": name}, Reason.REPLICA_JOIN_FAILED, f"{name} was lost before it joined", warning=True))
+                out.append(self._exit_record(exited, "replace", "a chain replacement was lost before it joined", disrupted))
+                return out + self._check_backoff()
+        if s.phase is JobPhase.STARTING and name in s.ps:
+            # Not training yet: the same PS again (nothing to promote or restore from).
+            decision = Decision(Remedy.RESTART_PS, name, f"{name} exited with {exited.exit_code} during start-up")
+        else:
+            decision = decide(
+                mode=self.mode.value,
+                name=name,
+                exit_code=exited.exit_code,
+                stopping=False,
+                chain=self.chain_order() if s.chain is not None else [],
+                known_ps=set(s.ps),
+            )
+        out.append(self._exit_record(exited, decision.action.value, decision.reason, disrupted))
+        backoff = self._check_backoff()
+        if backoff:
+            return out + backoff
+        if decision.action is Remedy.FINISHED:
+            if name not in s.finished_workers:
+                s.finished_workers.append(name)
+        elif decision.action is Remedy.RESTART_WORKER:
+            out.append(self._start(name, now))
+        elif decision.action is Remedy.RESTART_PS:
+            if s.phase is JobPhase.STARTING:
+                out.append(self._start(name, now))
+            else:
+                out += self._schedule_restart(exited, kill)
+        elif decision.action is Remedy.PROMOTE:
+            out += self._promote(exited, kill, now)
+        return out + self._check_stop(now)
+
+    def _on_published(self, published: Published, now: float) -> list[Action]:
+        chain = self.state.chain
+        if chain is None:
+            return []
+        if not published.failed:
+            chain.published_epoch = max(chain.published_epoch, published.epoch)
+        # A member that did not take it is dead or starting; its death or the retry follows.
+        return []
+
+    # -- recoveries ----------------------------------------------------------------------------------
+    def _new_recovery(self, exited: Exited, kill: Kill | None, stage: RecoveryStage) -> tuple[Recovery, Record]:
+        s = self.state
+        version = kill.version_before if kill is not None else s.versions.get(self.acknowledging(exited.process), s.progress.version)
+        recovery = Recovery(
+            target=exited.process,
+            mode=self.mode,
+            stage=stage,
+            detected_at=exited.at,
+            killed_at=kill.killed_at if kill is not None else None,
+            version_before=version,
+        )
+        detect = round(recovery.phases()["detect"], 6)
+        record = Record(
+            EventName.FAILURE_DETECTED,
+            {"process": exited.process, "detect_seconds": detect},
+            Reason.FAILURE_DETECTED,
+            f"{exited.process} is lost (exit {exited.exit_code})",
+            warning=True,
+        )
+        return recovery, record
+
+    def _schedule_restart(self, exited: Exited, kill: Kill | None) -> list[Action]:
+        s = self.state
+        due = exited.at + self.restart_delay
+        ongoing = next((r for r in s.recoveries if r.target == exited.process), None)
+        if ongoing is not None:
+            # A second failure before the first update: the same outage goes on.
+            ongoing.deaths += 1
+            ongoing.stage, ongoing.due_at = RecoveryStage.AWAITING_RESTART, due
+            ongoing.restarted_at = ongoing.restored_at = None
+            return []
+        recovery, record = self._new_recovery(exited, kill, RecoveryStage.AWAITING_RESTART)
+        recovery.due_at = due
+        s.recoveries.append(recovery)
+        return [record]
+
+    def _promote(self, exited: Exited, kill: Kill | None, now: float) -> list[Action]:
+        s = self.state
+        assert s.chain is not None
+        recovery, record = self._new_recovery(exited, kill, RecoveryStage.AWAITING_PROMOTED)
+        chain = s.chain
+        chain.members = [m for m in chain.members if m != exited.process]
+        chain.epoch += 1
+        if not chain.members:
+            return [record] + self._finish(
+                JobPhase.FAILED, Reason.CHAIN_LOST, f"every chain replica is lost ({exited.process} was the last)"
+            )
+        head = chain.members[0]
+        recovery.restored_at, recovery.restored_from = now, "chain"
+        recovery.extra = {"new_head": head, "epoch": chain.epoch, "chain": list(chain.members)}
+        s.recoveries.append(recovery)
+        s.replacements.append(Replacement(replaces=exited.process, due_at=exited.at + self.restart_delay))
+        promoted = Record(
+            EventName.CHAIN_PROMOTED,
+            {"removed": exited.process, "head": head, "epoch": chain.epoch, "chain": list(chain.members)},
+            Reason.CHAIN_RECONFIGURED,
+            f"removed {exited.process}; epoch {chain.epoch}, head {head}; a replacement joins at the tail",
+        )
+        return [record, self._publish(now), promoted]
+
+    def _advance_recovery(self, recovery: Recovery, health: Health, now: float) -> list[Action]:
+        head = self.chain_order()[0] if self.chain_order() else None
+        if recovery.stage is RecoveryStage.AWAITING_READY and health.process == recovery.target:
+            if health.state != "serving":
+                return []
+            recovery.restored_at = health.ready_at or now
+            recovery.version_restored = health.started_version
+            recovery.restored_from = health.restored_from
+            recovery.stage = RecoveryStage.AWAITING_FIRST_UPDATE
+        if recovery.stage is RecoveryStage.AWAITING_PROMOTED and health.process == head:
+            recovery.version_restored = health.version
+            recovery.stage = RecoveryStage.AWAITING_FIRST_UPDATE
+            return []  # its first update is a version above this one
+        if recovery.stage is not RecoveryStage.AWAITING_FIRST_UPDATE:
+            return []
+        if self.mode is Mode.CHAIN:
+            if health.process != head or health.version <= recovery.version_restored:
+                return []
+            recovery.first_update_at = now
+        else:
+            if health.process != recovery.target or health.updates_since_start <= 0:
+                return []
+            recovery.first_update_at = health.first_update_at or now
+        return self._complete(recovery)
+
+    def _complete(self, recovery: Recovery) -> list[Action]:
+        s = self.state
+        s.recoveries.remove(recovery)
+        phases = recovery.phases()
+        totals = s.completed
+        totals.count += 1
+        totals.lost_updates += recovery.lost_updates
+        totals.downtime_seconds = round(totals.downtime_seconds + phases.get("total", 0.0), 6)
+        totals.last = recovery.as_event()
+        return [
+            RecoveryDone(recovery.as_event(), phases, recovery.lost_updates),
+            Record(
+                EventName.RECOVERY,
+                recovery.as_event(),
+                Reason.RECOVERY_COMPLETED,
+                f"{recovery.target}: training resumed {phases['total']:.3f} s after the loss "
+                f"({recovery.lost_updates} updates lost)",
+            ),
+        ]
+
+    def _join(self, replacement: Replacement, health: Health, now: float) -> list[Action]:
+        """A replacement answers: add it at the tail (the old tail sends it its state)."""
+        s = self.state
+        assert s.chain is not None
+        s.replacements.remove(replacement)
+        s.chain.members.append(replacement.name)
+        s.chain.epoch += 1
+        seconds = round(now - (replacement.started_at or now), 6)
+        joined = Record(
+            EventName.REPLICA_JOINED,
+            {
+                "process": replacement.name,
+                "replaces": replacement.replaces,
+                "epoch": s.chain.epoch,
+                "chain": list(s.chain.members),
+                "state": health.state,
+                "applied_seq": health.applied_seq,
+                "seconds": seconds,
+            },
+            Reason.REPLICA_JOINED,
+            f"{replacement.name} joined the chain at the tail (epoch {s.chain.epoch}) in place of {replacement.replaces}",
+        )
+        return [self._publish(now), joined]
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _start(self, process: str, now: float, *, join: bool = False) -> Start:
+        s = self.state
+        if process not in s.up:
+            s.up.append(process)
+        ps = tuple(self.chain_order() if s.chain is not None else s.ps[:1]) if process.startswith("worker-") else ()
+        return Start(process, join=join, ps=ps)
+
+    def _publish(self, now: float) -> PublishChain:
+        chain = self.state.chain
+        assert chain is not None
+        chain.publish_due_at = now + PUBLISH_RETRY
+        return PublishChain(chain.epoch, tuple(chain.members))
+
+    def _exit_record(self, exited: Exited, action: str, reason: str, disrupted: bool = False) -> Record:
+        fields = {
+            "process": exited.process,
+            "exit_code": exited.exit_code,
+            "disrupted": exited.disrupted or disrupted,
+            "action": action,
+            "reason": reason,
+            "cpu_seconds": exited.cpu_seconds,
+            "max_rss_bytes": exited.max_rss_bytes,
+        }
+        return Record(EventName.PROCESS_EXITED, fields)
+
+    def _check_backoff(self) -> list[Action]:
+        limit = self.spec.run_policy.backoff_limit
+        if self.state.failures <= limit:
+            return []
+        return self._finish(
+            JobPhase.FAILED,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{self.state.failures} process failures, more than spec.runPolicy.backoffLimit {limit}",
+        )
+
+    def _check_stop(self, now: float) -> list[Action]:
+        s = self.state
+        if s.phase is not JobPhase.RUNNING:
+            return []
+        stop = self.spec.stop
+        elapsed = self.elapsed(now)
+        if set(self.workers) <= set(s.finished_workers):
+            return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_REACHED, "every worker reached stop.steps")
+        if stop.duration is not None and elapsed >= stop.duration:
+            return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached")
+        # The target ends a job only between recoveries (chain replacements included), so
+        # that every recovery is measured to its end; stop.duration binds regardless.
+        target = stop.target_accuracy
+        if target is not None and s.progress.best_accuracy >= target and elapsed >= stop.min_duration and not s.recovering:
+            return self._finish(
+                JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})"
+            )
+        return []
+
+    def _finish(self, phase: JobPhase, reason: Reason, message: str) -> list[Action]:
+        s = self.state
+        if s.phase.terminal:
+            return []
+        s.phase, s.reason, s.message = phase, reason, message
+        out: list[Action] = [
+            Record(EventName.RECOVERY_INCOMPLETE, r.as_event(), Reason.RECOVERY_INCOMPLETE, f"{r.target}: the job ended first", warning=True)
+            for r in s.recoveries
+        ]
+        out.append(Finish(phase, reason, message))
+        # Workers first (a stateless worker offline hands its work over), then the PS.
+        order = [w for w in self.workers if w in s.up] + [p for p in s.up if not p.startswith("worker-")]
+        out += [Stop(p, grace=STOP_GRACE if p.startswith("worker-") else 10.0) for p in order]
+        return out

@@ -1,0 +1,73 @@
+"""The names both drivers share: the events the master records, the reasons it gives
+(they are the reasons of Kubernetes Events and status conditions too), the job's phase
+and its outcome. One typed definition each; nothing compares these as loose strings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventName(StrEnum):
+    """Events of a run's event log (events.jsonl) that the master writes."""
+
+    RUN_START = "run_start"
+    TRAINING_STARTED = "training_started"
+    KILL = "kill"
+    CHAOS_DEFERRED = "chaos_deferred"
+    CHAOS_SKIPPED = "chaos_skipped"
+    PROCESS_STARTED = "process_started"
+    PROCESS_EXITED = "process_exited"
+    FAILURE_DETECTED = "failure_detected"
+    CHAIN_PROMOTED = "chain_promoted"
+    REPLICA_JOINED = "replica_joined"
+    REPLICA_JOIN_FAILED = "replica_join_failed"
+    RECOVERY = "recovery"
+    RECOVERY_INCOMPLETE = "recovery_incomplete"
+    RUN_END = "run_end"
+
+
+class Reason(StrEnum):
+    """Why something happened, in CamelCase as Kubernetes reasons are spelled."""
+
+    # the job's end
+    TARGET_REACHED = "TargetAccuracyReached"
+    STEPS_REACHED = "StepsReached"
+    DURATION_REACHED = "DurationReached"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    CHAIN_LOST = "EveryChainReplicaLost"
+    STARTUP_TIMEOUT = "StartupTimeout"
+    PERMANENT_ERROR = "PermanentError"
+    STOPPED = "Stopped"
+    # on the way
+    PODS_CREATED = "PodsCreated"
+    PROCESS_STARTED = "ProcessStarted"
+    FAILURE_DETECTED = "FailureDetected"
+    RESTART_SCHEDULED = "RestartScheduled"
+    CHAIN_RECONFIGURED = "ChainReconfigured"
+    REPLICA_JOINED = "ReplicaJoined"
+    REPLICA_JOIN_FAILED = "ReplicaJoinFailed"
+    RECOVERY_COMPLETED = "RecoveryCompleted"
+    RECOVERY_INCOMPLETE = "RecoveryIncomplete"
+    TRAINING_STARTED = "TrainingStarted"
+
+
+class JobPhase(StrEnum):
+    NEW = "New"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
+
+
+class RecoveryStage(StrEnum):
+    """Where one recovery stands; each stage ends at one milestone of `Recovery`."""
+
+    AWAITING_RESTART = "awaiting-restart"  # the restart delay runs (ends: restarted_at)
+    AWAITING_READY = "awaiting-ready"  # the new process boots and restores (ends: restored_at)
+    AWAITING_PROMOTED = "awaiting-promoted"  # chain: the new head's version is read
+    AWAITING_FIRST_UPDATE = "awaiting-first-update"  # (ends: first_update_at, the recovery)
