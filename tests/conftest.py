@@ -8,7 +8,8 @@ test_chain.py, test_stateless.py).
   as ps/serving.py does; everything is stopped at teardown;
 - `RunningPS.stub`, `ps_client`, `chain_master`: raw gRPC stubs, PSClients and ChainMasters,
   closed at teardown;
-- an autouse guard that fails a test which leaves non-daemon threads behind.
+- an autouse guard that fails a test which leaves non-daemon threads behind;
+- the Kubernetes API emulator's fixtures `kube` and `run_operator`, from kube_fixtures.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from trainthrough.ps.mode import Mode
 from trainthrough.ps.service import create_server
 from trainthrough.rpc import MESSAGE_OPTIONS
 from trainthrough.worker.client import PSClient
+
+pytest_plugins = ["kube_fixtures"]
 
 TRAININGJOB = "itest"
 # Background threads of the modes: stopped (or finished) before the event log closes.

@@ -1,4 +1,4 @@
-"""Smoke tests of tests/kube_emulator.py: the real kopf operator against the fixed KMock
+"""Smoke tests of trainthrough.standin.emulator: the real kopf operator against the fixed KMock
 emulator on 127.0.0.1 (no Kubernetes cluster runs here; see DESIGN.md).
 
 - the emulator alone: what a client sees (201, metadata, resourceVersion, generation,
@@ -26,7 +26,8 @@ from typing import Any
 import kopf
 import kubernetes.client
 import pytest
-from kube_emulator import (  # noqa: F401  (the fixtures `kube` and `run_operator`)
+
+from trainthrough.standin.emulator import (
     GROUP,
     PLURAL,
     TRAININGJOBS,
@@ -34,8 +35,6 @@ from kube_emulator import (  # noqa: F401  (the fixtures `kube` and `run_operato
     KubeApiError,
     KubeEmulator,
     OperatorRunner,
-    kube_fixture,
-    run_operator_fixture,
     wait_for,
 )
 

@@ -31,7 +31,7 @@ import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kube_emulator import TRAININGJOBS, KubeEmulator, kube_fixture, run_operator_fixture, wait_for  # noqa: F401
+from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, wait_for
 from trainthrough.metrics import create_metrics
 from trainthrough.operator.handlers import register
 from trainthrough.kubeapi import KubeApi

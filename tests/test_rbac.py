@@ -26,7 +26,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from helm_chart import CHART, NAMESPACED, granted, render
-from kube_emulator import TRAININGJOBS, KubeEmulator, kube_fixture, wait_for  # noqa: F401
+from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, wait_for
 from trainthrough.chaos.pods import PodChaos
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics

@@ -1,15 +1,15 @@
-"""A Kubernetes API emulator on 127.0.0.1 for running the REAL kopf operator in tests.
+"""A Kubernetes API emulator on 127.0.0.1: the API server of the cluster stand-in.
 
 No kube-apiserver can run on the project's machines (DESIGN.md, "What runs here and what
-does not"), so operator tests run kopf against KMock's `KubernetesEmulator` (PyPI `kmock`,
-by kopf's author): an in-memory, stateful Kubernetes API served over HTTP, with discovery,
-list, watch, create, patch and delete. KMock 0.8 needs a few fixes before kopf works
-against it; every one of them lives in this module (`Emulator` and `_parse_path`), each
-with a comment saying why. Nothing else in the project patches kmock.
+does not"), so the real kopf operator runs against KMock's `KubernetesEmulator` (PyPI
+`kmock`, by kopf's author): an in-memory, stateful Kubernetes API served over HTTP, with
+discovery, list, watch, create, patch and delete. KMock 0.8 needs a few fixes before kopf
+works against it; every one of them lives in this module (`Emulator` and `_parse_path`),
+each with a comment saying why. Nothing else in the project patches kmock.
 
-Usage::
-
-    from kube_emulator import TRAININGJOBS, kube_fixture, run_operator_fixture, wait_for  # noqa: F401
+Used by the stand-in cluster (standin/cluster.py: this API plus a process kubelet) and by
+the tests, whose pytest fixtures `kube` and `run_operator` (tests/kube_fixtures.py) wrap
+`KubeEmulator` and `OperatorRunner`. Usage::
 
     def test_something(kube, run_operator):
         registry = kopf.OperatorRegistry()
@@ -18,13 +18,10 @@ Usage::
         kube.create(TRAININGJOBS, {"metadata": {"name": "tj1"}, "spec": {...}})
         wait_for(lambda: kube.find("services", "tj1-ps-0"), timeout=5, what="the PS service")
 
-(pytest registers the imported `kube_fixture`/`run_operator_fixture` as the fixtures
-`kube` and `run_operator`.)
-
 What the module provides
 ------------------------
 
-`KubeEmulator` (context manager; fixture `kube`)
+`KubeEmulator` (context manager; the tests' fixture `kube`)
     Runs the emulator in its own thread and event loop on 127.0.0.1 (random port).
     Known resources: every built-in resource of a recent K3s (KMock's bundled discovery
     data: core v1 pods, services, configmaps, persistentvolumeclaims, events, namespaces,
@@ -72,7 +69,7 @@ What the module provides
     ``v1/pods``, not ``metrics.k8s.io``'s). ``namespace=None`` means ``kube.namespace``
     (``"default"``) for namespaced resources.
 
-`OperatorRunner` (context manager; fixture `run_operator`)
+`OperatorRunner` (context manager; the tests' fixture `run_operator`)
     Runs the real kopf operator (``kopf.operator(...)``) in a background thread with its
     own event loop, for a given `kopf.OperatorRegistry` (so the operator module under
     test registers its handlers into a fresh registry, not kopf's global one). A login
@@ -163,7 +160,6 @@ import jsonpointer
 import kmock
 import kopf
 import kubernetes.client
-import pytest
 from kmock._internal import parsing as _kmock_parsing  # only for the namespaces fix below
 
 from trainthrough.crd import crd_manifest
@@ -181,14 +177,12 @@ __all__ = [
     "OperatorRunner",
     "WaitTimeout",
     "default_settings",
-    "kube_fixture",
-    "run_operator_fixture",
     "wait_for",
 ]
 
 # The fixes below were written against KMock 0.8's internals; re-check them on an upgrade.
 if tuple(int(part) for part in kmock.__version__.split(".")[:2]) != (0, 8):
-    raise ImportError(f"tests/kube_emulator.py was written for kmock 0.8, found {kmock.__version__}")
+    raise ImportError(f"trainthrough.standin.emulator was written for kmock 0.8, found {kmock.__version__}")
 
 TRAININGJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 
@@ -1204,41 +1198,3 @@ class OperatorRunner:
             ready_flag=self._ready,
             memo=self.memo,
         )
-
-
-# --------------------------------------------------------------------------------------
-# pytest fixtures `kube` and `run_operator`: a test module imports kube_fixture and
-# run_operator_fixture (pytest registers them under their `name=`)
-# --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(name="kube")
-def kube_fixture() -> Iterator[KubeEmulator]:
-    """A fresh emulator per test, stopped at teardown."""
-    with KubeEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture(name="run_operator")
-def run_operator_fixture(kube: KubeEmulator) -> Iterator[Callable[..., OperatorRunner]]:
-    """run_operator(registry, *, namespaces=None, settings=None, memo=None, watching=(),
-    timeout=30) -> OperatorRunner: kopf running against `kube`, stopped at teardown."""
-    runners: list[OperatorRunner] = []
-
-    def start(
-        registry: kopf.OperatorRegistry, *, watching: Iterable[str | kmock.resource] = (), **kwargs: Any
-    ) -> OperatorRunner:
-        runner = OperatorRunner(kube, registry, **kwargs)
-        runners.append(runner)
-        runner.start(watching=watching)
-        return runner
-
-    yield start
-    errors: list[BaseException] = []
-    for runner in reversed(runners):
-        try:
-            runner.stop()
-        except BaseException as e:
-            errors.append(e)
-    if errors:
-        raise errors[0]
