@@ -1,4 +1,4 @@
-"""Tests for trainthrough.chaos.schedule, the fault schedule and target resolution.
+"""Tests for trainthrough.control.schedule, the fault schedule and target resolution.
 
 Covered:
 - KillSchedule.of orders kills by time (stable for equal times) without touching the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
 from trainthrough.spec import ChaosKill
 
 

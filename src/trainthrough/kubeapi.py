@@ -74,6 +74,13 @@ class KubeApi:
             if error.status != 404:
                 raise _wrap(error, f"delete Pod {name}") from error
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as error:
+            if error.status != 404:
+                raise _wrap(error, f"annotate Pod {name}") from error
+
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         # Raw JSON (no client models): the operator reads a few fields and must not fail
         # on a field the client's models would reject.

@@ -51,8 +51,6 @@ class Metrics:
     # operator
     reconciles: Counter
     reconcile_seconds: Histogram
-    fault_detection_seconds: Histogram
-    restart_seconds: Histogram
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -113,20 +111,6 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         reconcile_seconds=Histogram(
             f"{PREFIX}_operator_reconcile_seconds", "Time to reconcile a TrainingJob.", registry=registry
-        ),
-        fault_detection_seconds=Histogram(
-            f"{PREFIX}_operator_fault_detection_seconds",
-            "Pod gone (deletion timestamp or failure) to the operator acting on it.",
-            ("mode",),
-            buckets=RECOVERY_BUCKETS,
-            registry=registry,
-        ),
-        restart_seconds=Histogram(
-            f"{PREFIX}_operator_restart_seconds",
-            "Fault noticed to the replacement pod created (or the chain reconfigured).",
-            ("mode",),
-            buckets=RECOVERY_BUCKETS,
-            registry=registry,
         ),
     )
 

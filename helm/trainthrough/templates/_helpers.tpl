@@ -54,7 +54,8 @@ grants (pods get/list/delete, events create, trainingjobs get), as Kubernetes re
   verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  # patch: only granted on to the chaos Job's Role (a Role grants what its creator holds)
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services, persistentvolumeclaims, serviceaccounts]
   verbs: [create]

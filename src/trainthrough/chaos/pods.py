@@ -6,10 +6,13 @@ TrainingJob with a `chaos` section (runtime/manifests.py, `chaos_job`), or by ha
 
 - starts the clock when training starts (the job's status shows a model version above 0),
   so `at` means the same thing on both runtimes;
-- resolves each target when it fires (chaos/schedule.py: `ps-head` follows the chain);
-- kills only a live incarnation: while the target's pod is missing, not Running, being
-  deleted, or the operator is still recovering it, the kill waits (up to `wait_timeout`,
-  then it is skipped and says why).
+- resolves each target when it fires (control/schedule.py: `ps-head` follows the chain);
+- kills only when the master allows (control/master.py, `kill_blocker`, read from the
+  master's state in the job's status): while the target's pod is missing, not Running,
+  being deleted, or still being recovered, the kill waits (up to `wait_timeout`, then it
+  is skipped and says why);
+- writes the kill's time and target on the pod (annotations) just before deleting it, so
+  that the operator times the recovery from the kill, to the millisecond.
 
 Every injection is a Kubernetes Event on the TrainingJob (reason `ChaosInjected`) and a
 metric with its timestamp (`trainthrough_chaos_last_injection_timestamp_seconds`), so
@@ -25,9 +28,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainthrough.chaos.injections import InjectionMetrics
-from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.master import Master
+from trainthrough.control.recording import InjectionMetrics
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.state import MasterState
+from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
+from trainthrough.runtime import manifests
+from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, ANNOTATION_DISRUPTED_BY, ANNOTATION_SCHEDULED_AT
 from trainthrough.metrics import Metrics
 from trainthrough.spec import ChaosKill, SpecError, TrainingJob, parse_resource
 
@@ -91,7 +99,7 @@ class PodChaos:
 
     @staticmethod
     def _finished(body: dict[str, Any]) -> bool:
-        return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return MasterState.load((body.get("status") or {}).get("master")).phase.terminal
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> list[Injection]:
@@ -120,38 +128,43 @@ class PodChaos:
         return self.injections
 
     def wait_for_training(self) -> float | None:
-        """The time training was first seen running (model version > 0); None if the job
-        finished before."""
+        """When training started, on the master's clock (its first applied update, the
+        time `at` counts from on both runtimes); None if the job finished before."""
         while True:
             body = self._job_body()
-            if self._finished(body):
+            state = MasterState.load((body.get("status") or {}).get("master"))
+            if state.phase.terminal:
                 for kill in self.schedule.pending:
                     self._skip(body, kill, "the TrainingJob finished before training started")
                 return None
-            progress = (body.get("status") or {}).get("progress") or {}
-            if (progress.get("modelVersion") or 0) > 0:
-                return self.clock()
+            if state.training_started_at is not None:
+                return state.training_started_at
             self.sleep(self.poll_interval)
 
     def _try_inject(self, body: dict[str, Any], kill: ChaosKill, started: float) -> bool:
-        """Delete the pod `kill` means now if it is a live incarnation; whether it was."""
-        status = body.get("status") or {}
-        chain = (status.get("chain") or {}).get("members") or status.get("ps") or []
-        workers = [f"worker-{r}" for r in range(self.job.spec.workers.replicas)]
+        """Delete the pod `kill` means now if the master says it may be killed (a live
+        incarnation, not being recovered: control/master.py's `kill_blocker`, as the local
+        driver asks it); whether it was."""
+        master = Master(self.job, MasterState.load((body.get("status") or {}).get("master")))
+        finished = set(master.state.finished_workers)
         try:
-            process = resolve_target(kill.target, list(chain), workers, self.rng)
+            process = resolve_target(kill.target, master.chain_order(), [w for w in master.workers if w not in finished], self.rng)
         except UnknownTarget as error:
             log.info("%s not resolvable yet: %s", kill.target, error)
             return False
-        pending = ((status.get("recoveries") or {}).get("pending") or {}).get("process")
-        if pending == process:
-            return False  # still being recovered: a kill now would be no new failure
-        pod_name = f"{self.name}-{process}"  # as runtime/manifests.py names pods
+        pod_name = manifests.pod_name(self.job, process)
         pod = self.api.get_pod(self.namespace, pod_name)
-        if pod is None or pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+        live = pod is not None and not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") == "Running"
+        blocker = master.kill_blocker(process, live)
+        if blocker is not None:
+            log.info("%s (%s) waits: %s", kill.target, process, blocker)
             return False
-        self.api.delete_pod(self.namespace, pod_name, grace_seconds=int(round(kill.grace_period)))
         injected_at = self.clock()
+        # When and why, on the pod itself: the operator reads them from its last state.
+        self.api.annotate_pod(self.namespace, pod_name, {
+            ANNOTATION_DISRUPTED_AT: f"{injected_at:.6f}", ANNOTATION_DISRUPTED_BY: kill.target, ANNOTATION_SCHEDULED_AT: f"{kill.at:g}",
+        })  # fmt: skip
+        self.api.delete_pod(self.namespace, pod_name, grace_seconds=int(round(kill.grace_period)))
         injection = Injection(kill.target, pod_name, injected_at, kill.at)
         self.injections.append(injection)
         self.recorder.record(kill.target, injected_at)
@@ -160,11 +173,11 @@ class PodChaos:
             f"deleted pod {pod_name} ({kill.target}, scheduled {kill.at:g} s after training started, "
             f"fired {injected_at - started:.1f} s) with grace {kill.grace_period:g} s at {when}"
         )
-        self.api.event(body, "Warning", "ChaosInjected", message, component=COMPONENT)
+        self.api.event(body, "Warning", Reason.CHAOS_INJECTED, message, component=COMPONENT)
         log.info("%s", message)
         return True
 
     def _skip(self, body: dict[str, Any], kill: ChaosKill, reason: str) -> None:
         self.skipped.append((kill, reason))
-        self.api.event(body, "Normal", "ChaosSkipped", f"{kill}: {reason}", component=COMPONENT)
+        self.api.event(body, "Normal", Reason.CHAOS_SKIPPED, f"{kill}: {reason}", component=COMPONENT)
         log.warning("skipped %s: %s", kill, reason)

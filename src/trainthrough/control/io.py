@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from trainthrough.control.runtime import Death
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason
 from trainthrough.proto import ps_pb2
 
@@ -25,6 +26,10 @@ class Exited:
     disrupted: bool = False
     cpu_seconds: float | None = None
     max_rss_bytes: int | None = None
+
+    @classmethod
+    def of(cls, death: Death) -> Exited:
+        return cls(death.name, death.exit_code, death.at, death.disrupted, death.cpu_seconds, death.max_rss_bytes)
 
 
 @dataclass(frozen=True)

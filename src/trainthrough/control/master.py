@@ -176,6 +176,8 @@ class Master:
                 replacement.started_at = now
                 s.ps.append(replacement.name)
                 out.append(self._start(replacement.name, now, join=True))
+        if s.phase is JobPhase.RUNNING:
+            out += self._scale_workers(now)
         chain = s.chain
         if chain is not None and chain.members and chain.published_epoch < chain.epoch and now >= chain.publish_due_at:
             if s.phase is JobPhase.RUNNING or set(chain.members) <= set(s.answered):
@@ -444,6 +446,19 @@ class Master:
             f"{replacement.name} joined the chain at the tail (epoch {s.chain.epoch}) in place of {replacement.replaces}",
         )
         return [self._publish(now), joined]
+
+    def _scale_workers(self, now: float) -> list[Action]:
+        """spec.workers.replicas changed: start the missing ranks, stop those beyond it."""
+        s = self.state
+        out: list[Action] = []
+        for worker in self.workers:
+            if worker not in s.up and worker not in s.finished_workers:
+                out.append(self._start(worker, now))
+        for process in list(s.up):
+            if process.startswith("worker-") and process not in self.workers:
+                s.up.remove(process)  # scaled away on purpose: its end is no failure
+                out.append(Stop(process, grace=STOP_GRACE))
+        return out
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _start(self, process: str, now: float, *, join: bool = False) -> Start:

@@ -1,14 +1,18 @@
-"""The master's metrics of one TrainingJob, recorded the same way by both drivers (the
-local one and the operator): each completed recovery's phases, the count, lost updates.
+"""The metrics of one TrainingJob that the drivers record, each the same way on both
+runtimes: every completed recovery (its phases, the count, lost updates; the local driver
+and the operator) and every fault injected (the local driver and the chaos Job).
 
     >>> recorder = RecoveryMetrics(create_metrics(CollectorRegistry()), "demo", "chain")
     >>> recorder.record(done)            # a RecoveryDone action of the master
+    >>> chaos = InjectionMetrics(create_metrics(CollectorRegistry()), "demo", "chain", [ChaosKill(target="ps-head", at=5)])
+    >>> chaos.record("ps-head", at=1700000000.0)
 """
 
 from __future__ import annotations
 
 from trainthrough.control.io import RecoveryDone
 from trainthrough.metrics import RECOVERY_PHASES, Metrics
+from trainthrough.spec import ChaosKill
 
 
 class RecoveryMetrics:
@@ -23,3 +27,16 @@ class RecoveryMetrics:
             self._phases[phase].observe(seconds)
         self._count.inc()
         self._lost.inc(done.lost_updates)
+
+
+class InjectionMetrics:
+    def __init__(self, metrics: Metrics, trainingjob: str, mode: str, kills: list[ChaosKill]) -> None:
+        self._metrics = metrics
+        self._labels = dict(trainingjob=trainingjob, mode=mode)
+        for kill in kills:  # exported at 0 from the start: increase() sees the first kill
+            metrics.chaos_injections.labels(target=kill.target, **self._labels)
+
+    def record(self, target: str, at: float) -> None:
+        """One fault injected into `target` at unix time `at`."""
+        self._metrics.chaos_injections.labels(target=target, **self._labels).inc()
+        self._metrics.chaos_last_injection.labels(target=target, **self._labels).set(at)

@@ -1,8 +1,9 @@
 """The small interface through which recovery drives a runtime: start, stop and kill PS
 and worker processes, know their addresses, and hear of their deaths.
 
-runtime/local.py implements it with processes on 127.0.0.1; runtime/manifests.py with pods.
-control/ is written against this interface only, so recovery exists once.
+runtime/local.py implements it with processes on 127.0.0.1, runtime/pods.py with the pods
+of a Kubernetes API. The master's actions (control/applying.py) are applied through this
+interface only, so each of them is carried out the same way on both runtimes.
 """
 
 from __future__ import annotations
@@ -18,21 +19,26 @@ class Death:
     at: float  # time.time() when the runtime noticed
     cpu_seconds: float | None = None  # user + system CPU of the process, where known
     max_rss_bytes: int | None = None  # peak resident memory, where known
+    # removed from outside rather than ended on its own (a pod deleted: preemption, node
+    # loss, chaos); such a death does not count against spec.runPolicy.backoffLimit
+    disrupted: bool = False
 
 
 class Runtime(Protocol):
     def start_ps(self, name: str, *, join: bool = False) -> str:
         """Start (or restart, same address) a PS process; returns its gRPC address."""
 
-    def start_worker(self, rank: int, ps_addresses: list[str]) -> None:
-        """Start (or restart) the worker of `rank`."""
+    def start_worker(self, rank: int, ps: list[str]) -> None:
+        """Start (or restart) the worker of `rank`, reaching the PS processes `ps` (names,
+        head first) at the addresses a worker is given on this runtime."""
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         """Fail the process: abruptly (SIGKILL; on Kubernetes, delete the pod without grace),
         or with `grace` > 0 a stop request first (SIGTERM) and the kill after `grace` seconds."""
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        """Stop the process gracefully and wait for it."""
+        """Stop the process gracefully (SIGTERM; a pod deleted with `timeout` as its grace),
+        killing it after `timeout`. Pods end asynchronously: their end is observed as a death."""
 
     def address(self, name: str) -> str:
         """The gRPC address of a PS."""

@@ -15,23 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from trainthrough.chaos.injections import InjectionMetrics
-from trainthrough.chaos.schedule import KillSchedule, UnknownTarget, resolve_target
-from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.io import (
-    Action,
-    Disrupted,
-    Exited,
-    Finish,
-    Health,
-    Observation,
-    Published,
-    PublishChain,
-    Record,
-    RecoveryDone,
-    Start,
-    Stop,
-)
+from trainthrough.control.recording import InjectionMetrics
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.applying import Applier
+from trainthrough.control.io import Action, Disrupted, Exited, Health, Observation, Record, Stop
 from trainthrough.control.master import Master
 from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.runtime import Death, Runtime
@@ -102,18 +89,11 @@ class Supervisor:
         self._chaos_rng = random.Random(job.spec.seed)  # the `random` target, repeatable per seed
         self._pool = ConnectionPool()
         self._deferred: list[ChaosKill] = []
-        self._done: list[dict] = []
-        self._stops: list[Stop] = []
         self._next_probe = 0.0
         self._t0 = time.time()
-        self._appliers: dict[type, Callable] = {
-            Start: self._apply_start,
-            Stop: self._stops.append,
-            PublishChain: self._apply_publish,
-            Record: self._apply_record,
-            RecoveryDone: self._apply_recovery_done,
-            Finish: lambda finish: None,  # the Stops that follow it end the processes
-        }
+        self._applier = Applier(
+            self.master, runtime, record=self._write, metrics=self._recoveries, pool=self._pool, stop=self._stop_all
+        )
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -157,36 +137,14 @@ class Supervisor:
 
     @staticmethod
     def _exited(death: Death) -> Exited:
-        return Exited(
-            death.name, death.exit_code, death.at, cpu_seconds=death.cpu_seconds, max_rss_bytes=death.max_rss_bytes
-        )
+        return Exited.of(death)
 
-    # -- appliers --------------------------------------------------------------------------------
+    # -- applying -------------------------------------------------------------------------------
     def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            self._appliers[type(action)](action)
-        if self._stops:
-            stops, self._stops[:] = list(self._stops), []
-            self._stop_all(stops)
+        self._applier.apply(actions)
 
-    def _apply_start(self, start: Start) -> None:
-        if start.process.startswith("worker-"):
-            rank = int(start.process.split("-")[1])
-            self.runtime.start_worker(rank, [self.runtime.address(p) for p in start.ps])
-        else:
-            self.runtime.start_ps(start.process, join=start.join)
-
-    def _apply_publish(self, publish: PublishChain) -> None:
-        members = [(name, self.runtime.address(name)) for name in publish.members]
-        failed = publish_chain(members, publish.epoch, self._pool)
-        self._observe(Published(publish.epoch, tuple(failed)))
-
-    def _apply_record(self, record: Record) -> None:
+    def _write(self, record: Record) -> None:
         self.events.emit(record.event.value, **record.fields)
-
-    def _apply_recovery_done(self, done: RecoveryDone) -> None:
-        self._recoveries.record(done)
-        self._done.append(done.recovery)
 
     def _stop_all(self, stops: list[Stop]) -> None:
         """Workers at once (a stateless worker stopped offline waits a little for the PS to
@@ -274,10 +232,10 @@ class Supervisor:
             steps=progress.steps,
             version=progress.version,
             accuracy=progress.accuracy,
-            recoveries=list(self._done),
+            recoveries=list(self._applier.recoveries),
             kills=len(self.schedule.fired),
         )
         fields = {k: v for k, v in vars(summary).items() if k != "recoveries"}
-        self.events.emit(EventName.RUN_END.value, **fields, recoveries=len(self._done), reason_code=str(state.reason))
+        self.events.emit(EventName.RUN_END.value, **fields, recoveries=len(self._applier.recoveries), reason_code=str(state.reason))
         self._pool.close()
         return summary

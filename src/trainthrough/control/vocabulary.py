@@ -16,7 +16,6 @@ class EventName(StrEnum):
     KILL = "kill"
     CHAOS_DEFERRED = "chaos_deferred"
     CHAOS_SKIPPED = "chaos_skipped"
-    PROCESS_STARTED = "process_started"
     PROCESS_EXITED = "process_exited"
     FAILURE_DETECTED = "failure_detected"
     CHAIN_PROMOTED = "chain_promoted"
@@ -40,16 +39,22 @@ class Reason(StrEnum):
     PERMANENT_ERROR = "PermanentError"
     STOPPED = "Stopped"
     # on the way
-    PODS_CREATED = "PodsCreated"
-    PROCESS_STARTED = "ProcessStarted"
+    OBJECTS_CREATED = "ObjectsCreated"
+    STARTING = "Starting"
     FAILURE_DETECTED = "FailureDetected"
-    RESTART_SCHEDULED = "RestartScheduled"
     CHAIN_RECONFIGURED = "ChainReconfigured"
     REPLICA_JOINED = "ReplicaJoined"
     REPLICA_JOIN_FAILED = "ReplicaJoinFailed"
     RECOVERY_COMPLETED = "RecoveryCompleted"
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
     TRAINING_STARTED = "TrainingStarted"
+    # the operator's
+    INVALID_SPEC = "InvalidSpec"
+    SERVING = "ParameterServerServing"
+    NOT_SERVING = "ParameterServerNotServing"
+    SCALED = "WorkersScaled"
+    CHAOS_INJECTED = "ChaosInjected"
+    CHAOS_SKIPPED = "ChaosSkipped"
 
 
 class JobPhase(StrEnum):

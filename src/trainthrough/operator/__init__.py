@@ -1,3 +1,4 @@
-"""The Kubernetes operator: kopf handlers that reconcile TrainingJobs into pods and recover
-them when a pod is lost, reusing control/ (recovery decisions, chain master) and
-runtime/manifests.py (the manifests). `trainthrough operator` runs it."""
+"""The Kubernetes operator: kopf handlers (handlers.py) that hand each TrainingJob to the
+driver of the one recovery master (driving.py, control/master.py), which keeps the master's
+state in the job's status and applies its actions to pods (runtime/pods.py).
+`trainthrough operator` runs it."""

@@ -1,32 +1,20 @@
 """TrainingJob status conditions, phases and the reasons the operator gives, as Kubernetes
 conventions have them: one condition per type with status "True"/"False", a reason in
-CamelCase, a message for humans, the generation it was observed at and the time it last
-changed. Reasons are constants here, never inline strings."""
+CamelCase (control/vocabulary.py's `Reason`), a message for humans, the generation it
+was observed at and the time it last changed."""
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
 
-# Phases
+# Phases (status.phase; the printer column)
 PENDING, RUNNING, RECOVERING, SUCCEEDED, FAILED = "Pending", "Running", "Recovering", "Succeeded", "Failed"
 
-# Condition types
+# Condition types. Succeeded and Failed are set once, at the end, for `kubectl wait
+# --for=condition=Succeeded` and the like; the reasons are control/vocabulary.py's.
 READY, PROGRESSING, DEGRADED, RECOVERING_CONDITION = "Ready", "Progressing", "Degraded", "Recovering"
-
-# Reasons (also the reasons of the Kubernetes Events)
-INVALID_SPEC = "InvalidSpec"
-PODS_CREATED = "PodsCreated"
-SCALED = "WorkersScaled"
-SERVING = "ParameterServerServing"
-NOT_SERVING = "ParameterServerNotServing"
-FAILURE_DETECTED = "FailureDetected"
-POD_REPLACED = "PodReplaced"
-CHAIN_RECONFIGURED = "ChainReconfigured"
-REPLICA_JOINED = "ReplicaJoined"
-RECOVERY_COMPLETED = "RecoveryCompleted"
-RECOVERED = "Recovered"
-TRAINING = "Training"
+SUCCEEDED_CONDITION, FAILED_CONDITION = "Succeeded", "Failed"
 
 
 def now() -> str:

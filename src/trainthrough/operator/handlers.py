@@ -1,9 +1,9 @@
-"""The kopf handlers of the operator: thin, they call reconciling, recovering and observing.
+"""The kopf handlers of the operator: each one observes and hands the job to the driver
+(operator/driving.py), which calls the master and applies its actions; none decides.
 
-`register(registry, config)` puts them into a kopf registry (a fresh one in tests). Each
-reconcile writes status once, through kopf's patch, and counts itself in the operator's
-metrics; a handler never lets an exception about one job stop the operator (a bad spec is
-a Failed condition, an API error a retry with a delay).
+`register(registry, config)` puts them into a kopf registry (a fresh one in tests). A
+reconcile counts itself in the operator's metrics; a handler never lets an exception about
+one job stop the operator (a bad spec is a Failed condition, an API error a retry).
 """
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ from typing import Any, Callable
 import kopf
 
 from trainthrough.errors import PermanentError, TemporaryError
-from trainthrough.operator import observing, reconciling, recovering
+from trainthrough.operator import driving, reconciling
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import manifests
-from trainthrough.spec import API_GROUP, PLURAL, VERSION
+from trainthrough.spec import API_GROUP, PLURAL, VERSION, SpecError, parse_resource
 
-PROGRESS_INTERVAL = 2.0  # seconds between looks at a running job
+TICK_INTERVAL = 0.5  # seconds between looks at a job: due restarts, health, progress
 
 
-def _timed(config: OperatorConfig, work: Callable[[], dict[str, Any]], patch: kopf.Patch) -> None:
+def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
     started = time.monotonic()
     result = "error"
     try:
-        status = work()
-        if status:
-            patch.setdefault("status", {}).update(status)
-        result = "failed" if status.get("phase") == "Failed" else "ok"
+        work()
+        result = "ok"
     except TemporaryError as error:
         raise kopf.TemporaryError(str(error), delay=error.delay) from error
     except PermanentError as error:
@@ -42,27 +40,43 @@ def _timed(config: OperatorConfig, work: Callable[[], dict[str, Any]], patch: ko
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     resource = dict(group=API_GROUP, version=VERSION, plural=PLURAL, registry=registry)
 
+    def drive(body: kopf.Body, hint: dict[str, Any] | None = None) -> None:
+        meta = body["metadata"]
+        _timed(config, lambda: driving.reconcile(meta.get("namespace", "default"), meta["name"], config, hint))
+
     @kopf.on.create(id="create", **resource)
-    def create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _timed(config, lambda: reconciling.create(dict(body), config), patch)
+    def create(body: kopf.Body, **_: Any) -> None:
+        drive(body)
 
     @kopf.on.resume(id="resume", **resource)
-    def resume(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        # An operator (re)started: make sure every object of a known job exists.
-        _timed(config, lambda: reconciling.create(dict(body), config), patch)
+    def resume(body: kopf.Body, **_: Any) -> None:
+        # An operator (re)started or took over: the job's status holds the master's state.
+        drive(body)
 
     @kopf.on.update(field="spec", **resource)
-    def update(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _timed(config, lambda: reconciling.update(dict(body), config), patch)
+    def update(body: kopf.Body, **_: Any) -> None:
+        try:
+            job = parse_resource(dict(body))
+        except SpecError:
+            job = None
+        if job is not None:
+            _timed(config, lambda: reconciling.update_config_map(job, config))
+        drive(body)
 
-    @kopf.timer(interval=PROGRESS_INTERVAL, **resource)
-    def progress(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _timed(config, lambda: observing.observe(dict(body), config), patch)
+    @kopf.timer(interval=TICK_INTERVAL, **resource)
+    def tick(body: kopf.Body, **_: Any) -> None:
+        drive(body)
 
     @kopf.on.event("", "v1", "pods", labels={manifests.LABEL_JOB: kopf.PRESENT}, registry=registry)
     def pod_event(event: dict[str, Any], **_: Any) -> None:
+        pod = dict(event.get("object") or {})
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        job, process = labels.get(manifests.LABEL_JOB), labels.get(manifests.LABEL_PROCESS)
+        if not job or not process:
+            return  # not a process of a TrainingJob (the chaos Job's pod)
+        namespace = pod["metadata"].get("namespace", "default")
         try:
-            recovering.handle_pod_event(event.get("type") or "", dict(event.get("object") or {}), config)
-        except (TemporaryError, PermanentError) as error:
-            # Event handlers are not retried by kopf; the next event or timer tick will.
-            kopf.warn(event.get("object") or {}, reason="RecoveryError", message=str(error))
+            _timed(config, lambda: driving.reconcile(namespace, job, config, pod))
+        except (kopf.TemporaryError, kopf.PermanentError) as error:
+            # Event handlers are not retried by kopf; the next event or tick is.
+            kopf.warn(pod, reason="ReconcileError", message=str(error))

@@ -14,6 +14,7 @@ import random
 
 import kopf
 
+from trainthrough.events import EventLog
 from trainthrough.metrics import create_metrics, serve_metrics
 from trainthrough.operator.handlers import register
 from trainthrough.kubeapi import KubeApi, load_api_client
@@ -49,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--operator-label", action="append", default=[], metavar="KEY=VALUE",
         help="labels of this operator's pods (the NetworkPolicy admits them)",
     )  # fmt: skip
+    parser.add_argument(
+        "--events", default=None, metavar="PATH",
+        help="also append the master's records to this JSON-lines file (the stand-in, benchmarks)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if any("=" not in label for label in args.operator_label):
         parser.error(f"--operator-label must be KEY=VALUE, got {args.operator_label}")
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics=metrics,
         images={"ps": args.ps_image, "worker": args.worker_image, "chaos": args.chaos_image},
         operator_pods=(args.operator_namespace, operator_labels) if args.network_policy else None,
+        events=EventLog(args.events, source="operator") if args.events else None,
     )
     register(registry, config)
 

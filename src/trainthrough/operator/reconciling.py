@@ -1,22 +1,29 @@
-"""Reconcile a TrainingJob: create its objects (owned by it, so deletion cascades) and
-converge what may change (worker replicas, the job's ConfigMap). Called by the operator's
-create/resume/update handlers; returns the status to write, never raises for a bad spec
-(the job is marked Failed with the field path in the condition's message).
+"""The objects of a TrainingJob besides its pods, and the operator's configuration.
+
+The master (control/master.py, driven by operator/driving.py) decides every pod; what is
+here never changes with a recovery: the ConfigMap with the job, the headless Service, the
+checkpoint claim, the NetworkPolicy and the chaos Job with its Role. Each is created once,
+owned by the TrainingJob (deleting the job deletes them), and the ConfigMap follows spec
+changes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from trainthrough.control.recording import RecoveryMetrics
+from trainthrough.control.vocabulary import Reason
+from trainthrough.events import EventLog
+from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
-from trainthrough.kubeapi import KubeApi
+from trainthrough.rpc import ConnectionPool
 from trainthrough.runtime import manifests
-from trainthrough.spec import SpecError, dump_job, parse_resource
+from trainthrough.spec import SpecError, TrainingJob, dump_job
 
 
 @dataclass
@@ -28,86 +35,41 @@ class OperatorConfig:
     # (namespace, labels) of the operator's pods: set, each job gets a PS NetworkPolicy
     # that lets only its own pods and the operator reach the PS.
     operator_pods: tuple[str, dict[str, str]] | None = None
+    # Where the master's records also go as JSON lines (the stand-in and the benchmark
+    # read them beside the pods' logs); None: the operator's log and Kubernetes Events only.
+    events: EventLog | None = None
+    pool: ConnectionPool = field(default_factory=ConnectionPool)
+    _recovery_metrics: dict[tuple[str, str], RecoveryMetrics] = field(default_factory=dict)
+
+    def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:
+        key = (job.metadata.name, job.spec.consistency)
+        if key not in self._recovery_metrics:
+            self._recovery_metrics[key] = RecoveryMetrics(self.metrics, *key)
+        return self._recovery_metrics[key]
 
 
 def invalid_status(body: dict[str, Any], error: SpecError) -> dict[str, Any]:
     generation = body["metadata"].get("generation")
     conditions = body.get("status", {}).get("conditions")
     message = "; ".join(f"{e.path}: {e.message}" for e in error.errors)
-    return {
-        "phase": c.FAILED,
-        "observedGeneration": generation,
-        "conditions": c.with_condition(conditions, c.READY, False, c.INVALID_SPEC, message, generation),
-    }
+    conditions = c.with_condition(conditions, c.READY, False, Reason.INVALID_SPEC, message, generation)
+    conditions = c.with_condition(conditions, c.FAILED_CONDITION, True, Reason.INVALID_SPEC, message, generation)
+    return {"phase": c.FAILED, "reason": Reason.INVALID_SPEC, "message": message, "observedGeneration": generation, "conditions": conditions}
 
 
-def create(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
-    """Create every object of a new (or resumed) job; the status to write."""
-    try:
-        job = parse_resource(body)
-    except SpecError as error:
-        config.api.event(body, "Warning", c.INVALID_SPEC, str(error))
-        return invalid_status(body, error)
-    status = body.get("status") or {}
-    ps = status.get("ps") or manifests.initial_ps_processes(job)
+def create_supporting_objects(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> None:
+    """Create every object of a new job but its pods (those already there are kept)."""
     created = []
     for manifest in manifests.supporting_objects(job, config.images, config.operator_pods):
-        if _create_owned(config, manifest, body):
-            created.append(manifest["metadata"]["name"])
-    for process in ps:
-        if _create_owned(config, manifests.ps_pod(job, process, image=config.images.get("ps")), body):
-            created.append(process)
-    for rank in range(job.spec.workers.replicas):
-        if _create_owned(config, manifests.worker_pod(job, rank, ps, image=config.images.get("worker")), body):
-            created.append(f"worker-{rank}")
-    generation = body["metadata"].get("generation")
-    out: dict[str, Any] = {
-        "phase": status.get("phase") if status.get("phase") not in (None, c.FAILED) else c.PENDING,
-        "observedGeneration": generation,
-        "ps": ps,
-        "conditions": c.with_condition(
-            status.get("conditions"), c.PROGRESSING, True, c.PODS_CREATED, f"created {', '.join(created) or 'nothing new'}", generation
-        ),
-        "recoveries": status.get("recoveries") or {"count": 0, "lostUpdates": 0, "downtimeSeconds": 0.0},
-    }
-    out["conditions"] = c.with_condition(out["conditions"], c.READY, False, c.NOT_SERVING, "waiting for the parameter server", generation)
-    if job.spec.consistency == "chain":
-        out["chain"] = status.get("chain") or {"epoch": 1, "members": ps, "head": ps[0], "publishedEpoch": 0}
+        kopf.adopt(manifest, owner=body)
+        if config.api.create(manifest):
+            created.append(f"{manifest['kind']} {manifest['metadata']['name']}")
     if created:
-        config.api.event(body, "Normal", c.PODS_CREATED, f"created {', '.join(created)}")
-    return out
+        config.api.event(body, "Normal", Reason.OBJECTS_CREATED, f"created {', '.join(created)}")
 
 
-def update(body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
-    """Converge a changed spec: the job's ConfigMap and the number of worker pods."""
-    try:
-        job = parse_resource(body)
-    except SpecError as error:
-        config.api.event(body, "Warning", c.INVALID_SPEC, str(error))
-        return invalid_status(body, error)
-    namespace = job.metadata.namespace
-    status = body.get("status") or {}
-    ps = status.get("ps") or manifests.initial_ps_processes(job)
-    config.api.patch_config_map(namespace, f"{job.metadata.name}-job", {"job.json": json.dumps(dump_job(job), indent=2, sort_keys=True)})
-    selector = f"{manifests.LABEL_JOB}={job.metadata.name},{manifests.LABEL_ROLE}=worker"
-    existing = {p["metadata"]["labels"].get(manifests.LABEL_PROCESS) for p in config.api.list_pods(namespace, selector)}
-    wanted = {f"worker-{r}" for r in range(job.spec.workers.replicas)}
-    for rank in range(job.spec.workers.replicas):
-        if f"worker-{rank}" not in existing:
-            _create_owned(config, manifests.worker_pod(job, rank, ps, image=config.images.get("worker")), body)
-    for process in sorted(existing - wanted):
-        config.api.delete_pod(namespace, manifests.pod_name(job, process))
-    generation = body["metadata"].get("generation")
-    message = f"{len(wanted)} workers (added {len(wanted - existing)}, removed {len(existing - wanted)})"
-    if wanted != existing:
-        config.api.event(body, "Normal", c.SCALED, message)
-    return {
-        "observedGeneration": generation,
-        "phase": status.get("phase") if status.get("phase") != c.FAILED else c.PENDING,
-        "conditions": c.with_condition(status.get("conditions"), c.PROGRESSING, True, c.SCALED, message, generation),
-    }
-
-
-def _create_owned(config: OperatorConfig, manifest: dict[str, Any], owner: dict[str, Any]) -> bool:
-    kopf.adopt(manifest, owner=owner)
-    return config.api.create(manifest)
+def update_config_map(job: TrainingJob, config: OperatorConfig) -> None:
+    """A changed spec: the pods started from now on read it (the master starts or stops
+    workers when their number changes)."""
+    data = {"job.json": json.dumps(dump_job(job), indent=2, sort_keys=True)}
+    config.api.patch_config_map(job.metadata.namespace, f"{job.metadata.name}-job", data)

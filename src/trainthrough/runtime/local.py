@@ -73,8 +73,9 @@ class LocalRuntime:
         self._spawn(name, args)
         return address
 
-    def start_worker(self, rank: int, ps_addresses: list[str]) -> None:
-        self._spawn(f"worker-{rank}", ["worker", "--rank", str(rank), "--ps", ",".join(ps_addresses)])
+    def start_worker(self, rank: int, ps: list[str]) -> None:
+        addresses = ",".join(self._addresses[name] for name in ps)
+        self._spawn(f"worker-{rank}", ["worker", "--rank", str(rank), "--ps", addresses])
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         process = self._processes.get(name)

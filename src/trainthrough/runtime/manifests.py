@@ -240,7 +240,8 @@ def chaos_role(job: TrainingJob) -> dict[str, Any]:
         "metadata": {"name": chaos_name(job), "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
         "rules": [
             {"apiGroups": [GROUP], "resources": ["trainingjobs"], "resourceNames": [job.metadata.name], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]},
+            # patch: the kill's time and target written on the pod just before it is deleted
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ],
     }

@@ -1,6 +1,6 @@
 """The fault schedule: which process to kill when, as a pure, tested function of time.
 
-Used by the master (control/supervising.py) on both runtimes. Targets name roles, not
+Used by both drivers: the local one (control/supervising.py) and the chaos Job (chaos/pods.py). Targets name roles, not
 processes, and are resolved at the moment of the kill: `ps-head` and `ps-tail` follow the
 chain as it changes, `ps-<i>` is the i-th PS in the current chain order (the only PS in
 the other modes is `ps-0`), `worker-<i>` is the worker of rank i, `random` any of them.

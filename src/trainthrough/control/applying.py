@@ -1,0 +1,87 @@
+"""Carrying out the master's actions through a Runtime, one applier per action type, the
+same for both drivers (control/supervising.py locally, operator/driving.py on Kubernetes).
+
+What differs between the drivers is passed in: where a `Record` goes (an event log, and
+Kubernetes Events after the status write) and how a batch of `Stop`s is carried out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+from trainthrough.control.chain_master import publish_chain
+from trainthrough.control.io import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop
+from trainthrough.control.master import Master
+from trainthrough.control.recording import RecoveryMetrics
+from trainthrough.control.runtime import Runtime
+from trainthrough.rpc import ConnectionPool
+
+
+class Applier:
+    """
+    >>> applier = Applier(master, runtime, record=log_it, metrics=RecoveryMetrics(...), pool=ConnectionPool())
+    >>> applier.apply(master.start(time.time()))
+    """
+
+    def __init__(
+        self,
+        master: Master,
+        runtime: Runtime,
+        *,
+        record: Callable[[Record], None],
+        metrics: RecoveryMetrics,
+        pool: ConnectionPool,
+        stop: Callable[[list[Stop]], None] | None = None,
+    ) -> None:
+        self.master, self.runtime, self.pool = master, runtime, pool
+        self._record, self._metrics = record, metrics
+        self._stop = stop or (lambda stops: [runtime.stop(s.process, timeout=s.grace) for s in stops])
+        self.recoveries: list[dict] = []  # every recovery completed, as its event
+        self.finish: Finish | None = None
+        self._appliers: dict[type, Callable[[Action], list[Action]]] = {
+            Start: self._start,
+            PublishChain: self._publish,
+            Record: self._record_one,
+            RecoveryDone: self._recovery_done,
+            Finish: self._finish,
+        }
+
+    def apply(self, actions: list[Action]) -> None:
+        """Apply `actions` in order; what an action makes the master answer (a publication's
+        outcome) is applied too. Stops are carried out together, last."""
+        queue, stops = deque(actions), []
+        while queue:
+            action = queue.popleft()
+            if isinstance(action, Stop):
+                stops.append(action)
+                continue
+            queue.extend(self._appliers[type(action)](action))
+        if stops:
+            self._stop(stops)
+
+    def _start(self, start: Start) -> list[Action]:
+        if start.process.startswith("worker-"):
+            self.runtime.start_worker(int(start.process.split("-")[1]), list(start.ps))
+        else:
+            self.runtime.start_ps(start.process, join=start.join)
+        return []
+
+    def _publish(self, publish: PublishChain) -> list[Action]:
+        members = [(name, self.runtime.address(name)) for name in publish.members]
+        failed = publish_chain(members, publish.epoch, self.pool)
+        return self.master.observe(Published(publish.epoch, tuple(failed)), time.time())
+
+    def _record_one(self, record: Record) -> list[Action]:
+        self._record(record)
+        return []
+
+    def _recovery_done(self, done: RecoveryDone) -> list[Action]:
+        self._metrics.record(done)
+        self.recoveries.append(done.recovery)
+        return []
+
+    def _finish(self, finish: Finish) -> list[Action]:
+        self.finish = finish
+        return []

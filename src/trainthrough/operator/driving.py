@@ -1,0 +1,144 @@
+"""The operator's driver of the master: one reconcile of one TrainingJob.
+
+Called by every handler (operator/handlers.py): a job created or resumed, a pod of the job
+changed, the timer. Under the job's lock it reads the job and its pods, loads the master's
+state from `status.master`, tells the master what it observed (pods gone or ended, pods
+being deleted, PS health over gRPC, the clock), applies the actions it gets back through
+the pod runtime (runtime/pods.py) with the same appliers as the local driver
+(control/applying.py), writes the status once, and only then emits the Kubernetes Events
+and records the metrics. It decides nothing and never sleeps: a restart delay is a due
+time in the master's state that a later reconcile finds due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from trainthrough.control.applying import Applier
+from trainthrough.control.io import Exited, Health, Observation, Record, RecoveryDone
+from trainthrough.control.master import Master
+from trainthrough.control.recording import RecoveryMetrics
+from trainthrough.control.state import MasterState
+from trainthrough.control.vocabulary import JobPhase, Reason
+from trainthrough.errors import PermanentError, TemporaryError, TrainthroughError
+from trainthrough.operator import conditions as c
+from trainthrough.operator import reconciling
+from trainthrough.operator.reconciling import OperatorConfig
+from trainthrough.operator.status import merge_patch, render
+from trainthrough.proto import ps_pb2
+from trainthrough.runtime.pods import PodRuntime, disruption_of, process_of
+from trainthrough.spec import SpecError, TrainingJob, parse_resource
+
+log = logging.getLogger(__name__)
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def job_lock(namespace: str, name: str) -> threading.Lock:
+    """One reconcile of a job at a time (each reads, decides and writes its status)."""
+    return _locks[(namespace, name)]
+
+
+class _DeferredMetrics(RecoveryMetrics):
+    """Recovery metrics recorded only once the status that holds the recovery is written."""
+
+    def __init__(self, metrics: RecoveryMetrics) -> None:
+        self._target = metrics
+        self.pending: list[RecoveryDone] = []
+
+    def record(self, done: RecoveryDone) -> None:
+        self.pending.append(done)
+
+    def flush(self) -> None:
+        for done in self.pending:
+            self._target.record(done)
+
+
+def reconcile(namespace: str, name: str, config: OperatorConfig, hint: dict[str, Any] | None = None) -> None:
+    """Drive job `namespace/name` one step; `hint` is the pod whose event triggered it (a
+    deleted pod is gone from the API, its last state says when and why it went)."""
+    with job_lock(namespace, name):
+        body = config.api.get_job(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # the job is going away: its pods go with it
+        status = body.get("status") or {}
+        try:
+            job = parse_resource(body)
+        except SpecError as error:
+            if status.get("phase") != c.FAILED:
+                config.api.patch_job_status(namespace, name, reconciling.invalid_status(body, error))
+                config.api.event(body, "Warning", Reason.INVALID_SPEC, str(error))
+            return
+        _drive(body, job, status, config, hint)
+
+
+def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig, hint: dict[str, Any] | None) -> None:
+    namespace, name = job.metadata.namespace, job.metadata.name
+    state = MasterState.load(status.get("master"))
+    if state.phase.terminal and not state.up:
+        return  # finished and every pod gone
+    master = Master(job, state)
+    runtime = PodRuntime(config.api, job, owner=body, images=config.images, expected=state.up)
+    records: list[Record] = []
+    metrics = _DeferredMetrics(config.recovery_metrics(job))
+    applier = Applier(master, runtime, record=records.append, metrics=metrics, pool=config.pool)
+
+    def observe(observation: Observation) -> None:
+        applier.apply(master.observe(observation, time.time()))
+
+    try:
+        if state.phase is JobPhase.NEW:
+            reconciling.create_supporting_objects(body, job, config)
+            applier.apply(master.start(time.time()))
+        else:
+            if hint is not None and process_of(hint) in state.up:
+                disrupted = disruption_of(hint, time.time())
+                if disrupted is not None:
+                    observe(disrupted)
+            for disrupted in runtime.disruptions():
+                observe(disrupted)
+            for death in runtime.deaths():
+                observe(Exited.of(death))
+            for process in master.watched():
+                reply = _health(config, runtime, process)
+                if reply is not None:
+                    observe(Health.of(process, reply))
+        applier.apply(master.tick(time.time()))
+    except TemporaryError:
+        # What was applied stays applied (every start is idempotent); the state that led
+        # to it is not written, so the next reconcile decides again from the last one.
+        raise
+    except PermanentError as error:  # the API refuses what the job needs: it cannot run
+        log.warning("%s/%s: %s", namespace, name, error)
+        applier.apply(master.fail(str(error), time.time()))
+    new = render(master, status, body["metadata"].get("generation"))
+    patch = merge_patch(status, new)
+    if patch:
+        config.api.patch_job_status(namespace, name, patch)
+    metrics.flush()
+    for record in records:
+        _emit(config, body, record)
+
+
+def _health(config: OperatorConfig, runtime: PodRuntime, process: str) -> ps_pb2.HealthReply | None:
+    pod = runtime.pod(process) or {}
+    if not (pod.get("status") or {}).get("podIP"):
+        return None  # not running yet: nothing would answer
+    try:
+        return config.pool.get(runtime.address(process)).call(
+            lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=config.health_timeout
+        )
+    except TrainthroughError:
+        return None
+
+
+def _emit(config: OperatorConfig, body: dict[str, Any], record: Record) -> None:
+    log.info("%s/%s %s %s", body["metadata"]["namespace"], body["metadata"]["name"], record.event.value, record.fields)
+    if config.events is not None:
+        config.events.emit(record.event.value, job=body["metadata"]["name"], **record.fields)
+    if record.reason is not None:
+        config.api.event(body, "Warning" if record.warning else "Normal", record.reason, record.message)
