@@ -211,9 +211,12 @@ def stateless_rejoin(numel: int, buffered: int) -> dict[str, Any]:
 E2E_MODELS = {"0.1M": "mlp", "1M": "mlp-1m", "50M": "mlp-50m"}
 E2E_VARIANTS = ["checkpoint-async", "chain-async", "stateless"]
 # (first kill, seconds after each kill): the first comes once training is steady, each kill
-# leaves room for its recovery (and a chain replacement's join) to end before the next one and
-# before the run does. A restarted PS starts slowly while a stateless worker trains on offline.
+# leaves room for its recovery (and a chain replacement's join) to end before the next one.
+# A run ends once every kill's recovery is measured (an event, not a time: a restarted PS
+# starts slowly while a stateless worker trains on offline, more so on a loaded machine);
+# CAP_FACTOR times the planned span is only a bound for a run that never gets there.
 KILL_TIMING = {"0.1M": (2.0, 8.0), "1M": (3.0, 10.0), "50M": (10.0, 30.0)}
+CAP_FACTOR = 10
 PHASES = ("detect", "start", "restore", "boot", "load", "first_update", "total")
 
 
@@ -230,10 +233,23 @@ def kill_matrix(size: str, kills: int):
         "scenarios": [{"name": "kills", "kills": [first + spacing * k for k in range(kills)]}],
         "workers": [1],
         "budget": first + spacing * kills,
+        "maxDuration": CAP_FACTOR * (first + spacing * kills),
         "outage": 0,
         "base": base,
     }
     return parse_matrix(document, source=f"end-to-end {size}")
+
+
+def every_kill_recovered(kills: int) -> Callable[[Any], str | None]:
+    """The end of an end-to-end run: `kills` recoveries completed and nothing in flight
+    (a chain replacement joined too)."""
+
+    def until(state: Any) -> str | None:
+        if state.completed.count >= kills and not state.recovering:
+            return f"{kills} recoveries measured"
+        return None
+
+    return until
 
 
 def recovery_phases(recovery: dict[str, Any], up: float | None) -> dict[str, float | None]:
@@ -295,7 +311,7 @@ def end_to_end(size: str, kills: int, out: Path) -> dict[str, Any]:
     results = {"model": E2E_MODELS[size], "kill_timing_s": KILL_TIMING[size], "modes": {}}
     for plan in expand(kill_matrix(size, kills)):
         with tempfile.TemporaryDirectory(dir=out) as directory:
-            result = run_plan(plan, Path(directory) / "runs" / plan.run_id)
+            result = run_plan(plan, Path(directory) / "runs" / plan.run_id, until=every_kill_recovered(kills))
             events_path = Path(result["run_dir"]) / "events.jsonl"
             results["modes"][plan.variant] = kill_to_first_update(result, read_events(events_path))
             shutil.copy(events_path, out / f"events-{size}-{plan.variant}.jsonl")

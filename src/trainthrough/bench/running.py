@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from trainthrough.bench.matrix import Matrix, RunPlan, expand
 from trainthrough.bench.metrics import cost, cpu_cores, run_metrics
+from trainthrough.control.state import MasterState
 from trainthrough.control.supervising import Progress, Supervisor
 from trainthrough.events import EventLog, read_events
 from trainthrough.bench.prometheus import PrometheusError, read_back
@@ -34,8 +35,10 @@ def run_plan(
     *,
     metrics: Metrics | None = None,
     metrics_port: int | None = None,
+    until: Callable[[MasterState], str | None] | None = None,
 ) -> dict[str, Any]:
-    """One run: its plan, its status and every metric of bench/metrics.py."""
+    """One run: its plan, its status and every metric of bench/metrics.py; `until` may end
+    it early (the master's state in, a reason out: a benchmark that waits for an event)."""
     matrix = plan.matrix
     result: dict[str, Any] = {
         "run_id": plan.run_id,
@@ -61,6 +64,7 @@ def run_plan(
             metrics or create_metrics(CollectorRegistry()),
             restart_delay=matrix.outage,
             on_progress=on_progress,
+            until=until,
         ).run()
         result["status"] = "ok" if summary.status == "succeeded" else "failed"
         result["reason"] = summary.reason
