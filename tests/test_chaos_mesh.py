@@ -36,8 +36,8 @@ def selected(selector: dict[str, Any], pod_labels: dict[str, str]) -> bool:
 
 def quickstart_pods() -> dict[str, dict[str, str]]:
     job = load_job(ROOT / "examples" / "quickstart.yaml")
-    pods = {m["metadata"]["name"]: m["metadata"]["labels"] for m in kube.manifests(job) if m["kind"] == "Pod"}
-    chaos_job = kube.chaos_job(job)
+    pods = {m["metadata"]["name"]: m["metadata"]["labels"] for m in manifests.manifests(job) if m["kind"] == "Pod"}
+    chaos_job = manifests.chaos_job(job)
     pods["quickstart-chaos-xyz"] = chaos_job["spec"]["template"]["metadata"]["labels"]
     return pods
 

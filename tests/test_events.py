@@ -139,7 +139,7 @@ def test_every_metric_has_the_prefix_and_base_units() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     families = _families(registry)
-    assert len(families) == len(metrics.__dataclass_fields__) == 23
+    assert len(families) == len(metrics.__dataclass_fields__) == 21
     for name, family in families.items():
         assert name.startswith("trainthrough_"), name
         for unit in ("milliseconds", "_ms", "minutes", "hours", "kilobytes", "megabytes", "percent"):
@@ -154,7 +154,7 @@ def test_labels_are_the_bounded_set() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     allowed = {"trainingjob", "mode", "role", "phase", "reason", "target"}
-    operator_wide = {"reconciles": {"result"}, "reconcile_seconds": set(), "fault_detection_seconds": {"mode"}, "restart_seconds": {"mode"}}
+    operator_wide = {"reconciles": {"result"}, "reconcile_seconds": set()}
     for field in metrics.__dataclass_fields__:
         labelnames = set(getattr(metrics, field)._labelnames)
         if field in operator_wide:  # the operator's own metrics span all jobs

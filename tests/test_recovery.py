@@ -1,4 +1,5 @@
-"""Tests for trainthrough.control.recovery, the recovery decision and its timing.
+"""Tests for the decision on a death (control/recovery.py) and a recovery's timing
+(control/state.py's Recovery).
 
 Covered:
 - decide() for every branch: a stopping job ignores every death (workers and PS alike);
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainthrough.control.recovery import Action, Decision, Recovery, decide
+from trainthrough.control.recovery import Decision, Remedy, decide
+from trainthrough.control.state import Recovery
 
 CHAIN = ["ps-1", "ps-0", "ps-2"]  # head-first
 KNOWN = {"ps-0", "ps-1", "ps-2"}
@@ -38,24 +40,24 @@ def _decide(name: str, *, mode: str = "chain", exit_code: int | None = -9, stopp
 @pytest.mark.parametrize("name", ["worker-0", "ps-1", "ps-0", "stranger"])
 @pytest.mark.parametrize("mode", ["chain", "checkpoint", "stateless"])
 def test_a_stopping_job_ignores_every_death(name: str, mode: str) -> None:
-    assert _decide(name, mode=mode, exit_code=1, stopping=True) == Decision(Action.IGNORE, name, "the job is stopping")
+    assert _decide(name, mode=mode, exit_code=1, stopping=True) == Decision(Remedy.IGNORE, name, "the job is stopping")
 
 
 def test_worker_exit_zero_is_finished() -> None:
-    assert _decide("worker-3", exit_code=0) == Decision(Action.FINISHED, "worker-3", "worker reached its step limit")
+    assert _decide("worker-3", exit_code=0) == Decision(Remedy.FINISHED, "worker-3", "worker reached its step limit")
 
 
 @pytest.mark.parametrize(("exit_code", "shown"), [(1, "1"), (-9, "-9"), (None, "None")])
 @pytest.mark.parametrize("mode", ["chain", "checkpoint", "stateless"])
 def test_worker_failure_restarts_the_worker(mode: str, exit_code: int | None, shown: str) -> None:
     decision = _decide("worker-1", mode=mode, exit_code=exit_code)
-    assert decision == Decision(Action.RESTART_WORKER, "worker-1", f"worker exited with {shown}")
+    assert decision == Decision(Remedy.RESTART_WORKER, "worker-1", f"worker exited with {shown}")
 
 
 @pytest.mark.parametrize("mode", ["chain", "checkpoint", "stateless"])
 @pytest.mark.parametrize("name", ["ps-9", "master", "chaos-0", ""])
 def test_a_process_of_no_ps_of_this_job_is_ignored(mode: str, name: str) -> None:
-    assert _decide(name, mode=mode) == Decision(Action.IGNORE, name, "not a process of this job")
+    assert _decide(name, mode=mode) == Decision(Remedy.IGNORE, name, "not a process of this job")
 
 
 @pytest.mark.parametrize(
@@ -63,12 +65,12 @@ def test_a_process_of_no_ps_of_this_job_is_ignored(mode: str, name: str) -> None
     [("ps-1", "head"), ("ps-0", "middle"), ("ps-2", "tail")],
 )
 def test_chain_replica_death_promotes(name: str, role: str) -> None:
-    assert _decide(name) == Decision(Action.PROMOTE, name, f"chain {role} {name} died")
+    assert _decide(name) == Decision(Remedy.PROMOTE, name, f"chain {role} {name} died")
 
 
 def test_chain_of_one_is_a_head() -> None:
     decision = _decide("ps-0", chain=["ps-0"], known_ps={"ps-0"})
-    assert decision == Decision(Action.PROMOTE, "ps-0", "chain head ps-0 died")
+    assert decision == Decision(Remedy.PROMOTE, "ps-0", "chain head ps-0 died")
 
 
 def test_chain_of_two_has_head_and_tail() -> None:
@@ -78,7 +80,7 @@ def test_chain_of_two_has_head_and_tail() -> None:
 
 def test_chain_replica_already_removed_is_ignored() -> None:
     decision = _decide("ps-2", chain=["ps-1", "ps-0"])
-    assert decision == Decision(Action.IGNORE, "ps-2", "replica already removed from the chain")
+    assert decision == Decision(Remedy.IGNORE, "ps-2", "replica already removed from the chain")
 
 
 @pytest.mark.parametrize("mode", ["checkpoint", "stateless"])
@@ -86,11 +88,11 @@ def test_chain_replica_already_removed_is_ignored() -> None:
 def test_checkpoint_and_stateless_ps_death_restarts_the_ps(mode: str, exit_code: int | None, shown: str) -> None:
     # The chain argument has no meaning outside chain mode: the PS is restarted either way.
     decision = _decide("ps-0", mode=mode, exit_code=exit_code, chain=[])
-    assert decision == Decision(Action.RESTART_PS, "ps-0", f"{mode} PS ps-0 died (exit {shown})")
+    assert decision == Decision(Remedy.RESTART_PS, "ps-0", f"{mode} PS ps-0 died (exit {shown})")
 
 
-def test_action_values() -> None:
-    assert {a.value for a in Action} == {"restart-ps", "promote", "restart-worker", "finished", "ignore"}
+def test_remedy_values() -> None:
+    assert {a.value for a in Remedy} == {"restart-ps", "promote", "restart-worker", "finished", "ignore"}
 
 
 # -- Recovery --------------------------------------------------------------------------------

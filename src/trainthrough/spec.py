@@ -171,7 +171,7 @@ def _message(error: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "value_error":
         return str(ctx["error"])
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         # ctx["expected"] reads "'a', 'b' or 'c'"; the choices are simple words.
         choices = re.split(r", | or ", ctx["expected"])
         if len(choices) == 1:

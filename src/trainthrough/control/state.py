@@ -28,8 +28,8 @@ class Recovery(StateModel):
 
     target: str
     mode: Mode
-    stage: RecoveryStage
     detected_at: float
+    stage: RecoveryStage = RecoveryStage.AWAITING_RESTART
     killed_at: float | None = None  # when it was disrupted (None: it died on its own)
     due_at: float | None = None  # when its restart is due (the restart delay)
     restarted_at: float | None = None  # a replacement process started
@@ -40,6 +40,10 @@ class Recovery(StateModel):
     restored_from: str = ""
     deaths: int = 1  # a second failure during the recovery extends it
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.first_update_at is not None
 
     @property
     def lost_updates(self) -> int:
