@@ -1,14 +1,15 @@
 """Chaos on Kubernetes (trainthrough.chaos.pods and `trainthrough chaos`) against KMock's
 Kubernetes emulator on 127.0.0.1; the test plays the kubelet by writing pod phases.
 
-Covered:
-- nothing is deleted before training starts (status.progress.modelVersion > 0); then each
-  kill deletes the pod its target means at that moment (ps-head follows status.chain),
-  in time order, and is recorded as a `ChaosInjected` Event on the TrainingJob and as
-  metrics (injection count and timestamp per target);
-- a kill whose target is down (pod missing, not Running, or still being recovered by
-  the operator) waits for the next live incarnation; one that stays down past the wait
-  timeout is skipped with a `ChaosSkipped` Event;
+The test plays the operator by writing the master's state (status.master) as the
+operator's driver would. Covered:
+- nothing is deleted before training starts (the master's clock); then each kill deletes
+  the pod its target means at that moment (ps-head follows the master's chain), in time
+  order, after writing the kill's time and target on the pod, and is recorded as a
+  `ChaosInjected` Event on the TrainingJob and as metrics (count and timestamp per target);
+- a kill whose target is down (pod missing, not Running, or still being recovered, as
+  the master's kill_blocker says) waits for the next live incarnation; one that stays down
+  past the wait timeout is skipped with a `ChaosSkipped` Event;
 - a job that finishes first ends the run, the remaining kills skipped;
 - `random` deletes one of the job's pods, the same one for the same seed;
 - `trainthrough chaos` (the chaos image's entrypoint) logs in through a kubeconfig,
@@ -30,9 +31,12 @@ from prometheus_client import CollectorRegistry
 
 from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, wait_for
 from trainthrough.chaos.pods import PodChaos
+from trainthrough.control.state import Chain, MasterState, Recovery
+from trainthrough.control.vocabulary import JobPhase, RecoveryStage
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics
 from trainthrough.runtime import manifests
+from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, ANNOTATION_DISRUPTED_BY
 from trainthrough.spec import ChaosKill
 
 JOB = "tj"
@@ -46,12 +50,21 @@ def make_job(kube: KubeEmulator, consistency: str = "chain", chaos: list[dict[st
     }  # fmt: skip
     kube.create(TRAININGJOBS, {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": JOB}, "spec": spec})
     ps = [f"ps-{i}" for i in range(replicas if consistency == "chain" else 1)]
-    status: dict[str, Any] = {"phase": "Pending", "ps": ps}
+    state = MasterState(phase=JobPhase.STARTING, ps=ps, up=ps + ["worker-0", "worker-1"])
     if consistency == "chain":
-        status["chain"] = {"epoch": 1, "members": ps, "head": ps[0]}
-    kube.patch_status(TRAININGJOBS, JOB, status)
+        state.chain = Chain(members=ps)
+    write_master(kube, state)
     for process in ps + ["worker-0", "worker-1"]:
         run_pod(kube, process)
+
+
+def master_state(kube: KubeEmulator) -> MasterState:
+    return MasterState.load((kube.get(TRAININGJOBS, JOB).get("status") or {}).get("master"))
+
+
+def write_master(kube: KubeEmulator, state: MasterState) -> None:
+    kube.patch_status(TRAININGJOBS, JOB, {"master": None})
+    kube.patch_status(TRAININGJOBS, JOB, {"master": state.dump()})
 
 
 def run_pod(kube: KubeEmulator, process: str, phase: str = "Running") -> None:
@@ -61,8 +74,11 @@ def run_pod(kube: KubeEmulator, process: str, phase: str = "Running") -> None:
     kube.patch_status("pods", f"{JOB}-{process}", {"phase": phase})
 
 
-def start_training(kube: KubeEmulator) -> None:
-    kube.patch_status(TRAININGJOBS, JOB, {"phase": "Running", "progress": {"modelVersion": 1}})
+def start_training(kube: KubeEmulator) -> float:
+    state = master_state(kube)
+    state.phase, state.training_started_at = JobPhase.RUNNING, time.time()
+    write_master(kube, state)
+    return state.training_started_at
 
 
 def live_pods(kube: KubeEmulator) -> set[str]:
@@ -92,12 +108,13 @@ def test_kills_wait_for_training_then_follow_the_chain_and_are_recorded(kube: Ku
     make_job(kube, chaos=[{"target": "ps-head", "at": "0.3s"}, {"target": "worker-1", "at": "0.1s"}])
     runner, registry = chaos(kube)  # the spec's own schedule
     # The operator has already promoted ps-1 (ps-0 lost earlier): ps-head means ps-1 now.
-    kube.patch_status(TRAININGJOBS, JOB, {"chain": {"epoch": 2, "members": ["ps-1", "ps-2"], "head": "ps-1"}})
+    state = master_state(kube)
+    state.chain = Chain(epoch=2, members=["ps-1", "ps-2"])
+    write_master(kube, state)
     thread = in_background(runner)
     time.sleep(0.6)
     assert live_pods(kube) == {f"{JOB}-{p}" for p in ("ps-0", "ps-1", "ps-2", "worker-0", "worker-1")}, "killed before training started"
-    started = time.time()
-    start_training(kube)
+    started = start_training(kube)
     thread.join(10)
     assert not thread.is_alive()
     assert live_pods(kube) == {f"{JOB}-ps-0", f"{JOB}-ps-2", f"{JOB}-worker-0"}
@@ -108,6 +125,10 @@ def test_kills_wait_for_training_then_follow_the_chain_and_are_recorded(kube: Ku
     assert [e["reason"] for e in events] == ["ChaosInjected", "ChaosInjected"]
     assert all(e["involvedObject"]["name"] == JOB and e["source"]["component"] == "trainthrough-chaos" for e in events)
     assert f"deleted pod {JOB}-ps-1 (ps-head" in events[1]["message"]
+    # The pod said when and why it was lost before it went (the operator times from it).
+    last = [v for v in kube.history("pods", f"{JOB}-ps-1") if v is not None][-1]
+    annotations = last["metadata"]["annotations"]
+    assert abs(float(annotations[ANNOTATION_DISRUPTED_AT]) - second.at) < 1e-5 and annotations[ANNOTATION_DISRUPTED_BY] == "ps-head"
     labels = {"trainingjob": JOB, "mode": "chain", "target": "ps-head"}
     assert registry.get_sample_value("trainthrough_chaos_injections_total", labels) == 1
     assert registry.get_sample_value("trainthrough_chaos_last_injection_timestamp_seconds", labels) == second.at
@@ -116,8 +137,10 @@ def test_kills_wait_for_training_then_follow_the_chain_and_are_recorded(kube: Ku
 def test_a_kill_waits_for_the_next_live_incarnation_of_its_target(kube: KubeEmulator) -> None:
     make_job(kube, consistency="checkpoint")
     kube.delete("pods", f"{JOB}-ps-0")  # lost just before; the operator recovers it
-    kube.patch_status(TRAININGJOBS, JOB, {"recoveries": {"pending": {"process": "ps-0"}}})
     start_training(kube)
+    state = master_state(kube)
+    state.recoveries = [Recovery(target="ps-0", mode="checkpoint", detected_at=time.time(), stage=RecoveryStage.AWAITING_READY)]
+    write_master(kube, state)
     runner, _ = chaos(kube, kills=[ChaosKill(target="ps-head", at=0.0)])
     thread = in_background(runner)
     run_pod(kube, "ps-0", phase="Pending")  # the replacement, not running yet
@@ -125,7 +148,8 @@ def test_a_kill_waits_for_the_next_live_incarnation_of_its_target(kube: KubeEmul
     kube.patch_status("pods", f"{JOB}-ps-0", {"phase": "Running"})
     time.sleep(0.4)
     assert runner.injections == [], "killed a PS the operator was still recovering"
-    kube.patch_status(TRAININGJOBS, JOB, {"recoveries": {"pending": None}})
+    state.recoveries = []  # its first update came: the recovery is over
+    write_master(kube, state)
     thread.join(10)
     assert [i.pod for i in runner.injections] == [f"{JOB}-ps-0"]
     assert f"{JOB}-ps-0" not in live_pods(kube)
@@ -148,7 +172,9 @@ def test_a_job_that_finishes_first_ends_the_run(kube: KubeEmulator) -> None:
     runner, _ = chaos(kube, kills=[ChaosKill(target="ps-0", at=600.0)])
     thread = in_background(runner)
     time.sleep(0.3)
-    kube.patch_status(TRAININGJOBS, JOB, {"phase": "Succeeded"})
+    state = master_state(kube)
+    state.phase = JobPhase.SUCCEEDED
+    write_master(kube, state)
     thread.join(10)
     assert not thread.is_alive() and runner.injections == []
     assert [(k.target, reason) for k, reason in runner.skipped] == [("ps-0", "the TrainingJob finished first")]
