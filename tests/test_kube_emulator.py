@@ -3,6 +3,10 @@ emulator on 127.0.0.1 (no Kubernetes cluster runs here; see DESIGN.md).
 
 - the emulator alone: what a client sees (201, metadata, resourceVersion, generation,
   status subresource, JSON-patch 422, selectors, namespaces, garbage collection);
+- graceful pod deletion as kube-apiserver does it (a bound pod is marked and stays until
+  a DELETE with grace 0; unbound pods and grace 0 go at once; the grace may only shrink;
+  the uid precondition), the pods/binding subresource, and garbage collection that waits
+  for the last owner and deletes an object created with its owners gone;
 - a tiny operator defined here: a TrainingJob's creation makes its handler create a
   ConfigMap and patch the status; deleting a pod fires @kopf.on.delete and on.event
   (run with -s to see the measured reaction times);
@@ -153,6 +157,87 @@ def test_emulator_behaves_as_an_api_server(kube: KubeEmulator) -> None:
     assert names(kube.list("pods")) == ["other"]
     history = kube.history(TRAININGJOBS, "tj1")
     assert history[0]["spec"] == {"mode": "checkpoint"} and history[-1] is None
+
+
+def test_pods_that_a_node_runs_are_deleted_gracefully(kube: KubeEmulator) -> None:
+    def bind(name: str) -> None:
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": "node-a"}}
+        kube.request("POST", kube.path_for("pods", name=name, subresource="binding"), binding)
+
+    # No node: deleted at once, whatever the grace (as kube-apiserver).
+    kube.create("pods", pod("unbound"))
+    kube.delete("pods", "unbound")
+    assert kube.find("pods", "unbound") is None
+
+    # Binding sets spec.nodeName, once.
+    kube.create("pods", pod("p1"))
+    bind("p1")
+    assert kube.get("pods", "p1")["spec"]["nodeName"] == "node-a"
+    with pytest.raises(KubeApiError) as bound_twice:
+        bind("p1")
+    assert bound_twice.value.status == 409
+    assert ("", "pods/binding", "create") in {call[:3] for call in kube.calls()}
+
+    # Default grace: spec.terminationGracePeriodSeconds, else 30. The pod stays, marked.
+    marked = kube.delete("pods", "p1")
+    assert marked["metadata"]["deletionGracePeriodSeconds"] == 30 and marked["metadata"]["deletionTimestamp"]
+    history = kube.history("pods", "p1")
+    assert history[-1] is not None and history[-1]["metadata"]["deletionGracePeriodSeconds"] == 30
+    assert kube.delete("pods", "p1") == kube.get("pods", "p1")  # a second delete changes nothing
+    # A status write (the kubelet reporting the stopped container) does not remove it.
+    kube.patch_status("pods", "p1", {"phase": "Failed"})
+    assert kube.find("pods", "p1") is not None
+    # The kubelet's final delete: grace 0 with the pod's uid as precondition.
+    uid = kube.get("pods", "p1")["metadata"]["uid"]
+    wrong = {"kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": "not-" + uid}}
+    with pytest.raises(KubeApiError) as conflict:
+        kube.request("DELETE", kube.path_for("pods", name="p1"), wrong)
+    assert conflict.value.status == 409
+    right = {"kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+    kube.request("DELETE", kube.path_for("pods", name="p1"), right)
+    assert kube.find("pods", "p1") is None and kube.history("pods", "p1")[-1] is None
+
+    # The grace in the query, and from the spec; a later delete shortens it to 0.
+    body = pod("p2")
+    body["spec"]["terminationGracePeriodSeconds"] = 7
+    kube.create("pods", body)
+    bind("p2")
+    path = kube.path_for("pods", name="p2")
+    assert kube.request("DELETE", path, params={"gracePeriodSeconds": "60"})["metadata"]["deletionGracePeriodSeconds"] == 60
+    assert kube.request("DELETE", path, params={"gracePeriodSeconds": "5"})["metadata"]["deletionGracePeriodSeconds"] == 5
+    kube.request("DELETE", path, params={"gracePeriodSeconds": "0"})
+    assert kube.find("pods", "p2") is None
+    kube.create("pods", body)
+    bind("p2")
+    assert kube.delete("pods", "p2")["metadata"]["deletionGracePeriodSeconds"] == 7
+
+    # A finalizer holds a pod past its grace; released within the grace, it still waits.
+    held = pod("p3")
+    held["metadata"]["finalizers"] = ["test/hold"]
+    kube.create("pods", held)
+    bind("p3")
+    kube.delete("pods", "p3")
+    kube.patch("pods", "p3", {"metadata": {"finalizers": []}})
+    assert kube.find("pods", "p3") is not None  # the grace period still runs
+    kube.request("DELETE", kube.path_for("pods", name="p3"), params={"gracePeriodSeconds": "0"})
+    assert kube.find("pods", "p3") is None
+
+    # Garbage collection waits for the last owner; owned pods go through their grace.
+    a = kube.create("configmaps", {"metadata": {"name": "owner-a"}})
+    b = kube.create("configmaps", {"metadata": {"name": "owner-b"}})
+    refs = [{"apiVersion": "v1", "kind": "ConfigMap", "name": o["metadata"]["name"], "uid": o["metadata"]["uid"]} for o in (a, b)]
+    owned = pod("owned")
+    owned["metadata"]["ownerReferences"] = refs
+    kube.create("pods", owned)
+    bind("owned")
+    kube.delete("configmaps", "owner-a")
+    assert not kube.get("pods", "owned")["metadata"].get("deletionTimestamp")
+    kube.delete("configmaps", "owner-b")
+    assert kube.get("pods", "owned")["metadata"]["deletionGracePeriodSeconds"] == 30
+    # An object created with its owners gone is collected at once.
+    late = {"metadata": {"name": "late", "ownerReferences": refs[:1]}, "data": {}}
+    assert kube.create("configmaps", late)["metadata"]["name"] == "late"
+    assert kube.find("configmaps", "late") is None
 
 
 def test_kopf_operator_reacts_to_trainingjobs_and_pods(kube: KubeEmulator, run_operator: Any) -> None:

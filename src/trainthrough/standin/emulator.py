@@ -100,9 +100,21 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
 - With the ``status`` subresource (pods, TrainingJob, ...), a patch of the object keeps
   its old status and a patch of ``/status`` changes only the status, as Kubernetes does.
 - Delete of an object with finalizers only sets ``deletionTimestamp``; it goes when the
-  last finalizer is removed. Deleting an owner deletes its dependents at once
-  (``metadata.ownerReferences`` by uid; background propagation only,
-  ``propagationPolicy`` and ``blockOwnerDeletion`` are ignored).
+  last finalizer is removed. A pod that a node runs (``spec.nodeName`` set, not Succeeded
+  or Failed) is deleted gracefully, as kube-apiserver does: a DELETE with a grace period
+  (``gracePeriodSeconds`` in the body's DeleteOptions or the query; default the pod's
+  ``spec.terminationGracePeriodSeconds``, else 30) sets ``deletionTimestamp`` (now + the
+  grace) and ``deletionGracePeriodSeconds`` (a MODIFIED event) and the pod stays until a
+  DELETE with grace 0 (its kubelet's, once the container stopped) removes it; a later
+  DELETE may only shorten the grace; ``preconditions.uid`` is checked (409). Any other
+  pod, or grace 0, goes at once (DELETED). Without the stand-in's kubelet no pod has a
+  node, so every delete is immediate. ``POST pods/NAME/binding`` (a Binding with
+  ``target.name``) sets ``spec.nodeName``, once (409 after).
+- Garbage collection: deleting an owner deletes at once each dependent
+  (``metadata.ownerReferences`` by uid) none of whose owners is left, a running pod
+  through its grace period; an object created with owners that are all gone is deleted
+  right after its creation. Background propagation only (``propagationPolicy`` and
+  ``blockOwnerDeletion`` are ignored).
 - List and watch apply ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``,
   ``key``, ``!key``) and ``fieldSelector`` (``=``, ``==``, ``!=`` on dotted paths).
   A watch with ``resourceVersion=RV`` (as kopf's, from its list's resourceVersion)
@@ -117,7 +129,8 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
 - Replace (PUT) checks ``metadata.resourceVersion`` (409 when stale); patches do not
   (a ``resourceVersion`` inside a merge patch is ignored); JSON patches can ``test`` it.
 - Not emulated: admission/validation against the CRD schema, defaulting, pod scheduling
-  or status (pods stay as created; a test patches their status to play the kubelet),
+  or status (pods stay as created: the stand-in's kubelet, standin/kubelet.py, runs them,
+  or a test patches their status to play the kubelet),
   namespace existence checks, deletecollection, server-side apply, paging (``limit``/
   ``continue``), list ``resourceVersion``/``resourceVersionMatch`` (a list is always
   the current state).
@@ -127,7 +140,7 @@ parsing), metadata on create (uid, namespace, resourceVersion, generation, apiVe
 kind), names from generateName, 201 on create, resourceVersion on every change, 422 for a
 failed JSON-patch test, patch types by Content-Type, status-subresource semantics, PUT,
 selectors, no lost watch events, watches from a resourceVersion, garbage collection by
-ownerReferences.
+ownerReferences, graceful pod deletion, the pods/binding subresource.
 """
 
 from __future__ import annotations
@@ -361,16 +374,53 @@ _VERBS = {
 
 def _rbac_rule(request: kmock.Request) -> tuple[str, str, str]:
     """The (api group, resource, verb) an RBAC rule must grant for this request."""
-    assert request.resource is not None and request.action is not None
-    verb = _VERBS.get(request.action) or ("update" if request.method == kmock.method.PUT else "patch")
+    assert request.resource is not None
+    verb = (_VERBS.get(request.action) if request.action is not None else None) or {kmock.method.PUT: "update", kmock.method.POST: "create"}.get(
+        request.method, "patch"
+    )
     if request.action == kmock.action.LIST and request.params.get("watch") in ("true", "1"):
         verb = "watch"
     resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
     return (request.resource.group or "", resource, verb)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def timestamp(after: float = 0.0) -> str:
+    """Now (plus `after` seconds) as Kubernetes writes times: RFC 3339, whole seconds, UTC."""
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=after)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_PODS = kmock.resource("", "v1", "pods")
+DEFAULT_GRACE_SECONDS = 30  # a pod's terminationGracePeriodSeconds when its spec sets none
+
+
+def _delete_options(request: kmock.Request) -> tuple[int | None, str | None]:
+    """The grace period and the uid precondition a DELETE asks for: its body's
+    DeleteOptions, else the `gracePeriodSeconds` query parameter (as kube-apiserver reads
+    them)."""
+    options = request.data if isinstance(request.data, dict) else {}
+    raw = options.get("gracePeriodSeconds", request.params.get("gracePeriodSeconds"))
+    uid = (options.get("preconditions") or {}).get("uid")
+    if raw is None:
+        return None, uid
+    try:
+        return int(raw), uid
+    except (TypeError, ValueError):
+        raise kmock.KubernetesError(400, "BadRequest", f"invalid gracePeriodSeconds {raw!r}") from None
+
+
+def _pod_grace(pod: Mapping[str, Any], asked: int | None) -> int:
+    """A pod's deletion grace period, as kube-apiserver's pod strategy decides it: the one
+    asked for, else spec.terminationGracePeriodSeconds, else 30; 0 (delete at once) for a
+    pod no node runs (no spec.nodeName) or one already Succeeded or Failed; 1 for a
+    negative one."""
+    spec = pod.get("spec") or {}
+    period = asked if asked is not None else spec.get("terminationGracePeriodSeconds")
+    if period is None:
+        period = DEFAULT_GRACE_SECONDS
+    if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    return 1 if period < 0 else int(period)
 
 
 def _without(body: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
@@ -461,7 +511,13 @@ class Emulator(kmock.KubernetesEmulator):
         new_meta["resourceVersion"] = self._next_revision()
         self.objects[key].history.append(new)
         await self._publish(resource, "MODIFIED", new)
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+        # The last finalizer removed: the object goes, unless it is a pod still within its
+        # grace period (its kubelet deletes it when the container stopped).
+        if (
+            new_meta.get("deletionTimestamp")
+            and not new_meta.get("finalizers")
+            and not new_meta.get("deletionGracePeriodSeconds")
+        ):
             await self._remove(key)
         return new
 
@@ -474,44 +530,73 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(key[0], "DELETED", gone)
         # FIX (garbage collection): KMock 0.8 has no garbage collector. The operator sets
         # ownerReferences on its pods/services/configmaps and relies on Kubernetes to delete
-        # them with the TrainingJob. Background propagation, done at once.
+        # them with the TrainingJob. Background propagation, done at once: a dependent
+        # goes when none of its owners is left (a running pod through its grace period).
         uid = gone["metadata"].get("uid")
         if self.gc and uid:
             for dep_key, dep in list(self.objects.items()):
                 if dep.deleted:
                     continue
                 refs = dep.raw.get("metadata", {}).get("ownerReferences") or []
-                if any(ref.get("uid") == uid for ref in refs):
+                if any(ref.get("uid") == uid for ref in refs) and self._orphaned(dep.raw):
                     await self._delete(dep_key)
 
-    async def _delete(self, key: tuple[kmock.resource, str | None, str]) -> None:
+    def _orphaned(self, body: Mapping[str, Any]) -> bool:
+        """Whether an object has owner references and none of its owners exists."""
+        refs = body.get("metadata", {}).get("ownerReferences") or []
+        if not refs:
+            return False
+        alive = {obj.raw.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
+        return not any(ref.get("uid") in alive for ref in refs)
+
+    async def _delete(
+        self, key: tuple[kmock.resource, str | None, str], grace: int | None = None, uid: str | None = None
+    ) -> None:
+        """Delete an object: at once, or mark it (deletionTimestamp) while finalizers or,
+        for a pod, its grace period hold it. `grace`: the DeleteOptions' gracePeriodSeconds;
+        `uid`: its uid precondition."""
         obj = self._alive(key)
         if obj is None:
             raise kmock.KubernetesError(404, "NotFound", f"{key[0].plural} {key[2]!r} not found")
         old = obj.raw
         meta = old.get("metadata", {})
+        if uid is not None and uid != meta.get("uid"):
+            raise kmock.KubernetesError(
+                409, "Conflict", f"the uid precondition {uid} does not match {key[2]!r} ({meta.get('uid')})"
+            )
+        # FIX (graceful pod deletion): KMock 0.8 deletes every object at once. kube-apiserver
+        # deletes a pod that a node runs gracefully: it sets deletionTimestamp (now + the
+        # grace period) and deletionGracePeriodSeconds, the kubelet stops the container
+        # (SIGTERM, SIGKILL after the grace) and then deletes the pod for good with a grace
+        # period of 0. Another DELETE may only shorten the grace period.
+        period = _pod_grace(old, grace) if key[0] == _PODS else 0
         if meta.get("deletionTimestamp"):
-            return  # already being deleted; waits for its finalizers
-        if meta.get("finalizers"):
-            new = copy.deepcopy(old)
-            new["metadata"]["deletionTimestamp"] = _now()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new["metadata"]["resourceVersion"] = self._next_revision()
-            obj.history.append(new)
-            await self._publish(key[0], "MODIFIED", new)
-        else:
+            if period >= (meta.get("deletionGracePeriodSeconds") or 0):
+                return  # already being deleted, no sooner than that
+        elif not period and not meta.get("finalizers"):
+            await self._remove(key)
+            return
+        new = copy.deepcopy(old)
+        new["metadata"]["deletionTimestamp"] = timestamp(period)
+        new["metadata"]["deletionGracePeriodSeconds"] = period
+        new["metadata"]["resourceVersion"] = self._next_revision()
+        obj.history.append(new)
+        await self._publish(key[0], "MODIFIED", new)
+        if not period and not meta.get("finalizers"):
             await self._remove(key)
 
     # -- object-changing requests ------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource, action = request.resource, request.action
-        if resource is not None and resource.plural and action is not None:  # not discovery
+        binding = resource == _PODS and request.subresource == "binding" and request.method == kmock.method.POST
+        if resource is not None and resource.plural and (action is not None or binding):  # not discovery
             self.calls.append((*_rbac_rule(request), request.headers.get("User-Agent", "")))
         if resource is None or not (
             action == kmock.action.CREATE
             or (request.name is not None and action in (kmock.action.UPDATE, kmock.action.DELETE))
             or (request.name is not None and request.method == kmock.method.PUT)
+            or binding
         ):
             return await super()._handle(request)  # discovery, fetch, list, watch: KMock's own
 
@@ -526,12 +611,16 @@ class Emulator(kmock.KubernetesEmulator):
                 # FIX (201 on create): KMock 0.8 answers 200; Kubernetes answers 201.
                 return aiohttp.web.json_response(body, status=201)
             elif action == kmock.action.DELETE:
-                await self._delete(key)
+                await self._delete(key, *_delete_options(request))
                 return aiohttp.web.json_response(self.objects[key].last.raw)
             obj = self._alive(key)
             if obj is None:
                 raise kmock.KubernetesError(404, "NotFound", f"{resource.plural} {request.name!r} not found")
             old = obj.raw
+            if binding:
+                await self._store(key, old, self._bound(request, old))
+                status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 201}
+                return aiohttp.web.json_response(status, status=201)
             if request.method == kmock.method.PUT:
                 # FIX (replace): KMock 0.8 answers PUT with a 404; the `kubernetes`
                 # client's replace_* calls use it. Optimistic concurrency as Kubernetes.
@@ -560,6 +649,21 @@ class Emulator(kmock.KubernetesEmulator):
                     new = _without(new, ["status"])
             body = await self._store(key, old, copy.deepcopy(new))
             return aiohttp.web.json_response(body)
+
+    def _bound(self, request: kmock.Request, old: dict[str, Any]) -> dict[str, Any]:
+        # FIX (binding): KMock 0.8 has no pods/binding subresource. A scheduler (here the
+        # stand-in's kubelet) assigns a pod to a node with it; spec.nodeName can be set no
+        # other way, and only once.
+        target = (request.data or {}).get("target") if isinstance(request.data, dict) else None
+        if not isinstance(target, dict) or not target.get("name"):
+            raise kmock.KubernetesError(400, "BadRequest", "a Binding needs target.name (the node)")
+        if old.get("spec", {}).get("nodeName"):
+            raise kmock.KubernetesError(
+                409, "Conflict", f"pod {request.name!r} is already assigned to node {old['spec']['nodeName']!r}"
+            )
+        new = copy.deepcopy(old)
+        new.setdefault("spec", {})["nodeName"] = target["name"]
+        return new
 
     def _patched(self, request: kmock.Request, old: dict[str, Any]) -> dict[str, Any]:
         # FIX (patch types): KMock 0.8 picks merge or JSON patch by the body alone. Kubernetes
@@ -635,7 +739,7 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             meta.pop("namespace", None)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = _now()
+        meta["creationTimestamp"] = timestamp()
         meta["generation"] = 1
         meta["resourceVersion"] = self._next_revision()
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
@@ -648,6 +752,8 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = body
         await self._publish(resource, "ADDED", body)
+        if self.gc and self._orphaned(body):
+            await self._delete(key)  # its owners are gone already: the garbage collector's
         return body
 
     # -- reading requests --------------------------------------------------------------
