@@ -196,9 +196,12 @@ def test_a_dead_chain_head_is_promoted_away_and_a_replacement_joins_at_the_tail(
     assert kinds(m.tick(T0 + 7)) == []
     assert kinds(m.tick(T0 + 8.02)) == [("start", "ps-3", True)]
     assert m.state.ps == ["ps-0", "ps-1", "ps-2", "ps-3"]
-    joined = m.observe(health("ps-3", 0, state="joining"), T0 + 9)
-    assert kinds(joined) == [("publish", 3, ("ps-1", "ps-2", "ps-3")), EventName.REPLICA_JOINED]
-    assert joined[1].fields["seconds"] == pytest.approx(0.98)
+    assert kinds(m.observe(health("ps-3", 0, state="joining"), T0 + 9)) == [("publish", 3, ("ps-1", "ps-2", "ps-3"))]
+    assert m.chain_order() == ["ps-1", "ps-2", "ps-3"] and m.state.recovering  # it has no state yet
+    joined = m.observe(health("ps-3", 52), T0 + 9.5)  # the old tail sent its state: it serves
+    assert kinds(joined) == [EventName.REPLICA_JOINED]
+    assert joined[0].fields["seconds"] == pytest.approx(1.48) and joined[0].fields["epoch"] == 3
+    assert not m.state.recovering
 
 
 @pytest.mark.parametrize(("dead", "left"), [("ps-1", ("ps-0", "ps-2")), ("ps-2", ("ps-0", "ps-1"))])
@@ -207,6 +210,17 @@ def test_a_dead_middle_or_tail_replica_is_removed(dead: str, left: tuple[str, ..
     actions = m.observe(Exited(dead, -9, T0 + 5, disrupted=True), T0 + 5)
     assert ("publish", 2, left) in kinds(actions)
     assert m.chain_order() == list(left) and len(m.state.replacements) == 1
+
+
+def test_a_replacement_lost_after_it_was_added_but_before_it_served_leaves_the_chain() -> None:
+    m = running(Master(job("chain")))
+    m.observe(Exited("ps-0", -9, T0 + 5, disrupted=True), T0 + 5)
+    m.tick(T0 + 5)
+    m.observe(health("ps-3", 0, state="joining"), T0 + 6)
+    assert m.chain_order() == ["ps-1", "ps-2", "ps-3"]
+    actions = m.observe(Exited("ps-3", -9, T0 + 7, disrupted=True), T0 + 7)
+    assert kinds(actions) == [EventName.REPLICA_JOIN_FAILED, EventName.PROCESS_EXITED, ("publish", 4, ("ps-1", "ps-2"))]
+    assert kinds(m.tick(T0 + 7)) == [("start", "ps-4", True)]
 
 
 def test_a_replacement_lost_before_it_joined_is_replaced() -> None:
@@ -309,6 +323,7 @@ def test_the_state_read_back_from_a_status_resumes_a_chain_recovery_where_it_sto
     assert written["recoveries"][0]["stage"] == "awaiting-promoted" and written["chain"]["members"] == ["ps-1", "ps-2"]
     resumed = Master(job("chain", parameterServer={"replicas": 3, "restartDelay": "2s"}), MasterState.load(written))
     assert resumed.watched() == ["ps-1", "ps-2", "ps-3"]
-    assert kinds(resumed.observe(health("ps-3", 0, state="joining"), T0 + 8)) == [("publish", 3, ("ps-1", "ps-2", "ps-3")), EventName.REPLICA_JOINED]
+    assert kinds(resumed.observe(health("ps-3", 0, state="joining"), T0 + 8)) == [("publish", 3, ("ps-1", "ps-2", "ps-3"))]
+    assert kinds(resumed.observe(health("ps-3", 15), T0 + 8.05)) == [EventName.REPLICA_JOINED]
     resumed.observe(health("ps-1", 20), T0 + 8.1)
     assert kinds(resumed.observe(health("ps-1", 21), T0 + 8.2)) == [("done", "ps-0"), EventName.RECOVERY]

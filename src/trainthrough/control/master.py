@@ -273,10 +273,14 @@ class Master:
         for replacement in s.replacements:
             if replacement.name == name:
                 # A replacement died before it joined: another one, after the delay.
-                replacement.name, replacement.started_at = "", None
-                replacement.due_at = exited.at + self.restart_delay
                 out.append(Record(EventName.REPLICA_JOIN_FAILED, {"process": name}, Reason.REPLICA_JOIN_FAILED, f"{name} was lost before it joined", warning=True))
                 out.append(self._exit_record(exited, "replace", "a chain replacement was lost before it joined", disrupted))
+                if replacement.added_epoch is not None and s.chain is not None and name in s.chain.members:
+                    s.chain.members.remove(name)
+                    s.chain.epoch += 1
+                    out.append(self._publish(now))
+                replacement.name, replacement.started_at, replacement.added_epoch = "", None, None
+                replacement.due_at = exited.at + self.restart_delay
                 return out + self._check_backoff()
         if s.phase is JobPhase.STARTING and name in s.ps:
             # Not training yet: the same PS again (nothing to promote or restore from).
@@ -424,28 +428,34 @@ class Master:
         ]
 
     def _join(self, replacement: Replacement, health: Health, now: float) -> list[Action]:
-        """A replacement answers: add it at the tail (the old tail sends it its state)."""
+        """A replacement answers: add it at the tail (the old tail sends it its state);
+        it has joined once it serves."""
         s = self.state
         assert s.chain is not None
+        if replacement.added_epoch is None:
+            s.chain.members.append(replacement.name)
+            s.chain.epoch += 1
+            replacement.added_epoch = s.chain.epoch
+            return [self._publish(now)]
+        if health.state != "serving":
+            return []
         s.replacements.remove(replacement)
-        s.chain.members.append(replacement.name)
-        s.chain.epoch += 1
         seconds = round(now - (replacement.started_at or now), 6)
         joined = Record(
             EventName.REPLICA_JOINED,
             {
                 "process": replacement.name,
                 "replaces": replacement.replaces,
-                "epoch": s.chain.epoch,
+                "epoch": replacement.added_epoch,
                 "chain": list(s.chain.members),
                 "state": health.state,
                 "applied_seq": health.applied_seq,
                 "seconds": seconds,
             },
             Reason.REPLICA_JOINED,
-            f"{replacement.name} joined the chain at the tail (epoch {s.chain.epoch}) in place of {replacement.replaces}",
+            f"{replacement.name} joined the chain at the tail (epoch {replacement.added_epoch}) in place of {replacement.replaces}",
         )
-        return [self._publish(now), joined]
+        return [joined]
 
     def _scale_workers(self, now: float) -> list[Action]:
         """spec.workers.replicas changed: start the missing ranks, stop those beyond it."""

@@ -96,6 +96,7 @@ class Replacement(StateModel):
     due_at: float
     name: str = ""  # set once started
     started_at: float | None = None
+    added_epoch: int | None = None  # the epoch that added it at the tail; it joined once it serves
 
 
 class Chain(StateModel):
