@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-period", default="0s", help="deletion grace for --kill kills (default 0s: a crash)")
     parser.add_argument("--wait-timeout", default="10m", help="skip a kill whose target stays down this long")
     parser.add_argument("--metrics-port", type=int, default=9100)
+    parser.add_argument("--host", default="0.0.0.0", help="the address the metrics server binds (a pod: its own IP)")
     parser.add_argument("--linger", default="30s", help="keep serving metrics this long after the last kill")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.kill is not None:
             kills = [parse_kill(text).model_copy(update={"grace_period": grace}) for text in args.kill]
         metrics = create_metrics()
-        serve_metrics(args.metrics_port, addr="0.0.0.0")
+        serve_metrics(args.metrics_port, addr=args.host)
         chaos = PodChaos(
             KubeApi(load_api_client()), args.namespace, args.trainingjob, metrics,
             kills=kills, wait_timeout=parse_duration(args.wait_timeout),
