@@ -880,6 +880,16 @@ class KubeApiError(Exception):
         message = self.body.get("message") if isinstance(self.body, dict) else self.body
         return f"HTTP {self.status} {self.reason}: {message}"
 
+    @classmethod
+    def answered(cls, status: int, reason: str, raw: bytes) -> KubeApiError:
+        """The error of an answer with an error status: its body decoded (the API's Status
+        object, whose reason wins) when it is JSON, else as text."""
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = raw.decode(errors="replace")
+        return cls(status, str(answer.get("reason", reason)) if isinstance(answer, dict) else reason, answer)
+
 
 class KubeEmulator:
     """The fixed emulator served on 127.0.0.1 from a thread of its own; see the module doc."""
@@ -1088,15 +1098,7 @@ class KubeEmulator:
         except urllib.error.HTTPError as e:
             with contextlib.closing(e):
                 raw = e.read()
-            try:
-                answer = json.loads(raw)
-            except ValueError:
-                answer = raw.decode(errors="replace")
-            raise KubeApiError(
-                e.code,
-                str(answer.get("reason", e.reason)) if isinstance(answer, dict) else str(e.reason),
-                answer,
-            ) from None
+            raise KubeApiError.answered(e.code, str(e.reason), raw) from None
         return json.loads(payload) if payload else None
 
     def create(
