@@ -13,7 +13,9 @@ Each Dockerfile (operator/, ps_image/, worker_image/, chaos/) is parsed into ins
 - ENTRYPOINT is exec form, `trainthrough <subcommand>`, the subcommand one the CLI
   registers and whose `--help` runs;
 - the command line a pod or Job of runtime/manifests.py runs (ENTRYPOINT + its args) names the
-  subcommand once, followed by that subcommand's options;
+  subcommand once, followed by that subcommand's options; every such process binds its own
+  pod's address (`--host $(POD_IP)`, POD_IP from the downward API), not 0.0.0.0;
+- the cluster stand-in's kubelet runs for each image what its ENTRYPOINT runs;
 - OCI labels: source, title, description, licenses (the project's, Apache-2.0), version
   (the project's, and the tag of the operator's default image);
 - EXPOSE covers the ports of runtime/manifests.py (gRPC 50051 on the PS, metrics 9100);
@@ -31,15 +33,18 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trainthrough import cli
 from trainthrough.runtime import manifests
 from trainthrough.spec import load_job
+from trainthrough.standin import containers
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -414,6 +419,28 @@ def test_pod_command_line_names_the_subcommand_once(path: str, job):
         f"the {role} container would run {shlex.join(argv[:6])} ...: runtime/manifests.py's args "
         f"{container.get('args', [])[:3]} ... and {path}'s ENTRYPOINT {entrypoint} both name the subcommand"
     )
+
+
+@pytest.mark.parametrize("path", [p for p, role in IMAGES.items() if role != "operator"])
+def test_pod_processes_bind_their_pods_address(path: str, job):
+    """`--host` is what the PS's gRPC and metrics servers, the worker's and the chaos Job's
+    metrics server bind: the pod's own IP, expanded by Kubernetes from the env."""
+    container = pod_spec(IMAGES[path], job)["containers"][0]
+    args = container["args"]
+    assert args[args.index("--host") + 1] == "$(POD_IP)" and "0.0.0.0" not in args
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"] == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def test_the_stand_in_runs_each_images_entrypoint(dockerfile: Dockerfile):
+    """The stand-in's kubelet runs `python -m trainthrough.cli SUBCOMMAND` for an image
+    whose ENTRYPOINT is `trainthrough SUBCOMMAND` (any tag of the image's repository)."""
+    role = IMAGES[dockerfile.path]
+    values = yaml.safe_load((ROOT / "helm" / "trainthrough" / "values.yaml").read_text())
+    image = manifests.DEFAULT_IMAGES.get(role) or f"{values['operator']['image']['repository']}:{PYPROJECT['version']}"
+    argv = containers.entrypoint(image.rpartition(":")[0] + ":other-tag", containers.default_entrypoints())
+    assert argv[:3] == [sys.executable, "-m", "trainthrough.cli"]
+    assert ["trainthrough", *argv[3:]] == dockerfile.entrypoint().exec_form()
 
 
 def test_oci_labels(dockerfile: Dockerfile):

@@ -41,6 +41,10 @@ DEFAULT_IMAGES = {
     "chaos": "ghcr.io/trainthrough/chaos:0.1.0",
 }
 CHECKPOINT_VOLUME_SIZE = "1Gi"
+# Every process binds its own pod's address (gRPC and metrics), not 0.0.0.0: Kubernetes
+# expands $(POD_IP) in the args from the container's env (the downward API's
+# status.podIP), and on the stand-in each pod's address is its own loopback address.
+POD_IP = "$(POD_IP)"
 
 
 def labels(job: TrainingJob, role: str | None = None, process: str | None = None) -> dict[str, str]:
@@ -157,8 +161,13 @@ def _pod_spec(
                 "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
                 + ([{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}] if role == "ps" else []),
                 "resources": resources,
-                # The root filesystem is read-only: caches (the dataset) go to /tmp.
-                "env": [{"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}, {"name": "HOME", "value": "/tmp"}],
+                # The root filesystem is read-only: caches (the dataset) go to /tmp. POD_IP (the
+                # downward API): the address the process binds, `--host $(POD_IP)`.
+                "env": [
+                    {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+                    {"name": "HOME", "value": "/tmp"},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                ],
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
             }
@@ -186,7 +195,7 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
     volumes, mounts = [config, tmp], [config_mount, tmp_mount]
     # The image's entrypoint is `trainthrough ps` (ps_image/Dockerfile): options only.
     args = [
-        "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", "0.0.0.0",
+        "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", POD_IP,
         "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if needs_volume(job):
@@ -206,7 +215,7 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
     addresses = ",".join(ps_address(job, p) for p in ps_processes)
     args = [
         "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
-        "--host", "0.0.0.0", "--metrics-port", str(METRICS_PORT),
+        "--host", POD_IP, "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     r = job.spec.workers.resources
     extra: dict[str, Any] = {}
@@ -262,7 +271,7 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
     """The Job that deletes the job's pods on the spec's chaos schedule (`trainthrough chaos`)."""
     name = chaos_name(job)
     # The schedule is read from the TrainingJob itself (spec.chaos), grace periods included.
-    args = ["--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--metrics-port", str(METRICS_PORT)]
+    args = ["--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--host", POD_IP, "--metrics-port", str(METRICS_PORT)]
     tmp, tmp_mount = _scratch_volume()
     return {
         "apiVersion": "batch/v1",
