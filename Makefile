@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools helm run run-quick job test test-fast bench bench-ps bench-recovery bench-gpu crd proto clean
+.PHONY: install tools helm run run-quick job cluster-demo test test-fast bench bench-ps bench-recovery bench-gpu crd proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ run-quick: $(STAMP)
 # One TrainingJob with a PS kill, progress on the terminal.
 job: $(STAMP)
 	$(BIN)/trainthrough run examples/quickstart.yaml
+
+# The same TrainingJob through the operator on the cluster stand-in (an emulated API whose
+# pods run as processes): progress as `kubectl get tj` shows it, then the job's Events.
+cluster-demo: $(STAMP)
+	$(BIN)/trainthrough cluster-demo examples/quickstart.yaml
 
 # More seeds, 4 workers, longer runs.
 bench: $(STAMP)

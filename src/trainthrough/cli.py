@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainthrough.chaos.main import main as chaos_main
 
         return chaos_main(argv[1:])
+    if argv and argv[0] == "cluster-demo":
+        from trainthrough.standin.demo import main as demo_main
+
+        return demo_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="trainthrough", description="Fault-tolerant parameter-server training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("ps", help="parameter-server process (started by a runtime)")
     commands.add_parser("worker", help="worker process (started by a runtime)")
     commands.add_parser("chaos", help="delete a TrainingJob's pods on its chaos schedule (the chaos Job)")
+    commands.add_parser("cluster-demo", help="one TrainingJob through the operator on the cluster stand-in (no cluster needed)")
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

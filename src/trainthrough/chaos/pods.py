@@ -35,7 +35,15 @@ from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
 from trainthrough.runtime import manifests
-from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, ANNOTATION_DISRUPTED_BY, ANNOTATION_SCHEDULED_AT
+from trainthrough.errors import TrainthroughError
+from trainthrough.proto import ps_pb2
+from trainthrough.rpc import Connection
+from trainthrough.runtime.pods import (
+    ANNOTATION_DISRUPTED_AT,
+    ANNOTATION_DISRUPTED_BY,
+    ANNOTATION_SCHEDULED_AT,
+    ANNOTATION_VERSION_BEFORE,
+)
 from trainthrough.metrics import Metrics
 from trainthrough.spec import ChaosKill, SpecError, TrainingJob, parse_resource
 
@@ -159,11 +167,14 @@ class PodChaos:
         if blocker is not None:
             log.info("%s (%s) waits: %s", kill.target, process, blocker)
             return False
+        annotations = {ANNOTATION_DISRUPTED_BY: kill.target, ANNOTATION_SCHEDULED_AT: f"{kill.at:g}"}
+        if process in master.state.ps:
+            version = self._acknowledged_version(master.acknowledging(process))
+            if version is not None:  # what a kill now loses is counted from it, as locally
+                annotations[ANNOTATION_VERSION_BEFORE] = str(version)
         injected_at = self.clock()
         # When and why, on the pod itself: the operator reads them from its last state.
-        self.api.annotate_pod(self.namespace, pod_name, {
-            ANNOTATION_DISRUPTED_AT: f"{injected_at:.6f}", ANNOTATION_DISRUPTED_BY: kill.target, ANNOTATION_SCHEDULED_AT: f"{kill.at:g}",
-        })  # fmt: skip
+        self.api.annotate_pod(self.namespace, pod_name, {ANNOTATION_DISRUPTED_AT: f"{injected_at:.6f}", **annotations})
         self.api.delete_pod(self.namespace, pod_name, grace_seconds=int(round(kill.grace_period)))
         injection = Injection(kill.target, pod_name, injected_at, kill.at)
         self.injections.append(injection)
@@ -176,6 +187,20 @@ class PodChaos:
         self.api.event(body, "Warning", Reason.CHAOS_INJECTED, message, component=COMPONENT)
         log.info("%s", message)
         return True
+
+    def _acknowledged_version(self, process: str) -> int | None:
+        """The model version PS `process` holds (its pod IP, gRPC Health), if it answers."""
+        pod = self.api.get_pod(self.namespace, manifests.pod_name(self.job, process)) or {}
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            return None
+        connection = Connection(f"{ip}:{manifests.PS_PORT}")
+        try:
+            return connection.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=1.0).version
+        except TrainthroughError:
+            return None
+        finally:
+            connection.close()
 
     def _skip(self, body: dict[str, Any], kill: ChaosKill, reason: str) -> None:
         self.skipped.append((kill, reason))

@@ -30,7 +30,7 @@ from trainthrough.operator import reconciling
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.status import merge_patch, render
 from trainthrough.proto import ps_pb2
-from trainthrough.runtime.pods import PodRuntime, disruption_of, process_of
+from trainthrough.runtime.pods import PodRuntime
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,8 @@ class _DeferredMetrics(RecoveryMetrics):
             self._target.record(done)
 
 
-def reconcile(namespace: str, name: str, config: OperatorConfig, hint: dict[str, Any] | None = None) -> None:
-    """Drive job `namespace/name` one step; `hint` is the pod whose event triggered it (a
-    deleted pod is gone from the API, its last state says when and why it went)."""
+def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
+    """Drive job `namespace/name` one step."""
     with job_lock(namespace, name):
         body = config.api.get_job(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -73,16 +72,17 @@ def reconcile(namespace: str, name: str, config: OperatorConfig, hint: dict[str,
                 config.api.patch_job_status(namespace, name, reconciling.invalid_status(body, error))
                 config.api.event(body, "Warning", Reason.INVALID_SPEC, str(error))
             return
-        _drive(body, job, status, config, hint)
+        _drive(body, job, status, config)
 
 
-def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig, hint: dict[str, Any] | None) -> None:
+def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig) -> None:
     namespace, name = job.metadata.namespace, job.metadata.name
     state = MasterState.load(status.get("master"))
     if state.phase.terminal and not state.up:
         return  # finished and every pod gone
     master = Master(job, state)
-    runtime = PodRuntime(config.api, job, owner=body, images=config.images, expected=state.up)
+    last_seen = config.seen_pods.get((namespace, name), {})
+    runtime = PodRuntime(config.api, job, owner=body, images=config.images, expected=state.up, last_seen=last_seen)
     records: list[Record] = []
     metrics = _DeferredMetrics(config.recovery_metrics(job))
     applier = Applier(master, runtime, record=records.append, metrics=metrics, pool=config.pool)
@@ -95,10 +95,6 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
             reconciling.create_supporting_objects(body, job, config)
             applier.apply(master.start(time.time()))
         else:
-            if hint is not None and process_of(hint) in state.up:
-                disrupted = disruption_of(hint, time.time())
-                if disrupted is not None:
-                    observe(disrupted)
             for disrupted in runtime.disruptions():
                 observe(disrupted)
             for death in runtime.deaths():
@@ -139,6 +135,6 @@ def _health(config: OperatorConfig, runtime: PodRuntime, process: str) -> ps_pb2
 def _emit(config: OperatorConfig, body: dict[str, Any], record: Record) -> None:
     log.info("%s/%s %s %s", body["metadata"]["namespace"], body["metadata"]["name"], record.event.value, record.fields)
     if config.events is not None:
-        config.events.emit(record.event.value, job=body["metadata"]["name"], **record.fields)
+        config.events.emit(record.event.value, **{"trainingjob": body["metadata"]["name"], **record.fields})
     if record.reason is not None:
         config.api.event(body, "Warning" if record.warning else "Normal", record.reason, record.message)

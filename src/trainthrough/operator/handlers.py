@@ -8,6 +8,7 @@ one job stop the operator (a bad spec is a Failed condition, an API error a retr
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from trainthrough.runtime import manifests
 from trainthrough.spec import API_GROUP, PLURAL, VERSION, SpecError, parse_resource
 
 TICK_INTERVAL = 0.5  # seconds between looks at a job: due restarts, health, progress
+RETRY_DELAY = 1.0
 
 
 def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
@@ -32,6 +34,9 @@ def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
         raise kopf.TemporaryError(str(error), delay=error.delay) from error
     except PermanentError as error:
         raise kopf.PermanentError(str(error)) from error
+    except Exception as error:  # a bug: logged with its traceback, tried again soon, not in kopf's 60 s
+        logging.getLogger(__name__).exception("reconcile failed")
+        raise kopf.TemporaryError(f"{type(error).__name__}: {error}", delay=RETRY_DELAY) from error
     finally:
         config.metrics.reconciles.labels(result=result).inc()
         config.metrics.reconcile_seconds.observe(time.monotonic() - started)
@@ -40,9 +45,9 @@ def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     resource = dict(group=API_GROUP, version=VERSION, plural=PLURAL, registry=registry)
 
-    def drive(body: kopf.Body, hint: dict[str, Any] | None = None) -> None:
+    def drive(body: kopf.Body) -> None:
         meta = body["metadata"]
-        _timed(config, lambda: driving.reconcile(meta.get("namespace", "default"), meta["name"], config, hint))
+        _timed(config, lambda: driving.reconcile(meta.get("namespace", "default"), meta["name"], config))
 
     @kopf.on.create(id="create", **resource)
     def create(body: kopf.Body, **_: Any) -> None:
@@ -75,8 +80,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         if not job or not process:
             return  # not a process of a TrainingJob (the chaos Job's pod)
         namespace = pod["metadata"].get("namespace", "default")
+        config.seen_pods.setdefault((namespace, job), {})[process] = pod
         try:
-            _timed(config, lambda: driving.reconcile(namespace, job, config, pod))
+            _timed(config, lambda: driving.reconcile(namespace, job, config))
         except (kopf.TemporaryError, kopf.PermanentError) as error:
             # Event handlers are not retried by kopf; the next event or tick is.
             kopf.warn(pod, reason="ReconcileError", message=str(error))

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     operator_labels = dict(label.split("=", 1) for label in args.operator_label)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per timer tick
     metrics = create_metrics()
     serve_metrics(args.metrics_port, addr="0.0.0.0")
     registry = kopf.OperatorRegistry()

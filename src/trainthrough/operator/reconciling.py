@@ -39,6 +39,8 @@ class OperatorConfig:
     # read them beside the pods' logs); None: the operator's log and Kubernetes Events only.
     events: EventLog | None = None
     pool: ConnectionPool = field(default_factory=ConnectionPool)
+    # (namespace, job) -> process -> the last state of its pod, from the pod events
+    seen_pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     _recovery_metrics: dict[tuple[str, str], RecoveryMetrics] = field(default_factory=dict)
 
     def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:

@@ -33,6 +33,7 @@ from trainthrough.spec import TrainingJob
 ANNOTATION_DISRUPTED_AT = f"{manifests.GROUP}/disrupted-at"
 ANNOTATION_DISRUPTED_BY = f"{manifests.GROUP}/disrupted-by"
 ANNOTATION_SCHEDULED_AT = f"{manifests.GROUP}/scheduled-at"
+ANNOTATION_VERSION_BEFORE = f"{manifests.GROUP}/version-before"  # acknowledged, read just before
 
 _ENDED = ("Succeeded", "Failed")
 
@@ -75,7 +76,12 @@ def disruption_of(pod: dict[str, Any], now: float) -> Disrupted | None:
         scheduled = float(annotations[ANNOTATION_SCHEDULED_AT])
     except (KeyError, ValueError):
         scheduled = None
-    return Disrupted(process, at, target=annotations.get(ANNOTATION_DISRUPTED_BY, ""), scheduled_at=scheduled)
+    try:
+        version: int | None = int(annotations[ANNOTATION_VERSION_BEFORE])
+    except (KeyError, ValueError):
+        version = None
+    target = annotations.get(ANNOTATION_DISRUPTED_BY, "")
+    return Disrupted(process, at, target=target, scheduled_at=scheduled, version_before=version)
 
 
 class PodRuntime:
@@ -92,11 +98,15 @@ class PodRuntime:
         owner: dict[str, Any],
         images: dict[str, str],
         expected: Iterable[str] = (),
+        last_seen: dict[str, dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api, self.job, self.owner, self.images = api, job, owner, images
         self.namespace = job.metadata.namespace
         self.expected = set(expected)  # the processes the master believes up
+        # The last state of each process's pod from the pod events (a deleted pod is gone
+        # from the API; its last state says when and why it went).
+        self.last_seen = last_seen or {}
         self.clock = clock
         selector = f"{manifests.LABEL_JOB}={job.metadata.name}"
         self._pods: dict[str, dict[str, Any]] = {}
@@ -154,10 +164,16 @@ class PodRuntime:
 
     # -- beyond the interface ------------------------------------------------------------------
     def disruptions(self) -> list[Disrupted]:
-        """Expected processes whose pod is being deleted (gracefully: still running)."""
+        """Expected processes whose pod is being deleted (gracefully: still running) or
+        was deleted (its last state seen)."""
         now = self.clock()
-        found = [disruption_of(pod, now) for name, pod in sorted(self._pods.items()) if name in self.expected]
-        return [d for d in found if d is not None]
+        found = []
+        for name in sorted(self.expected):
+            pod = self._pods.get(name) or self.last_seen.get(name)
+            disrupted = disruption_of(pod, now) if pod is not None else None
+            if disrupted is not None:
+                found.append(disrupted)
+        return found
 
     def pod(self, name: str) -> dict[str, Any] | None:
         return self._pods.get(name)

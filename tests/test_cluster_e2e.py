@@ -1,0 +1,235 @@
+"""End to end through the operator on the cluster stand-in: the real operator (a process,
+through a kubeconfig) reconciles TrainingJobs into pods that the stand-in's kubelet runs
+as real PS and worker processes; the chaos Job's pod deletes the PS (chain: head) pod.
+
+Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stateless):
+- the job trains, the chaos Job deletes the PS pod once training runs, the operator
+  recovers and the job ends Succeeded (condition Succeeded, reason TargetAccuracyReached);
+- status.recoveries (count, phases, lost updates) is the operator's recovery record, its
+  trainthrough_recovery_seconds{phase} histogram (scraped from its metrics port) holds the
+  same phases, and the recovery's milestones are the restarted PS's own (ps_ready,
+  first_update in its pod's log); the kill time is the chaos Job's;
+- the Events say what happened, in order (ChaosInjected, FailureDetected, ChainReconfigured
+  and ReplicaJoined for the chain, RecoveryCompleted);
+- the same YAML on the local runtime makes the same sequence of recovery decisions;
+- the operator SIGKILLed in the middle of a chain recovery and started again finishes it
+  (the master's state lives in the job's status);
+- a PS whose image always fails ends the job Failed with BackoffLimitExceeded after
+  spec.runPolicy.backoffLimit failures, not in a loop.
+Waits are for events, with generous bounds; nothing asserts how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from trainthrough.control.supervising import Supervisor
+from trainthrough.events import EventLog, iter_events, read_events
+from trainthrough.metrics import create_metrics
+from trainthrough.runtime.local import LocalRuntime
+from trainthrough.spec import parse_job
+from trainthrough.standin.cluster import StandInCluster
+from trainthrough.standin.emulator import TRAININGJOBS, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+JOB_TIMEOUT = 300.0  # an upper bound for a job of ~15 s of training on a loaded machine
+BROKEN_PS = "example.com/trainthrough/broken-ps:1"
+
+
+def document(name: str, mode: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "mlp",
+        "dataset": "synthetic",
+        "consistency": mode,
+        "workers": {"replicas": 1},
+        # Every recovery ends before the target can end the job; minDuration leaves room for it.
+        "stop": {"targetAccuracy": 0.9, "minDuration": "8s", "duration": "240s"},
+        "evaluation": {"interval": "1s"},
+        "chaos": [{"target": "ps-head", "at": "3s"}],
+    }
+    if mode == "chain":
+        body["parameterServer"] = {"replicas": 3}
+        body["chain"] = {"ack": "tail"}
+    body.update(spec)
+    return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
+
+
+def status(cluster: StandInCluster, name: str) -> dict[str, Any]:
+    return cluster.kube.get(TRAININGJOBS, name).get("status") or {}
+
+
+def finished(cluster: StandInCluster, name: str) -> dict[str, Any]:
+    return wait_for(
+        lambda: (s := status(cluster, name)).get("phase") in ("Succeeded", "Failed") and s,
+        timeout=JOB_TIMEOUT, interval=0.5, what=f"{name} to finish",
+    )  # fmt: skip
+
+
+def events_of(cluster: StandInCluster, name: str) -> list[dict[str, Any]]:
+    found = [e for e in cluster.kube.list("events") if e["involvedObject"]["name"] == name]
+    return sorted(found, key=lambda e: e["firstTimestamp"])
+
+
+def pod_events(cluster: StandInCluster, pod: str) -> list[dict[str, Any]]:
+    path = cluster.log_path(pod)
+    return list(iter_events(path)) if path.exists() else []
+
+
+def operator_records(path: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in read_events(path) if e.get("trainingjob") == name]
+
+
+def decisions(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What the master decided, in order, without times."""
+    out: list[tuple[Any, ...]] = []
+    for e in records:
+        kind = e["event"]
+        if kind == "kill":
+            out.append(("kill", e["target"], e["process"]))
+        elif kind == "process_exited" and e["action"] != "ignore":
+            out.append(("exited", e["process"], e["action"]))
+        elif kind == "failure_detected":
+            out.append(("failure", e["process"]))
+        elif kind == "chain_promoted":
+            out.append(("promoted", e["removed"], e["head"], e["epoch"]))
+        elif kind == "replica_joined":
+            out.append(("joined", e["process"], e["replaces"], e["epoch"]))
+        elif kind == "recovery":
+            out.append(("recovered", e["target"], e["restored_from"]))
+    return out
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def run_locally(doc: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    job = parse_job(doc)
+    runtime = LocalRuntime(job, run_dir)
+    events = EventLog(runtime.events_path, source="master")
+    try:
+        summary = Supervisor(job, runtime, events, create_metrics(CollectorRegistry())).run()
+    finally:
+        runtime.shutdown()
+        events.close()
+    assert summary.status == "succeeded", summary.reason
+    return [e for e in read_events(runtime.events_path) if e["source"] == "master"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInCluster]:
+    work = tmp_path_factory.mktemp("standin")
+    with StandInCluster(work) as standin:
+        standin.start_operator("--events", str(work / "operator-events.jsonl"))
+        yield standin
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "chain", "stateless"])
+def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(cluster: StandInCluster, mode: str, tmp_path: Path) -> None:
+    name = f"e2e-{mode}"
+    doc = document(name, mode)
+    cluster.apply(doc)
+    final = finished(cluster, name)
+    assert (final["phase"], final["reason"]) == ("Succeeded", "TargetAccuracyReached"), final.get("message")
+    succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["status"] == "True" and final["progress"]["accuracy"] >= 0.9
+
+    # The operator's record of the recovery, and the status it wrote.
+    records = operator_records(cluster.workdir / "operator-events.jsonl", name)
+    [recovery] = [r for r in records if r["event"] == "recovery"]
+    recoveries = final["recoveries"]
+    assert recoveries["count"] == 1 and recoveries["inFlight"] == []
+    assert recoveries["lastPhases"] == recovery["phases"]
+    assert recoveries["lostUpdates"] == recovery["lost_updates"] >= 0
+    phases = recovery["phases"]
+    assert set(phases) == {"detect", "restore", "first_update", "total"}
+    assert abs(phases["detect"] + phases["restore"] + phases["first_update"] - phases["total"]) < 1e-5
+
+    # The kill is the chaos Job's, to the millisecond (written on the pod before deleting it).
+    [injected] = [e for e in events_of(cluster, name) if e["reason"] == "ChaosInjected"]
+    [kill] = [r for r in records if r["event"] == "kill"]
+    assert kill["target"] == "ps-head" and kill["process"] == "ps-0" and recovery["killed_at"] == kill["killed_at"]
+    assert f"deleted pod {name}-ps-0 (ps-head" in injected["message"]
+
+    # The milestones are the PS's own, from its pod's log.
+    if mode == "chain":
+        assert recovery["restored_from"] == "chain" and recovery["new_head"] == "ps-1"
+        assert final["chain"]["members"] == ["ps-1", "ps-2", "ps-3"] and final["chain"]["publishedEpoch"] == 3
+        assert recovery["lost_updates"] == 0  # ack: tail
+    else:
+        ready = [e for e in pod_events(cluster, f"{name}-ps-0") if e["event"] == "ps_ready"]
+        assert len(ready) == 2  # the first incarnation, and the restarted one
+        assert ready[1]["restored_from"] == recovery["restored_from"] == ("checkpoint" if mode == "checkpoint" else "workers")
+        assert abs(ready[1]["t"] - recovery["restored_at"]) < 0.05
+        updates = [e for e in pod_events(cluster, f"{name}-ps-0") if e["event"] == "first_update"]
+        assert abs(updates[-1]["t"] - recovery["first_update_at"]) < 0.05
+
+    # The Events, in order.
+    reasons = [e["reason"] for e in events_of(cluster, name)]
+    expected = ["ChaosInjected", "FailureDetected"] + (["ChainReconfigured"] if mode == "chain" else []) + ["RecoveryCompleted"]
+    assert [r for r in reasons if r in expected] == expected, reasons
+    if mode == "chain":
+        assert reasons.index("ReplicaJoined") > reasons.index("ChainReconfigured")
+
+    # The operator's histogram holds the same recovery.
+    assert cluster.operator_metrics_port is not None
+    samples = scrape(cluster.operator_metrics_port)
+    for phase, seconds in phases.items():
+        labels = (("mode", mode), ("phase", phase), ("trainingjob", name))
+        assert samples[("trainthrough_recovery_seconds_count", labels)] == 1
+        assert abs(samples[("trainthrough_recovery_seconds_sum", labels)] - seconds) < 1e-5
+
+    # The same YAML on the local runtime decides the same, in the same order.
+    local = run_locally(doc, tmp_path / "local")
+    assert decisions(local) == decisions(records)
+
+
+def test_an_operator_killed_during_a_chain_recovery_finishes_it_when_it_comes_back(tmp_path: Path) -> None:
+    name = "restart-chain"
+    # The replacement is due 6 s after the loss: time enough to lose the operator first.
+    doc = document(name, "chain", parameterServer={"replicas": 3, "restartDelay": "6s"})
+    doc["spec"]["stop"]["minDuration"] = "15s"
+    with StandInCluster(tmp_path) as cluster:
+        cluster.start_operator("--events", str(tmp_path / "first.jsonl"))
+        cluster.apply(doc)
+        wait_for(lambda: (status(cluster, name).get("chain") or {}).get("epoch") == 2, timeout=JOB_TIMEOUT, interval=0.2, what="the promotion")
+        cluster.stop_operator(kill=True)
+        mid = status(cluster, name)
+        assert mid["master"]["replacements"] and mid["chain"]["members"] == ["ps-1", "ps-2"]
+        cluster.start_operator("--events", str(tmp_path / "second.jsonl"))
+        final = finished(cluster, name)
+        assert final["phase"] == "Succeeded", final.get("message")
+        assert final["chain"]["members"] == ["ps-1", "ps-2", "ps-3"] and final["recoveries"]["count"] == 1
+        # The second operator took the recovery up where the first one left it.
+        assert [r["event"] for r in operator_records(tmp_path / "second.jsonl", name) if r["event"] == "replica_joined"] == ["replica_joined"]
+        assert "ReplicaJoined" in [e["reason"] for e in events_of(cluster, name)]
+
+
+def test_a_ps_that_always_fails_ends_the_job_at_the_backoff_limit(tmp_path: Path) -> None:
+    name = "broken"
+    doc = document(name, "checkpoint", runPolicy={"backoffLimit": 2}, chaos=[])
+    images = {BROKEN_PS: [sys.executable, "-c", "import sys; print('broken ps'); sys.exit(3)"]}
+    with StandInCluster(tmp_path, images=images) as cluster:
+        cluster.start_operator("--ps-image", BROKEN_PS)
+        cluster.apply(doc)
+        final = finished(cluster, name)
+        assert (final["phase"], final["reason"]) == ("Failed", "BackoffLimitExceeded")
+        assert final["recoveries"]["failures"] == 3
+        failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+        assert failed["status"] == "True" and "backoffLimit 2" in failed["message"]
+        assert cluster.log_path(f"{name}-ps-0").read_text().count("broken ps") == 3  # three tries, no loop
+        wait_for(lambda: not [p for p in cluster.kube.list("pods") if p["metadata"]["name"].startswith(f"{name}-ps")
+                              and (p.get("status") or {}).get("phase") == "Running"], timeout=60, what="no PS left running")  # fmt: skip
