@@ -230,6 +230,7 @@ def test_a_ps_that_always_fails_ends_the_job_at_the_backoff_limit(tmp_path: Path
         assert final["recoveries"]["failures"] == 3
         failed = next(c for c in final["conditions"] if c["type"] == "Failed")
         assert failed["status"] == "True" and "backoffLimit 2" in failed["message"]
-        assert cluster.log_path(f"{name}-ps-0").read_text().count("broken ps") == 3  # three tries, no loop
+        log = cluster.log_path(f"{name}-ps-0").read_text().splitlines()
+        assert [line for line in log if line == "broken ps"] == ["broken ps"] * 3  # three tries, no loop
         wait_for(lambda: not [p for p in cluster.kube.list("pods") if p["metadata"]["name"].startswith(f"{name}-ps")
                               and (p.get("status") or {}).get("phase") == "Running"], timeout=60, what="no PS left running")  # fmt: skip
