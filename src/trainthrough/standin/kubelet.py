@@ -301,8 +301,8 @@ class Kubelet:
         last: dict[str, Any] = {}
         targets_key = f"pod/{run.namespace}/{run.name}/{run.uid}"
         while True:
-            if run.deadline is not None and not restarts:
-                return  # deleted before it started: nothing ran
+            if run.deadline is not None:
+                return  # deleted before it first started: nothing ran
             started = timestamp()
             process = await self._start(run, argv, env)
             if process is None:
@@ -326,7 +326,7 @@ class Kubelet:
                 delay = min(self.restart_backoff * 2 ** (restarts - 1), MAX_BACKOFF)
                 waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:g}s restarting the container"}}
                 await self._report(run, "Running", waiting, restarts=restarts, last=last)
-                again = await self._until(run, asyncio.sleep(delay))
+                again = await self._until(run, asyncio.sleep(delay)) and run.deadline is None
             if not again:
                 await self._report(run, "Succeeded" if code == 0 else "Failed", terminated, restarts=restarts, last=last)
                 return
