@@ -82,3 +82,44 @@ def test_bench_rejects_an_invalid_matrix_with_the_field_path(tmp_path: Path) -> 
     result = trainthrough("bench", "--matrix", str(matrix), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "budget" in result.stderr and "variants[0]" in result.stderr
+
+
+STANDIN_MATRIX = """
+variants: [checkpoint-async]
+scenarios:
+  - {name: one-kill, kills: [2]}
+budget: 8s
+maxDuration: 60s
+outage: 0.5s
+targetAccuracy: 0.9
+workers: [1]
+base:
+  model: mlp
+  dataset: synthetic
+  optimizer: {name: sgd, lr: 0.05}
+  checkpoint: {everyUpdates: 20}
+  evaluation: {interval: 0.5s}
+"""
+
+
+def test_bench_runs_the_same_matrix_through_the_operator_on_the_stand_in(tmp_path: Path) -> None:
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(STANDIN_MATRIX)
+    runs = {}
+    for runtime in ("local", "standin"):
+        out = tmp_path / runtime
+        result = trainthrough("bench", "--matrix", str(matrix), "--out", str(out), "--quiet", "--runtime", runtime)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [runs[runtime]] = json.loads((out / "results.json").read_text())["runs"]
+        assert (out / "report.md").exists()
+    local, standin = runs["local"], runs["standin"]
+    assert (local["runtime"], standin["runtime"]) == ("local", "standin")
+    assert set(standin) >= set(local) - {"traceback"}  # the same measurements
+    for run in (local, standin):
+        assert run["status"] == "ok", run.get("reason")
+        [kill] = run["kills"]
+        assert kill["recovered"] and kill["phases"]["total"] > 0, kill
+        assert run["time_to_target"] is not None and run["final_accuracy"] >= 0.9
+    # The stand-in's events came from the operator and from the pods' own logs.
+    sources = {json.loads(line)["source"] for line in Path(standin["run_dir"], "events.jsonl").read_text().splitlines()}
+    assert {"operator", "ps-0", "worker-0"} <= sources

@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from trainthrough.bench.matrix import load_matrix, preset
     from trainthrough.bench.reporting import render, save_results
-    from trainthrough.bench.running import run_matrix
+    from trainthrough.bench.running import RuntimeKind, run_matrix
 
     if args.matrix:
         matrix = load_matrix(args.matrix)
@@ -92,6 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         prometheus=args.prometheus,
         prometheus_wait=parse_duration(args.prometheus_wait),
+        runtime=RuntimeKind(args.runtime),
     )
     report = render(out, document, results)
     print(f"trainthrough: {len(results)} runs; report in {report}, results in {results_path}")
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also read each run's figures back from this Prometheus (it scrapes <out>/targets/*.json)",
     )
     bench.add_argument("--prometheus-wait", default="15s", help="time for a last scrape before reading back")
+    bench.add_argument(
+        "--runtime", choices=["local", "standin"], default="local",
+        help="local: processes driven by the local master; standin: through the operator on the cluster stand-in",
+    )  # fmt: skip
     bench.set_defaults(handler=_bench)
     report = commands.add_parser("report", help="re-render the report from results.json")
     report.add_argument("results", help="results.json of a bench run")
