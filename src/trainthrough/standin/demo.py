@@ -23,6 +23,7 @@ from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS
 
 POLL_INTERVAL = 1.0
+COLUMN_WIDTH = 10
 
 
 def field(obj: dict[str, Any], json_path: str) -> Any:
@@ -57,8 +58,8 @@ def printer_row(obj: dict[str, Any], columns: list[dict[str, Any]], now: float) 
     return row
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+def table(rows: list[list[str]], minimum: int = 0) -> str:
+    widths = [max(minimum, *(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
 
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             obj = cluster.kube.get(TRAININGJOBS, name)
             row = printer_row(obj, columns, time.time())
             if shown is None or row[1:-1] != shown[1:-1]:
-                print(table([header, row]) if shown is None else table([header, row]).splitlines()[1], flush=True)
+                # A fixed column width, so that the rows printed one by one line up.
+                lines = table([header, row], minimum=COLUMN_WIDTH).splitlines()
+                print("\n".join(lines) if shown is None else lines[1], flush=True)
                 shown = row
             phase = (obj.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed"):
