@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from trainthrough.control.io import (
+from trainthrough.control.messages import (
     Action,
     Disrupted,
     Exited,

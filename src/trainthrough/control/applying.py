@@ -2,7 +2,8 @@
 same for both drivers (control/supervising.py locally, operator/driving.py on Kubernetes).
 
 What differs between the drivers is passed in: where a `Record` goes (an event log, and
-Kubernetes Events after the status write) and how a batch of `Stop`s is carried out.
+Kubernetes Events after the status write), when a completed recovery is counted in the
+metrics (at once, or after the status write) and how a batch of `Stop`s is carried out.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from collections import deque
 from typing import Callable
 
 from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.io import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop
+from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop
 from trainthrough.control.master import Master
-from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.runtime import Runtime
 from trainthrough.rpc import ConnectionPool
 
 
 class Applier:
     """
-    >>> applier = Applier(master, runtime, record=log_it, metrics=RecoveryMetrics(...), pool=ConnectionPool())
+    >>> applier = Applier(master, runtime, record=log_it, on_recovery=recovery_metrics.record, pool=ConnectionPool())
     >>> applier.apply(master.start(time.time()))
     """
 
@@ -31,12 +31,12 @@ class Applier:
         runtime: Runtime,
         *,
         record: Callable[[Record], None],
-        metrics: RecoveryMetrics,
+        on_recovery: Callable[[RecoveryDone], None],
         pool: ConnectionPool,
         stop: Callable[[list[Stop]], None] | None = None,
     ) -> None:
         self.master, self.runtime, self.pool = master, runtime, pool
-        self._record, self._metrics = record, metrics
+        self._record, self._on_recovery = record, on_recovery
         self._stop = stop or (lambda stops: [runtime.stop(s.process, timeout=s.grace) for s in stops])
         self.recoveries: list[dict] = []  # every recovery completed, as its event
         self.finish: Finish | None = None
@@ -78,7 +78,7 @@ class Applier:
         return []
 
     def _recovery_done(self, done: RecoveryDone) -> list[Action]:
-        self._metrics.record(done)
+        self._on_recovery(done)
         self.recoveries.append(done.recovery)
         return []
 

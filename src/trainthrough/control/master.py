@@ -5,7 +5,7 @@ process is restarted (a due time, never a sleep), promoted or replaced, the chai
 configuration and epochs, a replacement's join, whether a kill must wait for its target,
 each recovery's milestones and lost updates, the restart limit, and the job's end and its
 reason. It is pure: its state is plain data (control/state.py), the clock is passed in,
-and it answers observations (control/io.py) with actions that a driver applies:
+and it answers observations (control/messages.py) with actions that a driver applies:
 
     master = Master(job)                    # or Master(job, MasterState.load(status["master"]))
     actions = master.start(now)
@@ -17,7 +17,7 @@ Drivers: control/supervising.py (processes on loopback) and operator/driving.py 
 
 from __future__ import annotations
 
-from trainthrough.control.io import (
+from trainthrough.control.messages import (
     Action,
     Disrupted,
     Exited,

@@ -10,7 +10,7 @@ and the operator) and every fault injected (the local driver and the chaos Job).
 
 from __future__ import annotations
 
-from trainthrough.control.io import RecoveryDone
+from trainthrough.control.messages import RecoveryDone
 from trainthrough.metrics import RECOVERY_PHASES, Metrics
 from trainthrough.spec import ChaosKill
 

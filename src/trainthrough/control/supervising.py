@@ -18,7 +18,7 @@ from typing import Callable
 from trainthrough.control.recording import InjectionMetrics
 from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
 from trainthrough.control.applying import Applier
-from trainthrough.control.io import Action, Disrupted, Exited, Health, Observation, Record, Stop
+from trainthrough.control.messages import Action, Disrupted, Exited, Health, Observation, Record, Stop
 from trainthrough.control.master import Master
 from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.runtime import Death, Runtime
@@ -92,7 +92,7 @@ class Supervisor:
         self._next_probe = 0.0
         self._t0 = time.time()
         self._applier = Applier(
-            self.master, runtime, record=self._write, metrics=self._recoveries, pool=self._pool, stop=self._stop_all
+            self.master, runtime, record=self._write, on_recovery=self._recoveries.record, pool=self._pool, stop=self._stop_all
         )
 
     # -- the run -------------------------------------------------------------------------------

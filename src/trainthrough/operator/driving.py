@@ -19,9 +19,8 @@ from collections import defaultdict
 from typing import Any
 
 from trainthrough.control.applying import Applier
-from trainthrough.control.io import Exited, Health, Observation, Record, RecoveryDone
+from trainthrough.control.messages import Exited, Health, Observation, Record, RecoveryDone
 from trainthrough.control.master import Master
-from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import JobPhase, Reason
 from trainthrough.errors import PermanentError, TemporaryError, TrainthroughError
@@ -41,21 +40,6 @@ _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 def job_lock(namespace: str, name: str) -> threading.Lock:
     """One reconcile of a job at a time (each reads, decides and writes its status)."""
     return _locks[(namespace, name)]
-
-
-class _DeferredMetrics(RecoveryMetrics):
-    """Recovery metrics recorded only once the status that holds the recovery is written."""
-
-    def __init__(self, metrics: RecoveryMetrics) -> None:
-        self._target = metrics
-        self.pending: list[RecoveryDone] = []
-
-    def record(self, done: RecoveryDone) -> None:
-        self.pending.append(done)
-
-    def flush(self) -> None:
-        for done in self.pending:
-            self._target.record(done)
 
 
 def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
@@ -79,13 +63,15 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
     namespace, name = job.metadata.namespace, job.metadata.name
     state = MasterState.load(status.get("master"))
     if state.phase.terminal and not state.up:
+        config.seen_pods.pop((namespace, name), None)
         return  # finished and every pod gone
     master = Master(job, state)
     last_seen = config.seen_pods.get((namespace, name), {})
     runtime = PodRuntime(config.api, job, owner=body, images=config.images, expected=state.up, last_seen=last_seen)
+    # Events and metrics only once the status that holds what they tell is written.
     records: list[Record] = []
-    metrics = _DeferredMetrics(config.recovery_metrics(job))
-    applier = Applier(master, runtime, record=records.append, metrics=metrics, pool=config.pool)
+    recoveries: list[RecoveryDone] = []
+    applier = Applier(master, runtime, record=records.append, on_recovery=recoveries.append, pool=config.pool)
 
     def observe(observation: Observation) -> None:
         applier.apply(master.observe(observation, time.time()))
@@ -115,7 +101,8 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
     patch = merge_patch(status, new)
     if patch:
         config.api.patch_job_status(namespace, name, patch)
-    metrics.flush()
+    for done in recoveries:
+        config.recovery_metrics(job).record(done)
     for record in records:
         _emit(config, body, record)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import kopf
 
-from trainthrough.control.io import Disrupted
+from trainthrough.control.messages import Disrupted
 from trainthrough.control.runtime import Death
 from trainthrough.errors import TemporaryError
 from trainthrough.kubeapi import KubeApi
@@ -71,7 +71,12 @@ def disruption_of(pod: dict[str, Any], now: float) -> Disrupted | None:
     try:
         at = float(annotations[ANNOTATION_DISRUPTED_AT])
     except (KeyError, ValueError):
-        at = timestamp(deleting) or now
+        # deletionTimestamp is when the grace period ENDS (the DELETE's time plus
+        # deletionGracePeriodSeconds, in whole seconds): the deletion itself came that
+        # grace period earlier, and never after now.
+        deadline = timestamp(deleting)
+        grace = meta.get("deletionGracePeriodSeconds") or 0
+        at = now if deadline is None else min(now, deadline - float(grace))
     try:
         scheduled = float(annotations[ANNOTATION_SCHEDULED_AT])
     except (KeyError, ValueError):
