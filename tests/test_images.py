@@ -524,7 +524,7 @@ def test_dockerignore_excludes(path: str):
         "README.md",
         "src/trainthrough/cli.py",
         "src/trainthrough/operator/main.py",
-        "src/trainthrough/chaos/schedule.py",
+        "src/trainthrough/control/schedule.py",
         "src/trainthrough/proto/ps.proto",
         "src/trainthrough/py.typed",
     ],
