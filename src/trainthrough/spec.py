@@ -586,18 +586,18 @@ def _cross_field_problems(spec: TrainingJobSpec) -> list[FieldError]:
     if stop.steps is None and stop.target_accuracy is None and stop.duration is None:
         problems.append(FieldError("stop", "needs at least one of steps, targetAccuracy, duration"))
 
-    if mode in ("checkpoint", "stateless") and ps_replicas != 1:
+    if mode in (Mode.CHECKPOINT, Mode.STATELESS) and ps_replicas != 1:
         problems.append(
             FieldError("parameterServer.replicas", f"must be 1 for consistency '{mode}', got {ps_replicas}")
         )
-    if mode == "chain" and ps_replicas < 2:
+    if mode == Mode.CHAIN and ps_replicas < 2:
         problems.append(
             FieldError(
                 "parameterServer.replicas",
                 f"must be >= 2 for consistency 'chain' (it is the chain length), got {ps_replicas}",
             )
         )
-    if mode == "stateless" and spec.updates != "async":
+    if mode == Mode.STATELESS and spec.updates != "async":
         problems.append(
             FieldError("updates", f"consistency 'stateless' trains asynchronously; got '{spec.updates}'")
         )
@@ -613,9 +613,9 @@ def _cross_field_problems(spec: TrainingJobSpec) -> list[FieldError]:
         )
 
     # A checkpoint schedule with neither trigger would never write one.
-    uses_checkpoints = mode == "checkpoint" or (mode == "stateless" and spec.stateless.fallback_checkpoint)
+    uses_checkpoints = mode == Mode.CHECKPOINT or (mode == Mode.STATELESS and spec.stateless.fallback_checkpoint)
     if uses_checkpoints and spec.checkpoint.every_updates is None and spec.checkpoint.every_seconds is None:
-        why = "consistency 'checkpoint'" if mode == "checkpoint" else "stateless.fallbackCheckpoint"
+        why = "consistency 'checkpoint'" if mode == Mode.CHECKPOINT else "stateless.fallbackCheckpoint"
         problems.append(FieldError("checkpoint", f"needs everyUpdates or everySeconds for {why}"))
 
     for i, kill in enumerate(spec.chaos):

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from trainthrough.spec import Mode
+
 import enum
 from dataclasses import dataclass
 
@@ -48,7 +50,7 @@ def decide(
         return Decision(Remedy.RESTART_WORKER, name, f"worker exited with {exit_code}")
     if name not in known_ps:
         return Decision(Remedy.IGNORE, name, "not a process of this job")
-    if mode == "chain":
+    if mode == Mode.CHAIN:
         if name not in chain:
             return Decision(Remedy.IGNORE, name, "replica already removed from the chain")
         role = "head" if chain[0] == name else ("tail" if chain[-1] == name else "middle")

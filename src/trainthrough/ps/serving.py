@@ -22,6 +22,7 @@ from trainthrough.ps.mode import Mode
 from trainthrough.ps.service import create_server
 from trainthrough.ps.state import ParameterState
 from trainthrough.ps.stateless import StatelessMode
+from trainthrough.spec import Mode as Consistency  # ps.mode.Mode is the PS side of a mode
 from trainthrough.spec import TrainingJob
 
 
@@ -36,9 +37,9 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
         store = CheckpointStore(checkpoint_dir or spec.checkpoint.path, keep=spec.checkpoint.keep)
         return PeriodicCheckpointer(core, store, spec.checkpoint.every_updates, spec.checkpoint.every_seconds)
 
-    if spec.consistency == "checkpoint":
+    if spec.consistency == Consistency.CHECKPOINT:
         return CheckpointMode(core, checkpointer=checkpointer(), optimizer=spec.optimizer, initial_state=initial_state)
-    if spec.consistency == "chain":
+    if spec.consistency == Consistency.CHAIN:
         return ChainReplica(
             core,
             ack=spec.chain.ack,
@@ -47,7 +48,7 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
             initial_state=initial_state,
             join=join,
         )
-    if spec.consistency == "stateless":
+    if spec.consistency == Consistency.STATELESS:
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
         return StatelessMode(
             core, spec=spec.stateless, optimizer=spec.optimizer, initial_state=initial_state,

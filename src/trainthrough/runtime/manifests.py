@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainthrough.spec import TrainingJob, dump_job
+from trainthrough.spec import Mode, TrainingJob, dump_job
 
 GROUP = "trainthrough.io"
 LABEL_JOB = f"{GROUP}/job"
@@ -67,7 +67,7 @@ def ps_address(job: TrainingJob, process: str) -> str:
 
 def needs_volume(job: TrainingJob) -> bool:
     spec = job.spec
-    return spec.consistency == "checkpoint" or (spec.consistency == "stateless" and spec.stateless.fallback_checkpoint)
+    return spec.consistency == Mode.CHECKPOINT or (spec.consistency == Mode.STATELESS and spec.stateless.fallback_checkpoint)
 
 
 def needs_claim(job: TrainingJob) -> bool:

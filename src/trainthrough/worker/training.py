@@ -28,7 +28,7 @@ from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
 from trainthrough.optim import make_optimizer
-from trainthrough.spec import TrainingJob
+from trainthrough.spec import Mode, TrainingJob
 from trainthrough.worker.buffer import GradientBuffer
 from trainthrough.worker.client import PSClient, Stopped
 from trainthrough.worker.evaluating import Evaluator
@@ -89,7 +89,7 @@ class Worker:
         self.m_buffered = metrics.buffered_gradients.labels(**labels)
         self.m_entries = metrics.buffer_entries.labels(**labels)
         self.m_dropped = metrics.dropped_gradients.labels(**labels)
-        if self.mode == "stateless":  # the only mode that buffers
+        if self.mode == Mode.STATELESS:  # the only mode that buffers
             metrics.buffer_capacity.labels(**labels).set(spec.stateless.max_buffered)
         # Only rank 0 evaluates: the others export no accuracy rather than a false 0.
         self.m_eval = (metrics.eval_accuracy.labels(**labels), metrics.eval_loss.labels(**labels)) if rank == 0 else None
@@ -154,7 +154,7 @@ class Worker:
         gradient, loss = self._gradient(images, labels)
         if gradient is None:
             return
-        if self.mode == "stateless":
+        if self.mode == Mode.STATELESS:
             self._stateless_step(gradient, len(labels))
         else:
             self._push_and_follow(gradient, len(labels))
@@ -178,7 +178,7 @@ class Worker:
 
     # -- checkpoint and chain: wait for the PS -------------------------------------------
     def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
-        chain = self.mode == "chain"
+        chain = self.mode == Mode.CHAIN
         timeout = self.spec_push_timeout()
         reply, pulled = self.client.until_done(
             lambda: self.client.push_and_pull(gradient, self.version, samples, timeout=timeout), self.stop, chain
@@ -210,10 +210,10 @@ class Worker:
         self.version, self.incarnation = version, incarnation
 
     def _initial_sync(self) -> None:
-        chain = self.mode == "chain"
+        chain = self.mode == Mode.CHAIN
         if chain:
             self.client.until_done(self._discover_or_fail, self.stop, chain)
-        if self.mode == "stateless":
+        if self.mode == Mode.STATELESS:
             self.client.until_done(lambda: self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30), self.stop, False)
         else:
             self._pull(chain)
