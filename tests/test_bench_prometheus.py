@@ -10,63 +10,24 @@ to the run); the recovery time is the same, the model version no higher.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from prometheus_server import prometheus_server
 from test_bench_e2e import TINY_MATRIX
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.fixture
 def prometheus(tmp_path: Path):
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (make tools, or apt-get install prometheus)")
-    port = free_port()
     targets = tmp_path / "out" / "targets"
     targets.mkdir(parents=True)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: trainthrough\n"
-        f"    file_sd_configs: [{{files: ['{targets}/*.json'], refresh_interval: 1s}}]\n"
-    )
-    server = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        server.kill()
-        pytest.fail("prometheus did not become ready within 30 s")
-    yield url, tmp_path / "out"
-    server.terminate()
-    server.wait(10)
+    with prometheus_server(tmp_path, f"{targets}/*.json") as url:
+        yield url, tmp_path / "out"
 
 
 def test_figures_read_back_from_prometheus_match_the_event_log(prometheus, tmp_path: Path) -> None:

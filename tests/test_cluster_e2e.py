@@ -9,6 +9,8 @@ Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stat
   trainthrough_recovery_seconds{phase} histogram (scraped from its metrics port) holds the
   same phases, and the recovery's milestones are the restarted PS's own (ps_ready,
   first_update in its pod's log); the kill time is the chaos Job's;
+- a real Prometheus scrapes the pods and the operator through the stand-in's file_sd list
+  (the PS's model version, the worker's steps, the operator's recovery histogram);
 - the Events say what happened, in order (ChaosInjected, FailureDetected, ChainReconfigured
   and ReplicaJoined for the chain, RecoveryCompleted);
 - the same YAML on the local runtime makes the same sequence of recovery decisions;
@@ -30,6 +32,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from prometheus_server import prometheus_server, query
 from trainthrough.control.supervising import Supervisor
 from trainthrough.events import EventLog, iter_events, read_events
 from trainthrough.metrics import create_metrics
@@ -137,8 +140,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInCluster
         yield standin
 
 
+@pytest.fixture(scope="module")
+def prometheus(cluster: StandInCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping every pod and the operator through the stand-in's file_sd list."""
+    with prometheus_server(tmp_path_factory.mktemp("prometheus"), str(cluster.targets_path)) as url:
+        yield url
+
+
 @pytest.mark.parametrize("mode", ["checkpoint", "chain", "stateless"])
-def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(cluster: StandInCluster, mode: str, tmp_path: Path) -> None:
+def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(
+    cluster: StandInCluster, prometheus: str, mode: str, tmp_path: Path
+) -> None:
     name = f"e2e-{mode}"
     doc = document(name, mode)
     cluster.apply(doc)
@@ -191,6 +203,17 @@ def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(cluster: Stan
         labels = (("mode", mode), ("phase", phase), ("trainingjob", name))
         assert samples[("trainthrough_recovery_seconds_count", labels)] == 1
         assert abs(samples[("trainthrough_recovery_seconds_sum", labels)] - seconds) < 1e-5
+
+    # Prometheus scraped the pods and the operator through the stand-in's file_sd list.
+    selector = f'trainingjob="{name}"'
+    versions = query(prometheus, f"max_over_time(trainthrough_ps_model_version{{{selector}}}[10m])")
+    assert versions and max(float(v["value"][1]) for v in versions) > 0
+    steps = query(prometheus, f"max_over_time(trainthrough_worker_steps_total{{{selector}}}[10m])")
+    assert steps and float(steps[0]["value"][1]) > 0
+    wait_for(
+        lambda: query(prometheus, f'trainthrough_recovery_seconds_count{{{selector},phase="total"}} == 1'),
+        timeout=30, what="the operator's recovery histogram in Prometheus",
+    )  # fmt: skip
 
     # The same YAML on the local runtime decides the same, in the same order.
     local = run_locally(doc, tmp_path / "local")
