@@ -46,7 +46,11 @@ def run_on_cluster(
     deadline = time.time() + limit
     status: dict[str, Any] = {}
     while time.time() < deadline:
-        status = cluster.kube.get(TRAININGJOBS, name).get("status") or {}
+        try:
+            status = cluster.kube.get(TRAININGJOBS, name).get("status") or {}
+        except OSError:  # the API did not answer in time (a loaded machine): look again
+            time.sleep(POLL_INTERVAL)
+            continue
         if on_progress is not None:
             on_progress(_progress(status))
         if status.get("phase") in _TERMINAL:
