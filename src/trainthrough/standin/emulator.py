@@ -427,6 +427,9 @@ def _without(body: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key not in keys}
 
 
+REQUEST_LOG = 32  # requests KMock keeps: those in flight (a reaction must find its request in the log)
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     """KMock's KubernetesEmulator with the fixes kopf (and a faithful test) needs.
@@ -588,6 +591,12 @@ class Emulator(kmock.KubernetesEmulator):
     # -- object-changing requests ------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # FIX (request log): KMock keeps every request it served, and matching a request to
+        # a DSL reaction walks that whole log, so each request costs more than the last (a
+        # second per GET after some thousands: an operator patches status twice a second).
+        # Only the latest requests are kept; what was served stays in `calls`.
+        if len(self._requests) > REQUEST_LOG:
+            del self._requests[: len(self._requests) - REQUEST_LOG]
         resource, action = request.resource, request.action
         binding = resource == _PODS and request.subresource == "binding" and request.method == kmock.method.POST
         if resource is not None and resource.plural and (action is not None or binding):  # not discovery
