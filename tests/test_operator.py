@@ -1,45 +1,74 @@
-"""The operator (kopf, for real) against KMock's Kubernetes emulator on 127.0.0.1.
+"""The operator (kopf, for real): on KMock's Kubernetes emulator where no pod needs to run,
+and on the cluster stand-in (trainthrough.standin.cluster) where every pod is a real
+process, for the recovery flows.
 
-Aspects covered, as a list of steps (a change, then a check):
-- creating a TrainingJob yields its ConfigMap, headless Service and PS and worker pods,
-  owned by the job, with GPU limits where asked; the job gets status and conditions;
-- deleting a checkpoint PS pod (as a chaos job would) makes the operator recreate it,
-  count the recovery in status and write Events; the replacement appears within 1 s;
-- deleting a chain head advances the chain configuration (epoch, members, head) and
-  starts a replacement replica that joins at the tail;
-- a lost worker pod is recreated; worker replicas converge when the spec changes;
+Covered, on the plain emulator (no pod runs, so no PS ever answers):
+- a new TrainingJob gets its ConfigMap, headless Service and PS pods (one per chain
+  replica), all owned by the job, and no worker pod (workers start once every PS answers);
+  its status: phase Pending, Progressing (Starting) and Ready False, chain epoch 1 with
+  publishedEpoch 0, no recovery; an ObjectsCreated Event;
+- a chaos section gets a chaos Job under its own ServiceAccount and a Role granting only
+  what `trainthrough chaos` does (get the job; get, patch and delete its pods; create
+  Events), owned by the job with the checkpoint claim and the PS NetworkPolicy, which
+  admits the job's pods and the operator only;
+- a checkpoint claim named in the spec is used, not created;
+- a pod being deleted is lost at its DELETE (deletionTimestamp minus the grace period),
+  not when its grace period ends; the chaos Job's annotation, when written, times it;
 - an invalid TrainingJob gets a Failed phase and a condition naming the field, and the
   operator goes on serving other jobs;
-- a chaos section gets a chaos Job under its own ServiceAccount and a Role granting only
-  what `trainthrough chaos` does; the PS NetworkPolicy admits the job's pods and the
-  operator only;
-- every manifest the operator creates passes kubernetes-validate --strict (1.30, 1.33).
+- every manifest the operator creates passes kubernetes-validate --strict (1.30, 1.33);
+- `trainthrough operator` as a process serves its metrics and liveness; a job that
+  existed before the operator started is taken up; two peered replicas serve jobs once
+  and the standby takes over when the active one dies.
+Covered on the stand-in, through `trainthrough operator` (one job per flow):
+- checkpoint: a deleted PS pod is recreated (same name, --checkpoint-dir) and the
+  recovery is in status while in flight (phase Recovering, Recovering and Degraded
+  conditions) and counted once done (phases detect + restore + first_update = total),
+  with FailureDetected and RecoveryCompleted Events; a PS whose process dies on its own
+  (SIGKILL: its pod ends Failed) is one failure, one recovery and exactly one new pod; a
+  deleted worker pod is recreated without a PS recovery; workers converge when
+  spec.workers.replicas goes up and down (the ConfigMap follows), the scale-down no
+  failure; a worker asks its GPU and reaches the PS by its Service DNS name; the
+  operator's trainthrough_recovery_seconds{phase} and recoveries_total hold the recoveries;
+- chain (3 real replicas): a deleted head advances the chain (epoch 2, head ps-1) and
+  gets a replacement that joins at the tail; a replacement lost before it joined is
+  replaced (ReplicaJoinFailed) by the next one, which joins; one recovery, in status and
+  in the operator's metrics, and the Events in order.
+Waits are for events, with generous bounds; nothing asserts how fast this machine is.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
-from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, wait_for
+from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics
 from trainthrough.operator.handlers import register
-from trainthrough.kubeapi import KubeApi
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import manifests
+from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, disruption_of
 from trainthrough.spec import load_job
+from trainthrough.standin.cluster import StandInCluster
+from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, timestamp, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT = 180.0  # generous bounds for real processes on a loaded 2-core machine
 
 
 def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
@@ -66,41 +95,66 @@ def status(kube: KubeEmulator, name: str) -> dict[str, Any]:
     return kube.get(TRAININGJOBS, name).get("status") or {}
 
 
-def sample(metric: Any, name: str, labels: dict[str, str]) -> float | None:
-    for family in metric.collect():
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
+def statuses(kube: KubeEmulator, name: str) -> list[dict[str, Any]]:
+    """Every status the job had, oldest first (each stored version of the object)."""
+    return [v.get("status") or {} for v in kube.history(TRAININGJOBS, name) if v is not None]
+
+
+def conditions(current: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in current.get("conditions") or []}
 
 
 def events(kube: KubeEmulator, name: str) -> list[str]:
-    return [e["reason"] for e in kube.list("events") if e["involvedObject"]["name"] == name]
+    found = [e for e in kube.list("events") if e["involvedObject"]["name"] == name]
+    return [e["reason"] for e in sorted(found, key=lambda e: e["firstTimestamp"])]
+
+
+def told(kube: KubeEmulator, name: str, wanted: list[str], timeout: float = 30.0) -> list[str]:
+    """The job's Events of the reasons in `wanted`, in order, once each has been told (the
+    operator emits them just after the status write that holds what they tell)."""
+    return wait_for(
+        lambda: set(wanted) <= set(found := [r for r in events(kube, name) if r in wanted]) and found,
+        timeout=timeout, what=f"Events {wanted}",
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- on the plain emulator: no pod runs --------------------------------------------------------
 
 
 def test_creating_a_job_creates_its_objects_and_status(kube: KubeEmulator, operator) -> None:
     spec = {"consistency": "chain", "parameterServer": {"replicas": 3}, "workers": {"replicas": 2, "resources": {"gpu": 1}}}
     job = kube.create(TRAININGJOBS, trainingjob("tj", **spec))
     uid = job["metadata"]["uid"]
-    wanted = {"tj-ps-0", "tj-ps-1", "tj-ps-2", "tj-worker-0", "tj-worker-1"}
-    wait_for(lambda: wanted <= set(pods(kube, "tj")), timeout=10, what="the job's pods")
+    wanted = {"tj-ps-0", "tj-ps-1", "tj-ps-2"}
+    wait_for(lambda: wanted <= set(pods(kube, "tj")), timeout=10, what="the job's PS pods")
     service = kube.get("services", "tj")
     config_map = kube.get("configmaps", "tj-job")
     assert service["spec"]["clusterIP"] == "None"
     assert json.loads(config_map["data"]["job.json"])["spec"]["consistency"] == "chain"
     for obj in [service, config_map, *pods(kube, "tj").values()]:
         assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"]["name"]
-    worker = pods(kube, "tj")["tj-worker-0"]["spec"]["containers"][0]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "tj-ps-0.tj.default.svc:50051" in worker["args"][worker["args"].index("--ps") + 1]
     current = wait_for(lambda: status(kube, "tj").get("conditions") and status(kube, "tj"), timeout=10, what="status")
-    assert current["phase"] == "Pending"
+    assert current["phase"] == "Pending" and current["ps"] == ["ps-0", "ps-1", "ps-2"]
     chain = current["chain"]
     # No replica answers in the emulator: the configuration stays unpublished (epoch 0).
-    assert (chain["epoch"], chain["members"], chain["head"], chain["publishedEpoch"]) == (1, ["ps-0", "ps-1", "ps-2"], "ps-0", 0)
-    progressing = next(c for c in current["conditions"] if c["type"] == "Progressing")
-    assert (progressing["status"], progressing["reason"], progressing["observedGeneration"]) == ("True", "PodsCreated", 1)
-    assert "PodsCreated" in events(kube, "tj")
+    assert (chain["epoch"], chain["members"], chain["head"], chain["publishedEpoch"], chain["joining"]) == (
+        1, ["ps-0", "ps-1", "ps-2"], "ps-0", 0, [],
+    )  # fmt: skip
+    progressing, ready = conditions(current)["Progressing"], conditions(current)["Ready"]
+    assert (progressing["status"], progressing["reason"], progressing["observedGeneration"]) == ("True", "Starting", 1)
+    assert (ready["status"], ready["reason"]) == ("False", "ParameterServerNotServing")
+    assert current["recoveries"]["count"] == 0 and current["recoveries"]["inFlight"] == []
+    assert current["master"]["phase"] == "Starting" and sorted(current["master"]["up"]) == ["ps-0", "ps-1", "ps-2"]
+    assert "ObjectsCreated" in wait_for(lambda: events(kube, "tj"), timeout=5, what="an Event")
+    # Workers start once every PS answers its Health; here none ever does.
+    time.sleep(1.0)  # a few of the operator's 0.5 s ticks
+    assert set(pods(kube, "tj")) == wanted
 
 
 def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube: KubeEmulator, operator) -> None:
@@ -109,16 +163,18 @@ def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube
     uid = kube.create(TRAININGJOBS, trainingjob("tj", consistency="checkpoint", chaos=chaos))["metadata"]["uid"]
     job = wait_for(lambda: kube.find("jobs", "tj-chaos"), timeout=10, what="the chaos Job")
     account, role, binding = kube.get("serviceaccounts", "tj-chaos"), kube.get("roles", "tj-chaos"), kube.get("rolebindings", "tj-chaos")
-    policy = kube.get("networkpolicies", "tj-ps")
-    for obj in (job, account, role, binding, policy):
+    policy, claim = kube.get("networkpolicies", "tj-ps"), kube.get("persistentvolumeclaims", "tj-checkpoints")
+    for obj in (job, account, role, binding, policy, claim):
         assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"]["name"]
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "tj-chaos" and job["spec"]["backoffLimit"] == 0
     assert pod["containers"][0]["args"][:4] == ["--trainingjob", "tj", "--namespace", "default"]
     assert binding["roleRef"]["name"] == "tj-chaos" and binding["subjects"][0]["name"] == "tj-chaos"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"),
+    # patch: the chaos Job writes the kill's time and target on the pod just before deleting it.
+    assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"), ("", "pods", "patch"),
                        ("", "pods", "delete"), ("", "events", "create")}  # fmt: skip
+    assert [r.get("resourceNames") for r in role["rules"] if r["resources"] == ["trainingjobs"]] == [["tj"]]
     # The PS port: the job's own pods and the operator; nobody else.
     grpc_from = [rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"] == [{"protocol": "TCP", "port": 50051}]]
     assert grpc_from == [
@@ -127,75 +183,8 @@ def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube
           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainthrough-operator"}}}],
     ]  # fmt: skip
     # The chaos pod is not one of the job's processes: losing it is no failure to recover.
-    assert "tj-chaos" not in {p.get("metadata", {}).get("labels", {}).get(manifests.LABEL_PROCESS) for p in pods(kube, "tj").values()}
-
-
-def test_a_deleted_checkpoint_ps_pod_is_recreated_and_counted(kube: KubeEmulator, operator) -> None:
-    kube.create(TRAININGJOBS, trainingjob("ck", consistency="checkpoint"))
-    first = wait_for(lambda: pods(kube, "ck").get("ck-ps-0"), timeout=10, what="the PS pod")
-    wait_for(lambda: kube.find("persistentvolumeclaims", "ck-checkpoints"), timeout=5, what="the checkpoint volume")
-    deleted = time.monotonic()
-    kube.delete("pods", "ck-ps-0")
-    replacement = wait_for(
-        lambda: (p := pods(kube, "ck").get("ck-ps-0")) and p["metadata"]["uid"] != first["metadata"]["uid"] and p,
-        timeout=5,
-        what="the replacement PS pod",
-    )
-    appeared = time.monotonic() - deleted
-    print(f"replacement PS pod appeared {appeared:.3f} s after the deletion")
-    assert appeared < 1.0
-    assert "--checkpoint-dir" in replacement["spec"]["containers"][0]["args"]
-    current = wait_for(lambda: status(kube, "ck").get("recoveries", {}).get("count") == 1 and status(kube, "ck"), timeout=5, what="recovery count")
-    assert current["recoveries"]["pending"]["process"] == "ps-0"
-    assert {c["type"]: c["status"] for c in current["conditions"]}["Recovering"] == "True"
-    assert current["phase"] == "Recovering"
-    assert {"FailureDetected", "PodReplaced"} <= set(wait_for(lambda: events(kube, "ck"), timeout=5))
-    fault = operator.metrics.fault_detection_seconds.labels(mode="checkpoint")
-    assert fault._sum.get() >= 0 and operator.metrics.restart_seconds.labels(mode="checkpoint")._sum.get() > 0
-
-
-def test_a_deleted_chain_head_advances_the_chain_and_gets_a_replacement(kube: KubeEmulator, operator) -> None:
-    kube.create(TRAININGJOBS, trainingjob("ch", consistency="chain", parameterServer={"replicas": 3}))
-    wait_for(lambda: {"ch-ps-0", "ch-ps-1", "ch-ps-2"} <= set(pods(kube, "ch")), timeout=10, what="the replicas")
-    wait_for(lambda: (status(kube, "ch").get("chain") or {}).get("members"), timeout=5, what="the chain in status")
-    kube.delete("pods", "ch-ps-0")
-    chain = wait_for(lambda: (status(kube, "ch").get("chain") or {}).get("epoch") == 2 and status(kube, "ch")["chain"], timeout=10, what="epoch 2")
-    assert chain["members"] == ["ps-1", "ps-2"] and chain["head"] == "ps-1"
-    assert chain["joining"] == ["ps-3"]
-    replacement = wait_for(lambda: pods(kube, "ch").get("ch-ps-3"), timeout=5, what="the replacement replica")
-    assert "--join" in replacement["spec"]["containers"][0]["args"]
-    assert status(kube, "ch")["recoveries"]["count"] == 1
-    assert status(kube, "ch")["ps"] == ["ps-0", "ps-1", "ps-2", "ps-3"]
-    assert "ChainReconfigured" in wait_for(lambda: events(kube, "ch"), timeout=5)
-
-
-def test_a_failed_pod_is_replaced_once(kube: KubeEmulator, operator) -> None:
-    kube.create(TRAININGJOBS, trainingjob("fl", consistency="stateless"))
-    first = wait_for(lambda: pods(kube, "fl").get("fl-ps-0"), timeout=10, what="the PS pod")
-    # The kubelet reports the container's crash; the failed pod is then deleted (by the
-    # operator, to free the name): one loss, one recovery, one new pod.
-    kube.patch_status("pods", "fl-ps-0", {"phase": "Failed", "containerStatuses": [
-        {"name": "ps", "state": {"terminated": {"exitCode": 137}}}]})  # fmt: skip
-    second = wait_for(
-        lambda: (p := pods(kube, "fl").get("fl-ps-0")) and p["metadata"]["uid"] != first["metadata"]["uid"] and p,
-        timeout=5,
-        what="the replacement",
-    )
-    wait_for(lambda: status(kube, "fl").get("recoveries", {}).get("count") == 1, timeout=5, what="one recovery")
-    time.sleep(0.5)  # room for a wrong second recovery triggered by the old pod's deletion
-    assert pods(kube, "fl")["fl-ps-0"]["metadata"]["uid"] == second["metadata"]["uid"]
-    assert status(kube, "fl")["recoveries"]["count"] == 1
-
-
-def test_a_chain_replacement_lost_before_joining_is_replaced(kube: KubeEmulator, operator) -> None:
-    kube.create(TRAININGJOBS, trainingjob("jr", consistency="chain", parameterServer={"replicas": 2}))
-    wait_for(lambda: (status(kube, "jr").get("chain") or {}).get("members"), timeout=10, what="the chain")
-    kube.delete("pods", "jr-ps-0")
-    wait_for(lambda: "jr-ps-2" in pods(kube, "jr"), timeout=5, what="the first replacement")
-    kube.delete("pods", "jr-ps-2")
-    wait_for(lambda: "jr-ps-3" in pods(kube, "jr"), timeout=5, what="a second replacement")
-    chain = wait_for(lambda: (c := status(kube, "jr")["chain"]).get("joining") == ["ps-3"] and c, timeout=5, what="joining ps-3")
-    assert chain["members"] == ["ps-1"]
+    template_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert manifests.LABEL_PROCESS not in template_labels and template_labels[manifests.LABEL_JOB] == "tj"
 
 
 def test_a_named_checkpoint_claim_is_used_not_created(kube: KubeEmulator, operator) -> None:
@@ -207,27 +196,31 @@ def test_a_named_checkpoint_claim_is_used_not_created(kube: KubeEmulator, operat
     assert kube.find("persistentvolumeclaims", "shared-checkpoints") is None  # not ours to create
 
 
-def test_workers_are_recreated_and_converge_on_update(kube: KubeEmulator, operator) -> None:
-    kube.create(TRAININGJOBS, trainingjob("wk", consistency="stateless"))
-    first = wait_for(lambda: pods(kube, "wk").get("wk-worker-1"), timeout=10, what="worker 1")
-    kube.delete("pods", "wk-worker-1")
-    wait_for(lambda: (p := pods(kube, "wk").get("wk-worker-1")) and p["metadata"]["uid"] != first["metadata"]["uid"], timeout=5, what="worker 1 again")
-    kube.patch(TRAININGJOBS, "wk", {"spec": {"workers": {"replicas": 3}}})
-    wait_for(lambda: "wk-worker-2" in pods(kube, "wk"), timeout=10, what="a third worker")
-    assert json.loads(kube.get("configmaps", "wk-job")["data"]["job.json"])["spec"]["workers"]["replicas"] == 3
-    kube.patch(TRAININGJOBS, "wk", {"spec": {"workers": {"replicas": 1}}})
-    wait_for(lambda: {n for n in pods(kube, "wk") if "worker" in n} == {"wk-worker-0"}, timeout=10, what="one worker left")
-
-
 def test_an_invalid_job_fails_with_the_field_and_others_are_still_served(kube: KubeEmulator, operator) -> None:
     # A rule no CRD schema expresses (the schema would reject replicas: 0 already).
     kube.create(TRAININGJOBS, trainingjob("bad", consistency="stateless", updates="sync"))
     current = wait_for(lambda: status(kube, "bad").get("phase") == "Failed" and status(kube, "bad"), timeout=10, what="Failed")
-    ready = next(c for c in current["conditions"] if c["type"] == "Ready")
+    ready, failed = conditions(current)["Ready"], conditions(current)["Failed"]
     assert ready["reason"] == "InvalidSpec" and ready["message"].startswith("spec.updates:")
-    assert pods(kube, "bad") == {}
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
+    assert "InvalidSpec" in wait_for(lambda: events(kube, "bad"), timeout=5, what="an Event")
+    assert pods(kube, "bad") == {} and kube.find("configmaps", "bad-job") is None
     kube.create(TRAININGJOBS, trainingjob("good", consistency="checkpoint"))
     wait_for(lambda: "good-ps-0" in pods(kube, "good"), timeout=10, what="the next job's PS")
+
+
+def test_a_deleted_pod_is_lost_when_it_was_deleted_not_when_its_grace_ends() -> None:
+    """A pod being deleted: deletionTimestamp is the end of its grace period (the DELETE's
+    time plus deletionGracePeriodSeconds, whole seconds); the loss is the DELETE's time,
+    or the chaos Job's own record of it when it wrote one."""
+    deleted = time.time()
+    meta = {"labels": {manifests.LABEL_PROCESS: "ps-0"}, "deletionTimestamp": timestamp(30), "deletionGracePeriodSeconds": 30}
+    disrupted = disruption_of({"metadata": meta}, now=deleted + 0.5)
+    assert disrupted is not None and disrupted.process == "ps-0"
+    assert deleted - 1.0 <= disrupted.at <= deleted + 0.5
+    annotated = {**meta, "annotations": {ANNOTATION_DISRUPTED_AT: f"{deleted - 0.25:.6f}"}}
+    assert disruption_of({"metadata": annotated}, now=deleted + 0.5).at == pytest.approx(deleted - 0.25, abs=1e-6)
+    assert disruption_of({"metadata": {"labels": meta["labels"]}}, now=deleted) is None  # nobody deletes it
 
 
 KUBERNETES_VALIDATE = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
@@ -253,95 +246,18 @@ def test_every_manifest_passes_kubernetes_validate(tmp_path: Path, version: str)
     assert result.stdout.count("passed") == len(documents), result.stdout
 
 
-# -- with real parameter servers ---------------------------------------------------------------
-# The emulator runs no pods: the test plays the kubelet. It runs each PS pod's process on
-# its own loopback address (127.x.y.z, the pod's port 50051) and writes that address into
-# the pod's status, as a kubelet reports a pod IP; the operator reaches the PS there.
-
-
-class Kubelet:
-    def __init__(self, kube: KubeEmulator, tmp_path: Path, job: str) -> None:
-        self.kube, self.tmp_path, self.job = kube, tmp_path, job
-        self.base = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
-        self.processes: dict[str, subprocess.Popen] = {}
-
-    def run(self, process: str, index: int) -> None:
-        pod = self.kube.get("pods", f"{self.job}-{process}")
-        args = pod["spec"]["containers"][0]["args"]
-        job_json = self.tmp_path / "job.json"
-        job_json.write_text(self.kube.get("configmaps", f"{self.job}-job")["data"]["job.json"])
-        ip = f"{self.base}.{index + 2}"
-        command = [sys.executable, "-m", "trainthrough.cli", "ps", "--job", str(job_json), "--name", process,
-                   "--host", ip, "--port", str(manifests.PS_PORT), "--metrics-port", "0"]  # fmt: skip
-        if "--join" in args:
-            command.append("--join")
-        self.processes[process] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.kube.patch_status("pods", f"{self.job}-{process}", {"phase": "Running", "podIP": ip})
-
-    def kill(self, process: str) -> None:
-        self.processes[process].kill()
-        self.processes[process].wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.kill()
-            process.wait()
-
-
-@pytest.mark.e2e
-def test_chain_recovery_with_real_replicas(kube: KubeEmulator, operator, tmp_path: Path) -> None:
-    kube.create(TRAININGJOBS, trainingjob("rc", consistency="chain", parameterServer={"replicas": 3}))
-    wait_for(lambda: {"rc-ps-0", "rc-ps-1", "rc-ps-2"} <= set(pods(kube, "rc")), timeout=10, what="the replicas")
-    kubelet = Kubelet(kube, tmp_path, "rc")
-    try:
-        for i in range(3):
-            kubelet.run(f"ps-{i}", i)
-        wait_for(lambda: (status(kube, "rc").get("chain") or {}).get("publishedEpoch") == 1, timeout=60, what="epoch 1 published")
-        wait_for(lambda: status(kube, "rc").get("phase") == "Running", timeout=30, what="Running")
-
-        kubelet.kill("ps-0")
-        kube.delete("pods", "rc-ps-0")
-        chain = wait_for(lambda: (c := status(kube, "rc").get("chain") or {}).get("publishedEpoch") == 2 and c, timeout=20, what="epoch 2 published")
-        assert chain["members"] == ["ps-1", "ps-2"]
-        wait_for(lambda: "rc-ps-3" in pods(kube, "rc"), timeout=5, what="the replacement pod")
-        kubelet.run("ps-3", 3)
-        chain = wait_for(lambda: (c := status(kube, "rc").get("chain") or {}).get("members") == ["ps-1", "ps-2", "ps-3"] and c, timeout=60, what="ps-3 joined")
-        assert chain["epoch"] == chain["publishedEpoch"] == 3 and not chain["joining"]
-        assert {"ChainReconfigured", "ReplicaJoined", "RecoveryCompleted"} <= set(events(kube, "rc"))
-        recoveries = wait_for(lambda: (r := status(kube, "rc").get("recoveries") or {}).get("lastRecoverySeconds") is not None and r, timeout=10, what="the recovery's time")
-        assert recoveries["count"] == 1 and "pending" not in recoveries
-        # The same metrics as the local master's, for the dashboard and the rules.
-        labels = {"trainingjob": "rc", "mode": "chain"}
-        assert sample(operator.metrics.recoveries, "trainthrough_recoveries_total", labels) == 1
-        total = sample(operator.metrics.recovery_seconds, "trainthrough_recovery_seconds_sum", {**labels, "phase": "total"})
-        assert total == pytest.approx(recoveries["lastRecoverySeconds"], abs=1e-5)
-        assert sample(operator.metrics.recovery_seconds, "trainthrough_recovery_seconds_count", {**labels, "phase": "detect"}) == 1
-    finally:
-        kubelet.stop()
-
-
 @pytest.mark.e2e
 def test_the_operator_command_serves_metrics_and_liveness(kube: KubeEmulator, tmp_path: Path) -> None:
     """`trainthrough operator` as a process, configured by a kubeconfig, like `kopf run`."""
-    import socket
-    import urllib.request
-
-    def free_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
-
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     metrics_port, liveness_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "trainthrough.cli", "operator", "--standalone", "--metrics-port", str(metrics_port),
          "--liveness", f"http://127.0.0.1:{liveness_port}/healthz"],
-        env={**__import__("os").environ, "KUBECONFIG": str(kubeconfig)},
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        # A job created once the operator watches (see the note on pre-existing jobs in
-        # the issue log: with KMock they are not picked up at start).
         kube.wait_watched(TRAININGJOBS, timeout=60)
         kube.create(TRAININGJOBS, trainingjob("op", consistency="checkpoint"))
         wait_for(lambda: "op-ps-0" in pods(kube, "op"), timeout=60, what="the operator process creating pods")
@@ -367,7 +283,9 @@ def test_a_job_that_existed_before_the_operator_started_is_taken_up(kube: KubeEm
     config = OperatorConfig(api=KubeApi(kube.api_client()), metrics=create_metrics(CollectorRegistry()), images={}, health_timeout=0.1)
     register(registry, config)
     run_operator(registry, watching=[TRAININGJOBS, "pods"])
-    wait_for(lambda: {"early-ps-0", "early-worker-0", "early-worker-1"} <= set(pods(kube, "early")), timeout=10, what="its pods")
+    wait_for(lambda: "early-ps-0" in pods(kube, "early") and kube.find("services", "early"), timeout=10, what="its PS pod and Service")
+    current = wait_for(lambda: status(kube, "early").get("phase") and status(kube, "early"), timeout=10, what="its status")
+    assert current["phase"] == "Pending" and current["ps"] == ["ps-0"]
 
 
 @pytest.mark.e2e
@@ -375,21 +293,12 @@ def test_two_peered_replicas_serve_jobs_once_and_a_standby_takes_over(kube: Kube
     """Two `trainthrough operator` replicas with kopf peering (the chart's CRDs and
     ClusterKopfPeering): the higher priority serves, the other stands by; when the active
     one dies, the standby takes over once its peering record expires."""
-    import os
-    import socket
-    import urllib.request
-
     import yaml
 
     for crd in yaml.safe_load_all((ROOT / "helm" / "trainthrough" / "crds" / "kopfpeerings.kopf.dev.yaml").read_text()):
         kube.register_crd(crd)
     kube.create("clusterkopfpeerings.v1.kopf.dev", {"metadata": {"name": "trainthrough"}})
     env = {**os.environ, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
-
-    def free_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
 
     def start(priority: int) -> tuple[subprocess.Popen, int]:
         port = free_port()
@@ -425,3 +334,175 @@ def test_two_peered_replicas_serve_jobs_once_and_a_standby_takes_over(kube: Kube
         for process in (active, standby):
             process.terminate()
             process.wait(20)
+
+
+# -- on the stand-in: every pod a real process -----------------------------------------------
+# The real operator (`trainthrough operator`, through a kubeconfig) against the stand-in,
+# whose kubelet runs each pod as a local process on its own loopback address: the PS
+# answers the operator's Health calls, workers train, deletions stop processes.
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInCluster]:
+    work = tmp_path_factory.mktemp("standin")
+    with StandInCluster(work) as standin:
+        standin.start_operator()
+        yield standin
+
+
+def running(cluster: StandInCluster, name: str) -> dict[str, Any]:
+    kube = cluster.kube
+    return wait_for(
+        lambda: (s := status(kube, name)).get("phase") == "Running" and s, timeout=JOB_TIMEOUT, interval=0.1,
+        what=f"{name} training ({cluster.operator_log})",
+    )  # fmt: skip
+
+
+def process_id(pod: dict[str, Any]) -> int:
+    """The PID of a stand-in pod's process (its container ID is `standin://PID`)."""
+    [container] = pod["status"]["containerStatuses"]
+    scheme, _, pid = container["containerID"].partition("://")
+    assert scheme == "standin", container
+    return int(pid)
+
+
+def uids(kube: KubeEmulator, pod: str) -> list[str]:
+    """The uid of every pod ever named `pod`, in creation order."""
+    return list(dict.fromkeys(v["metadata"]["uid"] for v in kube.history("pods", pod) if v is not None))
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def remove(cluster: StandInCluster, name: str) -> None:
+    """Delete the job; its pods (and their processes) go with it, freeing the machine."""
+    if cluster.kube.find(TRAININGJOBS, name) is not None:
+        cluster.kube.delete(TRAININGJOBS, name)
+    wait_for(lambda: not pods(cluster.kube, name), timeout=120, interval=0.2, what=f"{name}'s pods gone")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)  # real processes on a loaded machine; the waits bound each step
+def test_a_checkpoint_job_recovers_lost_pods_once_and_follows_its_worker_count(cluster: StandInCluster) -> None:
+    kube, name = cluster.kube, "ck"
+    cluster.apply(trainingjob(name, consistency="checkpoint", workers={"replicas": 1, "resources": {"gpu": 1}}, stop={"duration": "600s"}))
+    try:
+        running(cluster, name)
+        worker = pods(kube, name)["ck-worker-0"]["spec"]["containers"][0]
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert worker["args"][worker["args"].index("--ps") + 1] == "ck-ps-0.ck.default.svc:50051"
+
+        # A deleted PS pod (as a chaos Job or a drained node deletes it): the same PS again.
+        first = pods(kube, name)["ck-ps-0"]
+        kube.delete("pods", "ck-ps-0")
+        replacement = wait_for(
+            lambda: (p := pods(kube, name).get("ck-ps-0")) and p["metadata"]["uid"] != first["metadata"]["uid"] and p,
+            timeout=JOB_TIMEOUT, interval=0.1, what="the replacement PS pod",
+        )  # fmt: skip
+        assert "--checkpoint-dir" in replacement["spec"]["containers"][0]["args"]
+        after = wait_for(lambda: (s := status(kube, name))["recoveries"]["count"] == 1 and s, timeout=JOB_TIMEOUT, interval=0.2, what="the recovery")
+        # While it was in flight, the status said so.
+        [during, *_] = [s for s in statuses(kube, name) if s.get("phase") == "Recovering"]
+        assert during["recoveries"]["inFlight"] == ["ps-0"]
+        assert conditions(during)["Recovering"]["status"] == conditions(during)["Degraded"]["status"] == "True"
+        assert after["phase"] == "Running" and after["recoveries"]["inFlight"] == []
+        assert conditions(after)["Recovering"]["status"] == conditions(after)["Degraded"]["status"] == "False"
+        phases = after["recoveries"]["lastPhases"]
+        assert set(phases) == {"detect", "restore", "first_update", "total"}
+        assert phases["total"] == pytest.approx(phases["detect"] + phases["restore"] + phases["first_update"], abs=1e-5)
+        assert after["recoveries"]["failures"] == 0  # a deletion is a disruption, not a failure
+        assert told(kube, name, ["FailureDetected", "RecoveryCompleted"]) == ["FailureDetected", "RecoveryCompleted"]
+
+        # The PS process dies on its own: its pod ends Failed (137); the operator removes
+        # that pod to free the name. One failure, one recovery, exactly one new pod.
+        os.kill(process_id(kube.get("pods", "ck-ps-0")), signal.SIGKILL)
+        after = wait_for(lambda: (s := status(kube, name))["recoveries"]["count"] == 2 and s, timeout=JOB_TIMEOUT, interval=0.2, what="the second recovery")
+        assert after["recoveries"]["failures"] == 1
+        assert len(uids(kube, "ck-ps-0")) == 3
+
+        # A deleted worker comes back under its name; no PS recovery, no failure.
+        lost = pods(kube, name)["ck-worker-0"]["metadata"]["uid"]
+        kube.delete("pods", "ck-worker-0")
+        wait_for(
+            lambda: (p := pods(kube, name).get("ck-worker-0")) and p["metadata"]["uid"] != lost and p["status"].get("phase") == "Running",
+            timeout=JOB_TIMEOUT, interval=0.2, what="worker 0 again",
+        )  # fmt: skip
+
+        # Workers follow spec.workers.replicas, up and down (the ConfigMap too).
+        kube.patch(TRAININGJOBS, name, {"spec": {"workers": {"replicas": 2}}})
+        wait_for(
+            lambda: (p := pods(kube, name).get("ck-worker-1")) and p["status"].get("phase") == "Running",
+            timeout=JOB_TIMEOUT, interval=0.2, what="a second worker running",
+        )  # fmt: skip
+        assert json.loads(kube.get("configmaps", "ck-job")["data"]["job.json"])["spec"]["workers"]["replicas"] == 2
+        kube.patch(TRAININGJOBS, name, {"spec": {"workers": {"replicas": 1}}})
+        wait_for(lambda: {n for n in pods(kube, name) if "worker" in n} == {"ck-worker-0"}, timeout=JOB_TIMEOUT, interval=0.2, what="one worker left")
+        assert json.loads(kube.get("configmaps", "ck-job")["data"]["job.json"])["spec"]["workers"]["replicas"] == 1
+        wait_for(lambda: sorted(status(kube, name)["master"]["up"]) == ["ps-0", "worker-0"], timeout=30, what="the master's view")
+
+        final = status(kube, name)
+        assert final["phase"] == "Running" and final["recoveries"]["count"] == 2 and final["recoveries"]["failures"] == 1
+        assert len(uids(kube, "ck-ps-0")) == 3  # still: nothing replaced the PS a second time
+        assert cluster.operator_metrics_port is not None
+        port, labels = cluster.operator_metrics_port, (("mode", "checkpoint"), ("trainingjob", name))
+        samples = wait_for(lambda: (m := scrape(port)).get(("trainthrough_recoveries_total", labels)) == 2 and m, timeout=30, what="the metrics")
+        for phase in ("detect", "restore", "first_update", "total"):
+            assert samples[("trainthrough_recovery_seconds_count", tuple(sorted(labels + (("phase", phase),))))] == 2
+        total = samples[("trainthrough_recovery_seconds_sum", tuple(sorted(labels + (("phase", "total"),))))]
+        assert total == pytest.approx(final["recoveries"]["downtimeSeconds"], abs=1e-4)
+    finally:
+        remove(cluster, name)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)  # real processes on a loaded machine; the waits bound each step
+def test_a_lost_chain_head_is_replaced_at_the_tail_even_when_the_replacement_is_lost(cluster: StandInCluster) -> None:
+    kube, name = cluster.kube, "ch"
+    cluster.apply(trainingjob(name, consistency="chain", parameterServer={"replicas": 3}, workers={"replicas": 1}, stop={"duration": "600s"}))
+    try:
+        chain = running(cluster, name)["chain"]
+        assert (chain["epoch"], chain["publishedEpoch"], chain["members"]) == (1, 1, ["ps-0", "ps-1", "ps-2"])
+
+        kube.delete("pods", "ch-ps-0")
+        replacement = wait_for(lambda: pods(kube, name).get("ch-ps-3"), timeout=JOB_TIMEOUT, what="the replacement replica")
+        assert "--join" in replacement["spec"]["containers"][0]["args"]
+        # Lost before it joined (its process is barely starting): the next one replaces it.
+        kube.delete("pods", "ch-ps-3")
+        second = wait_for(lambda: pods(kube, name).get("ch-ps-4"), timeout=JOB_TIMEOUT, interval=0.1, what="a second replacement")
+        assert "--join" in second["spec"]["containers"][0]["args"]
+        final = wait_for(
+            lambda: (s := status(kube, name))["chain"]["members"] == ["ps-1", "ps-2", "ps-4"] and not s["chain"]["joining"]
+            and s["recoveries"]["lastRecoverySeconds"] is not None and s,
+            timeout=JOB_TIMEOUT, interval=0.2, what="ps-4 joined at the tail",
+        )  # fmt: skip
+        chain = final["chain"]
+        assert chain["head"] == "ps-1" and chain["epoch"] == chain["publishedEpoch"]
+
+        # The way there: the head's loss made epoch 2 (ps-1 heads), with ps-3 joining ...
+        history = [s["chain"] for s in statuses(kube, name) if s.get("chain")]
+        [promoted, *_] = [c for c in history if c["epoch"] == 2]
+        assert (promoted["members"], promoted["head"], promoted["joining"]) == (["ps-1", "ps-2"], "ps-1", ["ps-3"])
+        # ... then, ps-3 lost, ps-4 joining in its place and ps-3 never a member since.
+        losing = next(i for i, c in enumerate(history) if c["joining"] == ["ps-4"])
+        assert all("ps-3" not in c["members"] for c in history[losing:])
+        assert final["ps"] == ["ps-0", "ps-1", "ps-2", "ps-3", "ps-4"]
+        recoveries = final["recoveries"]
+        assert recoveries["count"] == 1 and recoveries["failures"] == 0 and recoveries["inFlight"] == []
+        assert recoveries["lostUpdates"] >= 0 and set(recoveries["lastPhases"]) == {"detect", "restore", "first_update", "total"}
+        wanted = ["FailureDetected", "ChainReconfigured", "ReplicaJoinFailed", "ReplicaJoined"]
+        assert told(kube, name, wanted) == wanted
+        assert told(kube, name, ["RecoveryCompleted"]) == ["RecoveryCompleted"]
+
+        # The operator's metrics hold the same recovery (the dashboard and the rules).
+        assert cluster.operator_metrics_port is not None
+        port, labels = cluster.operator_metrics_port, (("mode", "chain"), ("trainingjob", name))
+        samples = wait_for(lambda: (m := scrape(port)).get(("trainthrough_recoveries_total", labels)) == 1 and m, timeout=30, what="the metrics")
+        assert samples[("trainthrough_recovery_seconds_count", tuple(sorted(labels + (("phase", "detect"),))))] == 1
+        total = samples[("trainthrough_recovery_seconds_sum", tuple(sorted(labels + (("phase", "total"),))))]
+        assert total == pytest.approx(recoveries["lastRecoverySeconds"], abs=1e-5)
+    finally:
+        remove(cluster, name)

@@ -54,7 +54,8 @@ grants (pods get/list/delete, events create, trainingjobs get), as Kubernetes re
   verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
-  # patch: only granted on to the chaos Job's Role (a Role grants what its creator holds)
+  # get, patch: the operator calls neither; it holds them to grant them to the chaos Job's
+  # Role (RBAC: a Role may grant only what its creator holds)
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services, persistentvolumeclaims, serviceaccounts]
