@@ -125,6 +125,19 @@ def test_a_ps_that_dies_during_start_up_is_started_again_and_counted() -> None:
     assert m.state.failures == 1 and m.state.recoveries == []
 
 
+def test_a_chain_replica_restarted_during_start_up_gets_the_configuration_again() -> None:
+    m = Master(job("chain"))
+    m.start(T0)
+    for p in ("ps-0", "ps-1", "ps-2"):
+        for action in m.observe(health(p, 0), T0):
+            if isinstance(action, PublishChain):
+                m.observe(Published(action.epoch), T0)
+    assert m.state.chain is not None and m.state.chain.published_epoch == 1
+    assert kinds(m.observe(Exited("ps-1", 1, T0 + 1), T0 + 1))[-1] == ("start", "ps-1", False)
+    assert kinds(m.tick(T0 + 2)) == []  # not before it answers
+    assert kinds(m.observe(health("ps-1", 0), T0 + 3)) == [("publish", 1, ("ps-0", "ps-1", "ps-2"))]
+
+
 def test_start_up_has_a_deadline() -> None:
     m = Master(job("stateless"), startup_timeout=60)
     m.start(T0)

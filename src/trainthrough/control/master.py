@@ -305,6 +305,8 @@ class Master:
             out.append(self._start(name, now))
         elif decision.action is Remedy.RESTART_PS:
             if s.phase is JobPhase.STARTING:
+                if s.chain is not None:  # the new process has no configuration yet
+                    s.chain.published_epoch = min(s.chain.published_epoch, s.chain.epoch - 1)
                 out.append(self._start(name, now))
             else:
                 out += self._schedule_restart(exited, kill)
