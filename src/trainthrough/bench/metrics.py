@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 from kubernetes.utils import parse_quantity
 
+from trainthrough.control.vocabulary import EventName
+
 Event = dict[str, Any]
 
 
@@ -32,7 +34,7 @@ def of(events: Iterable[Event], name: str) -> list[Event]:
 
 
 def training_start(events: list[Event]) -> float:
-    started = of(events, "training_started")
+    started = of(events, EventName.TRAINING_STARTED)
     if not started:
         raise ValueError("the run never started training (no training_started event)")
     return started[0]["t"]
@@ -65,9 +67,9 @@ def accuracy_after(curve: list[tuple[float, float]], t: float) -> float | None:
 def kills(events: list[Event], t0: float) -> list[dict[str, Any]]:
     """Each kill with the accuracy around it and its recovery (matched by kill time)."""
     curve = accuracy_curve(events, t0)
-    recoveries = {round(r["killed_at"], 6): r for r in of(events, "recovery") if r.get("killed_at") is not None}
+    recoveries = {round(r["killed_at"], 6): r for r in of(events, EventName.RECOVERY) if r.get("killed_at") is not None}
     out = []
-    for kill in of(events, "kill"):
+    for kill in of(events, EventName.KILL):
         killed_at = kill.get("killed_at", kill["t"])
         recovery = recoveries.get(round(killed_at, 6))
         resumed = recovery["first_update_at"] if recovery else None
@@ -112,7 +114,7 @@ def ettr(alive: float, idle: float, steps: int, lost_updates: int, steps_per_upd
 def resource_use(events: list[Event]) -> dict[str, dict[str, float]]:
     """CPU seconds (summed) and peak memory (max) per role, from every process exit."""
     use = {role: {"cpu_seconds": 0.0, "peak_memory_bytes": 0.0} for role in ("ps", "workers")}
-    for e in of(events, "process_exited"):
+    for e in of(events, EventName.PROCESS_EXITED):
         role = "ps" if e["process"].startswith("ps-") else "workers"
         use[role]["cpu_seconds"] += e.get("cpu_seconds") or 0.0
         use[role]["peak_memory_bytes"] = max(use[role]["peak_memory_bytes"], e.get("max_rss_bytes") or 0.0)
@@ -142,14 +144,14 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
     """Every scalar metric of one run (see the module docstring)."""
     t0 = training_start(events)
     curve = accuracy_curve(events, t0)
-    [end] = of(events, "run_end") or [None]
+    [end] = of(events, EventName.RUN_END) or [None]
     wall = (end["t"] - t0) if end else (max(e["t"] for e in events) - t0)
     alive, idle = worker_time(events)
     steps = sum(e.get("steps", 0) for e in of(events, "worker_stopped"))
     killed = kills(events, t0)
     lost = sum(k["lost_updates"] for k in killed)
     totals = [k["phases"]["total"] for k in killed if "total" in k["phases"]]
-    [start] = of(events, "run_start")[:1] or [{}]
+    [start] = of(events, EventName.RUN_START)[:1] or [{}]
     steps_per_update = start.get("workers", 1) if start.get("updates") == "sync" else 1
     return {
         "wall_seconds": wall,
