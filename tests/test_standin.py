@@ -38,6 +38,7 @@ import psutil
 import pytest
 
 from trainthrough.standin.cluster import StandInCluster
+from trainthrough.standin.containers import command_line
 from trainthrough.standin.emulator import TRAININGJOBS, wait_for
 from trainthrough.standin.kubelet import NODE_NAME
 
@@ -470,3 +471,16 @@ def test_the_real_operator_runs_against_the_stand_in(cluster: StandInCluster) ->
     assert cluster.stop_operator() is None  # none running
     assert json.loads(cluster.targets_path.read_text()) == []
     assert cluster.operator_log.read_text()
+
+
+def test_an_images_entrypoint_is_never_taken_for_a_path_in_a_mount() -> None:
+    # The interpreter of a virtualenv under /tmp, and an emptyDir mounted at /tmp: only the
+    # pod spec's words are translated (a fresh CI clone under /tmp found its python gone).
+    pod = {"metadata": {"name": "p", "namespace": "default"}, "spec": {}, "status": {}}
+    container = {"image": "example.com/ps:1", "args": ["--dir", "/tmp/cache", "--other", "/opt/x"]}
+    argv, env = command_line(
+        pod, container, base_env={}, mounts={"/tmp": "/work/pods/p/tmp"},
+        entrypoints={"example.com/ps:1": ["/tmp/ci/.venv/bin/python", "-m", "trainthrough.cli", "ps"]},
+        resolve=lambda text: text,
+    )  # fmt: skip
+    assert argv == ["/tmp/ci/.venv/bin/python", "-m", "trainthrough.cli", "ps", "--dir", "/work/pods/p/tmp/cache", "--other", "/opt/x"]

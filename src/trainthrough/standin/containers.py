@@ -125,8 +125,14 @@ def command_line(
     (AddressPool.resolve); `base_env`: what every process gets, under the container's env.
     """
     env = container_env(pod, container)
-    command = container.get("command") or entrypoint(str(container.get("image", "")), entrypoints)
-    argv = [expand(str(word), env) for word in [*command, *(container.get("args") or [])]]
     rewrite = path_rewriter(mounts)
-    argv = [rewrite(resolve(word)) for word in argv]
+
+    def translate(words: Sequence[Any]) -> list[str]:
+        return [rewrite(resolve(expand(str(word), env))) for word in words]
+
+    # Only what the pod spec says is translated: an image's entrypoint here is this host's
+    # interpreter, which must not be taken for a path inside a mount (an emptyDir at /tmp
+    # would otherwise swallow a virtualenv under /tmp).
+    command = translate(container["command"]) if container.get("command") else list(entrypoint(str(container.get("image", "")), entrypoints))
+    argv = command + translate(container.get("args") or [])
     return argv, {**base_env, **{name: rewrite(resolve(value)) for name, value in env.items()}}
