@@ -484,3 +484,10 @@ def test_an_images_entrypoint_is_never_taken_for_a_path_in_a_mount() -> None:
         resolve=lambda text: text,
     )  # fmt: skip
     assert argv == ["/tmp/ci/.venv/bin/python", "-m", "trainthrough.cli", "ps", "--dir", "/work/pods/p/tmp/cache", "--other", "/opt/x"]
+    # A command naming this host's interpreter under /tmp runs it; its arguments are translated.
+    python = Path(sys.executable)
+    argv, _ = command_line(
+        pod, {"command": [str(python), "/tmp/script.py"]}, base_env={}, mounts={str(python.parents[2]): "/work/pods/p/mnt"},
+        entrypoints={}, resolve=lambda text: text,
+    )  # fmt: skip
+    assert argv == [str(python), "/tmp/script.py"]

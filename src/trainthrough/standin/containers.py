@@ -24,6 +24,8 @@ Anything else a container may ask for (envFrom, secrets, resource fields, ...) r
 
 from __future__ import annotations
 
+import os
+
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -133,6 +135,12 @@ def command_line(
     # Only what the pod spec says is translated: an image's entrypoint here is this host's
     # interpreter, which must not be taken for a path inside a mount (an emptyDir at /tmp
     # would otherwise swallow a virtualenv under /tmp).
-    command = translate(container["command"]) if container.get("command") else list(entrypoint(str(container.get("image", "")), entrypoints))
+    if container.get("command"):
+        # The same for a command whose executable is a program of this host (a test's
+        # sys.executable): it is run as written, its arguments are translated.
+        first, *rest = container["command"]
+        command = ([first] if os.path.isabs(str(first)) and os.path.exists(str(first)) else translate([first])) + translate(rest)
+    else:
+        command = list(entrypoint(str(container.get("image", "")), entrypoints))
     argv = command + translate(container.get("args") or [])
     return argv, {**base_env, **{name: rewrite(resolve(value)) for name, value in env.items()}}
