@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 import grpc
 
 from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, TrainthroughError
-from trainthrough.proto import ps_pb2_grpc
+from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.wire import FramedCalls
 
 T = TypeVar("T")
@@ -50,6 +50,14 @@ class Connection:
             return fn(self.stub, timeout)
         except grpc.RpcError as error:
             raise translate(error, self.address) from error
+
+    def health(self, timeout: float) -> ps_pb2.HealthReply | None:
+        """The PS's Health reply, or None if it does not answer within `timeout` (the
+        masters and the chaos Job read it to decide; a PS that is down is an answer too)."""
+        try:
+            return self.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
+        except TrainthroughError:
+            return None
 
     def close(self) -> None:
         self.channel.close()

@@ -35,8 +35,6 @@ from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
 from trainthrough.runtime import manifests
-from trainthrough.errors import TrainthroughError
-from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection
 from trainthrough.runtime.pods import (
     ANNOTATION_DISRUPTED_AT,
@@ -196,11 +194,10 @@ class PodChaos:
             return None
         connection = Connection(f"{ip}:{manifests.PS_PORT}")
         try:
-            return connection.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=1.0).version
-        except TrainthroughError:
-            return None
+            health = connection.health(timeout=1.0)
         finally:
             connection.close()
+        return health.version if health is not None else None
 
     def _skip(self, body: dict[str, Any], kill: ChaosKill, reason: str) -> None:
         self.skipped.append((kill, reason))

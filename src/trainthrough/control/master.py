@@ -39,6 +39,7 @@ from trainthrough.spec import Mode, TrainingJob
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
 PUBLISH_RETRY = 1.0  # seconds between attempts to publish a chain configuration
 STOP_GRACE = 60.0  # a stateless worker stopped offline waits a little to hand its work over
+PS_STOP_GRACE = 10.0
 
 
 class Master:
@@ -67,7 +68,7 @@ class Master:
         """The PS processes head first (the chain's members, else the one PS)."""
         if self.state.chain is not None:
             return list(self.state.chain.members)
-        return [p for p in self.state.ps[:1]]
+        return list(self.state.ps[:1])
 
     def elapsed(self, now: float) -> float:
         """Seconds on the job's clock (0 until training started)."""
@@ -477,7 +478,7 @@ class Master:
         s = self.state
         if process not in s.up:
             s.up.append(process)
-        ps = tuple(self.chain_order() if s.chain is not None else s.ps[:1]) if process.startswith("worker-") else ()
+        ps = tuple(self.chain_order()) if process.startswith("worker-") else ()
         return Start(process, join=join, ps=ps)
 
     def _publish(self, now: float) -> PublishChain:
@@ -539,5 +540,5 @@ class Master:
         out.append(Finish(phase, reason, message))
         # Workers first (a stateless worker offline hands its work over), then the PS.
         order = [w for w in self.workers if w in s.up] + [p for p in s.up if not p.startswith("worker-")]
-        out += [Stop(p, grace=STOP_GRACE if p.startswith("worker-") else 10.0) for p in order]
+        out += [Stop(p, grace=STOP_GRACE if p.startswith("worker-") else PS_STOP_GRACE) for p in order]
         return out

@@ -191,9 +191,9 @@ class Supervisor:
     def _health(self, name: str, timeout: float = 0.2) -> ps_pb2.HealthReply | None:
         try:
             address = self.runtime.address(name)
-            return self._pool.get(address).call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
-        except (TrainthroughError, KeyError):
+        except KeyError:  # never started: no address yet
             return None
+        return self._pool.get(address).health(timeout)
 
     def _progress(self) -> Progress:
         state = self.master.state

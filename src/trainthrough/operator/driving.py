@@ -23,7 +23,7 @@ from trainthrough.control.messages import Exited, Health, Observation, Record, R
 from trainthrough.control.master import Master
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import JobPhase, Reason
-from trainthrough.errors import PermanentError, TemporaryError, TrainthroughError
+from trainthrough.errors import PermanentError, TemporaryError
 from trainthrough.operator import conditions as c
 from trainthrough.operator import reconciling
 from trainthrough.operator.reconciling import OperatorConfig
@@ -111,12 +111,7 @@ def _health(config: OperatorConfig, runtime: PodRuntime, process: str) -> ps_pb2
     pod = runtime.pod(process) or {}
     if not (pod.get("status") or {}).get("podIP"):
         return None  # not running yet: nothing would answer
-    try:
-        return config.pool.get(runtime.address(process)).call(
-            lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=config.health_timeout
-        )
-    except TrainthroughError:
-        return None
+    return config.pool.get(runtime.address(process)).health(config.health_timeout)
 
 
 def _emit(config: OperatorConfig, body: dict[str, Any], record: Record) -> None:
