@@ -54,15 +54,11 @@ def server_stats() -> ServerStats:
 
 def prepare_process() -> None:
     """What a trainthrough PS or worker process does at start (process.py), for every design
-    alike: one torch thread, large buffers kept in the heap, torch's optimizer modules loaded
-    (else the first step of a design, or a stateless PS's seeding, pays a second for it)."""
-    from trainthrough.optim import warm_up
+    alike: one torch thread, large buffers kept in the heap."""
     from trainthrough.process import configure_threads, tune_allocator
-    from trainthrough.spec import OptimizerSpec
 
     configure_threads(1)
     tune_allocator()
-    warm_up(OptimizerSpec(name="sgd", lr=LR))
 
 
 def serve_until_told(control: Connection, stop: Callable[[], None]) -> None:

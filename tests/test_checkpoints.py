@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry
 from trainthrough.events import EventLog, read_events
 from trainthrough.metrics import create_metrics
 from trainthrough.ps.checkpointing import CheckpointMode
-from trainthrough.optim import make_optimizer
+from trainthrough.optim import Optimizer
 from trainthrough.ps.checkpoints import (
     HEADER,
     MAGIC,
@@ -169,13 +169,17 @@ def test_from_bytes_reads_a_format_1_payload_of_an_older_release() -> None:
     """Checkpoints written before the current layout (torch.save archives) still restore."""
     import io
 
+    # Those releases kept torch.optim's state_dict: write one with torch.optim itself.
+    param = torch.nn.Parameter(torch.zeros(NUMEL))
+    torch_sgd = torch.optim.SGD([param], lr=0.1, momentum=0.9)
     original = _state(optimizer=SGD_MOMENTUM)
     for gradient in _gradients(3):
+        param.grad = gradient
+        torch_sgd.step()
         original.apply(gradient)
-    original.record_pushes(["worker-0"], [7])
     buffer = io.BytesIO()
-    legacy = {"format": 1, "version": original.version, "seq": original.seq, "params": original.param.detach().clone(),
-              "optimizer": original.optimizer.state_dict(), "last_push": dict(original.last_push)}  # fmt: skip
+    legacy = {"format": 1, "version": 3, "seq": 3, "params": param.detach().clone(),
+              "optimizer": torch_sgd.state_dict(), "last_push": {"worker-0": 7}}  # fmt: skip
     torch.save(legacy, buffer)
     restored = ParameterState.from_bytes(buffer.getvalue(), SGD_MOMENTUM)
     assert (restored.version, restored.last_push) == (3, {"worker-0": 7})
@@ -206,7 +210,7 @@ def test_from_buffer_keeps_the_tensors_in_the_buffer_it_was_given() -> None:
     buffer = torch.frombuffer(bytearray(original.to_bytes()), dtype=torch.uint8)
     restored = ParameterState.from_buffer(buffer, ADAM)
     start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
-    moments = restored.optimizer.state[restored.param]
+    moments = restored.optimizer.state[0]
     for tensor in (restored.param, moments["exp_avg"], moments["exp_avg_sq"]):
         assert start <= tensor.data_ptr() < end
     restored.apply(_gradients(1, seed=5)[0])
@@ -216,7 +220,14 @@ def test_from_buffer_keeps_the_tensors_in_the_buffer_it_was_given() -> None:
 def test_the_optimizer_hyperparameters_come_from_the_spec_not_the_payload() -> None:
     payload = _state(optimizer=SGD_MOMENTUM).to_bytes()
     changed = OptimizerSpec(name="sgd", lr=0.5, momentum=0.9)
-    assert ParameterState.from_bytes(payload, changed).optimizer.param_groups[0]["lr"] == 0.5
+    before = ParameterState.from_bytes(payload, SGD_MOMENTUM).param.clone()
+    restored, reference = ParameterState.from_bytes(payload, changed), ParameterState.from_bytes(payload, SGD_MOMENTUM)
+    step = _gradients(1, seed=3)[0]
+    restored.apply(step)
+    reference.apply(step)
+    # The same momentum buffer at five times the learning rate: five times the move.
+    moved, reference_moved = restored.param - before, reference.param - before
+    assert torch.allclose(moved, 5 * reference_moved)
 
 
 def test_encoded_chunks_are_the_payload_and_are_aligned() -> None:
@@ -272,7 +283,7 @@ def test_a_payload_saved_in_chunks_is_the_same_file_as_saved_whole(tmp_path: Pat
     and it spans several read chunks on load."""
     state = _state(optimizer=ADAM)
     state.param = torch.nn.Parameter(torch.randn(9_000_000), requires_grad=False)  # 36 MB: > READ_CHUNK
-    state.optimizer = make_optimizer(ADAM, [state.param])
+    state.optimizer = Optimizer(ADAM, [state.param])
     state.apply(torch.randn(9_000_000))
     encoded = state.encode()
     whole, chunked = CheckpointStore(tmp_path / "whole"), CheckpointStore(tmp_path / "chunked")

@@ -19,7 +19,6 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from trainthrough.metrics import Metrics, create_metrics
-from trainthrough.optim import warm_up
 from trainthrough.spec import TrainingJob, parse_job
 
 
@@ -39,7 +38,6 @@ def start_process(name: str, job_path: str, parent_pid: int | None) -> ProcessCo
     stop = install_stop_signal()
     watch_parent(parent_pid, stop)
     job = load_job_file(job_path)
-    warm_up(job.spec.optimizer)
     registry = CollectorRegistry()
     return ProcessContext(job=job, stop=stop, registry=registry, metrics=create_metrics(registry))
 

@@ -1,4 +1,4 @@
-"""The parameter server's state: one flat float32 parameter vector, its torch optimizer,
+"""The parameter server's state: one flat float32 parameter vector, its optimizer,
 the model version, the chain sequence number and the per-worker deduplication table.
 
 Used by every mode (ps/core.py applies updates through it; checkpoints and chain state
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from trainthrough import wire
-from trainthrough.optim import make_optimizer
+from trainthrough.optim import Optimizer
 from trainthrough.ps import state_codec
 from trainthrough.spec import OptimizerSpec
 
@@ -30,7 +30,7 @@ class ParameterState:
         flat = params.detach().reshape(-1)
         self.param = torch.nn.Parameter(flat.to(torch.float32).clone() if copy else flat, requires_grad=False)
         self.optimizer_spec = optimizer
-        self.optimizer = make_optimizer(optimizer, [self.param])
+        self.optimizer = Optimizer(optimizer, [self.param])
         self.version = version
         self.seq = version  # chain: sequence number of the last applied record
         self.last_push: dict[str, int] = {}  # worker -> newest push id applied
@@ -41,9 +41,7 @@ class ParameterState:
 
     def apply(self, gradient: torch.Tensor, weight: float = 1.0) -> None:
         """One optimizer step with `gradient` (scaled by `weight`); version += 1."""
-        self.param.grad = gradient if weight == 1.0 else gradient * weight
-        self.optimizer.step()
-        self.param.grad = None
+        self.optimizer.step([gradient if weight == 1.0 else gradient * weight])
         self.version += 1
         self.seq += 1
 
@@ -62,8 +60,7 @@ class ParameterState:
     def encode(self) -> state_codec.EncodedState:
         """Everything to continue training, as views of the live tensors: the caller keeps
         the state unchanged (holds the order lock) until the bytes are written."""
-        optimizer_state = self.optimizer.state_dict()["state"].get(0, {})
-        return state_codec.encode(self.version, self.seq, dict(self.last_push), self.param, optimizer_state)
+        return state_codec.encode(self.version, self.seq, dict(self.last_push), self.param, self.optimizer.state[0])
 
     def to_bytes(self) -> bytes:
         return self.encode().to_bytes()
@@ -82,10 +79,8 @@ class ParameterState:
         state = cls(params, optimizer, decoded.version, copy=False)
         state.seq = decoded.seq
         state.last_push = decoded.last_push
-        if decoded.optimizer_state:
-            # Hyperparameters from the spec, not the payload; same-dtype tensors are kept, not copied.
-            groups = state.optimizer.state_dict()["param_groups"]
-            state.optimizer.load_state_dict({"state": {0: decoded.optimizer_state}, "param_groups": groups})
+        # Hyperparameters come from the spec, not the payload.
+        state.optimizer.load(0, decoded.optimizer_state)
         return state
 
     @classmethod

@@ -23,6 +23,10 @@ from trainthrough.control.runtime import Death
 from trainthrough.spec import TrainingJob, dump_job
 
 HOST = "127.0.0.1"
+# Workers run at a lower CPU priority than the PS processes: on a cluster a PS has its own
+# node, here it shares the cores with workers that train at full speed (offline, in
+# stateless mode), and a PS that boots or replays must not wait for them to yield.
+WORKER_NICENESS = 19
 
 
 def free_port(host: str = HOST) -> int:
@@ -142,6 +146,8 @@ class LocalRuntime:
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
             popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
+            if name.startswith("worker-"):
+                os.setpriority(os.PRIO_PROCESS, popen.pid, WORKER_NICENESS)
             process = _Process(popen)
             self._processes[name] = process
         threading.Thread(target=self._watch, args=(name, process), name=f"watch-{name}", daemon=True).start()

@@ -27,7 +27,7 @@ from trainthrough.errors import PermanentError, TemporaryError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
-from trainthrough.optim import make_optimizer
+from trainthrough.optim import Optimizer
 from trainthrough.spec import Mode, TrainingJob
 from trainthrough.worker.buffer import GradientBuffer
 from trainthrough.worker.client import PSClient, Stopped
@@ -115,7 +115,7 @@ class Worker:
         self.offline = False
         self._outage_steps = 0
         self.base_params: torch.Tensor | None = None
-        self.local_optimizer: torch.optim.Optimizer | None = None
+        self.local_optimizer: Optimizer | None = None
         self._idle_reported = 0.0
         self._dropped_reported = 0
         self._last_eval = time.monotonic()
@@ -264,7 +264,7 @@ class Worker:
         self.offline = True
         self._outage_steps = 0
         self.base_params = flatten_params(self.model).cpu()
-        self.local_optimizer = make_optimizer(self.spec.optimizer, self.model.parameters())
+        self.local_optimizer = Optimizer(self.spec.optimizer, self.model.parameters())
         self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
 
     def _local_step(self, gradient: torch.Tensor, push_id: int = 0) -> None:
