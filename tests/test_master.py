@@ -7,12 +7,15 @@ master answers with. Covered, for every mode:
   is started again; start-up's deadline;
 - checkpoint and stateless: a killed PS is restarted after the restart delay as a due time
   (a tick before it does nothing), its restore and first update timed from the PS's own
-  clock, lost updates = acknowledged version before - version restored;
+  clock;
 - chain: a dead head, middle or tail is removed (epoch + 1, published), the recovery's
   first update is a version above the new head's; a replacement starts after the delay and
   joins at the tail once it answers; one lost before joining is replaced; losing every
   replica fails the job (EveryChainReplicaLost); with ack: tail the tail's version counts;
 - a second failure during a recovery extends it (one outage, two deaths);
+- lost updates are the workers' measurement (HealthReply.lost_updates of the head): each
+  growth is one UpdatesLost with its count, the total is in the state; a replica that is
+  not the head, and a report that did not grow, change nothing;
 - restart limits: process failures beyond spec.runPolicy.backoffLimit fail the job
   (BackoffLimitExceeded), disruptions (kills, deleted pods) do not count;
 - workers: exit 0 is finished (all finished: StepsReached), a failure is restarted, a
@@ -41,6 +44,7 @@ from trainthrough.control.messages import (
     RecoveryDone,
     Start,
     Stop,
+    UpdatesLost,
 )
 from trainthrough.control.master import Master
 from trainthrough.control.state import MasterState
@@ -59,8 +63,10 @@ def job(consistency: str = "checkpoint", **spec: Any):
 
 
 def health(process: str, version: int = 10, *, state: str = "serving", started: int = 0, since: int = 0,
-           ready_at: float = 0.0, first_update_at: float = 0.0, accuracy: float = -1.0, restored_from: str = "") -> Health:  # fmt: skip
-    return Health(process, state, version, started, since, restored_from, ready_at, first_update_at, accuracy, worker_steps=version)
+           ready_at: float = 0.0, first_update_at: float = 0.0, accuracy: float = -1.0, restored_from: str = "",
+           lost: int = 0) -> Health:  # fmt: skip
+    return Health(process, state, version, started, since, restored_from, ready_at, first_update_at, accuracy,
+                  worker_steps=version, lost_updates=lost)  # fmt: skip
 
 
 def kinds(actions: list[Action]) -> list[Any]:
@@ -172,7 +178,7 @@ def test_a_killed_ps_is_restarted_when_its_delay_is_due_and_timed_from_its_own_c
     assert kinds(done) == [("done", "ps-0"), EventName.RECOVERY]
     phases = done[0].phases
     assert phases == pytest.approx({"detect": 0.02, "restore": 7.48, "first_update": 0.25, "total": 7.75})
-    assert done[0].lost_updates == 20 and m.state.completed.lost_updates == 20 and m.state.completed.count == 1
+    assert m.state.completed.count == 1
     assert m.state.recoveries == [] and m.kill_blocker("ps-0", live=True) is None
 
 
@@ -205,7 +211,6 @@ def test_a_dead_chain_head_is_promoted_away_and_a_replacement_joins_at_the_tail(
     done = m.observe(health("ps-1", 50), T0 + 5.05)
     assert kinds(done) == [("done", "ps-0"), EventName.RECOVERY]
     assert done[0].phases == pytest.approx({"detect": 0.01, "restore": 0.0, "first_update": 0.04, "total": 0.05})
-    assert done[0].lost_updates == 0  # nothing acknowledged was lost: 48 <= 49
     assert kinds(m.tick(T0 + 7)) == []
     assert kinds(m.tick(T0 + 8.02)) == [("start", "ps-3", True)]
     assert m.state.ps == ["ps-0", "ps-1", "ps-2", "ps-3"]
@@ -340,3 +345,16 @@ def test_the_state_read_back_from_a_status_resumes_a_chain_recovery_where_it_sto
     assert kinds(resumed.observe(health("ps-3", 15), T0 + 8.05)) == [EventName.REPLICA_JOINED]
     resumed.observe(health("ps-1", 20), T0 + 8.1)
     assert kinds(resumed.observe(health("ps-1", 21), T0 + 8.2)) == [("done", "ps-0"), EventName.RECOVERY]
+
+
+def test_lost_updates_are_what_the_workers_measured_and_reported_through_the_head() -> None:
+    m = running(Master(job("chain", parameterServer={"replicas": 3})))
+    assert kinds(m.observe(health("ps-2", 40, lost=5), T0 + 2)) == []  # the tail's count is not the job's
+    lost = m.observe(health("ps-0", 41, lost=3), T0 + 3)
+    assert [(a.count, a.total) for a in lost if isinstance(a, UpdatesLost)] == [(3, 3)]
+    assert EventName.UPDATES_LOST in kinds(lost) and m.state.completed.lost_updates == 3
+    assert kinds(m.observe(health("ps-0", 42, lost=3), T0 + 4)) == []  # no growth, nothing new
+    assert kinds(m.observe(health("ps-0", 43, lost=0), T0 + 5)) == []  # lower (a PS the workers did not report to yet)
+    more = m.observe(health("ps-0", 44, lost=7), T0 + 6)
+    assert [(a.count, a.total) for a in more if isinstance(a, UpdatesLost)] == [(4, 7)]
+    assert MasterState.load(json.loads(json.dumps(m.state.dump()))).completed.lost_updates == 7

@@ -61,10 +61,11 @@ def _run(args: argparse.Namespace) -> int:
         events.close()
     for recovery in summary.recoveries:
         phases = ", ".join(f"{k} {v:.3f}s" for k, v in recovery["phases"].items())
-        print(f"recovery of {recovery['target']}: {phases}; lost updates {recovery['lost_updates']}")
+        print(f"recovery of {recovery['target']}: {phases}")
     print(
         f"trainthrough: {summary.status} ({summary.reason}) after {summary.wall_seconds:.1f}s: "
-        f"accuracy {summary.accuracy:.4f}, version {summary.version}, recoveries {len(summary.recoveries)}; "
+        f"accuracy {summary.accuracy:.4f}, version {summary.version}, recoveries {len(summary.recoveries)}, "
+        f"lost updates {summary.lost_updates}; "
         f"events in {runtime.events_path}"
     )
     if args.summary:

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Callable
 
 from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop
+from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop, UpdatesLost
 from trainthrough.control.master import Master
 from trainthrough.control.runtime import Runtime
 from trainthrough.rpc import ConnectionPool
@@ -31,7 +31,7 @@ class Applier:
         runtime: Runtime,
         *,
         record: Callable[[Record], None],
-        on_recovery: Callable[[RecoveryDone], None],
+        on_recovery: Callable[[RecoveryDone | UpdatesLost], None],  # for the metrics
         pool: ConnectionPool,
         stop: Callable[[list[Stop]], None] | None = None,
     ) -> None:
@@ -45,6 +45,7 @@ class Applier:
             PublishChain: self._publish,
             Record: self._record_one,
             RecoveryDone: self._recovery_done,
+            UpdatesLost: self._updates_lost,
             Finish: self._finish,
         }
 
@@ -80,6 +81,10 @@ class Applier:
     def _recovery_done(self, done: RecoveryDone) -> list[Action]:
         self._on_recovery(done)
         self.recoveries.append(done.recovery)
+        return []
+
+    def _updates_lost(self, lost: UpdatesLost) -> list[Action]:
+        self._on_recovery(lost)
         return []
 
     def _finish(self, finish: Finish) -> list[Action]:

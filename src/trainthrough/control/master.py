@@ -30,6 +30,7 @@ from trainthrough.control.messages import (
     RecoveryDone,
     Start,
     Stop,
+    UpdatesLost,
 )
 from trainthrough.control.recovery import Decision, Remedy, decide
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement
@@ -202,9 +203,11 @@ class Master:
                     p.accuracy = health.accuracy
                     p.best_accuracy = max(p.best_accuracy, health.accuracy)
                 p.observed_at = now
-        if s.phase.terminal:
-            return []  # the final progress is still read; nothing is decided any more
         out: list[Action] = []
+        if order and name == order[0] and health.lost_updates > s.completed.lost_updates:
+            out += self._updates_lost(health.lost_updates)
+        if s.phase.terminal:
+            return out  # the final progress is still read; nothing is decided any more
         s.versions[name] = health.version
         if name not in s.answered:
             s.answered.append(name)
@@ -416,17 +419,31 @@ class Master:
         phases = recovery.phases()
         totals = s.completed
         totals.count += 1
-        totals.lost_updates += recovery.lost_updates
         totals.downtime_seconds = round(totals.downtime_seconds + phases.get("total", 0.0), 6)
         totals.last = recovery.as_event()
         return [
-            RecoveryDone(recovery.as_event(), phases, recovery.lost_updates),
+            RecoveryDone(recovery.as_event(), phases),
             Record(
                 EventName.RECOVERY,
                 recovery.as_event(),
                 Reason.RECOVERY_COMPLETED,
-                f"{recovery.target}: training resumed {phases['total']:.3f} s after the loss "
-                f"({recovery.lost_updates} updates lost)",
+                f"{recovery.target}: training resumed {phases['total']:.3f} s after the loss",
+            ),
+        ]
+
+    def _updates_lost(self, total: int) -> list[Action]:
+        """The workers' sum of acknowledged updates missing from the state they follow
+        grew (each worker measures its own when its PS changes, and reports the total)."""
+        totals = self.state.completed
+        count, totals.lost_updates = total - totals.lost_updates, total
+        return [
+            UpdatesLost(count, total),
+            Record(
+                EventName.UPDATES_LOST,
+                {"count": count, "total": total},
+                Reason.UPDATES_LOST,
+                f"{count} acknowledged updates are not in the state training continues from ({total} in all)",
+                warning=True,
             ),
         ]
 

@@ -59,6 +59,7 @@ class Health:
     accuracy: float
     worker_steps: int
     applied_seq: int = -1
+    lost_updates: int = 0  # measured by the workers against the state they follow
 
     @classmethod
     def of(cls, process: str, reply: ps_pb2.HealthReply) -> Health:
@@ -74,6 +75,7 @@ class Health:
             accuracy=reply.accuracy,
             worker_steps=reply.worker_steps,
             applied_seq=reply.applied_seq,
+            lost_updates=reply.lost_updates,
         )
 
 
@@ -135,7 +137,16 @@ class RecoveryDone:
 
     recovery: dict[str, Any]  # Recovery.as_event()
     phases: dict[str, float]
-    lost_updates: int
+
+
+@dataclass(frozen=True)
+class UpdatesLost:
+    """The workers measured `count` more acknowledged updates lost (`total` so far): the
+    state they follow after a recovery lacks them. Reported after the recovery's first
+    update, so apart from it."""
+
+    count: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -147,4 +158,4 @@ class Finish:
     message: str
 
 
-Action = Union[Start, Stop, PublishChain, Record, RecoveryDone, Finish]
+Action = Union[Start, Stop, PublishChain, Record, RecoveryDone, UpdatesLost, Finish]

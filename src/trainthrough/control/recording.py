@@ -10,7 +10,7 @@ and the operator) and every fault injected (the local driver and the chaos Job).
 
 from __future__ import annotations
 
-from trainthrough.control.messages import RecoveryDone
+from trainthrough.control.messages import RecoveryDone, UpdatesLost
 from trainthrough.metrics import RECOVERY_PHASES, Metrics
 from trainthrough.spec import ChaosKill
 
@@ -22,11 +22,13 @@ class RecoveryMetrics:
         self._count = metrics.recoveries.labels(**labels)  # exported at 0 from the start
         self._lost = metrics.lost_updates.labels(**labels)
 
-    def record(self, done: RecoveryDone) -> None:
+    def record(self, done: RecoveryDone | UpdatesLost) -> None:
+        if isinstance(done, UpdatesLost):
+            self._lost.inc(done.count)
+            return
         for phase, seconds in done.phases.items():
             self._phases[phase].observe(seconds)
         self._count.inc()
-        self._lost.inc(done.lost_updates)
 
 
 class InjectionMetrics:

@@ -45,12 +45,6 @@ class Recovery(StateModel):
     def done(self) -> bool:
         return self.first_update_at is not None
 
-    @property
-    def lost_updates(self) -> int:
-        if self.version_before < 0 or self.version_restored < 0:
-            return 0
-        return max(0, self.version_before - self.version_restored)
-
     def phases(self) -> dict[str, float]:
         """detect (loss -> noticed), restore (noticed -> serving), first_update, total."""
         start = self.killed_at if self.killed_at is not None else self.detected_at
@@ -76,7 +70,6 @@ class Recovery(StateModel):
             "version_restored": self.version_restored,
             "restored_from": self.restored_from,
             "deaths": self.deaths,
-            "lost_updates": self.lost_updates,
             "phases": {k: round(v, 6) for k, v in self.phases().items()},
             **self.extra,
         }
@@ -121,7 +114,7 @@ class Progress(StateModel):
 
 class Totals(StateModel):
     count: int = 0
-    lost_updates: int = 0
+    lost_updates: int = 0  # acknowledged updates the workers measured lost, in all
     downtime_seconds: float = 0.0
     last: dict[str, Any] | None = None  # the last completed recovery (as_event)
 

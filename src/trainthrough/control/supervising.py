@@ -57,6 +57,7 @@ class RunSummary:
     accuracy: float
     recoveries: list[dict] = field(default_factory=list)
     kills: int = 0
+    lost_updates: int = 0  # as the workers measured and reported them
 
 
 class Supervisor:
@@ -234,6 +235,7 @@ class Supervisor:
             accuracy=progress.accuracy,
             recoveries=list(self._applier.recoveries),
             kills=len(self.schedule.fired),
+            lost_updates=state.completed.lost_updates,
         )
         fields = {k: v for k, v in vars(summary).items() if k != "recoveries"}
         self.events.emit(EventName.RUN_END.value, **fields, recoveries=len(self._applier.recoveries), reason_code=str(state.reason))

@@ -22,6 +22,7 @@ class EventName(StrEnum):
     REPLICA_JOINED = "replica_joined"
     REPLICA_JOIN_FAILED = "replica_join_failed"
     RECOVERY = "recovery"
+    UPDATES_LOST = "updates_lost"
     RECOVERY_INCOMPLETE = "recovery_incomplete"
     RUN_END = "run_end"
 
@@ -46,6 +47,7 @@ class Reason(StrEnum):
     REPLICA_JOINED = "ReplicaJoined"
     REPLICA_JOIN_FAILED = "ReplicaJoinFailed"
     RECOVERY_COMPLETED = "RecoveryCompleted"
+    UPDATES_LOST = "UpdatesLost"
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
     TRAINING_STARTED = "TrainingStarted"
     # the operator's

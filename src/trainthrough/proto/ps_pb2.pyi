@@ -27,14 +27,23 @@ class PullRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("version", "params", "incarnation")
+    __slots__ = ("version", "params", "incarnation", "applied_pushes")
+    class AppliedPushesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     version: int
     params: Tensor
     incarnation: str
-    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    applied_pushes: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype")
@@ -53,18 +62,27 @@ class PushRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version")
+    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes")
+    class AppliedPushesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     version: int
     duplicate: bool
     incarnation: str
     params: Tensor
     params_version: int
-    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ...) -> None: ...
+    applied_pushes: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PushChunk(_message.Message):
     __slots__ = ("request", "data")
@@ -111,7 +129,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +144,7 @@ class HealthReply(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_AT_FIELD_NUMBER: _ClassVar[int]
     FIRST_UPDATE_AT_FIELD_NUMBER: _ClassVar[int]
+    LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -140,7 +159,8 @@ class HealthReply(_message.Message):
     incarnation: str
     ready_at: float
     first_update_at: float
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ...) -> None: ...
+    lost_updates: int
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("seq", "gradient", "workers", "push_ids")
@@ -219,20 +239,29 @@ class BufferedGradient(_message.Message):
     def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., seq: _Optional[int] = ..., push_id: _Optional[int] = ...) -> None: ...
 
 class RejoinRequest(_message.Message):
-    __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id", "announce")
+    __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id", "announce", "base_applied_pushes")
+    class BaseAppliedPushesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     WORKER_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_PARAMS_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCE_FIELD_NUMBER: _ClassVar[int]
+    BASE_APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     worker: str
     base_version: int
     base_params: Tensor
     buffered: _containers.RepeatedCompositeFieldContainer[BufferedGradient]
     push_id: int
     announce: bool
-    def __init__(self, worker: _Optional[str] = ..., base_version: _Optional[int] = ..., base_params: _Optional[_Union[Tensor, _Mapping]] = ..., buffered: _Optional[_Iterable[_Union[BufferedGradient, _Mapping]]] = ..., push_id: _Optional[int] = ..., announce: _Optional[bool] = ...) -> None: ...
+    base_applied_pushes: _containers.ScalarMap[str, int]
+    def __init__(self, worker: _Optional[str] = ..., base_version: _Optional[int] = ..., base_params: _Optional[_Union[Tensor, _Mapping]] = ..., buffered: _Optional[_Iterable[_Union[BufferedGradient, _Mapping]]] = ..., push_id: _Optional[int] = ..., announce: _Optional[bool] = ..., base_applied_pushes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RejoinReply(_message.Message):
     __slots__ = ("version", "replayed", "seeded_from", "replayed_seq")
@@ -247,16 +276,18 @@ class RejoinReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., replayed: _Optional[int] = ..., seeded_from: _Optional[str] = ..., replayed_seq: _Optional[int] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
-    __slots__ = ("worker", "steps", "accuracy", "loss")
+    __slots__ = ("worker", "steps", "accuracy", "loss", "lost_updates")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
     worker: str
     steps: int
     accuracy: float
     loss: float
-    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
+    lost_updates: int
+    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., lost_updates: _Optional[int] = ...) -> None: ...
 
 class ProgressReply(_message.Message):
     __slots__ = ()

@@ -95,6 +95,7 @@ class ParameterServerCore:
         # must wait for them, not join the next round (that would apply it twice).
         self._closing: list[_Round] = []
         self.progress: dict[str, tuple[int, float]] = {}  # worker -> (steps, accuracy)
+        self.lost: dict[str, int] = {}  # worker -> acknowledged updates it measured lost
         self.accuracy = -1.0
         self._trainingjob = trainingjob
         self.metrics = metrics
@@ -149,12 +150,15 @@ class ParameterServerCore:
         return self.state.version if self.state is not None else -1
 
     # -- pull ------------------------------------------------------------------------
-    def pull(self, have_version: int, dtype: str = "float32") -> tuple[int, bytes | None]:
+    def pull(self, have_version: int, dtype: str = "float32") -> tuple[int, bytes | None, dict[str, int]]:
+        """(version, the parameters' bytes or None when `have_version` is current, the
+        newest push id per worker that they hold), all of one moment."""
         state = self.require_state()
         with self.state_lock:
+            applied = dict(state.last_push)
             if have_version == state.version:
-                return state.version, None
-            return state.version, state.params_bytes(dtype)
+                return state.version, None, applied
+            return state.version, state.params_bytes(dtype), applied
 
     # -- push ------------------------------------------------------------------------
     def push(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:
@@ -267,11 +271,16 @@ class ParameterServerCore:
             round_.done.set()
 
     # -- progress ----------------------------------------------------------------------
-    def report_progress(self, worker: str, steps: int, accuracy: float) -> None:
+    def report_progress(self, worker: str, steps: int, accuracy: float, lost_updates: int = 0) -> None:
         previous = self.progress.get(worker, (0, -1.0))
+        self.lost[worker] = max(self.lost.get(worker, 0), lost_updates)
         self.progress[worker] = (steps, accuracy if accuracy >= 0 else previous[1])
         if accuracy >= 0:
             self.accuracy = accuracy
+
+    @property
+    def lost_updates(self) -> int:
+        return sum(self.lost.values())
 
     @property
     def worker_steps(self) -> int:

@@ -56,14 +56,15 @@ class Mode:
         pulled = self.pull(ps_pb2.PullRequest(worker=request.worker, have_version=-1, dtype=request.pull_dtype))
         reply.params_version = pulled.message.version
         reply.params.CopyFrom(pulled.message.params)
+        reply.applied_pushes.update(pulled.message.applied_pushes)
         return wire.Framed(reply, pulled.data)
 
     def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
         """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
         dtype = request.dtype or "float32"
         wire.check_dtype(dtype)  # also when the pull sends no parameters
-        version, data = self.core.pull(request.have_version, dtype)
-        reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation)
+        version, data, applied = self.core.pull(request.have_version, dtype)
+        reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation, applied_pushes=applied)
         if data is None:
             return wire.Framed(reply)
         reply.params.dtype = dtype
@@ -80,7 +81,7 @@ class Mode:
         return self.push(request, gradient=gradient)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
-        self.core.report_progress(request.worker, request.steps, request.accuracy)
+        self.core.report_progress(request.worker, request.steps, request.accuracy, request.lost_updates)
         return ps_pb2.ProgressReply()
 
     def health(self) -> ps_pb2.HealthReply:
@@ -97,6 +98,7 @@ class Mode:
             applied_seq=state.seq if state is not None else -1,
             accuracy=core.accuracy,
             worker_steps=core.worker_steps,
+            lost_updates=core.lost_updates,
             incarnation=core.incarnation,
             ready_at=core.ready_at,
             first_update_at=core.first_update_at,

@@ -197,6 +197,8 @@ class StatelessMode(Mode):
         if with_weights:
             best, params = max(with_weights, key=lambda pair: (pair[0].base_version, -_rank(pair[0].worker)))
             state = ParameterState(params, self.optimizer, version=best.base_version)  # copies
+            # The pushes those weights hold: what workers measure their lost updates against.
+            state.last_push = dict(best.base_applied_pushes)
             source, self._seeded_from = "workers", best.worker
         else:
             state = None

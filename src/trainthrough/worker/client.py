@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -36,7 +36,8 @@ STREAM_ABOVE_BYTES = 16 << 20
 # deadline sized for a small model would cut a large model's push short, and a stateless
 # worker would take that for a dead PS (a dead one fails fast either way).
 SLOWEST_TRANSFER_BYTES_PER_S = 50e6
-Pulled = tuple[int, torch.Tensor | None, str]  # (version, parameters or None if unchanged, PS incarnation)
+# (version, parameters or None if unchanged, PS incarnation, newest push id per worker they hold)
+Pulled = tuple[int, torch.Tensor | None, str, dict[str, int]]
 
 
 def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
@@ -51,7 +52,7 @@ def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Te
 class PSClient:
     """
     >>> client = PSClient(["127.0.0.1:50051"], worker="worker-0")
-    >>> version, params, _ = client.pull(-1)
+    >>> version, params, incarnation, applied_pushes = client.pull(-1)
     """
 
     def __init__(
@@ -146,7 +147,7 @@ class PSClient:
             reply = framed.message
             if pull:
                 params = reply.params if reply.HasField("params") else None
-                pulled = self._pulled(reply.params_version, params, framed.data, reply.incarnation)
+                pulled = self._pulled(reply.params_version, params, framed.data, reply.incarnation, reply.applied_pushes)
         self.push_id += 1
         return reply, pulled
 
@@ -165,19 +166,22 @@ class PSClient:
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
         if self._streams(self._numel):
             reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
-            return self._learn_size(reply.version, params, reply.incarnation)
+            return self._learn_size(reply.version, params, reply.incarnation, reply.applied_pushes)
         framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout)
         reply = framed.message
-        return self._pulled(reply.version, reply.params if reply.HasField("params") else None, framed.data, reply.incarnation)
+        params = reply.params if reply.HasField("params") else None
+        return self._pulled(reply.version, params, framed.data, reply.incarnation, reply.applied_pushes)
 
-    def _pulled(self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, incarnation: str) -> Pulled:
+    def _pulled(
+        self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, incarnation: str, applied: Mapping[str, int]
+    ) -> Pulled:
         params = None if header is None else wire.decode(header, what="params", data=data)
-        return self._learn_size(version, params, incarnation)
+        return self._learn_size(version, params, incarnation, applied)
 
-    def _learn_size(self, version: int, params: torch.Tensor | None, incarnation: str) -> Pulled:
+    def _learn_size(self, version: int, params: torch.Tensor | None, incarnation: str, applied: Mapping[str, int]) -> Pulled:
         if params is not None:
             self._numel = params.numel()
-        return version, params, incarnation
+        return version, params, incarnation, dict(applied)
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
         return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)
@@ -189,9 +193,13 @@ class PSClient:
         return self._head.call(lambda s, t: s.Rejoin(announce, timeout=t), timeout=HEALTH_TIMEOUT)
 
     def rejoin(
-        self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float
+        self, base_version: int, base_params: torch.Tensor | None, buffered: list, timeout: float,
+        base_applied: Mapping[str, int] | None = None,
     ) -> ps_pb2.RejoinReply:
-        request = ps_pb2.RejoinRequest(worker=self.worker, base_version=base_version, push_id=self.push_id)
+        """`base_applied`: the pushes `base_params` hold (their pull's applied_pushes)."""
+        request = ps_pb2.RejoinRequest(
+            worker=self.worker, base_version=base_version, push_id=self.push_id, base_applied_pushes=base_applied or {}
+        )
         # (message, tensor) for base params first, then each buffered gradient: the order
         # the PS reads them in (also from a stream).
         slots = [(request.base_params, base_params)] if base_params is not None else []
@@ -214,9 +222,9 @@ class PSClient:
             wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
-    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0) -> None:
+    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0) -> None:
         """Best effort: progress is advisory, training never waits for it."""
-        report = ps_pb2.ProgressReport(worker=self.worker, steps=steps, accuracy=accuracy, loss=loss)
+        report = ps_pb2.ProgressReport(worker=self.worker, steps=steps, accuracy=accuracy, loss=loss, lost_updates=lost_updates)
         try:
             self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=0.2)
         except TrainthroughError:

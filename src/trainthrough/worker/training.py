@@ -29,6 +29,7 @@ from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
 from trainthrough.optim import Optimizer
 from trainthrough.spec import Mode, TrainingJob
+from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import GradientBuffer
 from trainthrough.worker.client import PSClient, Stopped
 from trainthrough.worker.evaluating import Evaluator
@@ -60,6 +61,7 @@ class WorkerStats:
     nan_gradients: int = 0
     local_steps: int = 0
     rejoins: int = 0
+    lost_updates: int = 0  # acknowledged pushes that a state it followed later lacked
 
 
 class Worker:
@@ -111,6 +113,9 @@ class Worker:
         self.stats = WorkerStats()
         self.version = -1  # PS version of the parameters the model holds
         self.incarnation = ""
+        self.acks = AcknowledgedPushes()
+        self.applied_pushes: dict[str, int] = {}  # of the parameters the model holds (their pull)
+        self.base_applied: dict[str, int] = {}  # of the base weights of an outage
         self.buffer = GradientBuffer(spec.stateless.max_buffered, spec.stateless.on_full)
         self.offline = False
         self._outage_steps = 0
@@ -139,7 +144,7 @@ class Worker:
             self._account_idle()
             if self.evaluator is not None:
                 self.evaluator.final(self.model, self.stats.steps, self.version, self.offline)
-            self.client.report(self.stats.steps, self.accuracy)
+            self._report()
             self.events.emit(
                 "worker_stopped",
                 rank=self.rank,
@@ -194,6 +199,7 @@ class Worker:
         return 20.0 if self.spec.updates == "sync" else self.client.call_timeout
 
     def _count_ack(self, reply) -> None:
+        self.acks.add(self.client.push_id - 1)  # the id of the push just answered
         self.stats.acked_pushes += 1
         if reply.duplicate:
             self.stats.duplicate_acks += 1
@@ -201,13 +207,21 @@ class Worker:
     def _pull(self, chain: bool) -> None:
         self._follow(*self.client.until_done(lambda: self.client.pull(self.version), self.stop, chain))
 
-    def _follow(self, version: int, params: torch.Tensor | None, incarnation: str) -> None:
-        """Take the PS's parameters (None: the model already holds `version`)."""
+    def _follow(self, version: int, params: torch.Tensor | None, incarnation: str, applied: dict[str, int]) -> None:
+        """Take the PS's parameters (None: the model already holds `version`); `applied`:
+        the newest push id per worker they hold. When the PS changed, this worker's
+        acknowledged pushes above its entry are lost updates."""
         if params is not None:
             load_flat_params(self.model, params)
         if incarnation != self.incarnation and self.incarnation:
-            self.events.emit("ps_changed", rank=self.rank, version_before=self.version, version_after=version)
-        self.version, self.incarnation = version, incarnation
+            applied_push_id = applied.get(self.client.worker, -1)
+            lost = self.acks.lost_since(applied_push_id)
+            self.stats.lost_updates += lost
+            self.events.emit(
+                "ps_changed", rank=self.rank, version_before=self.version, version_after=version,
+                applied_push_id=applied_push_id, lost_updates=lost,
+            )  # fmt: skip
+        self.version, self.incarnation, self.applied_pushes = version, incarnation, applied
 
     def _initial_sync(self) -> None:
         chain = self.mode == Mode.CHAIN
@@ -264,6 +278,7 @@ class Worker:
         self.offline = True
         self._outage_steps = 0
         self.base_params = flatten_params(self.model).cpu()
+        self.base_applied = dict(self.applied_pushes)
         self.local_optimizer = Optimizer(self.spec.optimizer, self.model.parameters())
         self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
 
@@ -299,7 +314,7 @@ class Worker:
         self.buffer.discard_through(self.client.announce_rejoin().replayed_seq)
         self.buffer.mark_sent()
         entries = list(self.buffer.entries)
-        reply = self.client.rejoin(base_version, self.base_params, entries, timeout=timeout)
+        reply = self.client.rejoin(base_version, self.base_params, entries, timeout=timeout, base_applied=self.base_applied)
         self.stats.rejoins += 1
         self.m_dropped.inc(self.buffer.dropped - self._dropped_reported)
         self._dropped_reported = self.buffer.dropped
@@ -335,7 +350,7 @@ class Worker:
             self._last_report = now
             self._account_idle()
             if not self.offline:
-                self.client.report(self.stats.steps, self.accuracy)
+                self._report()
 
     def _account_idle(self) -> None:
         idle = self.client.idle_seconds
@@ -364,4 +379,7 @@ class Worker:
             samples=self.spec.evaluation.test_samples if not final else None,
         )
         if not offline:
-            self.client.report(step, accuracy, loss)
+            self.client.report(step, accuracy, loss, self.stats.lost_updates)
+
+    def _report(self) -> None:
+        self.client.report(self.stats.steps, self.accuracy, lost_updates=self.stats.lost_updates)
