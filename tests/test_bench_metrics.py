@@ -14,13 +14,14 @@ Covered:
 - accuracy_at (last at or before t, inclusive) / accuracy_after (first strictly after t);
 - kills: accuracy before/after around a kill, matched to its recovery by killed_at (after
   = first evaluation after the recovery's first update), a kill without a recovery (after
-  = first evaluation after the kill, no phases, no lost updates), a recovery of another
+  = first evaluation after the kill, no phases, no lost updates), lost updates the sum of
+  the workers' `ps_changed` measurements between a kill and the next, a recovery of another
   kill or of an unplanned death (killed_at null) not matched, a kill event without
   killed_at falling back on `t`;
 - worker_time: two workers, one restarted: lifetimes from each worker_started to its
   worker_stopped, idle summed, idle clamped to the time alive;
 - ettr: idle and lost updates (time per step at the run's own pace), zero alive is None,
-  no steps, clamped at 0; sync updates: a lost update costs one step per worker;
+  no steps, clamped at 0; sync updates: each worker's lost push costs its step;
 - resource_use: CPU summed and peak memory max per role (ps vs workers), null values;
 - cpu_cores: "2", "500m", "0.5", a number; bad input is a ValueError; other
   quantities that the TrainingJob spec accepts for resources.cpu;
@@ -91,8 +92,13 @@ def recovery(
               killed_at=None if killed is None else T + killed, detected_at=T + detected,
               restarted_at=T + restarted, restored_at=T + restored, first_update_at=T + first_update,
               version_before=version_before, version_restored=version_restored,
-              restored_from="checkpoint", lost_updates=max(0, version_before - version_restored),
-              phases=phases)  # fmt: skip
+              restored_from="checkpoint", phases=phases)  # fmt: skip
+
+
+def ps_changed(t: float, rank: int, lost: int) -> dict[str, Any]:
+    """A worker found a new PS state and measured `lost` of its acknowledged pushes missing."""
+    return ev(t, "ps_changed", f"worker-{rank}", rank=rank, version_before=0, version_after=0,
+              applied_push_id=0, lost_updates=lost)  # fmt: skip
 
 
 def worker_started(t: float, rank: int) -> dict[str, Any]:
@@ -190,6 +196,8 @@ def test_kill_with_its_recovery_reads_accuracy_around_it() -> None:
         evaluation(10.0, 0.61),  # during the outage: after the kill, before the first update
         recovery(killed=8.0, detected=8.25, restarted=28.25, restored=28.5, first_update=29.0,
                  version_before=160, version_restored=100),  # fmt: skip
+        ps_changed(29.1, 0, lost=35),
+        ps_changed(29.2, 1, lost=25),
         evaluation(31.0, 0.58),
         evaluation(34.0, 0.72),
     ]
@@ -204,7 +212,7 @@ def test_kill_with_its_recovery_reads_accuracy_around_it() -> None:
         "recovered": True,
         # detect 8.25-8 = 0.25; restore 28.5-8.25 = 20.25; first update 29-28.5 = 0.5; total 29-8 = 21
         "phases": {"detect": 0.25, "restore": 20.25, "first_update": 0.5, "total": 21.0},
-        "lost_updates": 60,  # 160 - 100
+        "lost_updates": 60,  # 35 + 25, as the workers measured
     }
 
 
@@ -234,6 +242,7 @@ def test_each_kill_matches_only_the_recovery_of_its_own_kill_time() -> None:
         started(0.0),
         evaluation(1.0, 0.30),
         kill(3.0, version_before=50),
+        ps_changed(2.5, 0, lost=9),  # before any kill: no kill's
         # An unplanned death's recovery (killed_at null) matches no kill.
         recovery(killed=None, detected=3.5, restarted=4.0, restored=4.25, first_update=4.5,
                  version_before=50, version_restored=45),  # fmt: skip
@@ -242,6 +251,7 @@ def test_each_kill_matches_only_the_recovery_of_its_own_kill_time() -> None:
         evaluation(6.5, 0.36),
         recovery(killed=6.0, detected=6.25, restarted=7.0, restored=7.5, first_update=8.0,
                  version_before=90, version_restored=70),  # fmt: skip
+        ps_changed(8.1, 0, lost=20),
         evaluation(8.5, 0.40),
     ]
     first, second = kills(events, T)
@@ -250,7 +260,7 @@ def test_each_kill_matches_only_the_recovery_of_its_own_kill_time() -> None:
     assert (first["at"], first["recovered"], first["accuracy_before"], first["accuracy_after"]) == (3.0, False, 0.30, 0.35)
     assert (first["phases"], first["lost_updates"]) == ({}, 0)
     # kill at 6 s: its recovery; before 0.35 (5 s), after: first evaluation after the first
-    # update at 8 s -> 0.40 (8.5 s), not 0.36 (6.5 s); lost 90 - 70 = 20.
+    # update at 8 s -> 0.40 (8.5 s), not 0.36 (6.5 s); lost 20, measured after it.
     assert (second["at"], second["recovered"], second["accuracy_before"], second["accuracy_after"]) == (6.0, True, 0.35, 0.40)
     assert second["lost_updates"] == 20
     assert second["phases"]["total"] == 2.0  # 8 - 6
@@ -317,8 +327,9 @@ def test_ettr_is_clamped_at_zero() -> None:
     assert ettr(alive=20.0, idle=10.0, steps=10, lost_updates=30) == 0.0
 
 
-def test_ettr_of_sync_updates_prices_a_lost_update_at_one_step_per_worker() -> None:
-    # A checkpoint-sync run with 2 workers: every update averages one gradient from each.
+def test_ettr_of_sync_updates_prices_each_lost_push_at_one_step() -> None:
+    # A checkpoint-sync run with 2 workers: every update averages one gradient from each,
+    # and a lost round is one lost push of each worker.
     events = [
         ev(-5.0, "run_start", job="j", mode="checkpoint", updates="sync", workers=2, ps_replicas=1,
            restart_delay=20.0, kills=["ps-head@10s"]),  # fmt: skip
@@ -328,14 +339,16 @@ def test_ettr_of_sync_updates_prices_a_lost_update_at_one_step_per_worker() -> N
         kill(10.0, version_before=60),
         recovery(killed=10.0, detected=10.25, restarted=30.25, restored=30.5, first_update=31.0,
                  version_before=60, version_restored=50),  # fmt: skip
+        ps_changed(31.0, 0, lost=10),
+        ps_changed(31.0, 1, lost=10),
         worker_stopped(59.0, 0, idle=10.0, steps=100),
         worker_stopped(59.0, 1, idle=10.0, steps=100),
         ev(60.0, "run_end", version=90),
     ]
     m = run_metrics(events, target=0.9, budget=60.0)
     # alive 2 x 60 = 120, idle 20, busy 100 worker-seconds for 200 steps: 0.5 s a step.
-    # 10 lost updates = 10 rounds of 2 steps = 20 steps = 10 worker-seconds.
-    # ETTR = (100 - 10) / 120 = 0.75 (the module prices them at 10 x 0.5 = 5: 95 / 120).
+    # 10 lost rounds = 20 lost pushes = 20 steps = 10 worker-seconds.
+    # ETTR = (100 - 10) / 120 = 0.75.
     assert m["ettr"] == pytest.approx(0.75)
 
 
@@ -425,6 +438,8 @@ def checkpoint_run() -> list[dict[str, Any]]:
         ev(29.0, "first_update", "ps-0", version=101, incarnation="b"),
         recovery(killed=8.0, detected=8.25, restarted=28.25, restored=28.5, first_update=29.0,
                  version_before=160, version_restored=100),  # fmt: skip
+        ps_changed(29.1, 0, lost=35),
+        ps_changed(29.2, 1, lost=25),
         evaluation(31.0, 0.58),
         evaluation(34.0, 0.72),
         evaluation(40.0, 0.75, final=True),
@@ -459,7 +474,7 @@ def test_run_metrics_end_to_end() -> None:
                 "accuracy_after": 0.58,  # 31 s, the first after the first update at 29 s
                 "recovered": True,
                 "phases": {"detect": 0.25, "restore": 20.25, "first_update": 0.5, "total": 21.0},
-                "lost_updates": 60,  # 160 - 100
+                "lost_updates": 60,  # 35 + 25
             }
         ],
         "recovery_seconds": 21.0,  # median of the one total

@@ -21,7 +21,8 @@ master answers with. Covered, for every mode:
 - workers: exit 0 is finished (all finished: StepsReached), a failure is restarted, a
   change of spec.workers.replicas starts or stops workers;
 - a kill waits while its target is down, being killed or recovering;
-- stop: duration, target accuracy only between recoveries and after minDuration;
+- stop: duration, target accuracy only between recoveries, after minDuration and once
+  every kill of spec.chaos fired;
 - the state written to a status and read back resumes a recovery where it stood.
 """
 
@@ -323,6 +324,30 @@ def test_the_target_ends_the_job_only_between_recoveries_and_after_min_duration(
     assert kinds(m.tick(T0 + 10)) == [("start", "ps-0", False)]
     m.observe(health("ps-0", 5, started=5, since=1, ready_at=T0 + 11, first_update_at=T0 + 11.5), T0 + 12)
     assert kinds(m.tick(T0 + 12))[0] == ("finish", JobPhase.SUCCEEDED, Reason.TARGET_REACHED)
+
+
+def test_the_target_does_not_end_the_job_before_every_planned_kill_fired() -> None:
+    """A two-kill run has two kills: the second, due while the PS was still down, fires
+    once its target recovered, and only then may the target end the job."""
+    chaos = [{"target": "ps-head", "at": "2s"}, {"target": "ps-head", "at": "3s"}]
+    m = running(Master(job("checkpoint", chaos=chaos, stop={"targetAccuracy": 0.7, "duration": "60s"})))
+    m.observe(health("ps-0", 5, accuracy=0.75), T0 + 1)
+    m.observe(Disrupted("ps-0", T0 + 2, target="ps-head", scheduled_at=2.0), T0 + 2)
+    m.observe(Exited("ps-0", -9, T0 + 2), T0 + 2)
+    m.tick(T0 + 2)
+    m.observe(health("ps-0", 5, started=5, since=1, ready_at=T0 + 4, first_update_at=T0 + 4.5), T0 + 5)
+    assert kinds(m.tick(T0 + 5)) == []  # recovered, target reached, but the kill at 3 s is still due
+    m.observe(Disrupted("ps-0", T0 + 5.5, target="ps-head", scheduled_at=3.0), T0 + 5.5)
+    m.observe(Exited("ps-0", -9, T0 + 5.5), T0 + 5.5)
+    m.tick(T0 + 5.5)
+    m.observe(health("ps-0", 6, started=6, since=1, ready_at=T0 + 7, first_update_at=T0 + 7.5), T0 + 8)
+    assert kinds(m.tick(T0 + 8))[0] == ("finish", JobPhase.SUCCEEDED, Reason.TARGET_REACHED)
+    assert m.state.chaos_fired == 2
+
+
+def test_stop_duration_ends_the_job_even_with_kills_still_planned() -> None:
+    m = running(Master(job("checkpoint", chaos=[{"target": "ps-head", "at": "90s"}], stop={"duration": "30s"})))
+    assert kinds(m.tick(T0 + 30))[0] == ("finish", JobPhase.SUCCEEDED, Reason.DURATION_REACHED)
 
 
 def test_stopping_from_outside_ends_a_running_job_as_succeeded() -> None:

@@ -7,6 +7,9 @@ hand-made log (tests/test_bench_metrics.py). Times are seconds since `training_s
 Definitions:
 - accuracy before/after a kill: the last evaluation at or before the kill, and the first
   evaluation after the recovery's first update (after the kill if it never recovered).
+- lost updates of a kill: what the workers measured when the PS they follow changed after
+  it (`ps_changed`: their acknowledged pushes that the new state lacks, by push id), up to
+  the next kill.
 - time to target: the first evaluation at or above the target accuracy.
 - final accuracy: the last evaluation at or before the budget.
 - idle fraction: worker time spent waiting for an unavailable PS / worker time.
@@ -68,9 +71,13 @@ def kills(events: list[Event], t0: float) -> list[dict[str, Any]]:
     """Each kill with the accuracy around it and its recovery (matched by kill time)."""
     curve = accuracy_curve(events, t0)
     recoveries = {round(r["killed_at"], 6): r for r in of(events, EventName.RECOVERY) if r.get("killed_at") is not None}
+    killed = of(events, EventName.KILL)
+    times = [k.get("killed_at", k["t"]) for k in killed] + [float("inf")]
+    changes = of(events, "ps_changed")
     out = []
-    for kill in of(events, EventName.KILL):
-        killed_at = kill.get("killed_at", kill["t"])
+    for index, kill in enumerate(killed):
+        killed_at, next_kill = times[index], times[index + 1]
+        lost = sum(c.get("lost_updates", 0) for c in changes if killed_at <= c["t"] < next_kill)
         recovery = recoveries.get(round(killed_at, 6))
         resumed = recovery["first_update_at"] if recovery else None
         out.append(
@@ -81,7 +88,7 @@ def kills(events: list[Event], t0: float) -> list[dict[str, Any]]:
                 "accuracy_after": accuracy_after(curve, (resumed if resumed else killed_at) - t0),
                 "recovered": recovery is not None,
                 "phases": dict(recovery["phases"]) if recovery else {},
-                "lost_updates": recovery["lost_updates"] if recovery else 0,
+                "lost_updates": lost,
             }
         )
     return out
@@ -101,13 +108,13 @@ def worker_time(events: list[Event]) -> tuple[float, float]:
     return alive, min(idle, alive)
 
 
-def ettr(alive: float, idle: float, steps: int, lost_updates: int, steps_per_update: int = 1) -> float | None:
-    """Productive / total worker time; lost updates cost the time it took to make them
-    (a sync update is one step of every worker, an async one a single step)."""
+def ettr(alive: float, idle: float, steps: int, lost_updates: int) -> float | None:
+    """Productive / total worker time; lost updates (acknowledged pushes, one worker step
+    each, in sync mode too) cost the time it took to make them."""
     if alive <= 0:
         return None
     busy = alive - idle
-    lost_time = lost_updates * steps_per_update * busy / steps if steps > 0 else 0.0
+    lost_time = lost_updates * busy / steps if steps > 0 else 0.0
     return max(0.0, min(1.0, (busy - lost_time) / alive))
 
 
@@ -151,8 +158,6 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
     killed = kills(events, t0)
     lost = sum(k["lost_updates"] for k in killed)
     totals = [k["phases"]["total"] for k in killed if "total" in k["phases"]]
-    [start] = of(events, EventName.RUN_START)[:1] or [{}]
-    steps_per_update = start.get("workers", 1) if start.get("updates") == "sync" else 1
     return {
         "wall_seconds": wall,
         "time_to_target": time_to_accuracy(curve, target),
@@ -162,7 +167,7 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
         "recovery_seconds": statistics.median(totals) if totals else None,
         "lost_updates": lost,
         "idle_fraction": idle / alive if alive > 0 else None,
-        "ettr": ettr(alive, idle, steps, lost, steps_per_update),
+        "ettr": ettr(alive, idle, steps, lost),
         "worker_seconds": alive,
         "worker_idle_seconds": idle,
         "gradients_processed": steps,

@@ -248,6 +248,8 @@ class Master:
         if version is None:
             version = s.versions.get(self.acknowledging(disrupted.process), s.progress.version)
         s.kills[disrupted.process] = Kill(killed_at=disrupted.at, version_before=version)
+        if disrupted.scheduled_at is not None:
+            s.chaos_fired += 1
         fields = {
             "target": disrupted.target or disrupted.process,
             "process": disrupted.process,
@@ -536,10 +538,15 @@ class Master:
             return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_REACHED, "every worker reached stop.steps")
         if stop.duration is not None and elapsed >= stop.duration:
             return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached")
-        # The target ends a job only between recoveries (chain replacements included), so
-        # that every recovery is measured to its end; stop.duration binds regardless.
+        # The target ends a job only once every kill of spec.chaos has fired and between
+        # recoveries (chain replacements included), so that a run has the failures it
+        # plans and each is measured to its end; stop.duration binds regardless.
         target = stop.target_accuracy
-        if target is not None and s.progress.best_accuracy >= target and elapsed >= stop.min_duration and not s.recovering:
+        chaos_pending = s.chaos_fired < len(self.spec.chaos)
+        if (
+            target is not None and s.progress.best_accuracy >= target and elapsed >= stop.min_duration
+            and not s.recovering and not chaos_pending
+        ):  # fmt: skip
             return self._finish(
                 JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})"
             )

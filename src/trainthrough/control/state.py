@@ -136,6 +136,7 @@ class MasterState(StateModel):
     kills: dict[str, Kill] = Field(default_factory=dict)  # disrupted, death not seen yet
     versions: dict[str, int] = Field(default_factory=dict)  # last version read per PS
     failures: int = 0  # counted against spec.runPolicy.backoffLimit
+    chaos_fired: int = 0  # kills of spec.chaos seen (a Disrupted with its scheduled time)
     completed: Totals = Field(default_factory=Totals)
     progress: Progress = Field(default_factory=Progress)
 
