@@ -296,25 +296,29 @@ def test_report_header(report: tuple[Path, str]) -> None:
 def test_time_to_target_table(report: tuple[Path, str]) -> None:
     _, text = report
     rows = [cells_of(r) for r in table(text, "Time to target")]
-    header = next(line for line in text.splitlines() if line.startswith("| variant | scenario | time to"))
-    assert cells_of(header) == ["variant", "scenario", "time to 70%", "vs no-failure", "final accuracy @ 25 s",
-                                "lost updates", "ETTR", "idle"]  # fmt: skip
+    header = next(line for line in text.splitlines() if line.startswith("| variant | scenario | kills fired | time to"))
+    assert cells_of(header) == ["variant", "scenario", "kills fired", "time to 70%", "vs no-failure",
+                                "final accuracy @ 25 s", "lost updates", "ETTR", "idle"]  # fmt: skip
+    # Two seeds per cell: a bootstrap interval of the median of two values spans both.
     assert rows == [
-        # time 10 and 14; final 0.80 and 0.82; ETTR (0.95 + 0.93) / 2; idle (0.02 + 0.04) / 2
-        ["checkpoint-async", "no-failure", "12.0 s [10.0-14.0]", "1.00x", "81.0% [80.0-82.0]", "0", "94.0%", "3.0%"],
-        # time 30 and 42 -> 36 = 3 x 12; lost 60 and 40 -> 50; ETTR (0.6 + 0.5) / 2; idle (0.3 + 0.4) / 2
-        ["checkpoint-async", "two-kills", "36.0 s [30.0-42.0]", "3.00x", "65.0% [64.0-66.0]", "50", "55.0%", "35.0%"],
-        # one ok run (seed 2 failed): no range
-        ["stateless", "no-failure", "8.0 s", "1.00x", "78.0%", "0", "97.0%", "1.0%"],
+        # time 10 and 14; final 0.80 and 0.82; ETTR 0.95 and 0.93; idle 0.02 and 0.04
+        ["checkpoint-async", "no-failure", "-", "12.0 s [10.0-14.0]", "1.00x", "81.0% [80.0-82.0]", "0 [0-0]",
+         "94.0% [93.0%-95.0%]", "3.0% [2.0%-4.0%]"],  # fmt: skip
+        # time 30 and 42 -> 36 = 3 x 12; lost 60 and 40 -> 50; ETTR 0.6 and 0.5; idle 0.3 and 0.4
+        ["checkpoint-async", "two-kills", "2/2", "36.0 s [30.0-42.0]", "3.00x", "65.0% [64.0-66.0]", "50 [40-60]",
+         "55.0% [50.0%-60.0%]", "35.0% [30.0%-40.0%]"],  # fmt: skip
+        # one ok run (seed 2 failed): no interval
+        ["stateless", "no-failure", "-", "8.0 s", "1.00x", "78.0%", "0", "97.0%", "1.0%"],
         # 20 s and never: unreached; its ratio is checked in a test below
-        ["stateless", "two-kills", "not reached (> 60 s)", rows[3][3], "69.0% [66.0-72.0]", "0", "89.0%", "5.5%"],
+        ["stateless", "two-kills", "2/2", "not reached (> 60 s)", rows[3][4], "69.0% [66.0-72.0]", "0 [0-0]",
+         "89.0% [88.0%-90.0%]", "5.5% [5.0%-6.0%]"],  # fmt: skip
     ]
 
 
 def test_an_unreached_cell_has_no_ratio_infx(report: tuple[Path, str]) -> None:
     _, text = report
     [row] = [cells_of(r) for r in table(text, "Time to target") if r.startswith("| stateless | two-kills |")]
-    assert "inf" not in row[3]
+    assert "inf" not in row[4]
 
 
 def test_accuracy_before_and_after_each_kill(report: tuple[Path, str]) -> None:
@@ -330,11 +334,11 @@ def test_accuracy_before_and_after_each_kill(report: tuple[Path, str]) -> None:
 def test_recovery_phases(report: tuple[Path, str]) -> None:
     _, text = report
     assert table(text, "Recovery time per kill") == [
-        # detect [0.5, 1.5, 0.5, 1.5]; restore [20, 21, 22, 23]; first update [0.5, 0.5, 1.5, 1.5];
-        # total [21, 23, 24, 26]
-        "| checkpoint-async | two-kills | 1.0 s [0.5-1.5] | 21.5 s [20.0-23.0] | 1.0 s [0.5-1.5] | 23.5 s [21.0-26.0] |",
+        # detect [0.5, 1.5, 0.5, 1.5]; restore [20, 21, 22, 23], minus the 20 s outage [0, 1, 2, 3];
+        # first update [0.5, 0.5, 1.5, 1.5]; total [21, 23, 24, 26]
+        "| checkpoint-async | two-kills | 1.0 s [0.5-1.5] | 21.5 s [20.0-23.0] | 1.5 s [0.0-3.0] | 1.0 s [0.5-1.5] | 23.5 s [21.0-26.0] |",
         # every kill: 0.5 + 20.5 + 0.5 = 21.5
-        "| stateless | two-kills | 0.5 s [0.5-0.5] | 20.5 s [20.5-20.5] | 0.5 s [0.5-0.5] | 21.5 s [21.5-21.5] |",
+        "| stateless | two-kills | 0.5 s [0.5-0.5] | 20.5 s [20.5-20.5] | 0.5 s [0.5-0.5] | 0.5 s [0.5-0.5] | 21.5 s [21.5-21.5] |",
     ]
 
 
@@ -343,10 +347,13 @@ def test_resources_and_cost(report: tuple[Path, str]) -> None:
     assert table(text, "Resources and cost") == [
         # gradients (1000 + 1100) / 2; PS CPU (10 + 12) / 2; worker CPU (50 + 54) / 2;
         # PS MiB (200 + 210) / 2; worker MiB (400 + 420) / 2; cost (0.001 + 0.003) / 2
-        "| checkpoint-async | no-failure | 1050 | 1050 | 11.0 | 52.0 | 205 | 410 | $0.00200 |",
-        "| checkpoint-async | two-kills | 675 | 675 | 8.0 | 40.0 | 200 | 400 | $0.00100 |",
-        "| stateless | no-failure | 1200 | 1200 | 9.0 | 55.0 | 200 | 400 | $0.00200 |",
-        "| stateless | two-kills | 975 | 975 | 9.0 | 55.0 | 200 | 400 | $0.00200 |",
+        "| checkpoint-async | no-failure | 1050 [1000-1100] | 1050 [1000-1100] | 11.0 [10.0-12.0] | 52.0 [50.0-54.0] "
+        "| 205 [200-210] | 410 [400-420] | $0.00200 [$0.00100-$0.00300] |",
+        "| checkpoint-async | two-kills | 675 [650-700] | 675 [650-700] | 8.0 [8.0-8.0] | 40.0 [40.0-40.0] "
+        "| 200 [200-200] | 400 [400-400] | $0.00100 [$0.00100-$0.00100] |",
+        "| stateless | no-failure | 1200 | 1200 | 9.0 | 55.0 | 200 | 400 | $0.00200 |",  # one ok run
+        "| stateless | two-kills | 975 [950-1000] | 975 [950-1000] | 9.0 [9.0-9.0] | 55.0 [55.0-55.0] "
+        "| 200 [200-200] | 400 [400-400] | $0.00200 [$0.00200-$0.00200] |",
     ]
 
 

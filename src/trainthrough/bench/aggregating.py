@@ -1,4 +1,4 @@
-"""Cells of the matrix from its runs: medians with min and max over seeds, and ratios to
+"""Cells of the matrix from its runs: medians with 95% bootstrap intervals over seeds, and ratios to
 each variant's no-failure baseline. Used by bench/reporting.py and bench/figures.py.
 A time to target that was never reached counts as infinite (it sorts last, and a median
 of mostly unreached runs is unreached)."""
@@ -6,15 +6,23 @@ of mostly unreached runs is unreached)."""
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 BASELINE = "no-failure"
 
 
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
 @dataclass(frozen=True)
 class Stat:
+    """A median over seeds and its 95% bootstrap interval (percentile method, a fixed seed
+    so that a report re-rendered from the same results says the same)."""
+
     median: float | None
     low: float | None
     high: float | None
@@ -25,7 +33,22 @@ class Stat:
         present = [math.inf if v is None else v for v in values] if missing_is_infinite else [v for v in values if v is not None]
         if not present:
             return cls(None, None, None, 0)
-        return cls(statistics.median(present), min(present), max(present), len(present))
+        low, high = bootstrap_interval([present], lambda groups: statistics.median(groups[0]))
+        return cls(statistics.median(present), low, high, len(present))
+
+
+def bootstrap_interval(
+    groups: list[list[float]], statistic: Callable[[list[list[float]]], float], seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> tuple[float, float]:
+    """The 95% percentile interval of `statistic` over resamples of each group (each drawn
+    with replacement, independently): for a median, a difference or a ratio of medians."""
+    rng = random.Random(seed)
+    values = sorted(
+        statistic([[rng.choice(group) for _ in group] for group in groups]) for _ in range(resamples)
+    )
+    tail = (1 - CONFIDENCE) / 2
+    return values[int(tail * (len(values) - 1))], values[int((1 - tail) * (len(values) - 1))]
 
 
 @dataclass

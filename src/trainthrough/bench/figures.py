@@ -4,23 +4,42 @@ bench/reporting.py; each function writes one file and returns its path."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainthrough.bench.aggregating import BASELINE, Cell, label  # noqa: E402
+from trainthrough.bench.aggregating import BASELINE, Cell, bootstrap_interval, label  # noqa: E402
+from trainthrough.bench.metrics import accuracy_at  # noqa: E402
 
 PHASE_COLOURS = {"detect": "#d62728", "restore": "#ff7f0e", "first_update": "#2ca02c"}
 
 
-def _representative(cell: Cell) -> dict[str, Any] | None:
-    """The run whose final accuracy is the cell's median (seeds differ only in noise)."""
-    runs = sorted(cell.ok, key=lambda r: r.get("final_accuracy") or 0.0)
-    return runs[len(runs) // 2] if runs else None
+BAND_POINTS = 120  # time points of a band
+BAND_RESAMPLES = 400
+
+
+def _median_band(cell: Cell, end: float) -> tuple[list[float], list[float], list[float], list[float]] | None:
+    """(times, median accuracy, low, high) over the cell's seeds: each run's accuracy at a
+    time is its last evaluation by then; the band is the 95% bootstrap interval of the
+    median there."""
+    curves = [run["curve"] for run in cell.ok if run.get("curve")]
+    if not curves:
+        return None
+    start = min(curve[0][0] for curve in curves)
+    times = [start + (end - start) * i / (BAND_POINTS - 1) for i in range(BAND_POINTS)]
+    medians, lows, highs = [], [], []
+    for t in times:
+        values = [v for v in (accuracy_at(curve, t) for curve in curves) if v is not None]
+        if not values:
+            medians.append(float("nan")), lows.append(float("nan")), highs.append(float("nan"))
+            continue
+        low, high = bootstrap_interval([values], lambda g: statistics.median(g[0]), resamples=BAND_RESAMPLES)
+        medians.append(statistics.median(values)), lows.append(low), highs.append(high)
+    return times, medians, lows, highs
 
 
 def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Path) -> Path:
@@ -30,15 +49,17 @@ def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Pa
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5.2 * len(scenarios), 4.2), sharey=True, squeeze=False)
     for ax, scenario in zip(axes[0], scenarios):
         for cell in (c for c in cells if c.scenario == scenario):
-            run = _representative(cell)
-            if run is None:
+            end = max((run["curve"][-1][0] for run in cell.ok if run.get("curve")), default=0.0)
+            band = _median_band(cell, end)
+            if band is None:
                 continue
-            t, accuracy = zip(*run["curve"]) if run["curve"] else ((), ())
+            times, medians, lows, highs = band
             name = label(cell, cells)
             # Steps: an evaluation holds until the next one (none while a worker waits).
-            ax.plot(t, accuracy, label=name, color=colours[name], linewidth=1.6, drawstyle="steps-post")
-            for kill in run.get("kills", []):
-                ax.axvline(kill["at"], color=colours[name], linestyle=":", linewidth=1)
+            ax.plot(times, medians, label=name, color=colours[name], linewidth=1.6, drawstyle="steps-post")
+            ax.fill_between(times, lows, highs, color=colours[name], alpha=0.18, step="post", linewidth=0)
+            for at in {round(k["at"], 1) for run in cell.ok for k in run.get("kills", [])}:
+                ax.axvline(at, color=colours[name], linestyle=":", linewidth=0.8)
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         ax.axvline(budget, color="black", linestyle="-", linewidth=0.6, alpha=0.4)
         ax.set_title(scenario + ("" if scenario == BASELINE else "  (dotted: kills)"))
@@ -46,7 +67,7 @@ def accuracy_over_time(cells: list[Cell], target: float, budget: float, path: Pa
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Test accuracy over time (dashed: target {target:.0%}; thin line: budget)")
+    fig.suptitle(f"Test accuracy over time: median over seeds, 95% bootstrap band (dashed: target {target:.0%}; thin line: budget)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainthrough.bench import figures
+from trainthrough.bench import claims, figures
 from trainthrough.bench.aggregating import BASELINE, Cell, Stat, baseline_of, cells, label, ratio
 
 CSV_COLUMNS = [
@@ -84,6 +84,28 @@ def _acc(stat: Stat) -> str:
     return text
 
 
+def _stat(stat: Stat, fmt: str = "{:.0f}", scale: float = 1.0) -> str:
+    """A median and, over several seeds, its interval."""
+    if stat.median is None:
+        return "-"
+    text = fmt.format(stat.median * scale)
+    if stat.n > 1 and stat.low is not None and stat.high is not None:
+        text += f" [{fmt.format(stat.low * scale)}-{fmt.format(stat.high * scale)}]"
+    return text
+
+
+def _kills_fired(cell: Cell) -> str:
+    """Kills that fired of those planned, over the cell's runs (a kill waits while its
+    target is down or recovering and a run lasts until its kills fired, or its limit)."""
+    planned = cell.kill_count
+    if not planned:
+        return "-"
+    fired = [len(r.get("kills", [])) for r in cell.ok]
+    if not fired:
+        return "-"
+    return f"{min(fired)}/{planned}" if min(fired) == max(fired) else f"{min(fired)}-{max(fired)}/{planned}"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -107,7 +129,8 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         f"{target:.0%}; final accuracy read at {budget:.0f} s after the first update; runs that have "
         f"not reached the target by then go on up to {limit:.0f} s; a killed PS stays down "
         f"{matrix.get('outage', 0):g} s before it restarts (chain: before its replacement starts). "
-        "Medians over seeds, [min-max] where there are several.",
+        "Medians over seeds with their 95% bootstrap intervals [low-high] (percentile "
+        f"method, {len({r['seed'] for r in results})} seeds).",
         "",
         "![accuracy over time](accuracy_vs_time.png)",
         "",
@@ -118,20 +141,23 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         "## Findings",
         "",
         *_findings(all_cells, target, limit),
+        *_unfired(all_cells),
+        "",
+        *claims.section(all_cells, matrix),
         "",
         "## Time to target and final accuracy",
         "",
-        f"| variant | scenario | time to {target:.0%} | vs no-failure | final accuracy @ {budget:.0f} s | lost updates | ETTR | idle |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| variant | scenario | kills fired | time to {target:.0%} | vs no-failure | final accuracy @ {budget:.0f} s | lost updates | ETTR | idle |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in all_cells:
         base = baseline_of(cell, all_cells)
         t = cell.stat("time_to_target", missing_is_infinite=True)
         rel = ratio(t.median, base.stat("time_to_target", missing_is_infinite=True).median) if base else None
         lines.append(
-            f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(t, limit)} | {_ratio(rel)} | "
-            f"{_acc(cell.stat('final_accuracy'))} | {cell.stat('lost_updates').median or 0:.0f} | "
-            f"{_pct(cell.stat('ettr').median)} | {_pct(cell.stat('idle_fraction').median)} |"
+            f"| {label(cell, all_cells)} | {cell.scenario} | {_kills_fired(cell)} | {_seconds(t, limit)} | {_ratio(rel)} | "
+            f"{_acc(cell.stat('final_accuracy'))} | {_stat(cell.stat('lost_updates'))} | "
+            f"{_stat(cell.stat('ettr'), '{:.1f}%', 100)} | {_stat(cell.stat('idle_fraction'), '{:.1f}%', 100)} |"
         )
     lines += ["", "## Accuracy before -> after each kill (the paper's table)", ""]
     lines += ["| variant | scenario | kill 1: before -> after | kill 2: before -> after |", "|---|---|---|---|"]
@@ -147,19 +173,24 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
         "",
         "![recovery time](recovery_time.png)",
         "",
-        "| variant | scenario | detect | restore | first update | total |",
-        "|---|---|---|---|---|---|",
+        "| variant | scenario | detect | restore | restore - outage | first update | total |",
+        "|---|---|---|---|---|---|---|",
     ]
+    outage = float(matrix.get("outage", 0.0))
     for cell in (c for c in all_cells if c.scenario != BASELINE):
+        restarts = not cell.variant.startswith("chain")
+        beyond = Stat.of([k["phases"]["restore"] - outage for r in cell.ok for k in r.get("kills", []) if "restore" in k["phases"]])
         lines.append(
-            f"| {label(cell, all_cells)} | {cell.scenario} | "
-            + " | ".join(_seconds(cell.phase_stat(p)) for p in ("detect", "restore", "first_update", "total"))
-            + " |"
+            f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(cell.phase_stat('detect'))} | "
+            f"{_seconds(cell.phase_stat('restore'))} | {_seconds(beyond) if restarts else '-'} | "
+            f"{_seconds(cell.phase_stat('first_update'))} | {_seconds(cell.phase_stat('total'))} |"
         )
     lines += [
         "",
         "Restore includes the configured outage for modes that restart the PS (checkpoint, "
-        "stateless); a chain promotes the next replica at once and only its replacement waits.",
+        "stateless); restore - outage is what the restarted PS itself took (its boot, the "
+        "checkpoint load or the workers' rejoin and replay). A chain promotes the next replica "
+        "at once and only its replacement waits.",
         "",
         "## Effective training time and worker time",
         "",
@@ -174,14 +205,14 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     ]
     for cell in all_cells:
         res = [r.get("resources", {}) for r in cell.ok]
-        ps_cpu = Stat.of([x.get("ps", {}).get("cpu_seconds") for x in res]).median
-        w_cpu = Stat.of([x.get("workers", {}).get("cpu_seconds") for x in res]).median
-        ps_mem = Stat.of([x.get("ps", {}).get("peak_memory_bytes") for x in res]).median
-        w_mem = Stat.of([x.get("workers", {}).get("peak_memory_bytes") for x in res]).median
+        ps_cpu = Stat.of([x.get("ps", {}).get("cpu_seconds") for x in res])
+        w_cpu = Stat.of([x.get("workers", {}).get("cpu_seconds") for x in res])
+        ps_mem = Stat.of([x.get("ps", {}).get("peak_memory_bytes") for x in res])
+        w_mem = Stat.of([x.get("workers", {}).get("peak_memory_bytes") for x in res])
         lines.append(
-            f"| {label(cell, all_cells)} | {cell.scenario} | {cell.stat('gradients_processed').median or 0:.0f} | "
-            f"{cell.stat('updates_applied').median or 0:.0f} | {ps_cpu or 0:.1f} | {w_cpu or 0:.1f} | "
-            f"{(ps_mem or 0) / 2**20:.0f} | {(w_mem or 0) / 2**20:.0f} | ${cell.stat('cost').median or 0:.5f} |"
+            f"| {label(cell, all_cells)} | {cell.scenario} | {_stat(cell.stat('gradients_processed'))} | "
+            f"{_stat(cell.stat('updates_applied'))} | {_stat(ps_cpu, '{:.1f}')} | {_stat(w_cpu, '{:.1f}')} | "
+            f"{_stat(ps_mem, '{:.0f}', 2**-20)} | {_stat(w_mem, '{:.0f}', 2**-20)} | {_stat(cell.stat('cost'), '${:.5f}')} |"
         )
     lines += _prometheus_table(results)
     failed = [r for r in results if r["status"] != "ok"]
@@ -240,6 +271,20 @@ def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:
             "(the paper: checkpointing lost progress and reached 70% 25-50% later after two kills)."
         )
     return out or ["- No failure scenario ran successfully; see the failed runs below."]
+
+
+def _unfired(all_cells: list[Cell]) -> list[str]:
+    """Runs whose planned kills did not all fire, said plainly: such a run is not the
+    scenario its name says."""
+    short = [
+        f"{r['run_id']} ({len(r.get('kills', []))} of {len(r.get('kills_planned', []))})"
+        for c in all_cells
+        for r in c.ok
+        if len(r.get("kills", [])) < len(r.get("kills_planned", []))
+    ]
+    if not short:
+        return []
+    return [f"- Not every planned kill fired in: {', '.join(short)}; those runs ended (their time limit) first."]
 
 
 def _accuracy_changes(all_cells: list[Cell], variant_prefix: str) -> list[float]:
