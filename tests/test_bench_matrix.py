@@ -62,8 +62,10 @@ def small(**fields: Any) -> dict[str, Any]:
     ("name", "runs", "variants", "scenarios", "workers", "seeds"),
     [
         ("quick", 6, ["checkpoint-async", "chain-async", "stateless"], ["no-failure", "two-kills"], [2], [1]),
-        ("default", 15, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [2], [1]),
-        ("full", 90, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [2, 4], [1, 2, 3]),
+        # at least 3 seeds per cell: every figure of the report has an interval
+        ("default", 45, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [2], [1, 2, 3]),
+        # 5 seeds, the paper's single worker and 4
+        ("full", 150, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [1, 4], [1, 2, 3, 4, 5]),
     ],
 )
 def test_presets_parse_and_expand(
@@ -104,10 +106,10 @@ def test_preset_settings_come_from_its_document(name: str) -> None:
 def test_full_preset_order_is_seed_by_seed_with_each_baseline_first() -> None:
     plans = expand(preset("full"))
     # Seeds outermost: the first 30 runs (5 variants x 3 scenarios x 2 worker counts) are seed 1.
-    assert [p.seed for p in plans] == [1] * 30 + [2] * 30 + [3] * 30
+    assert [p.seed for p in plans] == [s for s in (1, 2, 3, 4, 5) for _ in range(30)]
     # Within a seed and worker count, each variant's runs start with its baseline.
     first = plans[:15]
-    assert all(p.workers == 2 for p in first)
+    assert all(p.workers == 1 for p in first)
     assert [p.scenario.name for p in first[:3]] == ["no-failure", "one-kill", "two-kills"]
     assert [p.variant for p in first[::3]] == list(VARIANTS)
 

@@ -19,7 +19,7 @@ Aspects:
   rules between fields are left to parse_job; the documented compromise (a fractional
   number where a duration or quantity belongs) is pinned down;
 - the schema's patterns agree with spec.py's parsers (durations, chaos targets, quantities);
-- defaults: spot checks (batchSize 32, chain.ack tail, stateless.maxBuffered 32, ...), and
+- defaults: spot checks (batchSize 32, chain.ack tail, stateless.maxBuffered 8, ...), and
   the API server's defaulting (emulated) of an empty spec yields exactly pydantic's
   defaults, and of every example the same job as parse_job;
 - completeness and docs: every field of every spec model is a property; descriptions come
@@ -533,7 +533,7 @@ def test_the_quantity_pattern_matches_resources(quantity):
         (("batchSize",), 32),
         (("chain", "ack"), "tail"),
         (("chain", "replicateEvery"), 1),
-        (("stateless", "maxBuffered"), 32),
+        (("stateless", "maxBuffered"), 8),
         (("stateless", "rejoinTimeout"), 3),
         (("optimizer", "lr"), 0.01),
         (("optimizer", "betas"), [0.9, 0.999]),

@@ -85,7 +85,7 @@ def test_defaults_from_a_minimal_document():
     assert (ck.every_updates, ck.every_seconds, ck.path, ck.keep) == (100, None, "checkpoints", 3)
     assert (s.chain.ack, s.chain.replicate_every) == ("tail", 1)
     st = s.stateless
-    assert (st.max_buffered, st.on_full, st.staleness, st.clip) == (32, "merge", "sum", None)
+    assert (st.max_buffered, st.on_full, st.staleness, st.clip) == (8, "merge", "sum", None)
     assert (st.rejoin_timeout, st.fallback_checkpoint) == (3.0, False)
     assert (s.evaluation.interval, s.evaluation.test_samples) == (5.0, None)
     assert s.seed == 0 and s.chaos == []

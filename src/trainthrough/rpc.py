@@ -27,7 +27,7 @@ MESSAGE_OPTIONS = [
 CHANNEL_OPTIONS = MESSAGE_OPTIONS + [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 100),
     ("grpc.enable_retries", 0),
 ]
 

@@ -493,7 +493,7 @@ class ChainSpec(SpecModel):
 
 
 class StatelessSpec(SpecModel):
-    max_buffered: Annotated[_Int, Field(ge=1)] = 32  # gradients a worker holds while the PS is down
+    max_buffered: Annotated[_Int, Field(ge=1)] = 8  # gradients a worker holds while the PS is down
     on_full: Literal["merge", "drop-oldest", "pause"] = "merge"
     staleness: Literal["sum", "lr-scaled", "weighted", "average"] = "sum"
     clip: Annotated[_Float, Field(gt=0)] | None = None  # max norm of a replayed gradient

@@ -37,7 +37,7 @@ from trainthrough.worker.evaluating import Evaluator
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 1.0  # seconds between progress reports to the PS
-REJOIN_EVERY = 0.2  # seconds between attempts to reach a restarted stateless PS
+REJOIN_EVERY = 0.1  # seconds between attempts to reach a restarted stateless PS
 OFFLINE_CALL_TIMEOUT = 1.0
 HANDOVER_TIMEOUT = 120.0  # a worker done while offline waits this long for the PS
 HANDOVER_ON_STOP = 5.0  # the same when asked to stop
