@@ -175,7 +175,7 @@ def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable
 
     def step() -> None:
         reply, pulled = client.push_and_pull(gradient, base_version=version[0], samples=32)  # as the worker does
-        version[0], params, _, _ = pulled or client.pull(version[0])
+        version[0], params, _, _, _ = pulled or client.pull(version[0])
         assert params is not None and params.numel() == numel and reply.version >= 1
 
     return step

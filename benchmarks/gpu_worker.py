@@ -42,7 +42,7 @@ def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[s
     client = PSClient([f"127.0.0.1:{port}"], "worker-0", call_timeout=300)
     batches = BatchStream(load_dataset("synthetic", "train"), BATCH, seed=0, rank=0)
     loss_fn = nn.CrossEntropyLoss()
-    version, params, _, _ = client.pull(-1)
+    version, params, _, _, _ = client.pull(-1)
     assert params is not None
     load_flat_params(model, params)
     compute = [0.0]
@@ -56,7 +56,7 @@ def measure(name: str, device: torch.device, windows: int, steps: int) -> dict[s
         gradient = flatten_grads(model).cpu()  # waits for the device: the compute ends here
         compute[0] += time.perf_counter() - started
         _, pulled = client.push_and_pull(gradient, base_version=version, samples=BATCH)  # as the worker does
-        version, fresh, _, _ = pulled or client.pull(version)
+        version, fresh, _, _, _ = pulled or client.pull(version)
         if fresh is not None:
             load_flat_params(model, fresh)
 

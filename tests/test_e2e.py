@@ -4,9 +4,11 @@ processes on 127.0.0.1 and real SIGKILLs, driven by the local runtime's supervis
 Aspects covered, one run per mode:
 - checkpoint: survives a PS kill and reaches 70% test accuracy; the restarted PS resumes
   from the newest checkpoint written before the kill (rollback <= the interval); workers
-  count the time they waited.
+  count the time they waited; every acknowledged push is in the final model unless the
+  workers measured it lost (by push id), and what they measured is what the job reports.
 - chain (3 replicas, ack: tail): two head kills in a row; zero acknowledged updates lost
-  (every push a worker saw acknowledged is in the final model version); training resumes
+  (every push a worker saw acknowledged is in the final model version, and the workers'
+  own measurement by push id says 0); training resumes
   on the new head within 1 s of each kill; a replacement joins at the tail each time.
 - stateless: worker steps keep rising while the PS is down; the restarted PS re-seeds
   from the workers (its version continues, not from zero) and replays exactly the
@@ -45,10 +47,8 @@ def paper_job(name: str, **spec) -> dict:
         "evaluation": {"interval": "2s"},
         "seed": 1,
     }
-    if spec.get("chaos"):
-        # Every kill must happen, however fast training reaches the target (kills are at
-        # most 10 s in; a target stop also waits for recoveries in progress).
-        base["stop"] = {**base["stop"], "minDuration": "12s"}
+    # Every kill happens however fast training reaches the target: the target ends a job
+    # only once its planned kills fired and their recoveries ended.
     base.update(spec)
     return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": base}
 
@@ -97,6 +97,14 @@ def test_checkpoint_mode_resumes_from_newest_checkpoint(tmp_path):
     assert set(recovery["phases"]) == {"detect", "restore", "first_update", "total"}
     idle = sum(e["idle_seconds"] for e in of(events, "worker_stopped"))
     assert idle > 0, "workers must wait (and count it) while the PS is down"
+    # Lost updates as the workers measured them (by push id, against the restored state):
+    # every acknowledged push is in the final model unless it was lost, exactly once.
+    stopped = of(events, "worker_stopped")
+    acknowledged, lost = sum(e["acked_pushes"] for e in stopped), sum(e["lost_updates"] for e in stopped)
+    [end] = of(events, "run_end")
+    assert end["version"] == acknowledged - lost, (end["version"], acknowledged, lost)
+    assert lost == sum(e["lost_updates"] for e in of(events, "ps_changed")) <= interval + 2
+    assert summary.lost_updates == lost
 
 
 def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
@@ -122,6 +130,9 @@ def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
     acknowledged = sum(e["acked_pushes"] for e in of(events, "worker_stopped"))
     [end] = of(events, "run_end")
     assert acknowledged == end["version"], "every acknowledged push is in the final model, once"
+    # ...and the workers' own measurement across both failovers agrees: nothing lost.
+    assert [e["lost_updates"] for e in of(events, "worker_stopped")] == [0, 0]
+    assert len(of(events, "ps_changed")) >= 2 and summary.lost_updates == 0
 
 
 def test_stateless_workers_train_through_the_outage(tmp_path):
@@ -136,9 +147,11 @@ def test_stateless_workers_train_through_the_outage(tmp_path):
 
     [kill] = of(events, "kill")
     [recovery] = of(events, "recovery")
-    offline_evals = [e for e in of(events, "eval") if e["offline"]]
-    assert len(offline_evals) >= 2
-    assert offline_evals[-1]["step"] > offline_evals[0]["step"], "workers keep stepping while the PS is down"
+    # Both workers stepped on their own while the PS was down (their rejoins say how far),
+    # whatever the machine's pace: counted steps, not evaluations within a time window.
+    rejoined = [e for e in of(events, "worker_rejoined") if e["t"] > kill["t"]]
+    assert sorted(e["rank"] for e in rejoined) == [0, 1]
+    assert all(e["local_steps"] > 0 and e["buffered"] > 0 for e in rejoined), "workers keep stepping while the PS is down"
 
     restarted_ready = [e for e in of(events, "ps_ready") if e["t"] > kill["t"]]
     assert restarted_ready[0]["restored_from"] == "workers"

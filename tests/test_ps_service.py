@@ -85,7 +85,7 @@ def push_request(worker: str, push_id: int, gradient: ps_pb2.Tensor, base_versio
 def test_push_then_pull_applies_sgd_exactly(start_ps, ps_client, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
     client = ps_client([ps.address])
-    version, params, incarnation, _ = client.pull(-1)
+    version, params, incarnation, _, _ = client.pull(-1)
     assert version == 0
     assert torch.equal(params, torch.zeros(N))
 
@@ -94,38 +94,39 @@ def test_push_then_pull_applies_sgd_exactly(start_ps, ps_client, tmp_path) -> No
     assert reply.version == 1 and not reply.duplicate
     assert reply.incarnation == incarnation
 
-    version, params, _, _ = client.pull(-1)
+    version, params, _, _, _ = client.pull(-1)
     assert version == 1
     assert torch.equal(params, -LR * grad)
 
     grad2 = torch.full((N,), 2.0)
     assert client.push(grad2, base_version=1, samples=32).version == 2
-    version, params, _, _ = client.pull(1)
+    version, params, _, _, _ = client.pull(1)
     assert version == 2
     assert torch.equal(params, -LR * grad - LR * grad2)
     # Already current: the reply carries the version but no parameters.
-    version, params, _, _ = client.pull(2)
+    version, params, _, _, _ = client.pull(2)
     assert version == 2 and params is None
 
 
 def test_push_and_pull_gets_the_parameters_after_the_push_in_the_same_call(start_ps, ps_client, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt")
     client = ps_client([ps.address])
-    _, _, incarnation, _ = client.pull(-1)
+    _, _, incarnation, _, _ = client.pull(-1)
     grad = torch.arange(N, dtype=torch.float32) - 3.0
     push_id = client.push_id
     reply, pulled = client.push_and_pull(grad, base_version=0, samples=32)
     assert (reply.version, reply.duplicate, reply.params_version) == (1, False, 1)
-    version, params, pulled_incarnation, applied = pulled
+    version, params, pulled_incarnation, applied, started = pulled
     assert version == 1 and pulled_incarnation == incarnation
     assert applied == {client.worker: push_id}  # the parameters hold this push, and say so
+    assert started == -1  # the state this PS started from held no push of this worker
     assert torch.equal(params, -LR * grad) and torch.equal(params, client.pull(-1)[1])
     assert client.push_id == push_id + 1  # one push, acknowledged
 
     # In bfloat16 when the worker transfers in bfloat16; the master weights stay float32.
     half = ps_client([ps.address], "worker-1", transfer_dtype="bfloat16")
     half.pull(-1)
-    _, (version, params, _, _) = half.push_and_pull(torch.full((N,), 0.5), base_version=1, samples=32)
+    _, (version, params, _, _, _) = half.push_and_pull(torch.full((N,), 0.5), base_version=1, samples=32)
     assert version == 2 and torch.equal(params, ps.pull()[1].to(torch.bfloat16).float())
 
 
@@ -255,7 +256,7 @@ def test_large_model_pushes_and_pulls_through_grpc(start_ps, ps_client, tmp_path
     grad[::1000] = -4.0
     assert client.push(grad, base_version=0, samples=1).version == 1
     del grad
-    version, params, _, _ = client.pull(-1)
+    version, params, _, _, _ = client.pull(-1)
     assert version == 1
     assert params is not None and params.numel() == numel
     assert params[0].item() == LR * 4.0
@@ -438,7 +439,7 @@ def test_health_reports_mode_state_version_incarnation(start_ps, ps_client, tmp_
     assert health.applied_seq == 3
     assert health.worker_steps == 42
     assert health.accuracy == pytest.approx(0.5)
-    _, _, incarnation, _ = client.pull(-1)
+    _, _, incarnation, _, _ = client.pull(-1)
     assert incarnation == health.incarnation
 
 
@@ -490,7 +491,7 @@ def test_bfloat16_transfer_keeps_float32_master_weights(start_ps, ps_client, tmp
     init = torch.full((N,), 1.0 + 2**-12)  # not representable in bfloat16 (8 bits of mantissa)
     ps = checkpoint_ps(start_ps, tmp_path / "ckpt", init=init)
     client = ps_client([ps.address], "worker-0", transfer_dtype="bfloat16")
-    version, params, _, _ = client.pull(-1)
+    version, params, _, _, _ = client.pull(-1)
     assert params.dtype == torch.float32 and torch.equal(params, init.to(torch.bfloat16).float())
     gradient = torch.full((N,), 0.5)  # exact in bfloat16
     assert client.push(gradient, base_version=version, samples=32).version == 1
@@ -517,11 +518,11 @@ def test_streamed_push_and_pull_match_unary(start_ps, ps_client, tmp_path) -> No
     ps.core.expected_workers = 1
     streaming = ps_client([ps.address], "worker-0", stream_above_bytes=64 * 1024)
     unary = ps_client([ps.address], "worker-1")
-    version, params, _, _ = streaming.pull(-1)  # learns the size: later pulls stream
+    version, params, _, _, _ = streaming.pull(-1)  # learns the size: later pulls stream
     assert torch.equal(params, init)
     gradient = torch.randn(n)
     assert streaming.push(gradient, base_version=version, samples=32).version == 1
-    version, streamed, _, _ = streaming.pull(0)
+    version, streamed, _, _, _ = streaming.pull(0)
     assert version == 1 and torch.equal(streamed, unary.pull(-1)[1])
     assert torch.equal(streamed, init - LR * gradient)
     # push_and_pull of a streamed model: the push streams, the parameters come by the caller's pull.

@@ -27,7 +27,7 @@ class PullRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("version", "params", "incarnation", "applied_pushes")
+    __slots__ = ("version", "params", "incarnation", "applied_pushes", "started_push_id")
     class AppliedPushesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,11 +39,13 @@ class PullReply(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     params: Tensor
     incarnation: str
     applied_pushes: _containers.ScalarMap[str, int]
-    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    started_push_id: int
+    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype")
@@ -62,7 +64,7 @@ class PushRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes")
+    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes", "started_push_id")
     class AppliedPushesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,13 +78,15 @@ class PushReply(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_VERSION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     duplicate: bool
     incarnation: str
     params: Tensor
     params_version: int
     applied_pushes: _containers.ScalarMap[str, int]
-    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    started_push_id: int
+    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ...) -> None: ...
 
 class PushChunk(_message.Message):
     __slots__ = ("request", "data")

@@ -230,7 +230,11 @@ class ChainReplica(Mode):
                 self.config = ps_pb2.ChainConfig()
                 self.config.CopyFrom(request)
                 self._follow_successor()
-                self.core.role = self._role()
+                role = self._role()
+                if role == "head" and self.core.role != "head" and self.core.state is not None:
+                    # Promoted: workers measure what they lost against the state as it was.
+                    self.core.started_pushes = dict(self.core.state.last_push)
+                self.core.role = role
                 self.core.events.emit(
                     "chain_reconfigured",
                     epoch=request.epoch,

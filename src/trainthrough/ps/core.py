@@ -96,6 +96,8 @@ class ParameterServerCore:
         self._closing: list[_Round] = []
         self.progress: dict[str, tuple[int, float]] = {}  # worker -> (steps, accuracy)
         self.lost: dict[str, int] = {}  # worker -> acknowledged updates it measured lost
+        # worker -> newest push id in the state this PS started serving from as the head
+        self.started_pushes: dict[str, int] = {}
         self.accuracy = -1.0
         self._trainingjob = trainingjob
         self.metrics = metrics
@@ -105,6 +107,7 @@ class ParameterServerCore:
         """Start serving `state` (fresh, restored, seeded or transferred)."""
         with self.order_lock, self.state_lock:
             self.state = state
+            self.started_pushes = dict(state.last_push)
             self.started_version = state.version
             self.restored_from = restored_from
             self.updates_since_start = 0

@@ -42,8 +42,9 @@ class Mode:
         `gradient`: the gradient already assembled from a stream."""
         if gradient is None:
             gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
+        started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
         version, duplicate = self.core.push(request.worker, request.push_id, gradient)
-        return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation)
+        return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation, started_push_id=started)
 
     def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview) -> wire.Framed:
         """A push and, when the request asks (pull_dtype), the parameters after it beside
@@ -64,7 +65,10 @@ class Mode:
         dtype = request.dtype or "float32"
         wire.check_dtype(dtype)  # also when the pull sends no parameters
         version, data, applied = self.core.pull(request.have_version, dtype)
-        reply = ps_pb2.PullReply(version=version, incarnation=self.core.incarnation, applied_pushes=applied)
+        reply = ps_pb2.PullReply(
+            version=version, incarnation=self.core.incarnation, applied_pushes=applied,
+            started_push_id=self.core.started_pushes.get(request.worker, -1),
+        )  # fmt: skip
         if data is None:
             return wire.Framed(reply)
         reply.params.dtype = dtype

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, TypeVar
 
 import torch
 
@@ -36,8 +36,12 @@ STREAM_ABOVE_BYTES = 16 << 20
 # deadline sized for a small model would cut a large model's push short, and a stateless
 # worker would take that for a dead PS (a dead one fails fast either way).
 SLOWEST_TRANSFER_BYTES_PER_S = 50e6
-# (version, parameters or None if unchanged, PS incarnation, newest push id per worker they hold)
-Pulled = tuple[int, torch.Tensor | None, str, dict[str, int]]
+class Pulled(NamedTuple):
+    version: int
+    params: torch.Tensor | None  # None: unchanged since the caller's version
+    incarnation: str  # of the PS that answered
+    applied_pushes: dict[str, int]  # newest push id per worker that the parameters hold
+    started_push_id: int  # this worker's, in the state that PS started serving from
 
 
 def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Tensor | None]:
@@ -52,7 +56,7 @@ def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Te
 class PSClient:
     """
     >>> client = PSClient(["127.0.0.1:50051"], worker="worker-0")
-    >>> version, params, incarnation, applied_pushes = client.pull(-1)
+    >>> pulled = client.pull(-1)   # pulled.version, pulled.params, ...
     """
 
     def __init__(
@@ -147,7 +151,7 @@ class PSClient:
             reply = framed.message
             if pull:
                 params = reply.params if reply.HasField("params") else None
-                pulled = self._pulled(reply.params_version, params, framed.data, reply.incarnation, reply.applied_pushes)
+                pulled = self._pulled(reply.params_version, params, framed.data, reply)
         self.push_id += 1
         return reply, pulled
 
@@ -166,22 +170,23 @@ class PSClient:
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
         if self._streams(self._numel):
             reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
-            return self._learn_size(reply.version, params, reply.incarnation, reply.applied_pushes)
+            return self._learn_size(reply.version, params, reply)
         framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout)
         reply = framed.message
         params = reply.params if reply.HasField("params") else None
-        return self._pulled(reply.version, params, framed.data, reply.incarnation, reply.applied_pushes)
+        return self._pulled(reply.version, params, framed.data, reply)
 
     def _pulled(
-        self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, incarnation: str, applied: Mapping[str, int]
+        self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, reply: ps_pb2.PullReply | ps_pb2.PushReply
     ) -> Pulled:
         params = None if header is None else wire.decode(header, what="params", data=data)
-        return self._learn_size(version, params, incarnation, applied)
+        return self._learn_size(version, params, reply)
 
-    def _learn_size(self, version: int, params: torch.Tensor | None, incarnation: str, applied: Mapping[str, int]) -> Pulled:
+    def _learn_size(self, version: int, params: torch.Tensor | None, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> Pulled:
+        """`reply`: the message the parameters came with (its incarnation and push ids)."""
         if params is not None:
             self._numel = params.numel()
-        return version, params, incarnation, dict(applied)
+        return Pulled(version, params, reply.incarnation, dict(reply.applied_pushes), reply.started_push_id)
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
         return self._head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=timeout)

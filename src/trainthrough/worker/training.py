@@ -31,7 +31,7 @@ from trainthrough.optim import Optimizer
 from trainthrough.spec import Mode, TrainingJob
 from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import GradientBuffer
-from trainthrough.worker.client import PSClient, Stopped
+from trainthrough.worker.client import PSClient, Pulled, Stopped
 from trainthrough.worker.evaluating import Evaluator
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,8 @@ class Worker:
         self.version = -1  # PS version of the parameters the model holds
         self.incarnation = ""
         self.acks = AcknowledgedPushes()
+        self._acked_by = ""  # the PS incarnation the acknowledgements are measured against
+        self._lost_unreported = 0  # lost updates found, for the next ps_changed event
         self.applied_pushes: dict[str, int] = {}  # of the parameters the model holds (their pull)
         self.base_applied: dict[str, int] = {}  # of the base weights of an outage
         self.buffer = GradientBuffer(spec.stateless.max_buffered, spec.stateless.on_full)
@@ -192,36 +194,45 @@ class Worker:
         if pulled is None:  # a streamed model: its parameters come by a pull of their own
             self._pull(chain)
         else:
-            self._follow(*pulled)
+            self._follow(pulled)
 
     def spec_push_timeout(self) -> float:
         # A sync push waits for its round (the PS closes a round after 10 s without a worker).
         return 20.0 if self.spec.updates == "sync" else self.client.call_timeout
 
     def _count_ack(self, reply) -> None:
+        self._check_lost(reply.incarnation, reply.started_push_id)  # before this push counts
         self.acks.add(self.client.push_id - 1)  # the id of the push just answered
         self.stats.acked_pushes += 1
         if reply.duplicate:
             self.stats.duplicate_acks += 1
 
     def _pull(self, chain: bool) -> None:
-        self._follow(*self.client.until_done(lambda: self.client.pull(self.version), self.stop, chain))
+        self._follow(self.client.until_done(lambda: self.client.pull(self.version), self.stop, chain))
 
-    def _follow(self, version: int, params: torch.Tensor | None, incarnation: str, applied: dict[str, int]) -> None:
-        """Take the PS's parameters (None: the model already holds `version`); `applied`:
-        the newest push id per worker they hold. When the PS changed, this worker's
-        acknowledged pushes above its entry are lost updates."""
-        if params is not None:
-            load_flat_params(self.model, params)
-        if incarnation != self.incarnation and self.incarnation:
-            applied_push_id = applied.get(self.client.worker, -1)
-            lost = self.acks.lost_since(applied_push_id)
+    def _check_lost(self, incarnation: str, started_push_id: int) -> None:
+        """The first reply of a new PS (a restart, a failover, a stateless rebuild): this
+        worker's acknowledged pushes that the state it started from lacks are lost."""
+        if incarnation == self._acked_by:
+            return
+        if self._acked_by:
+            lost = self.acks.lost_since(started_push_id)
             self.stats.lost_updates += lost
+            self._lost_unreported += lost
+        self._acked_by = incarnation
+
+    def _follow(self, pulled: Pulled) -> None:
+        """Take the PS's parameters (None: the model already holds that version)."""
+        self._check_lost(pulled.incarnation, pulled.started_push_id)
+        if pulled.params is not None:
+            load_flat_params(self.model, pulled.params)
+        if pulled.incarnation != self.incarnation and self.incarnation:
             self.events.emit(
-                "ps_changed", rank=self.rank, version_before=self.version, version_after=version,
-                applied_push_id=applied_push_id, lost_updates=lost,
+                "ps_changed", rank=self.rank, version_before=self.version, version_after=pulled.version,
+                started_push_id=pulled.started_push_id, lost_updates=self._lost_unreported,
             )  # fmt: skip
-        self.version, self.incarnation, self.applied_pushes = version, incarnation, applied
+            self._lost_unreported = 0
+        self.version, self.incarnation, self.applied_pushes = pulled.version, pulled.incarnation, pulled.applied_pushes
 
     def _initial_sync(self) -> None:
         chain = self.mode == Mode.CHAIN
@@ -243,7 +254,7 @@ class Worker:
             try:
                 reply, pulled = self.client.push_and_pull(gradient, self.version, samples, timeout=OFFLINE_CALL_TIMEOUT)
                 self._count_ack(reply)
-                self._follow(*(pulled or self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT)))
+                self._follow(pulled or self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
                 return
             except TemporaryError as error:
                 # The PS is gone (or restarted empty, or just slow). Whether or not it took
@@ -333,7 +344,7 @@ class Worker:
         self.offline = False
         self.local_optimizer = None
         try:
-            self._follow(*self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
+            self._follow(self.client.pull(self.version, timeout=OFFLINE_CALL_TIMEOUT))
         except TemporaryError as error:
             # The PS failed again right after taking the rejoin: keep training, offline.
             self._go_offline(error)
