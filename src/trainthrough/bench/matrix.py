@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # About 20 minutes here: every variant, no / one / two kills, 3 seeds, 5 s outages and
     # runs of tens of seconds (the paper: 1 worker, about 20 s outages, runs of minutes; the
     # report says how this differs).
-    "default": {"scenarios": _scenarios(5, (5, 10)), "seeds": [1, 2, 3], "budget": 15, "maxDuration": 45, "outage": 5},
+    "default": {"scenarios": _scenarios(5, (5, 10)), "seeds": [1, 2, 3], "budget": 12, "maxDuration": 45, "outage": 5},
     # Hours: 5 seeds, 1 worker (the paper's setup) and 4, the paper's 20 s outages.
     "full": {
         "scenarios": _scenarios(10, (10, 20)), "workers": [1, 4], "seeds": [1, 2, 3, 4, 5],
