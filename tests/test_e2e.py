@@ -121,8 +121,10 @@ def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
     recoveries = of(events, "recovery")
     assert [r["target"] for r in recoveries] == ["ps-0", "ps-1"]
     for recovery in recoveries:
-        # Kill to first update applied on the new head.
-        assert recovery["phases"]["total"] < 1.0, recovery
+        # The next replica took over: no process was restarted or awaited for training to
+        # resume (how fast that is, is measured by the benchmarks, not asserted here).
+        assert recovery["restarted_at"] is None and recovery["restored_from"] == "chain", recovery
+        assert recovery["first_update_at"] > recovery["detected_at"]
     joined = of(events, "replica_joined")
     assert len(joined) == 2 and all(j["state"] == "serving" for j in joined)
     assert len(joined[-1]["chain"]) == 3

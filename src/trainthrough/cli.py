@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="run the experiment matrix and write the report")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="about 2 minutes here")
-    size.add_argument("--full", action="store_true", help="more seeds, 4 workers, longer runs")
+    size.add_argument("--full", action="store_true", help="5 seeds, 1 and 4 workers, 20 s outages (hours)")
     size.add_argument("--matrix", help="an experiment matrix YAML instead of a preset")
     bench.add_argument("--out", default="bench-results", help="folder for results and report (default bench-results)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

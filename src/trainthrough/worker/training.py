@@ -215,11 +215,13 @@ class Worker:
         worker's acknowledged pushes that the state it started from lacks are lost."""
         if incarnation == self._acked_by:
             return
-        if self._acked_by:
+        self._acked_by, previous = incarnation, self._acked_by
+        if previous:
             lost = self.acks.lost_since(started_push_id)
             self.stats.lost_updates += lost
             self._lost_unreported += lost
-        self._acked_by = incarnation
+            if lost:
+                self._report()  # now: the job's record of its recovery must not wait for it
 
     def _follow(self, pulled: Pulled) -> None:
         """Take the PS's parameters (None: the model already holds that version)."""
