@@ -1,8 +1,8 @@
 """Tests for trainthrough.bench.matrix, the benchmark's experiment matrix.
 
 Covered:
-- the presets parse and expand: quick 6 runs (3 variants x 2 scenarios), default 15
-  (5 x 3), full 90 (5 x 3 x 2 worker counts x 3 seeds); every variant, scenario, worker
+- the presets parse and expand: quick 6 runs (3 variants x 2 scenarios), default 45
+  (5 x 3 x 3 seeds), full 150 (5 x 3 x 2 worker counts x 5 seeds); every variant, scenario, worker
   count and seed appears; runs are ordered seed by seed with each variant's no-failure
   baseline first; each preset's settings are those of its document (read from PRESETS,
   not copied here, as the presets get tuned), the baseline first and kills in order within

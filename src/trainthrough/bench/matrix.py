@@ -107,8 +107,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scenarios": [{"name": "no-failure", "kills": []}, {"name": "two-kills", "kills": [2, 4]}],
         "base": {**BASE_SPEC, "optimizer": {"name": "sgd", "lr": 0.05}},
         "budget": 10,
-        "maxDuration": 15,
-        "outage": 5,
+        "maxDuration": 25,  # room for both kills' recoveries
+        "outage": 3,
     },
     # About 20 minutes here: every variant, no / one / two kills, 3 seeds, 5 s outages and
     # runs of tens of seconds (the paper: 1 worker, about 20 s outages, runs of minutes; the
