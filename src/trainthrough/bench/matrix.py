@@ -100,7 +100,7 @@ def _scenarios(one: float, two: tuple[float, float]) -> list[dict[str, Any]]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # About 3 minutes here, a smoke test of the whole harness: one update rule per mode,
+    # About 2 minutes here, a smoke test of the whole harness: one update rule per mode,
     # baseline and two kills, short outages, a 5x learning rate to reach the target fast.
     "quick": {
         "variants": ["checkpoint-async", "chain-async", "stateless"],
