@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainthrough.bench.aggregating import BASELINE, Cell, bootstrap_interval
+from trainthrough.bench.aggregating import BASELINE, Cell, Stat, bootstrap_interval
 
 # variant -> (accuracy before, after) one kill; time to 70% with one kill, with two kills
 PAPER_ONE_KILL_ACCURACY = {
@@ -64,11 +64,6 @@ def _gain(run: dict) -> float | None:
     return (kills[0]["accuracy_after"] - kills[0]["accuracy_before"]) * 100
 
 
-def _median_interval(values: list[float]) -> tuple[float, float, float]:
-    low, high = bootstrap_interval([values], lambda g: statistics.median(g[0]))
-    return statistics.median(values), low, high
-
-
 def _fmt(median: float, low: float, high: float, unit: str = "", digits: int = 1) -> str:
     return f"{median:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -103,7 +98,8 @@ def verdicts(cells: list[Cell], outage: float) -> list[Verdict]:
     # 2. A "15% leap" of the stateless model across the recovery.
     gains = _values(cells, is_stateless, ONE_KILL, _gain)
     if gains:
-        median, low, high = _median_interval(gains)
+        stat = Stat.of(gains)
+        median, low, high = stat.median, stat.low, stat.high
         if low <= 15 <= high or low > 15:
             verdict = "confirmed"
         elif outage < PAPER_OUTAGE:
@@ -149,7 +145,8 @@ def verdicts(cells: list[Cell], outage: float) -> list[Verdict]:
     is_chain = lambda v: v.startswith("chain")  # noqa: E731
     failover = _values(cells, is_chain, ONE_KILL, lambda r: (_first_kill("phases")(r) or {}).get("total"))
     if failover:
-        median, low, high = _median_interval(failover)
+        stat = Stat.of(failover)
+        median, low, high = stat.median, stat.low, stat.high
         verdict = "confirmed" if high >= 10 and low <= 14 else "refuted"
         out.append(
             Verdict(
