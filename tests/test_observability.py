@@ -343,13 +343,16 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Prom, Path]]:
             server.wait(10)
 
 
-def run_job(run_dir: Path, master_port: int, metrics: Metrics) -> None:
-    """One run of JOB on the local runtime, the master's metrics served on `master_port`."""
+def run_job(run_dir: Path, master_port: int, metrics: Metrics, before_start: Callable[[], None]) -> None:
+    """One run of JOB on the local runtime, the master's metrics served on `master_port`;
+    `before_start` runs once the master's metrics exist and before any process starts."""
     job = parse_job(JOB)
     runtime = LocalRuntime(job, run_dir, master_metrics_port=master_port)
     events = EventLog(runtime.events_path, source="master")
     try:
-        summary = Supervisor(job, runtime, events, metrics).run()
+        supervisor = Supervisor(job, runtime, events, metrics)
+        before_start()
+        summary = supervisor.run()
     finally:
         runtime.shutdown()
         events.close()
@@ -378,7 +381,11 @@ def test_dashboard_and_rules_return_data_for_a_run_with_a_ps_kill(prometheus) ->
     master, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     job = f'trainingjob="{JOB_NAME}"'
     try:
-        run_job(run_dir, master.server_port, metrics)
+        # The kill counter is scraped at 0 before the run starts (an event, not a clock):
+        # otherwise a first scrape after the kill sees 1 and increase() counts no kill.
+        scraped_at_zero = lambda: prom.value(f"sum(trainthrough_chaos_injections_total{{{job}}})", time.time()) == 0
+        run_job(run_dir, master.server_port, metrics,
+                lambda: wait_for("Prometheus did not scrape the master", scraped_at_zero, timeout=30))  # fmt: skip
         wait_for(
             "Prometheus did not scrape the recovery",
             lambda: prom.value(f"sum(trainthrough_recoveries_total{{{job}}})", time.time()) == 1,

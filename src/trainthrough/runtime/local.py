@@ -65,6 +65,10 @@ class LocalRuntime:
         self.targets_path = Path(targets_path) if targets_path else self.run_dir / "targets.json"
         self._deaths: queue.Queue[Death] = queue.Queue()
         self._lock = threading.Lock()
+        if master_metrics_port:
+            # Listed before anything starts: Prometheus can scrape the master's counters at 0
+            # before the first kill, so increase() counts that kill.
+            self._write_targets()
 
     # -- Runtime interface -----------------------------------------------------------------
     def start_ps(self, name: str, *, join: bool = False) -> str:
