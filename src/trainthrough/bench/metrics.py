@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from kubernetes.utils import parse_quantity
 
 from trainthrough.control.vocabulary import EventName
+from trainthrough.names import is_ps
 
 Event = dict[str, Any]
 
@@ -122,7 +123,7 @@ def resource_use(events: list[Event]) -> dict[str, dict[str, float]]:
     """CPU seconds (summed) and peak memory (max) per role, from every process exit."""
     use = {role: {"cpu_seconds": 0.0, "peak_memory_bytes": 0.0} for role in ("ps", "workers")}
     for e in of(events, EventName.PROCESS_EXITED):
-        role = "ps" if e["process"].startswith("ps-") else "workers"
+        role = "ps" if is_ps(e["process"]) else "workers"
         use[role]["cpu_seconds"] += e.get("cpu_seconds") or 0.0
         use[role]["peak_memory_bytes"] = max(use[role]["peak_memory_bytes"], e.get("max_rss_bytes") or 0.0)
     return use

@@ -16,6 +16,7 @@ from trainthrough.control.chain_master import publish_chain
 from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop, UpdatesLost
 from trainthrough.control.master import Master
 from trainthrough.control.runtime import Runtime
+from trainthrough import names
 from trainthrough.rpc import ConnectionPool
 
 
@@ -63,8 +64,9 @@ class Applier:
             self._stop(stops)
 
     def _start(self, start: Start) -> list[Action]:
-        if start.process.startswith("worker-"):
-            self.runtime.start_worker(int(start.process.split("-")[1]), list(start.ps))
+        parsed = names.parse(start.process)
+        if parsed is not None and parsed[0] is names.ProcessKind.WORKER:
+            self.runtime.start_worker(parsed[1], list(start.ps))
         else:
             self.runtime.start_ps(start.process, join=start.join)
         return []

@@ -35,6 +35,7 @@ from trainthrough.control.messages import (
 from trainthrough.control.recovery import Decision, Remedy, decide
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
+from trainthrough.names import is_worker, ps_name, worker_names
 from trainthrough.spec import Mode, TrainingJob
 
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
@@ -58,7 +59,7 @@ class Master:
         self.state = state or MasterState()
         self.restart_delay = self.spec.parameter_server.restart_delay if restart_delay is None else restart_delay
         self.startup_timeout = startup_timeout
-        self.workers = [f"worker-{r}" for r in range(self.spec.workers.replicas)]
+        self.workers = worker_names(self.spec.workers.replicas)
 
     # -- what the drivers ask ---------------------------------------------------------------
     @property
@@ -117,7 +118,7 @@ class Master:
         if s.phase is not JobPhase.NEW:
             return []
         s.phase, s.created_at = JobPhase.STARTING, now
-        s.ps = [f"ps-{i}" for i in range(self.spec.parameter_server.replicas)]
+        s.ps = [ps_name(i) for i in range(self.spec.parameter_server.replicas)]
         if self.mode is Mode.CHAIN:
             s.chain = Chain(members=list(s.ps))
         out: list[Action] = [
@@ -174,7 +175,7 @@ class Master:
                 out.append(self._start(recovery.target, now))
         for replacement in s.replacements:
             if not replacement.name and now >= replacement.due_at:
-                replacement.name = f"ps-{len(s.ps)}"
+                replacement.name = ps_name(len(s.ps))
                 replacement.started_at = now
                 s.ps.append(replacement.name)
                 out.append(self._start(replacement.name, now, join=True))
@@ -487,7 +488,7 @@ class Master:
             if worker not in s.up and worker not in s.finished_workers:
                 out.append(self._start(worker, now))
         for process in list(s.up):
-            if process.startswith("worker-") and process not in self.workers:
+            if is_worker(process) and process not in self.workers:
                 s.up.remove(process)  # scaled away on purpose: its end is no failure
                 out.append(Stop(process, grace=STOP_GRACE))
         return out
@@ -497,7 +498,7 @@ class Master:
         s = self.state
         if process not in s.up:
             s.up.append(process)
-        ps = tuple(self.chain_order()) if process.startswith("worker-") else ()
+        ps = tuple(self.chain_order()) if is_worker(process) else ()
         return Start(process, join=join, ps=ps)
 
     def _publish(self, now: float) -> PublishChain:
@@ -563,6 +564,6 @@ class Master:
         ]
         out.append(Finish(phase, reason, message))
         # Workers first (a stateless worker offline hands its work over), then the PS.
-        order = [w for w in self.workers if w in s.up] + [p for p in s.up if not p.startswith("worker-")]
-        out += [Stop(p, grace=STOP_GRACE if p.startswith("worker-") else PS_STOP_GRACE) for p in order]
+        order = [w for w in self.workers if w in s.up] + [p for p in s.up if not is_worker(p)]
+        out += [Stop(p, grace=STOP_GRACE if is_worker(p) else PS_STOP_GRACE) for p in order]
         return out

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from trainthrough.names import is_worker
 from trainthrough.spec import Mode
 
 import enum
@@ -44,7 +45,7 @@ def decide(
     """The recovery for the death of process `name`."""
     if stopping:
         return Decision(Remedy.IGNORE, name, "the job is stopping")
-    if name.startswith("worker-"):
+    if is_worker(name):
         if exit_code == 0:
             return Decision(Remedy.FINISHED, name, "worker reached its step limit")
         return Decision(Remedy.RESTART_WORKER, name, f"worker exited with {exit_code}")

@@ -27,6 +27,7 @@ from trainthrough.control.vocabulary import EventName, JobPhase
 from trainthrough.errors import TrainthroughError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
+from trainthrough.names import is_worker
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import ConnectionPool
 from trainthrough.spec import ChaosKill, TrainingJob
@@ -151,7 +152,7 @@ class Supervisor:
         """Workers at once (a stateless worker stopped offline waits a little for the PS to
         take its work, and those waits must not add up), then read the final progress,
         then the PS processes."""
-        workers = [s for s in stops if s.process.startswith("worker-")]
+        workers = [s for s in stops if is_worker(s.process)]
         with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
             list(pool.map(lambda s: self.runtime.stop(s.process, timeout=s.grace), workers))
         for name in self.master.chain_order()[:1]:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from trainthrough.control.runtime import Death
+from trainthrough.names import is_ps, is_worker, worker_name
 from trainthrough.spec import TrainingJob, dump_job
 
 HOST = "127.0.0.1"
@@ -83,7 +84,7 @@ class LocalRuntime:
 
     def start_worker(self, rank: int, ps: list[str]) -> None:
         addresses = ",".join(self._addresses[name] for name in ps)
-        self._spawn(f"worker-{rank}", ["worker", "--rank", str(rank), "--ps", addresses])
+        self._spawn(worker_name(rank), ["worker", "--rank", str(rank), "--ps", addresses])
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         process = self._processes.get(name)
@@ -127,7 +128,7 @@ class LocalRuntime:
 
     def shutdown(self) -> None:
         """Stop everything still running (PS last, so workers can finish their pushes)."""
-        names = sorted(self.running(), key=lambda n: n.startswith("ps-"))
+        names = sorted(self.running(), key=is_ps)
         for name in names:
             self.stop(name)
 
@@ -150,7 +151,7 @@ class LocalRuntime:
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
             popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
-            if name.startswith("worker-"):
+            if is_worker(name):
                 os.setpriority(os.PRIO_PROCESS, popen.pid, WORKER_NICENESS)
             process = _Process(popen)
             self._processes[name] = process

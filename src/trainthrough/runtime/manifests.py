@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainthrough.names import ps_name, worker_name
 from trainthrough.spec import Mode, TrainingJob, dump_job
 
 GROUP = "trainthrough.io"
@@ -223,7 +224,7 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
         # GPU nodes are commonly tainted for GPU workloads only.
         extra["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return _pod(
-        job, f"worker-{rank}", "worker", image or DEFAULT_IMAGES["worker"], args, _resources(r.cpu, r.memory, r.gpu),
+        job, worker_name(rank), "worker", image or DEFAULT_IMAGES["worker"], args, _resources(r.cpu, r.memory, r.gpu),
         [config, tmp], [config_mount, tmp_mount], extra,
     )  # fmt: skip
 
@@ -321,7 +322,7 @@ def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels
 
 
 def initial_ps_processes(job: TrainingJob) -> list[str]:
-    return [f"ps-{i}" for i in range(job.spec.parameter_server.replicas)]
+    return [ps_name(i) for i in range(job.spec.parameter_server.replicas)]
 
 
 def supporting_objects(

@@ -25,6 +25,7 @@ from trainthrough.control.messages import Disrupted
 from trainthrough.control.runtime import Death
 from trainthrough.errors import TemporaryError
 from trainthrough.kubeapi import KubeApi
+from trainthrough.names import worker_name
 from trainthrough.runtime import manifests
 from trainthrough.spec import TrainingJob
 
@@ -126,7 +127,7 @@ class PodRuntime:
         return self.address(name)
 
     def start_worker(self, rank: int, ps: list[str]) -> None:
-        self._create(f"worker-{rank}", manifests.worker_pod(self.job, rank, ps, image=self.images.get("worker")))
+        self._create(worker_name(rank), manifests.worker_pod(self.job, rank, ps, image=self.images.get("worker")))
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         self.api.delete_pod(self.namespace, manifests.pod_name(self.job, name), grace_seconds=int(round(grace)))

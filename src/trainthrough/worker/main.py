@@ -10,6 +10,7 @@ import argparse
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
+from trainthrough.names import worker_name
 from trainthrough.process import start_process
 from trainthrough.worker.client import PSClient
 from trainthrough.worker.training import Worker
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
 
-    name = f"worker-{args.rank}"
+    name = worker_name(args.rank)
     context = start_process(name, args.job, args.parent_pid)
     job, stop, metrics = context.job, context.stop, context.metrics
     metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
