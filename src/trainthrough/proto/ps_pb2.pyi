@@ -27,7 +27,7 @@ class PullRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("version", "params", "incarnation", "applied_pushes", "started_push_id")
+    __slots__ = ("version", "params", "incarnation", "applied_pushes", "started_push_id", "chain")
     class AppliedPushesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,12 +40,14 @@ class PullReply(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     STARTED_PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     version: int
     params: Tensor
     incarnation: str
     applied_pushes: _containers.ScalarMap[str, int]
     started_push_id: int
-    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ...) -> None: ...
+    chain: ChainConfig
+    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype")
@@ -64,7 +66,7 @@ class PushRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes", "started_push_id")
+    __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes", "started_push_id", "chain")
     class AppliedPushesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class PushReply(_message.Message):
     PARAMS_VERSION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     STARTED_PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     version: int
     duplicate: bool
     incarnation: str
@@ -86,7 +89,8 @@ class PushReply(_message.Message):
     params_version: int
     applied_pushes: _containers.ScalarMap[str, int]
     started_push_id: int
-    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ...) -> None: ...
+    chain: ChainConfig
+    def __init__(self, version: _Optional[int] = ..., duplicate: _Optional[bool] = ..., incarnation: _Optional[str] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., params_version: _Optional[int] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ...) -> None: ...
 
 class PushChunk(_message.Message):
     __slots__ = ("request", "data")
@@ -133,7 +137,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates", "workers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +153,7 @@ class HealthReply(_message.Message):
     READY_AT_FIELD_NUMBER: _ClassVar[int]
     FIRST_UPDATE_AT_FIELD_NUMBER: _ClassVar[int]
     LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -164,7 +169,22 @@ class HealthReply(_message.Message):
     ready_at: float
     first_update_at: float
     lost_updates: int
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerProgress]
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
+
+class WorkerProgress(_message.Message):
+    __slots__ = ("worker", "steps", "accuracy", "lost_updates", "evaluation")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    steps: int
+    accuracy: float
+    lost_updates: int
+    evaluation: int
+    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., lost_updates: _Optional[int] = ..., evaluation: _Optional[int] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("seq", "gradient", "workers", "push_ids")
@@ -179,12 +199,14 @@ class UpdateRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., workers: _Optional[_Iterable[str]] = ..., push_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
-    __slots__ = ("epoch", "records")
+    __slots__ = ("epoch", "records", "sender")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     records: _containers.RepeatedCompositeFieldContainer[UpdateRecord]
-    def __init__(self, epoch: _Optional[int] = ..., records: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ...) -> None: ...
+    sender: str
+    def __init__(self, epoch: _Optional[int] = ..., records: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class ReplicateChunk(_message.Message):
     __slots__ = ("request", "data")
@@ -207,12 +229,16 @@ class ReconfigureReply(_message.Message):
     def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
 
 class StateHeader(_message.Message):
-    __slots__ = ("seq", "total_bytes")
+    __slots__ = ("seq", "total_bytes", "epoch", "sender")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     seq: int
     total_bytes: int
-    def __init__(self, seq: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    epoch: int
+    sender: str
+    def __init__(self, seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., epoch: _Optional[int] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class StateChunk(_message.Message):
     __slots__ = ("header", "data")
