@@ -73,8 +73,9 @@ def grad(i: int) -> torch.Tensor:
     return torch.randn(N, generator=torch.Generator().manual_seed(100 + i))
 
 
-def push(ps: RunningPS, worker: str, push_id: int, gradient: torch.Tensor) -> ps_pb2.PushReply:
-    request = ps_pb2.PushRequest(worker=worker, push_id=push_id, base_version=0, gradient=tensor_msg(gradient), samples=1)
+def push(ps: RunningPS, worker: str, index: int, gradient: torch.Tensor) -> ps_pb2.PushReply:
+    """The worker's push number `index` (from 0; push ids start at 1)."""
+    request = ps_pb2.PushRequest(worker=worker, push_id=index + 1, base_version=0, gradient=tensor_msg(gradient), samples=1)
     return ps.stub.Push(request, timeout=10)
 
 

@@ -46,6 +46,7 @@ from trainthrough.control.messages import (
     Start,
     Stop,
     UpdatesLost,
+    WorkerReport,
 )
 from trainthrough.control.master import Master
 from trainthrough.control.state import MasterState
@@ -66,8 +67,8 @@ def job(consistency: str = "checkpoint", **spec: Any):
 def health(process: str, version: int = 10, *, state: str = "serving", started: int = 0, since: int = 0,
            ready_at: float = 0.0, first_update_at: float = 0.0, accuracy: float = -1.0, restored_from: str = "",
            lost: int = 0) -> Health:  # fmt: skip
-    return Health(process, state, version, started, since, restored_from, ready_at, first_update_at, accuracy,
-                  worker_steps=version, lost_updates=lost)  # fmt: skip
+    report = WorkerReport("worker-0", steps=version, accuracy=accuracy, lost_updates=lost, evaluation=1)
+    return Health(process, state, version, started, since, restored_from, ready_at, first_update_at, (report,))
 
 
 def kinds(actions: list[Action]) -> list[Any]:

@@ -211,7 +211,7 @@ def test_rejected_counter_counts_each_reason(start_ps, registry, tmp_path) -> No
     for i, case in enumerate(BAD_PUSHES):
         gradient = case.values[0]
         with pytest.raises(grpc.RpcError) as caught:
-            ps.stub.Push(push_request("worker-0", i, gradient), timeout=5)
+            ps.stub.Push(push_request("worker-0", i + 1, gradient), timeout=5)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rejected(registry, "checkpoint", "shape") == 1
     assert rejected(registry, "checkpoint", "dtype") == 1

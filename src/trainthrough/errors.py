@@ -11,6 +11,11 @@ class WireError(TrainthroughError, ValueError):
     """A tensor or message on the wire is malformed (bad dtype, shape, length, values)."""
 
 
+class InvalidField(WireError):
+    """A request field holds a value it cannot mean (a counter out of range, a name that
+    is not a worker of the job, an accuracy outside [0, 1])."""
+
+
 class PermanentError(TrainthroughError):
     """Retrying the same call cannot succeed (the request itself is wrong)."""
 

@@ -194,19 +194,20 @@ class Master:
         if name not in s.up:
             return []
         order = self.chain_order()
+        reported = health.progress_of(self.workers)
         if order and name == order[0]:
             p = s.progress
             p.serving = f"{name} {health.state}"
             if health.state == "serving":
-                p.steps = max(p.steps, health.worker_steps)
+                p.steps = max(p.steps, reported.steps)
                 p.version = health.version
-                if health.accuracy >= 0:
-                    p.accuracy = health.accuracy
-                    p.best_accuracy = max(p.best_accuracy, health.accuracy)
+                if reported.accuracy >= 0:
+                    p.accuracy = reported.accuracy
+                    p.best_accuracy = max(p.best_accuracy, reported.accuracy)
                 p.observed_at = now
         out: list[Action] = []
-        if order and name == order[0] and health.lost_updates > s.completed.lost_updates:
-            out += self._updates_lost(health.lost_updates)
+        if order and name == order[0] and reported.lost_updates > s.completed.lost_updates:
+            out += self._updates_lost(reported.lost_updates)
         if s.phase.terminal:
             return out  # the final progress is still read; nothing is decided any more
         s.versions[name] = health.version

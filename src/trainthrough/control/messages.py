@@ -45,6 +45,30 @@ class Disrupted:
 
 
 @dataclass(frozen=True)
+class WorkerReport:
+    """A worker's latest progress report, as a PS holds it (`WorkerProgress`)."""
+
+    worker: str
+    steps: int
+    accuracy: float = -1.0  # its latest evaluation; -1: none yet
+    lost_updates: int = 0  # measured by the worker against the state it follows
+    evaluation: int = 0  # orders the workers' evaluations: the largest is the newest
+
+    @classmethod
+    def of(cls, message: ps_pb2.WorkerProgress) -> WorkerReport:
+        return cls(message.worker, message.steps, message.accuracy, message.lost_updates, message.evaluation)
+
+
+@dataclass(frozen=True)
+class MemberProgress:
+    """The job's progress from its own workers' reports."""
+
+    steps: int
+    accuracy: float  # the newest evaluation among them; -1: none yet
+    lost_updates: int
+
+
+@dataclass(frozen=True)
 class Health:
     """A PS answered its Health call (the fields the master uses, from `HealthReply`)."""
 
@@ -56,10 +80,21 @@ class Health:
     restored_from: str
     ready_at: float
     first_update_at: float
-    accuracy: float
-    worker_steps: int
+    workers: tuple[WorkerReport, ...] = ()  # each worker's latest report to this PS
     applied_seq: int = -1
-    lost_updates: int = 0  # measured by the workers against the state they follow
+
+    def progress_of(self, members: list[str]) -> MemberProgress:
+        """The job's progress as reported by `members` alone: a report from any other
+        name (a worker scaled away, something that is not a worker of the job) counts for
+        nothing."""
+        reports = [r for r in self.workers if r.worker in members]
+        evaluated = [r for r in reports if r.accuracy >= 0]
+        newest = max(evaluated, key=lambda r: r.evaluation) if evaluated else None
+        return MemberProgress(
+            steps=sum(r.steps for r in reports),
+            accuracy=newest.accuracy if newest is not None else -1.0,
+            lost_updates=sum(r.lost_updates for r in reports),
+        )
 
     @classmethod
     def of(cls, process: str, reply: ps_pb2.HealthReply) -> Health:
@@ -72,10 +107,8 @@ class Health:
             restored_from=reply.restored_from,
             ready_at=reply.ready_at,
             first_update_at=reply.first_update_at,
-            accuracy=reply.accuracy,
-            worker_steps=reply.worker_steps,
+            workers=tuple(WorkerReport.of(w) for w in reply.workers),
             applied_seq=reply.applied_seq,
-            lost_updates=reply.lost_updates,
         )
 
 

@@ -26,6 +26,7 @@ import torch
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
+from trainthrough.proto import ps_pb2
 from trainthrough.ps.state import ParameterState
 
 
@@ -94,7 +95,8 @@ class ParameterServerCore:
         # Rounds taken out of `_round` but not applied yet: a retry of one of their pushes
         # must wait for them, not join the next round (that would apply it twice).
         self._closing: list[_Round] = []
-        self.progress: dict[str, tuple[int, float]] = {}  # worker -> (steps, accuracy)
+        self.progress: dict[str, tuple[int, float, int]] = {}  # worker -> (steps, accuracy, evaluation)
+        self._evaluations = 0  # evaluations received: orders the workers' latest ones
         self.lost: dict[str, int] = {}  # worker -> acknowledged updates it measured lost
         # worker -> newest push id in the state this PS started serving from as the head
         self.started_pushes: dict[str, int] = {}
@@ -275,11 +277,23 @@ class ParameterServerCore:
 
     # -- progress ----------------------------------------------------------------------
     def report_progress(self, worker: str, steps: int, accuracy: float, lost_updates: int = 0) -> None:
-        previous = self.progress.get(worker, (0, -1.0))
-        self.lost[worker] = max(self.lost.get(worker, 0), lost_updates)
-        self.progress[worker] = (steps, accuracy if accuracy >= 0 else previous[1])
-        if accuracy >= 0:
-            self.accuracy = accuracy
+        """A worker's report (its fields checked by the caller: ps/requests.py)."""
+        with self.state_lock:
+            _, previous, evaluation = self.progress.get(worker, (0, -1.0, 0))
+            self.lost[worker] = max(self.lost.get(worker, 0), lost_updates)
+            if accuracy >= 0:
+                self._evaluations += 1
+                previous, evaluation = accuracy, self._evaluations
+                self.accuracy = accuracy
+            self.progress[worker] = (steps, previous, evaluation)
+
+    def worker_progress(self) -> list[ps_pb2.WorkerProgress]:
+        """Each worker's latest report, for the master to judge its own members on."""
+        with self.state_lock:
+            return [
+                ps_pb2.WorkerProgress(worker=w, steps=steps, accuracy=acc, lost_updates=self.lost.get(w, 0), evaluation=evaluation)
+                for w, (steps, acc, evaluation) in sorted(self.progress.items())
+            ]
 
     @property
     def lost_updates(self) -> int:
@@ -287,7 +301,7 @@ class ParameterServerCore:
 
     @property
     def worker_steps(self) -> int:
-        return sum(steps for steps, _ in self.progress.values())
+        return sum(steps for steps, _, _ in self.progress.values())
 
     def mark_down(self) -> None:
         self._labels(self.metrics.ps_up).set(0)

@@ -14,6 +14,7 @@ import torch
 from trainthrough import wire
 from trainthrough.errors import PermanentError, WireError
 from trainthrough.proto import ps_pb2
+from trainthrough.ps import requests
 from trainthrough.ps.core import ParameterServerCore
 
 
@@ -40,11 +41,17 @@ class Mode:
     ) -> ps_pb2.PushReply:
         """Apply a push; `data`: the gradient's bytes when they travelled beside the request,
         `gradient`: the gradient already assembled from a stream."""
+        check_push(request)
         if gradient is None:
             gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
         started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
         version, duplicate = self.core.push(request.worker, request.push_id, gradient)
-        return ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation, started_push_id=started)
+        reply = ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation, started_push_id=started)
+        self.describe(reply)
+        return reply
+
+    def describe(self, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> None:
+        """Add what this mode tells every worker in every reply (chain: its configuration)."""
 
     def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview) -> wire.Framed:
         """A push and, when the request asks (pull_dtype), the parameters after it beside
@@ -64,11 +71,13 @@ class Mode:
         """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
         dtype = request.dtype or "float32"
         wire.check_dtype(dtype)  # also when the pull sends no parameters
+        requests.version(request.have_version, "have_version")
         version, data, applied = self.core.pull(request.have_version, dtype)
         reply = ps_pb2.PullReply(
             version=version, incarnation=self.core.incarnation, applied_pushes=applied,
             started_push_id=self.core.started_pushes.get(request.worker, -1),
         )  # fmt: skip
+        self.describe(reply)
         if data is None:
             return wire.Framed(reply)
         reply.params.dtype = dtype
@@ -81,10 +90,16 @@ class Mode:
         request, data = wire.stream_payload(chunks, "request", "PushStream")
         if request.pull_dtype:
             raise WireError("pull_dtype is for Push only; pull a streamed model with PullStream")
+        check_push(request)  # before any of the gradient is received
         [gradient] = wire.assemble([(request.gradient, self.core.numel, "gradient")], data)
         return self.push(request, gradient=gradient)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:
+        requests.worker(request.worker)
+        requests.counter(request.steps, "steps")
+        requests.accuracy(request.accuracy)
+        requests.loss(request.loss)
+        requests.counter(request.lost_updates, "lost_updates")
         self.core.report_progress(request.worker, request.steps, request.accuracy, request.lost_updates)
         return ps_pb2.ProgressReply()
 
@@ -106,6 +121,7 @@ class Mode:
             incarnation=core.incarnation,
             ready_at=core.ready_at,
             first_update_at=core.first_update_at,
+            workers=core.worker_progress(),
         )
 
     def serving_state(self) -> str:
@@ -127,3 +143,11 @@ class Mode:
 
     def rejoin_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.RejoinReply:
         raise Unsupported(f"RejoinStream: not a stateless PS (mode {self.name})")
+
+
+def check_push(request: ps_pb2.PushRequest) -> None:
+    """A push's fields, before its gradient is decoded or received."""
+    requests.worker(request.worker)
+    requests.counter(request.push_id, "push_id", low=1)
+    requests.version(request.base_version, "base_version")
+    requests.counter(request.samples, "samples")

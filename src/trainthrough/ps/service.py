@@ -15,7 +15,7 @@ from typing import Callable, Iterator, TypeVar
 import grpc
 
 from trainthrough import wire
-from trainthrough.errors import NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
+from trainthrough.errors import InvalidField, NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.ps.core import NotServing
 from trainthrough.ps.mode import Mode, Unsupported
@@ -35,7 +35,7 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         try:
             return fn()
         except WireError as error:
-            self.mode.core.count_rejected(_reason(str(error)))
+            self.mode.core.count_rejected(_reason(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
         except (NotHead, RejoinRequired) as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
@@ -110,8 +110,11 @@ def _generated_handlers(servicer: ParameterServerServicer) -> dict[str, grpc.Rpc
     return capture.handlers
 
 
-def _reason(message: str) -> str:
+def _reason(error: WireError) -> str:
     # Bounded label values for the rejected-pushes metric.
+    if isinstance(error, InvalidField):
+        return "field"
+    message = str(error)
     if "non-finite" in message:
         return "non_finite"
     if ".dtype" in message:
