@@ -265,7 +265,7 @@ def test_deposed_head_is_fenced_off(start_ps, chain_master, ps_client) -> None:
 
     # A worker that knows every replica learns the newest configuration from the others.
     client = ps_client([r.address for r in replicas], "worker-0")
-    client.push_id = 2
+    client.push_id = 3  # push(..., 2, ...) above sent id 3, never applied
     assert discovered(client, middle.address)
     assert client.epoch == 2
     reply = client.push(grad(2), base_version=2, samples=1)
