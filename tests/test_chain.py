@@ -51,6 +51,7 @@ def replica(start_ps: StartPS, name: str, *, ack: str = "tail", replicate_every:
             optimizer=OPTIMIZER,
             initial_state=lambda: ParameterState(INITIAL.clone(), OPTIMIZER),
             join=join,
+            numel=N,
         )
 
     return start_ps(build, name=name, mode="chain")
@@ -296,15 +297,22 @@ def test_ack_head_acknowledges_before_tail_and_tail_catches_up(start_ps, chain_m
     assert raw_params(tail)[1] == expected_params([grad(i) for i in range(9)])
 
 
+def state_stream(seq: int, total_bytes: int, chunks, *, epoch: int = 1, sender: str = "ps-2"):
+    header = ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes, epoch=epoch, sender=sender)
+    return wire.chunk_stream(ps_pb2.StateChunk(header=header), chunks)
+
+
 def test_a_malformed_state_transfer_is_refused_and_the_joiner_stays_empty(start_ps) -> None:
     joiner = replica(start_ps, "ps-3", join=True)
+    members = [ps_pb2.ChainMember(name="ps-2", address="127.0.0.1:1"), ps_pb2.ChainMember(name="ps-3", address=joiner.address)]
+    joiner.stub.Reconfigure(ps_pb2.ChainConfig(epoch=1, members=members), timeout=5)
     good = ParameterState(INITIAL.clone(), OPTIMIZER, version=4).encode()
     attempts = {
-        "the stream ended after": wire.state_stream(4, good.nbytes + 10, good.chunks()),
-        "more than the": wire.state_stream(4, good.nbytes - 10, good.chunks()),
-        "unknown format": wire.state_stream(4, 64, [b"x" * 64]),
+        "the stream ended after": state_stream(4, good.nbytes + 10, good.chunks()),
+        "more than the": state_stream(4, good.nbytes - 10, good.chunks()),
+        "unknown format": state_stream(4, 64, [b"x" * 64]),
         "the first chunk must carry the header": iter([wire.Framed(ps_pb2.StateChunk(), b"x" * 64)]),
-        "the header says seq 9": wire.state_stream(9, good.nbytes, good.chunks()),
+        "the header says seq 9": state_stream(9, good.nbytes, good.chunks()),
     }
     for message, stream in attempts.items():
         with pytest.raises(grpc.RpcError) as caught:
@@ -312,7 +320,7 @@ def test_a_malformed_state_transfer_is_refused_and_the_joiner_stays_empty(start_
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details(), message
     assert joiner.health().state == "joining" and joiner.core.state is None
     # The same replica then takes a whole one.
-    assert joiner.framed.install_state(wire.state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
+    assert joiner.framed.install_state(state_stream(4, good.nbytes, good.chunks()), timeout=10).applied_seq == 4
     assert joiner.health().state == "serving" and joiner.health().version == 4
 
 
@@ -332,7 +340,7 @@ def test_the_log_holds_two_gradients_worth_but_never_less_than_the_forwarder_nee
 def test_a_replicate_stream_cut_short_applies_nothing(start_ps, chain_master) -> None:
     replicas, master = chain(start_ps, chain_master, size=2)
     tail = replicas[1]
-    request = ps_pb2.ReplicateRequest(epoch=tail.mode.config.epoch)
+    request = ps_pb2.ReplicateRequest(epoch=tail.mode.config.epoch, sender="ps-0")
     record = request.records.add(seq=1, workers=["worker-0"], push_ids=[1])
     wire.fill_bytes(record.gradient, b"", [N])
     short = [wire.Framed(ps_pb2.ReplicateChunk(request=request), grad(0).numpy().tobytes()[:-8])]

@@ -404,11 +404,6 @@ def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Itera
 
 
 # -- a parameter-server state in chunks (InstallState) ----------------------------------------------
-def state_stream(seq: int, total_bytes: int, chunks: Iterable[bytes | memoryview]) -> Iterator[Framed]:
-    """The StateChunk messages of a state of `total_bytes` sent as `chunks` (serialize_chunk)."""
-    return chunk_stream(ps_pb2.StateChunk(header=ps_pb2.StateHeader(seq=seq, total_bytes=total_bytes)), chunks)
-
-
 def byte_buffer(nbytes: int) -> tuple[torch.Tensor, memoryview]:
     """An uninitialized uint8 tensor of `nbytes` and a writable view of it, to read or
     receive bytes straight into (a state decoded from it keeps the tensor)."""

@@ -25,22 +25,36 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Callable
 
-from trainthrough import wire
-from trainthrough.errors import NotHead, PSUnavailable, TemporaryError
+from trainthrough import names, wire
+from trainthrough.errors import NotHead, PermanentError, PSUnavailable, TemporaryError, WireError
 from trainthrough.proto import ps_pb2
+from trainthrough.ps import requests
 from trainthrough.ps.core import NotServing, ParameterServerCore, Record
 from trainthrough.ps.mode import Mode
 from trainthrough.ps.state import ParameterState
+from trainthrough.ps import state_codec
 from trainthrough.ps.state_codec import StateFormatError
 from trainthrough.rpc import Connection
 from trainthrough.spec import OptimizerSpec
 
+MAX_CHAIN = 16  # parameterServer.replicas' limit
+MAX_ADDRESS = 512
 REPLICATE_TIMEOUT = 30.0  # a state transfer of a large model may take seconds
 SYNC_ATTEMPTS = 3
 
 
 class StaleEpoch(TemporaryError):
     """A replication request from a predecessor with an older configuration."""
+
+
+class FutureEpoch(TemporaryError):
+    """A replication request stamped with an epoch this replica does not hold (yet): the
+    master publishes tail first, so it either arrives soon or was never published."""
+
+
+class NotPredecessor(PermanentError):
+    """A replication request from a sender that is not this replica's predecessor in the
+    configuration both claim to hold."""
 
 
 class ChainReplica(Mode):
@@ -55,8 +69,10 @@ class ChainReplica(Mode):
         optimizer: OptimizerSpec,
         initial_state: Callable[[], ParameterState],
         join: bool,
+        numel: int,
     ) -> None:
         super().__init__(core)
+        self.numel = numel  # the model's size: what a transferred state must have
         self.ack = ack
         self.replicate_every = replicate_every
         self.optimizer = optimizer
@@ -94,6 +110,9 @@ class ChainReplica(Mode):
         reply = super().health()
         reply.chain.CopyFrom(self.config)
         return reply
+
+    def describe(self, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> None:
+        reply.chain.CopyFrom(self.config)  # workers learn every new configuration
 
     # -- roles -------------------------------------------------------------------------
     @property
@@ -163,14 +182,15 @@ class ChainReplica(Mode):
             missing = [r for r in self.log if r.seq > self.successor_seq]
             if missing and missing[0].seq == self.successor_seq + 1:
                 reply = successor.call(
-                    lambda s, t: successor.framed.replicate(_record_stream(self.config.epoch, missing), timeout=t),
+                    lambda s, t: successor.framed.replicate(_record_stream(self.config.epoch, self.core.name, missing), timeout=t),
                     timeout=REPLICATE_TIMEOUT,
                 )
             else:
                 encoded = state.encode()  # views of the live state: unchanged while we hold the order lock
 
                 def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
-                    return wire.state_stream(state.seq, encoded.nbytes, encoded.chunks())
+                    header = ps_pb2.StateHeader(seq=state.seq, total_bytes=encoded.nbytes, epoch=self.config.epoch, sender=self.core.name)
+                    return wire.chunk_stream(ps_pb2.StateChunk(header=header), encoded.chunks())
 
                 reply = successor.call(lambda s, t: successor.framed.install_state(stream(), timeout=t), timeout=REPLICATE_TIMEOUT)
                 self.core.events.emit("chain_state_transfer", to=successor.address, seq=state.seq, bytes=encoded.nbytes)
@@ -178,31 +198,69 @@ class ChainReplica(Mode):
         if self.successor_seq < state.seq:
             raise PSUnavailable(f"successor {successor.address} stays behind at seq {self.successor_seq} < {state.seq}")
 
+    # -- replication -------------------------------------------------------------------
+    # The acceptance rule. A replica takes records (Replicate) and states (InstallState)
+    # only
+    # - stamped with the epoch of the configuration it holds: an older one comes from a
+    #   predecessor that lags (it retries once it has the new configuration; a deposed
+    #   head never gets one, and so stays fenced off), a newer one was not published to
+    #   this replica (yet);
+    # - from its predecessor in that configuration (the head takes none: it has none);
+    # - records in sequence: those at or below its seq are already applied (a resend after
+    #   a reconfiguration) and skipped, a gap ends the batch (the reply's applied_seq tells
+    #   the sender where to resume); a state only when it is ahead of its own.
+    # Everything else is refused before any of it is received, and nothing of a refused
+    # request is applied.
+    def accept(self, epoch: int, sender: str, what: str) -> None:
+        """Raise unless `sender` may send records or a state stamped `epoch` now; the
+        caller holds the order lock (the configuration does not change meanwhile)."""
+        held = self.config.epoch
+        if epoch < held:
+            raise StaleEpoch(f"{what} from epoch {epoch}, this replica is at epoch {held}")
+        if epoch > held:
+            raise FutureEpoch(f"{what} from epoch {epoch}, this replica holds epoch {held}")
+        index = self._index()
+        if index is None or index == 0:
+            raise NotPredecessor(f"{what} from {requests.shown(sender)}: {self.core.name} has no predecessor in epoch {held}")
+        predecessor = self.config.members[index - 1].name
+        if sender != predecessor:
+            raise NotPredecessor(
+                f"{what} from {requests.shown(sender)}: the predecessor of {self.core.name} in epoch {held} is {predecessor}"
+            )
+
     def replicate(self, chunks: Iterable[wire.Framed]) -> ps_pb2.ReplicateReply:
         request, data = wire.stream_payload(chunks, "request", "Replicate")
-        if request.epoch < self.config.epoch:
-            # The master publishes tail first, so a predecessor may briefly lag an epoch
-            # behind; it retries once it has the new configuration. A deposed head never
-            # gets one, and so stays fenced off.
-            raise StaleEpoch(f"Replicate from epoch {request.epoch}, this replica is at epoch {self.config.epoch}")
+        with self.core.order_lock:
+            self.accept(request.epoch, request.sender, "Replicate")
         if self.core.state is None:
             raise NotServing(f"{self.core.name} is joining and has no state yet")
+        if len(request.records) > self.log.maxlen:
+            raise WireError(f"records: {len(request.records)} in one call, a predecessor sends at most {self.log.maxlen}")
+        for i, message in enumerate(request.records):
+            _check_record(message, f"records[{i}]")
         # Received whole before any is applied: a stream cut short applies nothing.
         numel = self.core.numel
         headers = [(message.gradient, numel, f"records[{i}].gradient") for i, message in enumerate(request.records)]
         gradients = wire.assemble(headers, data)
         with self.core.order_lock:
+            self.accept(request.epoch, request.sender, "Replicate")  # again: a reconfiguration may have come meanwhile
             state = self.core.require_state()
             for message, gradient in zip(request.records, gradients):
                 if message.seq <= state.seq:
-                    continue  # already applied (a resend after a reconfiguration)
+                    continue
                 if message.seq != state.seq + 1:
-                    break  # a gap: the reply's applied_seq tells the sender where to resume
+                    break
                 self.core.apply_record(Record(message.seq, gradient, list(message.workers), list(message.push_ids)))
             return ps_pb2.ReplicateReply(applied_seq=state.seq)
 
     def install_state(self, chunks: Iterable[wire.Framed]) -> ps_pb2.InstallReply:
         header, data = wire.stream_payload(chunks, "header", "InstallState")
+        with self.core.order_lock:
+            self.accept(header.epoch, header.sender, "InstallState")
+        requests.counter(header.seq, "header.seq")
+        limit = state_codec.max_nbytes(self.numel)
+        if not 0 <= header.total_bytes <= limit:
+            raise WireError(f"header.total_bytes: {header.total_bytes}, a state of this model has at most {limit}")
         current = self.core.state
         if current is not None and current.seq >= header.seq:
             return ps_pb2.InstallReply(applied_seq=current.seq)
@@ -211,10 +269,10 @@ class ChainReplica(Mode):
         try:
             state = ParameterState.from_buffer(buffer, self.optimizer)
         except StateFormatError as error:
-            raise wire.WireError(str(error)) from error
-        if state.seq != header.seq:
-            raise wire.WireError(f"the header says seq {header.seq}, the state has seq {state.seq}")
+            raise WireError(str(error)) from error
+        _check_state(state, header.seq, self.numel)
         with self.core.order_lock:
+            self.accept(header.epoch, header.sender, "InstallState")
             current = self.core.state
             if current is not None and current.seq >= header.seq:
                 return ps_pb2.InstallReply(applied_seq=current.seq)
@@ -225,6 +283,7 @@ class ChainReplica(Mode):
             return ps_pb2.InstallReply(applied_seq=state.seq)
 
     def reconfigure(self, request: ps_pb2.ChainConfig) -> ps_pb2.ReconfigureReply:
+        check_config(request)
         with self.core.order_lock:
             if request.epoch > self.config.epoch:
                 self.config = ps_pb2.ChainConfig()
@@ -258,12 +317,47 @@ class ChainReplica(Mode):
         self.successor_seq = None
 
 
-def _record_stream(epoch: int, records: list[Record]) -> Iterator[wire.Framed]:
+def _record_stream(epoch: int, sender: str, records: list[Record]) -> Iterator[wire.Framed]:
     """A Replicate call's chunks: the request with each record's gradient header, then the
     gradients' bytes (views of the logged tensors) in order. A fresh one for each attempt."""
-    request = ps_pb2.ReplicateRequest(epoch=epoch)
+    request = ps_pb2.ReplicateRequest(epoch=epoch, sender=sender)
     for record in records:
         message = request.records.add(seq=record.seq, workers=record.workers, push_ids=record.push_ids)
         wire.fill_bytes(message.gradient, b"", list(record.gradient.shape))
     chunks = (data for record in records for data in wire.tensor_chunks(record.gradient))
     return wire.chunk_stream(ps_pb2.ReplicateChunk(request=request), chunks)
+
+
+def _check_record(message: ps_pb2.UpdateRecord, what: str) -> None:
+    requests.counter(message.seq, f"{what}.seq", low=1)
+    if len(message.workers) != len(message.push_ids):
+        raise WireError(f"{what}: {len(message.workers)} workers but {len(message.push_ids)} push ids")
+    requests.push_table(dict(zip(message.workers, message.push_ids)), f"{what}.push_ids")
+
+
+def _check_state(state: ParameterState, seq: int, numel: int) -> None:
+    """A transferred state must be one this chain can continue from: the model's size, the
+    header's seq, counters in range, finite values."""
+    if state.numel != numel:
+        raise WireError(f"state: {state.numel} parameters, the model has {numel}")
+    if state.seq != seq:
+        raise WireError(f"state: the header says seq {seq}, the state has seq {state.seq}")
+    requests.counter(state.version, "state.version")
+    requests.push_table(state.last_push, "state.last_push")
+    for what, tensor in state.tensors():
+        wire.check_finite(tensor, f"state.{what}")
+
+
+def check_config(config: ps_pb2.ChainConfig) -> None:
+    """A configuration the master can have published: an epoch in range, 1 to 16 distinct
+    PS names, each with an address."""
+    requests.counter(config.epoch, "epoch")
+    if not 1 <= len(config.members) <= MAX_CHAIN:
+        raise WireError(f"members: {len(config.members)}, a chain has 1 to {MAX_CHAIN}")
+    seen: set[str] = set()
+    for i, member in enumerate(config.members):
+        if not names.is_ps(member.name) or member.name in seen:
+            raise WireError(f"members[{i}].name: {requests.shown(member.name)} is not a distinct PS name (ps-<i>)")
+        if not 0 < len(member.address) <= MAX_ADDRESS:
+            raise WireError(f"members[{i}].address: must be 1 to {MAX_ADDRESS} characters")
+        seen.add(member.name)

@@ -40,7 +40,7 @@ def version(value: int, what: str) -> int:
 def worker(name: str, what: str = "worker") -> str:
     """The name of a worker a job can have (`worker-<rank>`, rank < MAX_WORKERS)."""
     if not names.is_job_worker(name, MAX_WORKERS):
-        raise InvalidField(f"{what}: {_shown(name)} is not a worker name (worker-<rank>, rank < {MAX_WORKERS})")
+        raise InvalidField(f"{what}: {shown(name)} is not a worker name (worker-<rank>, rank < {MAX_WORKERS})")
     return name
 
 
@@ -48,7 +48,7 @@ def push_table(table: Mapping[str, int], what: str) -> dict[str, int]:
     """A worker -> newest push id table (of a rejoin's base, a state, a record)."""
     if len(table) > MAX_WORKERS:
         raise InvalidField(f"{what}: {len(table)} entries, a job has at most {MAX_WORKERS} workers")
-    return {worker(name, f"{what}[{_shown(name)}]"): counter(value, f"{what}[{name}]", low=1) for name, value in table.items()}
+    return {worker(name, f"{what}[{shown(name)}]"): counter(value, f"{what}[{name}]", low=1) for name, value in table.items()}
 
 
 def accuracy(value: float, what: str = "accuracy") -> float:
@@ -65,7 +65,7 @@ def loss(value: float, what: str = "loss") -> float:
     raise InvalidField(f"{what}: {value!r} is not a finite loss >= 0 (or -1 for none)")
 
 
-def _shown(name: str, limit: int = 64) -> str:
+def shown(name: str, limit: int = 64) -> str:
     """A name as an error message may show it: quoted, escaped and bounded."""
     text = repr(name)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(name)} characters)"

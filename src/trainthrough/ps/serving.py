@@ -47,6 +47,7 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
             optimizer=spec.optimizer,
             initial_state=initial_state,
             join=join,
+            numel=model_size(spec.model),
         )
     if spec.consistency == Consistency.STATELESS:
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None

@@ -45,6 +45,11 @@ class ParameterState:
         self.version += 1
         self.seq += 1
 
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) of the parameters and every optimizer state tensor."""
+        named = [("params", self.param.detach())]
+        return named + [(f"optimizer.{k}", v) for k, v in self.optimizer.state[0].items() if isinstance(v, torch.Tensor)]
+
     def is_duplicate(self, worker: str, push_id: int) -> bool:
         return push_id <= self.last_push.get(worker, -1)
 

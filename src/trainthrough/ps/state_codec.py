@@ -40,6 +40,17 @@ _PREFIX = len(MAGIC) + _LENGTH.size
 _LEGACY_MAGIC = b"PK\x03\x04"  # a zip archive: torch.save, format 1
 
 
+# A header holds a few scalars, one entry per tensor and the deduplication table (at most
+# 64 workers): a few KB. The bound is what a receiver reserves before any data arrives.
+MAX_HEADER_BYTES = 64 << 10
+MAX_TENSORS = 4  # the params and at most three optimizer tensors (Adam: exp_avg, exp_avg_sq, step)
+
+
+def max_nbytes(numel: int) -> int:
+    """The most bytes an encoded state of a model of `numel` parameters can take."""
+    return MAX_HEADER_BYTES + MAX_TENSORS * _align(numel * 4 + ALIGN)
+
+
 class StateFormatError(ValueError):
     """A payload that is not a well-formed parameter-server state."""
 
