@@ -11,9 +11,21 @@ from __future__ import annotations
 import torch
 
 from trainthrough import wire
+from trainthrough.errors import WireError
 from trainthrough.optim import Optimizer
 from trainthrough.ps import state_codec
 from trainthrough.spec import OptimizerSpec
+
+
+# Below this gradient magnitude, with lr <= 1 and lr x weight_decay <= 1, one step of SGD
+# (with momentum) or Adam from a finite state changes no value by more than about 2^40 /
+# (1 - momentum), and Adam's squared average stays near 2^80: a parameter could overflow
+# float32 (2^128) only after some 2^60 such steps. Any other step is tried on a copy first.
+SAFE_GRADIENT = 2.0**40
+
+
+class NonFiniteUpdate(WireError):
+    """The update would leave a non-finite parameter or optimizer value: it is refused."""
 
 
 class ParameterState:
@@ -40,10 +52,41 @@ class ParameterState:
         return self.param.numel()
 
     def apply(self, gradient: torch.Tensor, weight: float = 1.0) -> None:
-        """One optimizer step with `gradient` (scaled by `weight`); version += 1."""
-        self.optimizer.step([gradient if weight == 1.0 else gradient * weight])
+        """One optimizer step with `gradient` (scaled by `weight`); version += 1.
+        NonFiniteUpdate, with nothing changed, if the step would leave a non-finite value."""
+        step = gradient if weight == 1.0 else gradient * weight
+        if self._surely_finite(step):
+            self.optimizer.step([step])
+        else:
+            self._step_checked(step)
         self.version += 1
         self.seq += 1
+
+    def _surely_finite(self, step: torch.Tensor) -> bool:
+        spec = self.optimizer_spec
+        if spec.lr > 1.0 or spec.lr * spec.weight_decay > 1.0 or not step.numel():
+            return not step.numel()
+        low, high = torch.aminmax(step)  # a NaN makes both NaN: not <=
+        return bool(high <= SAFE_GRADIENT) and bool(-low <= SAFE_GRADIENT)
+
+    def _step_checked(self, step: torch.Tensor) -> None:
+        """The step on a copy of the parameters and the optimizer state; taken over only if
+        every value it leaves is finite (a rare path: huge gradients or learning rates)."""
+        trial = ParameterState(self.param.detach(), self.optimizer_spec)
+        trial.optimizer.load(0, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.optimizer.state[0].items()})
+        trial.optimizer.step([step])
+        for what, tensor in trial.tensors():
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise NonFiniteUpdate(f"gradient: the update would leave {bad} non-finite values in {what}; not applied")
+        with torch.no_grad():
+            self.param.copy_(trial.param)
+        live = self.optimizer.state[0]
+        for key, value in trial.optimizer.state[0].items():
+            if isinstance(value, torch.Tensor) and isinstance(live.get(key), torch.Tensor):
+                live[key].copy_(value)
+            else:
+                live[key] = value
 
     def tensors(self) -> list[tuple[str, torch.Tensor]]:
         """(name, tensor) of the parameters and every optimizer state tensor."""

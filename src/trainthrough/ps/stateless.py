@@ -27,13 +27,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from trainthrough import wire
-from trainthrough.errors import RejoinRequired
+from trainthrough import names, wire
+from trainthrough.errors import RejoinRequired, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.checkpoints import PeriodicCheckpointer, restore_newest
+from trainthrough.ps import requests
 from trainthrough.ps.core import NotServing, ParameterServerCore, Record
 from trainthrough.ps.mode import Mode
-from trainthrough.ps.state import ParameterState
+from trainthrough.ps.state import NonFiniteUpdate, ParameterState
 from trainthrough.spec import OptimizerSpec, StatelessSpec
 
 
@@ -116,11 +117,13 @@ class StatelessMode(Mode):
         """A rejoin whose tensors arrive in chunks (base params, then each buffered gradient):
         each is checked and copied into place on arrival; a rejoin cut short counts for nothing."""
         request, data = wire.stream_payload(chunks, "request", "RejoinStream")
+        self._check(request)  # before any tensor is received
         return self.rejoin(request, tensors=wire.assemble(self._tensor_headers(request), data))
 
     def rejoin(self, request: ps_pb2.RejoinRequest, tensors: list[torch.Tensor] | None = None) -> ps_pb2.RejoinReply:
         """A worker rejoins; `tensors`: its base params (if any) and buffered gradients, already
         assembled from a stream (else they are read from the request)."""
+        self._check(request)
         if request.announce:
             with self._lock:
                 if not self._seeded.is_set():
@@ -143,6 +146,21 @@ class StatelessMode(Mode):
             raise NotServing(f"{self.core.name} did not finish seeding")
         with self._lock:
             return self._reply(request.worker, self._replayed.get(request.worker, 0))
+
+    def _check(self, request: ps_pb2.RejoinRequest) -> None:
+        """A rejoin's fields: a worker of a job, counters in range, at most the buffer a
+        worker keeps (each entry is a whole gradient: its size is reserved on arrival)."""
+        requests.worker(request.worker)
+        requests.version(request.base_version, "base_version")
+        requests.counter(request.push_id, "push_id")
+        requests.push_table(request.base_applied_pushes, "base_applied_pushes")
+        if len(request.buffered) > self.spec.max_buffered:
+            raise WireError(f"buffered: {len(request.buffered)} entries, a worker buffers at most {self.spec.max_buffered}")
+        for i, entry in enumerate(request.buffered):
+            requests.version(entry.base_version, f"buffered[{i}].base_version")
+            requests.counter(entry.count, f"buffered[{i}].count", low=1)
+            requests.counter(entry.seq, f"buffered[{i}].seq")
+            requests.counter(entry.push_id, f"buffered[{i}].push_id")
 
     def _reply(self, worker: str, replayed: int) -> ps_pb2.RejoinReply:
         return ps_pb2.RejoinReply(
@@ -168,7 +186,7 @@ class StatelessMode(Mode):
         base = tensors[0] if request.base_version >= 0 else None
         gradients = tensors[1:] if base is not None else tensors
         entries = [
-            _Entry(entry.seq, entry.base_version, max(1, entry.count), gradient, entry.push_id)
+            _Entry(entry.seq, entry.base_version, entry.count, gradient, entry.push_id)
             for entry, gradient in zip(request.buffered, gradients)
         ]
         return base, entries
@@ -265,7 +283,11 @@ class StatelessMode(Mode):
 
     def _apply(self, gradient: torch.Tensor, weight: float) -> None:
         state = self.core.require_state()
-        self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
+        try:
+            self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
+        except NonFiniteUpdate as error:  # one bad buffered gradient must not stop the seeding
+            self.core.count_rejected("non_finite")
+            self.core.events.emit("replay_rejected", error=str(error))
 
 
 @dataclass(frozen=True)
@@ -280,5 +302,5 @@ class _Entry:
 
 
 def _rank(worker: str) -> int:
-    tail = worker.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+    parsed = names.parse(worker)  # a checked worker name (requests.worker)
+    return parsed[1] if parsed is not None else 0
