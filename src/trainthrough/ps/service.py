@@ -1,16 +1,29 @@
 """The gRPC face of a parameter server: maps RPCs to the mode and errors to status codes.
 
-Used by ps/serving.py. Every failure becomes a gRPC status, never a crash: a malformed push
-is INVALID_ARGUMENT and leaves the parameters untouched; a PS without state yet is
-UNAVAILABLE; a chain replica that is not the head, or a stateless PS that needs the worker
-to rejoin first, is FAILED_PRECONDITION with the reason in the details.
+Used by ps/serving.py. Every failure becomes a gRPC status, never a crash: a malformed
+request (bytes that do not parse, a malformed tensor, a field out of range) is
+INVALID_ARGUMENT and changes nothing; a PS without state yet is UNAVAILABLE; a chain
+replica that is not the head, or a stateless PS that needs the worker to rejoin first, is
+FAILED_PRECONDITION with the reason in the details. INTERNAL is kept for bugs. Details are
+bounded (an error that quotes a huge input must not overflow gRPC's metadata limit).
+
+Streams that carry tensors hold a server thread while their chunks arrive. A client that
+stops sending mid-stream must not starve the others: at most `stream_limit` streams run at
+once (the rest of the pool stays free for Health, pulls and unary pushes; a stream beyond
+the limit is RESOURCE_EXHAUSTED at once), and a stream that sends nothing for
+STREAM_IDLE_TIMEOUT is cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Iterable
 from concurrent import futures
-from typing import Callable, Iterator, TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 
@@ -25,64 +38,163 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MAX_DETAILS = 1024  # characters of an error's details: far below gRPC's 8 KB metadata limit
+STREAM_IDLE_TIMEOUT = 10.0  # seconds without a chunk: the sender stalled (a 4 MB chunk takes ms)
+UNARY_RESERVE = 8  # server threads streams never take: Health, pulls, unary pushes
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes did not parse: the handler answers INVALID_ARGUMENT (a
+    deserializer that raised would make gRPC answer INTERNAL)."""
+
+    error: str
+
+
+def tolerant(deserialize: Callable[[bytes], T]) -> Callable[[bytes], T | Malformed]:
+    def parse(raw: bytes) -> T | Malformed:
+        try:
+            return deserialize(raw)
+        except Exception as error:  # DecodeError, or anything a hostile encoding provokes
+            return Malformed(f"{type(error).__name__}: {error}")
+
+    parse.tolerant = True  # type: ignore[attr-defined]
+    return parse
+
+
+def _well_formed(item: T | Malformed, method: str) -> T:
+    if isinstance(item, Malformed):
+        raise WireError(f"the request does not parse as {method}'s message ({item.error})")
+    return item
+
+
+class StreamGuard:
+    """Bounds the streams in flight and cancels those that stall (see the module doc)."""
+
+    def __init__(self, limit: int, idle_timeout: float | None = None) -> None:
+        self.limit = limit
+        self.idle_timeout = STREAM_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
+        self._free = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._last_chunk: dict[int, tuple[grpc.ServicerContext, float]] = {}
+        threading.Thread(target=self._watch, name="stream-watchdog", daemon=True).start()
+
+    @contextmanager
+    def admit(self, context: grpc.ServicerContext, method: str) -> Iterator[Callable[[Iterable[T]], Iterator[T]]]:
+        """A stream's slot, for the handler's duration; yields the wrapper of its chunks."""
+        if not self._free.acquire(blocking=False):
+            raise StreamsExhausted(f"{method}: {self.limit} streams are in flight; retry")
+        key = id(context)
+        self._touch(key, context)
+
+        def chunks(iterator: Iterable[T]) -> Iterator[T]:
+            for chunk in iterator:
+                self._touch(key, context)
+                yield _well_formed(chunk, method)
+
+        try:
+            yield chunks
+        finally:
+            with self._lock:
+                self._last_chunk.pop(key, None)
+            self._free.release()
+
+    def _touch(self, key: int, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._last_chunk[key] = (context, time.monotonic())
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.idle_timeout / 4))
+            now = time.monotonic()
+            with self._lock:
+                stalled = [c for c, last in self._last_chunk.values() if now - last > self.idle_timeout]
+            for context in stalled:
+                context.cancel()  # the handler's next read of the stream raises
+
+
+class StreamsExhausted(TemporaryError):
+    """Every stream slot is taken; the caller retries."""
+
 
 
 class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: Mode, streams: StreamGuard) -> None:
         self.mode = mode
+        self.streams = streams
 
     def _call(self, context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except WireError as error:
             self.mode.core.count_rejected(_reason(error))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
         except (NotHead, RejoinRequired) as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
+        except StreamsExhausted as error:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except (NotServing, TemporaryError) as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: {error}")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, f"{method}: {error}")
         except Unsupported as error:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, str(error))
         except PermanentError as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {error}")
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {error}")
+        except grpc.RpcError:  # the stream was cancelled (stalled, or the client went away)
+            _abort(context, grpc.StatusCode.CANCELLED, f"{method}: the stream was cancelled")
         except Exception as error:  # a bug: report it to the caller, keep serving
             log.exception("%s failed", method)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method}: {type(error).__name__}: {error}")
+            _abort(context, grpc.StatusCode.INTERNAL, f"{method}: {type(error).__name__}: {error}")
         raise AssertionError("unreachable: context.abort raises")
 
-    def Pull(self, request, context):
-        return self._call(context, "Pull", lambda: self.mode.pull(request))  # a wire.Framed
+    def _unary(self, context: grpc.ServicerContext, method: str, request, fn: Callable[[Any], T]) -> T:
+        return self._call(context, method, lambda: fn(_well_formed(request, method)))
 
-    def Push(self, request: wire.Framed, context):
-        return self._call(context, "Push", lambda: self.mode.push_then_pull(request.message, request.data))  # a wire.Framed
+    def _stream(self, context: grpc.ServicerContext, method: str, chunks, fn: Callable[[Iterator[Any]], T]) -> T:
+        def run() -> T:
+            with self.streams.admit(context, method) as guarded:
+                return fn(guarded(chunks))
+
+        return self._call(context, method, run)
+
+    def Pull(self, request, context):
+        return self._unary(context, "Pull", request, self.mode.pull)  # a wire.Framed
+
+    def Push(self, request, context):
+        return self._unary(context, "Push", request, lambda r: self.mode.push_then_pull(r.message, r.data))  # a wire.Framed
 
     def PushStream(self, request_iterator, context):
-        return self._call(context, "PushStream", lambda: self.mode.push_stream(request_iterator))
+        return self._stream(context, "PushStream", request_iterator, self.mode.push_stream)
 
     def PullStream(self, request, context):
-        framed = self._call(context, "PullStream", lambda: self.mode.pull(request))
+        framed = self._unary(context, "PullStream", request, self.mode.pull)
         return _pull_chunks(framed)
 
     def Health(self, request, context):
-        return self._call(context, "Health", self.mode.health)
+        return self._unary(context, "Health", request, lambda _: self.mode.health())
 
     def ReportProgress(self, request, context):
-        return self._call(context, "ReportProgress", lambda: self.mode.report_progress(request))
+        return self._unary(context, "ReportProgress", request, self.mode.report_progress)
 
     def Replicate(self, request_iterator, context):
-        return self._call(context, "Replicate", lambda: self.mode.replicate(request_iterator))
+        return self._stream(context, "Replicate", request_iterator, self.mode.replicate)
 
     def Reconfigure(self, request, context):
-        return self._call(context, "Reconfigure", lambda: self.mode.reconfigure(request))
+        return self._unary(context, "Reconfigure", request, self.mode.reconfigure)
 
     def InstallState(self, request_iterator, context):
-        return self._call(context, "InstallState", lambda: self.mode.install_state(request_iterator))
+        return self._stream(context, "InstallState", request_iterator, self.mode.install_state)
 
     def Rejoin(self, request, context):
-        return self._call(context, "Rejoin", lambda: self.mode.rejoin(request))
+        return self._unary(context, "Rejoin", request, self.mode.rejoin)
 
     def RejoinStream(self, request_iterator, context):
-        return self._call(context, "RejoinStream", lambda: self.mode.rejoin_stream(request_iterator))
+        return self._stream(context, "RejoinStream", request_iterator, self.mode.rejoin_stream)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    if len(details) > MAX_DETAILS:
+        details = f"{details[: MAX_DETAILS - 40]}... ({len(details)} characters in all)"
+    context.abort(code, details)
 
 
 def _pull_chunks(framed: wire.Framed) -> Iterator[wire.Framed]:
@@ -132,22 +244,22 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
     # closes: every worker must get one, with room left for Health and the chain.
     threads = max_workers or max(32, 2 * mode.core.expected_workers + 16)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS)
-    servicer = ParameterServerServicer(mode)
+    servicer = ParameterServerServicer(mode, StreamGuard(max(1, threads - max(UNARY_RESERVE, mode.core.expected_workers + 4))))
     handlers = _generated_handlers(servicer)
     # The RPCs that carry tensors keep their bytes out of protobuf (wire.Framed, the chunk
     # (de)serializers): the same encoding, without the copies.
     handlers["Push"] = grpc.unary_unary_rpc_method_handler(
         servicer.Push,
-        request_deserializer=wire.framed_deserializer(ps_pb2.PushRequest, wire.PUSH_TENSOR_FIELD),
+        request_deserializer=tolerant(wire.framed_deserializer(ps_pb2.PushRequest, wire.PUSH_TENSOR_FIELD)),
         response_serializer=wire.framed_serializer(wire.PUSH_REPLY_TENSOR_FIELD),
     )
     handlers["Pull"] = grpc.unary_unary_rpc_method_handler(
         servicer.Pull,
-        request_deserializer=ps_pb2.PullRequest.FromString,
+        request_deserializer=tolerant(ps_pb2.PullRequest.FromString),
         response_serializer=wire.framed_serializer(wire.PULL_TENSOR_FIELD),
     )
     handlers["PullStream"] = grpc.unary_stream_rpc_method_handler(
-        servicer.PullStream, request_deserializer=ps_pb2.PullRequest.FromString, response_serializer=wire.serialize_chunk
+        servicer.PullStream, request_deserializer=tolerant(ps_pb2.PullRequest.FromString), response_serializer=wire.serialize_chunk
     )
     for name, chunk, reply in [
         ("PushStream", ps_pb2.PushChunk, ps_pb2.PushReply),
@@ -156,8 +268,11 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
         ("Replicate", ps_pb2.ReplicateChunk, ps_pb2.ReplicateReply),
     ]:
         handlers[name] = grpc.stream_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=wire.chunk_deserializer(chunk), response_serializer=reply.SerializeToString
+            getattr(servicer, name), request_deserializer=tolerant(wire.chunk_deserializer(chunk)), response_serializer=reply.SerializeToString
         )
+    for name, handler in handlers.items():  # the generated ones (Health, Reconfigure, ...)
+        if handler.request_deserializer is not None and not getattr(handler.request_deserializer, "tolerant", False):
+            handlers[name] = handler._replace(request_deserializer=tolerant(handler.request_deserializer))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, handlers),))
     server.add_registered_method_handlers(wire.SERVICE, handlers)
     port = server.add_insecure_port(address)
