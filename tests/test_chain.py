@@ -351,3 +351,20 @@ def test_a_replicate_stream_cut_short_applies_nothing(start_ps, chain_master) ->
     assert tail.health().version == 0
     whole = [wire.Framed(ps_pb2.ReplicateChunk(request=request), grad(0).numpy().tobytes())]
     assert tail.framed.replicate(iter(whole), timeout=10).applied_seq == 1
+
+
+def test_a_replica_that_changes_role_exports_its_version_under_the_new_role_only(start_ps, chain_master, registry) -> None:
+    replicas, master = chain(start_ps, chain_master)
+    for i in range(2):
+        push(replicas[0], "worker-0", i, grad(i))
+    replicas[0].stop()
+    master.remove("ps-0")
+    assert master.publish() == []
+    push(replicas[1], "worker-0", 2, grad(2))
+    # (The replicas of this test share one registry; in a PS process the roles are its own.)
+    series = {
+        sample.labels["role"]: sample.value
+        for metric in registry.collect() if metric.name == "trainthrough_ps_model_version"
+        for sample in metric.samples
+    }  # fmt: skip
+    assert series == {"head": 3, "tail": 3}, series

@@ -293,7 +293,7 @@ class ChainReplica(Mode):
                 if role == "head" and self.core.role != "head" and self.core.state is not None:
                     # Promoted: workers measure what they lost against the state as it was.
                     self.core.started_pushes = dict(self.core.state.last_push)
-                self.core.role = role
+                self.core.set_role(role)
                 self.core.events.emit(
                     "chain_reconfigured",
                     epoch=request.epoch,

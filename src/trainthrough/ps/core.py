@@ -311,6 +311,21 @@ class ParameterServerCore:
             trainingjob=self._trainingjob, mode=self.mode, role=self.role, reason=reason
         ).inc()
 
+    def set_role(self, role: str) -> None:
+        """A chain replica's new role. Its gauges move to the new role's series: a series
+        left under the old label would be exported on, frozen, beside the live one."""
+        if role == self.role:
+            return
+        old = self.role
+        self.role = role
+        up = 1.0 if self.ready_at else 0.0
+        for gauge, value in ((self.metrics.model_version, self.version), (self.metrics.ps_up, up)):
+            try:
+                gauge.remove(self._trainingjob, self.mode, old)
+            except KeyError:  # never exported under the old role
+                continue
+            self._labels(gauge).set(value)
+
     def _labels(self, metric):
         return metric.labels(trainingjob=self._trainingjob, mode=self.mode, role=self.role)
 
