@@ -8,10 +8,10 @@ FAILED_PRECONDITION with the reason in the details. INTERNAL is kept for bugs. D
 bounded (an error that quotes a huge input must not overflow gRPC's metadata limit).
 
 Streams that carry tensors hold a server thread while their chunks arrive. A client that
-stops sending mid-stream must not starve the others: at most `stream_limit` streams run at
-once (the rest of the pool stays free for Health, pulls and unary pushes; a stream beyond
-the limit is RESOURCE_EXHAUSTED at once), and a stream that sends nothing for
-STREAM_IDLE_TIMEOUT is cancelled.
+stops sending mid-stream must not starve the others: a bounded number of streams run at
+once, at most half of them from one client host (the rest of the pool stays free for
+Health, pulls and unary pushes; a stream beyond either limit is RESOURCE_EXHAUSTED at once,
+which clients retry), and a stream that sends nothing for STREAM_IDLE_TIMEOUT is cancelled.
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ class StreamGuard:
 
     def __init__(self, limit: int, idle_timeout: float | None = None) -> None:
         self.limit = limit
+        # One client host may hold at most half the slots (workers on one host retry).
+        self.per_peer = max(2, limit // 2)
         self.idle_timeout = STREAM_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         self._free = threading.BoundedSemaphore(limit)
+        self._per_peer: dict[str, int] = {}
         self._lock = threading.Lock()
         self._last_chunk: dict[int, tuple[grpc.ServicerContext, float]] = {}
         threading.Thread(target=self._watch, name="stream-watchdog", daemon=True).start()
@@ -82,8 +85,13 @@ class StreamGuard:
     @contextmanager
     def admit(self, context: grpc.ServicerContext, method: str) -> Iterator[Callable[[Iterable[T]], Iterator[T]]]:
         """A stream's slot, for the handler's duration; yields the wrapper of its chunks."""
-        if not self._free.acquire(blocking=False):
-            raise StreamsExhausted(f"{method}: {self.limit} streams are in flight; retry")
+        peer = _peer_host(context.peer())
+        with self._lock:
+            if self._per_peer.get(peer, 0) >= self.per_peer:
+                raise StreamsExhausted(f"{method}: {self.per_peer} streams from {peer[:64]} are in flight; retry")
+            if not self._free.acquire(blocking=False):
+                raise StreamsExhausted(f"{method}: {self.limit} streams are in flight; retry")
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         key = id(context)
         self._touch(key, context)
 
@@ -97,6 +105,9 @@ class StreamGuard:
         finally:
             with self._lock:
                 self._last_chunk.pop(key, None)
+                self._per_peer[peer] -= 1
+                if not self._per_peer[peer]:
+                    del self._per_peer[peer]
             self._free.release()
 
     def _touch(self, key: int, context: grpc.ServicerContext) -> None:
@@ -111,6 +122,11 @@ class StreamGuard:
                 stalled = [c for c, last in self._last_chunk.values() if now - last > self.idle_timeout]
             for context in stalled:
                 context.cancel()  # the handler's next read of the stream raises
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.7:53422` -> `ipv4:10.0.0.7` (the client's host, not its port)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 class StreamsExhausted(TemporaryError):
