@@ -50,6 +50,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from trainthrough import names
+
 __all__ = [
     "API_GROUP",
     "API_VERSION",
@@ -459,7 +461,7 @@ class StopSpec(SpecModel):
 
 
 class WorkersSpec(SpecModel):
-    replicas: Annotated[_Int, Field(ge=1, le=64)] = 1
+    replicas: Annotated[_Int, Field(ge=1, le=names.MAX_WORKERS)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resources: Resources = Field(default_factory=Resources)
     # The dtype gradients and parameters travel in between workers and the PS: bfloat16
@@ -468,7 +470,7 @@ class WorkersSpec(SpecModel):
 
 
 class ParameterServerSpec(SpecModel):
-    replicas: Annotated[_Int, Field(ge=1, le=16)] = 1  # the chain length in chain mode
+    replicas: Annotated[_Int, Field(ge=1, le=names.MAX_PS)] = 1  # the chain length in chain mode
     port: Annotated[_Int, Field(ge=1, le=65535)] = 50051
     restart_delay: NonNegativeSeconds = 0.0  # before a killed PS is restarted
     resources: Resources = Field(default_factory=Resources)

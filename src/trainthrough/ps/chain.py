@@ -37,7 +37,7 @@ from trainthrough.ps.state_codec import StateFormatError
 from trainthrough.rpc import Connection
 from trainthrough.spec import OptimizerSpec
 
-MAX_CHAIN = 16  # parameterServer.replicas' limit
+MAX_CHAIN = names.MAX_PS
 MAX_ADDRESS = 512
 REPLICATE_TIMEOUT = 30.0  # a state transfer of a large model may take seconds
 SYNC_ATTEMPTS = 3

@@ -21,8 +21,7 @@ from trainthrough import names
 from trainthrough.errors import InvalidField
 
 MAX_COUNTER = 2**62
-# Workers of one job (the spec allows 64): a name beyond it is not a member, whatever the job.
-MAX_WORKERS = 64
+MAX_WORKERS = names.MAX_WORKERS
 
 
 def counter(value: int, what: str, *, low: int = 0) -> int:
