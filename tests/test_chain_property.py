@@ -29,16 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from conftest import RunningPS
 from trainthrough import wire
 from trainthrough.control.chain_master import ChainMaster
 from trainthrough.events import EventLog
 from trainthrough.metrics import create_metrics
-from trainthrough.proto import ps_pb2, ps_pb2_grpc
+from trainthrough.proto import ps_pb2
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.core import ParameterServerCore
 from trainthrough.ps.service import create_server
 from trainthrough.ps.state import ParameterState
-from trainthrough.rpc import MESSAGE_OPTIONS
 from trainthrough.spec import OptimizerSpec
 
 N = 8
@@ -56,29 +56,12 @@ def state_bytes(state: ParameterState) -> bytes:
 
 
 @dataclass
-class Replica:
-    name: str
-    mode: ChainReplica
-    server: grpc.Server
-    address: str
-    channel: grpc.Channel
-
-    @property
-    def stub(self) -> ps_pb2_grpc.ParameterServerStub:
-        return ps_pb2_grpc.ParameterServerStub(self.channel)
-
-    @property
-    def framed(self) -> wire.FramedCalls:
-        return wire.FramedCalls.on(self.channel)
-
-
-@dataclass
 class Chain:
     """Replicas, the master's configuration, and the reference of acknowledged updates."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    replicas: dict[str, Replica] = field(default_factory=dict)
-    stopped: list[Replica] = field(default_factory=list)
+    replicas: dict[str, RunningPS] = field(default_factory=dict)
+    stopped: list[RunningPS] = field(default_factory=list)
     history: list[bytes] = field(default_factory=list)  # reference bytes at version v
     push_ids: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKERS, 0))
     configs: list[ps_pb2.ChainConfig] = field(default_factory=list)
@@ -93,7 +76,7 @@ class Chain:
         self.master = ChainMaster([(r.name, r.address) for r in members])
         self.publish()
 
-    def start(self, *, join: bool) -> Replica:
+    def start(self, *, join: bool) -> RunningPS:
         name = f"ps-{next(self.names)}"
         core = ParameterServerCore(name=name, mode="chain", updates="async", expected_workers=2, events=self.events,
                                    metrics=self.metrics, trainingjob="property")  # fmt: skip
@@ -102,8 +85,7 @@ class Chain:
         server, port = create_server(mode, "127.0.0.1:0", max_workers=16)
         server.start()
         mode.start()
-        address = f"127.0.0.1:{port}"
-        replica = Replica(name, mode, server, address, grpc.insecure_channel(address, options=MESSAGE_OPTIONS))
+        replica = RunningPS(name, core, mode, server, f"127.0.0.1:{port}", self.events, mode_started=True)
         self.replicas[name] = replica
         return replica
 
@@ -111,15 +93,12 @@ class Chain:
         assert self.master.publish() == []
         self.configs.append(ps_pb2.ChainConfig(epoch=self.master.config.epoch, members=self.master.config.members))
 
-    def members(self) -> list[Replica]:
+    def members(self) -> list[RunningPS]:
         return [self.replicas[name] for name in self.master.names]
 
     def close(self) -> None:
         for replica in list(self.replicas.values()) + self.stopped:
-            replica.mode.stop()
-            replica.server.stop(0).wait(10)
-            replica.server._state.thread_pool.shutdown(wait=True, cancel_futures=True)
-            replica.channel.close()
+            replica.close()
         self.master.close()
 
     # -- genuine operations ----------------------------------------------------------------------
