@@ -2,9 +2,12 @@
 retry loops that count the time spent waiting.
 
 Every call has a deadline, so a dead PS is noticed in milliseconds (a refused connection)
-or at most one deadline (a hung one), never after minutes of transport retries. In chain
-mode the client asks any known replica for the chain configuration with the highest
-epoch and talks to its head; a replacement's address is learned from that configuration.
+or at most one deadline (a hung one), never after minutes of transport retries; the time
+waited counts from the start of the call that failed. In chain mode the client follows
+the newest chain configuration it has seen: every Pull and Push reply carries the one the
+replica holds (so a replacement's address is learned while training, not only once every
+replica it knew of is gone), and after a failed call it asks every known replica for
+theirs and talks to the head of the newest.
 """
 
 from __future__ import annotations
@@ -111,12 +114,24 @@ class PSClient:
                 best = config
         if best is None or best.epoch < self.epoch:
             return False
-        for member in best.members:
+        self._use(best)
+        return True
+
+    def adopt(self, config: ps_pb2.ChainConfig) -> bool:
+        """Follow `config` (a reply's) if it is newer than the configuration held; a
+        replica that holds none (another mode, or a chain replica not configured yet)
+        sends an empty one."""
+        if not config.members or config.epoch <= self.epoch:
+            return False
+        self._use(config)
+        return True
+
+    def _use(self, config: ps_pb2.ChainConfig) -> None:
+        for member in config.members:
             if member.address not in self._known:
                 self._known.append(member.address)
-        self.epoch = best.epoch
-        self._head = self._connection(best.members[0].address)
-        return True
+        self.epoch = config.epoch
+        self._head = self._connection(config.members[0].address)
 
     # -- calls -------------------------------------------------------------------------
     def push(self, gradient: torch.Tensor, base_version: int, samples: int, timeout: float | None = None) -> ps_pb2.PushReply:
@@ -153,6 +168,7 @@ class PSClient:
                 params = reply.params if reply.HasField("params") else None
                 pulled = self._pulled(reply.params_version, params, framed.data, reply)
         self.push_id += 1
+        self.adopt(reply.chain)
         return reply, pulled
 
     def _deadline(self, timeout: float | None, elements: int) -> float:
@@ -170,11 +186,14 @@ class PSClient:
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
         if self._streams(self._numel):
             reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
-            return self._learn_size(reply.version, params, reply)
-        framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout)
-        reply = framed.message
-        params = reply.params if reply.HasField("params") else None
-        return self._pulled(reply.version, params, framed.data, reply)
+            pulled = self._learn_size(reply.version, params, reply)
+        else:
+            framed = head.call(lambda s, t: head.framed.pull(request, timeout=t), timeout=timeout)
+            reply = framed.message
+            params = reply.params if reply.HasField("params") else None
+            pulled = self._pulled(reply.version, params, framed.data, reply)
+        self.adopt(reply.chain)
+        return pulled
 
     def _pulled(
         self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, reply: ps_pb2.PullReply | ps_pb2.PushReply
@@ -236,15 +255,17 @@ class PSClient:
             pass
 
     def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool) -> T:
-        """Retry `call` through temporary failures until it succeeds; counts idle time."""
+        """Retry `call` through temporary failures until it succeeds; counts idle time
+        from the start of the first attempt that failed (a hung PS costs its whole deadline)."""
         started = None
         delay = BACKOFF_START
         while True:
+            attempt = time.monotonic()
             try:
                 result = call()
             except (PSUnavailable, NotHead, TemporaryError):
                 if started is None:
-                    started = time.monotonic()
+                    started = attempt
                 if stop.is_set():
                     self.idle_seconds += time.monotonic() - started
                     raise Stopped("stopped while waiting for the parameter server") from None

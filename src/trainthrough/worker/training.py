@@ -28,6 +28,7 @@ from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
 from trainthrough.optim import Optimizer
+from trainthrough.proto import ps_pb2
 from trainthrough.spec import Mode, TrainingJob
 from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import GradientBuffer
@@ -62,6 +63,10 @@ class WorkerStats:
     local_steps: int = 0
     rejoins: int = 0
     lost_updates: int = 0  # acknowledged pushes that a state it followed later lacked
+    # sync: seconds its answered pushes spent in their call, waiting for their round to
+    # close (the barrier: the other workers' pace, up to the round's timeout when one of
+    # them is gone); apart from idle time, which is waiting for an unavailable PS
+    round_wait_seconds: float = 0.0
 
 
 class Worker:
@@ -187,14 +192,19 @@ class Worker:
     def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
         chain = self.mode == Mode.CHAIN
         timeout = self.spec_push_timeout()
-        reply, pulled = self.client.until_done(
-            lambda: self.client.push_and_pull(gradient, self.version, samples, timeout=timeout), self.stop, chain
-        )
+        reply, pulled = self.client.until_done(lambda: self._push(gradient, samples, timeout), self.stop, chain)
         self._count_ack(reply)
         if pulled is None:  # a streamed model: its parameters come by a pull of their own
             self._pull(chain)
         else:
             self._follow(pulled)
+
+    def _push(self, gradient: torch.Tensor, samples: int, timeout: float) -> tuple[ps_pb2.PushReply, Pulled | None]:
+        started = time.monotonic()
+        answer = self.client.push_and_pull(gradient, self.version, samples, timeout=timeout)
+        if self.spec.updates == "sync":  # an answered attempt only: a failed one is idle time
+            self.stats.round_wait_seconds += time.monotonic() - started
+        return answer
 
     def spec_push_timeout(self) -> float:
         # A sync push waits for its round (the PS closes a round after 10 s without a worker).
