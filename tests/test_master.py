@@ -20,7 +20,18 @@ master answers with. Covered, for every mode:
   (BackoffLimitExceeded), disruptions (kills, deleted pods) do not count;
 - workers: exit 0 is finished (all finished: StepsReached), a failure is restarted, a
   change of spec.workers.replicas starts or stops workers;
-- a kill waits while its target is down, being killed or recovering;
+- a kill waits while its target is down, being killed, recovering or being restarted;
+- stuck workers: a worker whose reported steps do not change for the deadline while the
+  head serves (one that never reports to the head: stranded) is recorded (WorkerStuck),
+  ended and started again with the current chain, counted against the restart limit; the
+  clock runs only while the head serves; a restart is no kill;
+- liveness: a PS whose Health calls fail without a break for the deadline is recorded
+  (ParameterServerUnresponsive) and killed; its restart is due only after its exit; an
+  answer resets the clock; a PS that has not answered since it started is not judged;
+  every chain member is watched, and a hung middle replica is removed as a dead one;
+- the end: a death before the stop was decided, observed after it, is a failure (its
+  recovery incomplete; a chain replica leaves the final configuration), a process the
+  end stopped is not; a replacement that had not joined is reported and is no member;
 - stop: duration, target accuracy only between recoveries, after minDuration and once
   every kill of spec.chaos fired;
 - the state written to a status and read back resumes a recovery where it stood.
@@ -45,6 +56,8 @@ from trainthrough.control.messages import (
     RecoveryDone,
     Start,
     Stop,
+    Terminate,
+    Unanswered,
     UpdatesLost,
     WorkerReport,
 )
@@ -79,6 +92,8 @@ def kinds(actions: list[Action]) -> list[Any]:
             out.append(("start", a.process, a.join) if not a.process.startswith("worker-") else ("start", a.process, a.ps))
         elif isinstance(a, Stop):
             out.append(("stop", a.process))
+        elif isinstance(a, Terminate):
+            out.append(("terminate", a.process, a.grace))
         elif isinstance(a, PublishChain):
             out.append(("publish", a.epoch, a.members))
         elif isinstance(a, Record):
@@ -384,3 +399,116 @@ def test_lost_updates_are_what_the_workers_measured_and_reported_through_the_hea
     more = m.observe(health("ps-0", 44, lost=7), T0 + 6)
     assert [(a.count, a.total) for a in more if isinstance(a, UpdatesLost)] == [(4, 7)]
     assert MasterState.load(json.loads(json.dumps(m.state.dump()))).completed.lost_updates == 7
+
+
+# -- stuck workers -------------------------------------------------------------------------------
+
+
+def reports(process: str, version: int, state: str = "serving", **steps: int) -> Health:
+    """A Health of `process` with each named worker's reported steps (worker_0=5, ...)."""
+    workers = tuple(WorkerReport(name.replace("_", "-"), steps=n) for name, n in steps.items())
+    return Health(process, state, version, 0, 0, "", 0.0, 0.0, workers)
+
+
+def test_a_stranded_worker_is_restarted_with_the_current_chain_and_a_training_one_is_not() -> None:
+    m = running(Master(job("chain", parameterServer={"replicas": 3, "restartDelay": "60s"}), stuck_after=30.0))
+    m.observe(Exited("ps-0", -9, T0 + 1, disrupted=True), T0 + 1)
+    m.observe(Published(2), T0 + 1)
+    # worker-1 knew only the replicas that are gone: it never reaches the new head ps-1
+    for t in range(2, 32):
+        assert EventName.WORKER_STUCK not in kinds(m.observe(reports("ps-1", 10 + t, worker_0=t), T0 + t))
+    actions = m.observe(reports("ps-1", 50, worker_0=32), T0 + 32)
+    assert kinds(actions) == [EventName.WORKER_STUCK, ("terminate", "worker-1", 5.0)]
+    assert actions[0].reason is Reason.WORKER_STUCK and actions[0].fields["ps"] == ["ps-1", "ps-2"]
+    assert m.state.failures == 1 and m.kill_blocker("worker-1", live=True) == "worker-1 is being restarted"
+    assert kinds(m.observe(Disrupted("worker-1", T0 + 32.1), T0 + 32.1)) == []  # its pod deleted: no kill
+    assert kinds(m.observe(reports("ps-1", 51, worker_0=33), T0 + 40)) == []  # once
+    restart = m.observe(Exited("worker-1", 0, T0 + 33), T0 + 33)  # asked to stop: it exits 0
+    assert kinds(restart) == [EventName.PROCESS_EXITED, ("start", "worker-1", ("ps-1", "ps-2"))]
+    assert restart[0].fields["disrupted"] and m.state.failures == 1 and "worker-1" not in m.state.finished_workers
+    assert kinds(m.observe(reports("ps-1", 52, worker_0=34), T0 + 62.9)) == []  # timed from its start
+    assert kinds(m.observe(reports("ps-1", 53, worker_0=35, worker_1=0), T0 + 63.1)) == []  # its first report
+    assert kinds(m.observe(reports("ps-1", 54, worker_0=36, worker_1=0), T0 + 93.0)) == []
+    assert kinds(m.observe(reports("ps-1", 55, worker_0=37, worker_1=0), T0 + 93.1)) == [EventName.WORKER_STUCK, ("terminate", "worker-1", 5.0)]
+
+
+def test_the_stuck_clock_runs_only_while_the_head_serves() -> None:
+    m = running(Master(job("checkpoint"), stuck_after=30.0, liveness_deadline=1000.0))
+    m.observe(reports("ps-0", 10, worker_0=1, worker_1=1), T0 + 1)
+    m.observe(Unanswered("ps-0", T0 + 2), T0 + 2)  # waiting for their PS is not being stuck
+    m.observe(reports("ps-0", 10, state="starting", worker_0=1, worker_1=1), T0 + 40)
+    assert kinds(m.observe(reports("ps-0", 10, worker_0=1, worker_1=1), T0 + 45)) == []  # serves again from here
+    assert kinds(m.observe(reports("ps-0", 11, worker_0=2, worker_1=1), T0 + 74.9)) == []
+    assert kinds(m.observe(reports("ps-0", 12, worker_0=3, worker_1=1), T0 + 75)) == [EventName.WORKER_STUCK, ("terminate", "worker-1", 5.0)]
+
+
+def test_a_worker_that_cannot_make_progress_ends_the_job_at_the_restart_limit() -> None:
+    m = running(Master(job("checkpoint", runPolicy={"backoffLimit": 0}), stuck_after=30.0))
+    actions = m.observe(reports("ps-0", 10, worker_0=5), T0 + 31)  # worker-1 never reported
+    assert kinds(actions)[:3] == [EventName.WORKER_STUCK, ("terminate", "worker-1", 5.0), ("finish", JobPhase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED)]
+
+
+# -- liveness ---------------------------------------------------------------------------------------
+
+
+def test_a_ps_that_answers_no_health_call_for_the_deadline_is_killed_and_restarted_after_its_exit() -> None:
+    m = running(Master(job("checkpoint", parameterServer={"restartDelay": "1s"}), liveness_deadline=10.0))
+    m.observe(health("ps-0", 80), T0 + 4)
+    assert kinds(m.observe(Unanswered("ps-0", T0 + 5), T0 + 5.1)) == []
+    assert kinds(m.observe(health("ps-0", 81), T0 + 9)) == []  # an answer: the clock starts again
+    for t in (10, 15, 19.9):
+        assert kinds(m.observe(Unanswered("ps-0", T0 + t), T0 + t)) == []
+    actions = m.observe(Unanswered("ps-0", T0 + 20), T0 + 20)
+    assert kinds(actions) == [EventName.PS_UNRESPONSIVE, ("terminate", "ps-0", 0.0)]
+    assert actions[0].reason is Reason.PS_UNRESPONSIVE and actions[0].fields["silent_since"] == T0 + 10
+    assert m.state.failures == 1 and m.kill_blocker("ps-0", live=True) == "ps-0 is being killed"
+    assert kinds(m.observe(Unanswered("ps-0", T0 + 21), T0 + 21.1)) == []  # killed once
+    assert kinds(m.tick(T0 + 40)) == []  # no replacement while the hung process lives
+    exited = m.observe(Exited("ps-0", -9, T0 + 41), T0 + 41)
+    assert kinds(exited) == [EventName.PROCESS_EXITED, EventName.FAILURE_DETECTED]
+    assert m.state.failures == 1  # the hang counted once
+    [recovery] = m.state.recoveries
+    assert (recovery.killed_at, recovery.version_before, recovery.due_at) == (T0 + 10, 81, T0 + 42)
+    assert kinds(m.tick(T0 + 42)) == [("start", "ps-0", False)]
+    assert kinds(m.observe(Unanswered("ps-0", T0 + 43), T0 + 60)) == []  # booting: not judged until it answers
+
+
+def test_every_chain_member_is_watched_and_a_hung_middle_replica_is_removed() -> None:
+    m = running(Master(job("chain"), liveness_deadline=10.0))
+    assert m.watched() == ["ps-0", "ps-1", "ps-2"]
+    m.observe(Unanswered("ps-1", T0 + 1), T0 + 1)
+    assert kinds(m.observe(Unanswered("ps-1", T0 + 11), T0 + 11.1)) == [EventName.PS_UNRESPONSIVE, ("terminate", "ps-1", 0.0)]
+    assert m.chain_order() == ["ps-0", "ps-1", "ps-2"]  # still a member until it is gone
+    actions = m.observe(Exited("ps-1", -9, T0 + 11.2), T0 + 11.2)
+    assert ("publish", 2, ("ps-0", "ps-2")) in kinds(actions)
+
+
+# -- the end ---------------------------------------------------------------------------------------
+
+
+def test_a_death_before_the_stop_is_a_failure_and_a_process_the_end_stopped_is_not() -> None:
+    m = running(Master(job("chain", stop={"duration": "30s"})))
+    m.observe(Disrupted("ps-1", T0 + 29.99), T0 + 29.99)  # killed in the last pass ...
+    assert kinds(m.tick(T0 + 30))[0] == ("finish", JobPhase.SUCCEEDED, Reason.DURATION_REACHED)
+    lost = m.observe(Exited("ps-1", -9, T0 + 30.01), T0 + 30.01)  # ... its death seen after the end
+    assert kinds(lost) == [EventName.PROCESS_EXITED, EventName.FAILURE_DETECTED, EventName.RECOVERY_INCOMPLETE]
+    assert lost[0].fields["action"] == "promote" and "the job ended first" in lost[0].fields["reason"]
+    assert m.chain_order() == ["ps-0", "ps-2"]  # the final configuration: the replicas left
+    crashed = m.observe(Exited("worker-1", 1, T0 + 29.995), T0 + 30.02)  # crashed before the end
+    assert crashed[0].fields["action"] == "restart-worker" and m.state.failures == 1
+    stopped = m.observe(Exited("ps-0", 0, T0 + 30.5), T0 + 30.5)  # stopped by the end
+    assert kinds(stopped) == [EventName.PROCESS_EXITED] and stopped[0].fields["reason"] == "the job is stopping"
+    assert m.state.failures == 1 and m.state.phase is JobPhase.SUCCEEDED
+
+
+def test_a_replacement_that_had_not_joined_when_the_job_ended_is_reported_and_no_member() -> None:
+    m = running(Master(job("chain", stop={"duration": "30s"})))
+    m.observe(Exited("ps-0", -9, T0 + 5, disrupted=True), T0 + 5)
+    m.tick(T0 + 5)
+    m.observe(health("ps-3", 0, state="joining"), T0 + 6)
+    assert m.chain_order() == ["ps-1", "ps-2", "ps-3"]
+    actions = m.tick(T0 + 30)
+    [incomplete] = [a for a in actions if isinstance(a, Record) and a.event is EventName.REPLICA_JOIN_INCOMPLETE]
+    assert incomplete.reason is Reason.REPLICA_JOIN_INCOMPLETE and incomplete.warning
+    assert incomplete.fields == {"process": "ps-3", "replaces": "ps-0", "added_epoch": 3, "started_at": T0 + 5, "seconds": 25.0}
+    assert "holds no state" in incomplete.message and m.chain_order() == ["ps-1", "ps-2"]

@@ -13,7 +13,18 @@ from collections import deque
 from typing import Callable
 
 from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop, UpdatesLost
+from trainthrough.control.messages import (
+    Action,
+    Finish,
+    Published,
+    PublishChain,
+    Record,
+    RecoveryDone,
+    Start,
+    Stop,
+    Terminate,
+    UpdatesLost,
+)
 from trainthrough.control.master import Master
 from trainthrough.control.runtime import Runtime
 from trainthrough import names
@@ -43,6 +54,7 @@ class Applier:
         self.finish: Finish | None = None
         self._appliers: dict[type, Callable[[Action], list[Action]]] = {
             Start: self._start,
+            Terminate: self._terminate,
             PublishChain: self._publish,
             Record: self._record_one,
             RecoveryDone: self._recovery_done,
@@ -69,6 +81,10 @@ class Applier:
             self.runtime.start_worker(parsed[1], list(start.ps))
         else:
             self.runtime.start_ps(start.process, join=start.join)
+        return []
+
+    def _terminate(self, terminate: Terminate) -> list[Action]:
+        self.runtime.kill(terminate.process, grace=terminate.grace)  # never waits: its Exited follows
         return []
 
     def _publish(self, publish: PublishChain) -> list[Action]:

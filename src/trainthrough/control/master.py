@@ -10,6 +10,7 @@ and it answers observations (control/messages.py) with actions that a driver app
     master = Master(job)                    # or Master(job, MasterState.load(status["master"]))
     actions = master.start(now)
     actions += master.observe(Exited("ps-0", -9, at=now, disrupted=True), now)
+    actions += master.observe(Unanswered("ps-0", at=now), now)   # a Health call that failed
     actions += master.tick(now)             # due restarts, replacements, the stop condition
 
 Drivers: control/supervising.py (processes on loopback) and operator/driving.py (pods).
@@ -30,10 +31,12 @@ from trainthrough.control.messages import (
     RecoveryDone,
     Start,
     Stop,
+    Terminate,
+    Unanswered,
     UpdatesLost,
 )
 from trainthrough.control.recovery import Decision, Remedy, decide
-from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement
+from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.names import is_worker, ps_name, worker_names
 from trainthrough.spec import Mode, TrainingJob
@@ -42,6 +45,16 @@ STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied upd
 PUBLISH_RETRY = 1.0  # seconds between attempts to publish a chain configuration
 STOP_GRACE = 60.0  # a stateless worker stopped offline waits a little to hand its work over
 PS_STOP_GRACE = 10.0
+# A PS whose Health calls all fail for this long is dead (hung: stopped, deadlocked, cut
+# off): it is killed, and its restart waits for its exit, so that two live PS processes
+# never share one checkpoint store. Busy, a PS still answers Health within seconds.
+LIVENESS_DEADLINE = 10.0
+# A worker whose reported steps do not change for this long while the job runs and its
+# head serves is stuck (in chain mode: every replica it knew of is gone, and no reply told
+# it the current chain): it is restarted with the current chain. Generous: a worker that
+# boots on a loaded machine, or waits for sync rounds that time out, still reports.
+STUCK_WORKER_DEADLINE = 30.0
+RESTART_GRACE = 5.0  # a stuck worker is asked to stop first: it reports its idle time
 
 
 class Master:
@@ -52,6 +65,8 @@ class Master:
         *,
         restart_delay: float | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        liveness_deadline: float = LIVENESS_DEADLINE,
+        stuck_after: float = STUCK_WORKER_DEADLINE,
     ) -> None:
         self.job = job
         self.spec = job.spec
@@ -59,6 +74,8 @@ class Master:
         self.state = state or MasterState()
         self.restart_delay = self.spec.parameter_server.restart_delay if restart_delay is None else restart_delay
         self.startup_timeout = startup_timeout
+        self.liveness_deadline = liveness_deadline
+        self.stuck_after = stuck_after
         self.workers = worker_names(self.spec.workers.replicas)
 
     # -- what the drivers ask ---------------------------------------------------------------
@@ -84,9 +101,9 @@ class Master:
             return [p for p in s.ps if p in s.up]
         if s.phase.terminal:
             return []
-        names = self.chain_order()[:1]
-        if self.state.chain is not None and self.spec.chain.ack == "tail":
-            names += self.chain_order()[-1:]
+        # Every member: each one's liveness is checked (a hung middle replica stalls the
+        # chain as surely as a hung head).
+        names = self.chain_order()
         names += [r.target for r in s.recoveries if r.stage is RecoveryStage.AWAITING_READY]
         names += [r.name for r in s.replacements if r.name]
         return list(dict.fromkeys(n for n in names if n in s.up))
@@ -107,6 +124,8 @@ class Master:
             return f"{process} is down"
         if process in self.state.kills:
             return f"{process} is being killed"
+        if process in self.state.restarting:
+            return f"{process} is being restarted"
         if any(r.target == process for r in self.state.recoveries):
             return f"{process} is still recovering"
         return None
@@ -139,17 +158,19 @@ class Master:
 
     def fail(self, message: str, now: float) -> list[Action]:
         """A permanent error the driver met (a broken spec, an API that refuses): the end."""
-        return self._finish(JobPhase.FAILED, Reason.PERMANENT_ERROR, message)
+        return self._finish(JobPhase.FAILED, Reason.PERMANENT_ERROR, message, now)
 
     def stop(self, message: str, now: float) -> list[Action]:
         """The job is stopped from outside (a user, a benchmark that measured what it
         wanted): it ends as Succeeded if it was training, else as Failed."""
         phase = JobPhase.SUCCEEDED if self.state.phase is JobPhase.RUNNING else JobPhase.FAILED
-        return self._finish(phase, Reason.STOPPED, message)
+        return self._finish(phase, Reason.STOPPED, message, now)
 
     def observe(self, observation: Observation, now: float) -> list[Action]:
         if isinstance(observation, Health):
             return self._on_health(observation, now)
+        if isinstance(observation, Unanswered):
+            return self._on_unanswered(observation, now)
         if isinstance(observation, Exited):
             return self._on_exit(observation, now)
         if isinstance(observation, Disrupted):
@@ -167,7 +188,7 @@ class Master:
         out: list[Action] = []
         if s.phase is JobPhase.STARTING and s.created_at is not None and now - s.created_at > self.startup_timeout:
             return self._finish(
-                JobPhase.FAILED, Reason.STARTUP_TIMEOUT, f"no update was applied within {self.startup_timeout:.0f} s of the start"
+                JobPhase.FAILED, Reason.STARTUP_TIMEOUT, f"no update was applied within {self.startup_timeout:.0f} s of the start", now
             )
         for recovery in s.recoveries:
             if recovery.stage is RecoveryStage.AWAITING_RESTART and recovery.due_at is not None and now >= recovery.due_at:
@@ -210,6 +231,7 @@ class Master:
             out += self._updates_lost(reported.lost_updates)
         if s.phase.terminal:
             return out  # the final progress is still read; nothing is decided any more
+        s.silent_since.pop(name, None)
         s.versions[name] = health.version
         if name not in s.answered:
             s.answered.append(name)
@@ -220,7 +242,7 @@ class Master:
                 out += self._join(replacement, health, now)
         for recovery in list(s.recoveries):
             out += self._advance_recovery(recovery, health, now)
-        return out
+        return out + self._watch_workers(health, now)
 
     def _advance_start(self, health: Health, now: float) -> list[Action]:
         s = self.state
@@ -246,6 +268,8 @@ class Master:
         s = self.state
         if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.terminal:
             return []
+        if disrupted.process in s.restarting:
+            return []  # the master's own restart of a stuck worker (a pod being deleted)
         version = disrupted.version_before
         if version is None:
             version = s.versions.get(self.acknowledging(disrupted.process), s.progress.version)
@@ -271,9 +295,20 @@ class Master:
         if name in s.answered:
             s.answered.remove(name)
         kill = s.kills.pop(name, None)
+        s.silent_since.pop(name, None)
+        if not is_worker(name):
+            s.serving_since = None  # a restarted head must serve again before workers are judged
+        restarted = name in s.restarting
+        if restarted:
+            s.restarting.remove(name)
+        if known and stopping and (kill is not None or (s.stopped_at is not None and exited.at < s.stopped_at)):
+            return self._lost_before_stop(exited, kill)
         if stopping or not known:
             why = "the job is stopping" if stopping else "not a live process of this job"
             return [self._exit_record(exited, Remedy.IGNORE.value, why)]
+        if restarted:
+            reason = f"{name} made no progress: started again with the current chain"
+            return [self._exit_record(exited, Remedy.RESTART_WORKER.value, reason, True), self._start(name, now)]
         disrupted = exited.disrupted or kill is not None
         out: list[Action] = []
         if not disrupted and exited.exit_code != 0:
@@ -289,7 +324,7 @@ class Master:
                     out.append(self._publish(now))
                 replacement.name, replacement.started_at, replacement.added_epoch = "", None, None
                 replacement.due_at = exited.at + self.restart_delay
-                return out + self._check_backoff()
+                return out + self._check_backoff(now)
         if s.phase is JobPhase.STARTING and name in s.ps:
             # Not training yet: the same PS again (nothing to promote or restore from).
             decision = Decision(Remedy.RESTART_PS, name, f"{name} exited with {exited.exit_code} during start-up")
@@ -303,7 +338,7 @@ class Master:
                 known_ps=set(s.ps),
             )
         out.append(self._exit_record(exited, decision.action.value, decision.reason, disrupted))
-        backoff = self._check_backoff()
+        backoff = self._check_backoff(now)
         if backoff:
             return out + backoff
         if decision.action is Remedy.FINISHED:
@@ -321,6 +356,33 @@ class Master:
         elif decision.action is Remedy.PROMOTE:
             out += self._promote(exited, kill, now)
         return out + self._check_stop(now)
+
+    def _on_unanswered(self, unanswered: Unanswered, now: float) -> list[Action]:
+        """Health calls that fail for longer than the liveness deadline: the PS is dead.
+        It is killed; the recovery follows its exit as for any death, so its replacement
+        starts only once it is gone."""
+        s = self.state
+        name = unanswered.process
+        if s.phase.terminal or name not in s.up or is_worker(name):
+            return []
+        if name == s.serving_head:
+            s.serving_since = None  # not serving: workers waiting for it are not stuck
+        if name not in s.answered or name in s.kills:
+            return []  # booting (start-up has its own deadline), or already being killed
+        since = s.silent_since.setdefault(name, unanswered.at)
+        silent = now - since
+        if silent < self.liveness_deadline:
+            return []
+        s.kills[name] = Kill(killed_at=since, version_before=s.versions.get(self.acknowledging(name), s.progress.version))
+        s.failures += 1  # it failed on its own: counted, as a crash is
+        record = Record(
+            EventName.PS_UNRESPONSIVE,
+            {"process": name, "silent_since": since, "silent_seconds": round(silent, 6)},
+            Reason.PS_UNRESPONSIVE,
+            f"{name} answered no Health call for {silent:.1f} s: killed, and recovered once it is gone",
+            warning=True,
+        )
+        return [record, Terminate(name)] + self._check_backoff(now)
 
     def _on_published(self, published: Published, now: float) -> list[Action]:
         chain = self.state.chain
@@ -377,7 +439,7 @@ class Master:
         chain.epoch += 1
         if not chain.members:
             return [record] + self._finish(
-                JobPhase.FAILED, Reason.CHAIN_LOST, f"every chain replica is lost ({exited.process} was the last)"
+                JobPhase.FAILED, Reason.CHAIN_LOST, f"every chain replica is lost ({exited.process} was the last)", now
             )
         head = chain.members[0]
         recovery.restored_at, recovery.restored_from = now, "chain"
@@ -494,11 +556,96 @@ class Master:
                 out.append(Stop(process, grace=STOP_GRACE))
         return out
 
+    def _watch_workers(self, health: Health, now: float) -> list[Action]:
+        """The head serves: a worker whose reported steps have not changed for the stuck
+        deadline (counted from its start and from when the head began to serve) is stuck.
+        A worker that never reaches the head has no report there: that is no change."""
+        s = self.state
+        order = self.chain_order()
+        if s.phase is not JobPhase.RUNNING or not order or health.process != order[0]:
+            return []
+        if health.state != "serving":
+            s.serving_since = None
+            return []
+        if s.serving_since is None or s.serving_head != health.process:
+            s.serving_head, s.serving_since = health.process, now
+        reported = {r.worker: r.steps for r in health.workers}
+        out: list[Action] = []
+        for worker in self.workers:
+            seen = s.seen_workers.get(worker)
+            if seen is None or worker not in s.up or worker in s.finished_workers or worker in s.restarting:
+                continue
+            steps = reported.get(worker)
+            if steps is not None and steps != seen.steps:
+                seen.steps, seen.changed_at = steps, now
+            elif now - max(seen.changed_at, s.serving_since) >= self.stuck_after:
+                out += self._restart_stuck(worker, now - seen.changed_at, health.process, now)
+        return out
+
+    def _restart_stuck(self, worker: str, seconds: float, head: str, now: float) -> list[Action]:
+        """End the worker (its exit starts it again with the current chain: a worker has no
+        other channel from the master); it counts as a failure, so a worker that cannot
+        make progress at all ends the job at the restart limit."""
+        s = self.state
+        s.restarting.append(worker)
+        s.failures += 1
+        record = Record(
+            EventName.WORKER_STUCK,
+            {"process": worker, "steps": s.seen_workers[worker].steps, "seconds": round(seconds, 6), "ps": self.chain_order()},
+            Reason.WORKER_STUCK,
+            f"{worker} made no progress for {seconds:.0f} s while {head} served: restarted with the current chain",
+            warning=True,
+        )
+        return [record, Terminate(worker, grace=RESTART_GRACE)] + self._check_backoff(now)
+
+    def _lost_before_stop(self, exited: Exited, kill: Kill | None) -> list[Action]:
+        """A death that happened before the job's end was decided, observed after it: a
+        failure (counted, detected, its recovery incomplete), not a process the end stopped."""
+        s = self.state
+        name = exited.process
+        disrupted = exited.disrupted or kill is not None
+        if not disrupted and exited.exit_code != 0:
+            s.failures += 1
+        chain = self.chain_order() if s.chain is not None else []
+        decision = decide(mode=self.mode.value, name=name, exit_code=exited.exit_code, stopping=False, chain=chain, known_ps=set(s.ps))
+        out: list[Action] = [self._exit_record(exited, decision.action.value, f"{decision.reason}; the job ended first", disrupted)]
+        if decision.action is Remedy.FINISHED and name not in s.finished_workers:
+            s.finished_workers.append(name)
+        if decision.action in (Remedy.RESTART_PS, Remedy.PROMOTE):
+            recovery, detected = self._new_recovery(exited, kill, RecoveryStage.AWAITING_RESTART)
+            incomplete = Record(
+                EventName.RECOVERY_INCOMPLETE, recovery.as_event(), Reason.RECOVERY_INCOMPLETE, f"{name}: the job ended first", warning=True
+            )
+            out += [detected, incomplete]
+        if decision.action is Remedy.PROMOTE and s.chain is not None:
+            s.chain.members.remove(name)  # the final configuration lists the replicas left
+        return out
+
+    def _join_incomplete(self, replacement: Replacement, now: float) -> Record:
+        """The job ends before a replacement joined: it holds no state, so it is no member
+        of the final configuration."""
+        s = self.state
+        name = replacement.name
+        if name and s.chain is not None and name in s.chain.members:
+            s.chain.members.remove(name)
+        fields = {
+            "process": name,
+            "replaces": replacement.replaces,
+            "added_epoch": replacement.added_epoch,
+            "started_at": replacement.started_at,
+            "seconds": round(now - replacement.started_at, 6) if replacement.started_at is not None else None,
+        }
+        what = f"{name} had not joined (it holds no state)" if name else "it had not started"
+        message = f"the replacement of {replacement.replaces}: {what} when the job ended"
+        return Record(EventName.REPLICA_JOIN_INCOMPLETE, fields, Reason.REPLICA_JOIN_INCOMPLETE, message, warning=True)
+
     # -- helpers ---------------------------------------------------------------------------------------
     def _start(self, process: str, now: float, *, join: bool = False) -> Start:
         s = self.state
         if process not in s.up:
             s.up.append(process)
+        if is_worker(process):
+            s.seen_workers[process] = WorkerSeen(changed_at=now)
         ps = tuple(self.chain_order()) if is_worker(process) else ()
         return Start(process, join=join, ps=ps)
 
@@ -520,7 +667,7 @@ class Master:
         }
         return Record(EventName.PROCESS_EXITED, fields)
 
-    def _check_backoff(self) -> list[Action]:
+    def _check_backoff(self, now: float) -> list[Action]:
         limit = self.spec.run_policy.backoff_limit
         if self.state.failures <= limit:
             return []
@@ -528,6 +675,7 @@ class Master:
             JobPhase.FAILED,
             Reason.BACKOFF_LIMIT_EXCEEDED,
             f"{self.state.failures} process failures, more than spec.runPolicy.backoffLimit {limit}",
+            now,
         )
 
     def _check_stop(self, now: float) -> list[Action]:
@@ -537,9 +685,9 @@ class Master:
         stop = self.spec.stop
         elapsed = self.elapsed(now)
         if set(self.workers) <= set(s.finished_workers):
-            return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_REACHED, "every worker reached stop.steps")
+            return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_REACHED, "every worker reached stop.steps", now)
         if stop.duration is not None and elapsed >= stop.duration:
-            return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached")
+            return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached", now)
         # The target ends a job only once every kill of spec.chaos has fired and between
         # recoveries (chain replacements included), so that a run has the failures it
         # plans and each is measured to its end; stop.duration binds regardless.
@@ -550,19 +698,20 @@ class Master:
             and not s.recovering and not chaos_pending
         ):  # fmt: skip
             return self._finish(
-                JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})"
+                JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})", now
             )
         return []
 
-    def _finish(self, phase: JobPhase, reason: Reason, message: str) -> list[Action]:
+    def _finish(self, phase: JobPhase, reason: Reason, message: str, now: float) -> list[Action]:
         s = self.state
         if s.phase.terminal:
             return []
-        s.phase, s.reason, s.message = phase, reason, message
+        s.phase, s.reason, s.message, s.stopped_at = phase, reason, message, now
         out: list[Action] = [
             Record(EventName.RECOVERY_INCOMPLETE, r.as_event(), Reason.RECOVERY_INCOMPLETE, f"{r.target}: the job ended first", warning=True)
             for r in s.recoveries
         ]
+        out += [self._join_incomplete(r, now) for r in s.replacements]
         out.append(Finish(phase, reason, message))
         # Workers first (a stateless worker offline hands its work over), then the PS.
         order = [w for w in self.workers if w in s.up] + [p for p in s.up if not is_worker(p)]

@@ -113,6 +113,15 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Unanswered:
+    """A PS did not answer a Health call that started `at` (refused, or its deadline
+    passed). Only a call made: a process with no address yet is no observation."""
+
+    process: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Published:
     """The outcome of a PublishChain: the members that did not take the configuration."""
 
@@ -120,7 +129,7 @@ class Published:
     failed: tuple[str, ...] = ()
 
 
-Observation = Union[Exited, Disrupted, Health, Published]
+Observation = Union[Exited, Disrupted, Health, Unanswered, Published]
 
 # -- actions -------------------------------------------------------------------------------
 
@@ -141,6 +150,15 @@ class Stop:
 
     process: str
     grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """End `process` without waiting for it: at once (SIGKILL; a pod deleted without
+    grace), or a stop request first and the kill after `grace`. Its `Exited` follows."""
+
+    process: str
+    grace: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -191,4 +209,4 @@ class Finish:
     message: str
 
 
-Action = Union[Start, Stop, PublishChain, Record, RecoveryDone, UpdatesLost, Finish]
+Action = Union[Start, Stop, Terminate, PublishChain, Record, RecoveryDone, UpdatesLost, Finish]

@@ -92,6 +92,13 @@ class Replacement(StateModel):
     added_epoch: int | None = None  # the epoch that added it at the tail; it joined once it serves
 
 
+class WorkerSeen(StateModel):
+    """A worker's progress as the master last read it from the head (the stuck check)."""
+
+    changed_at: float  # when it started, or its reported steps last changed
+    steps: int = -1  # its latest reported steps (-1: none since it started)
+
+
 class Chain(StateModel):
     epoch: int = 1
     members: list[str]  # head first
@@ -124,6 +131,7 @@ class MasterState(StateModel):
     reason: Reason | None = None
     message: str = ""
     created_at: float | None = None
+    stopped_at: float | None = None  # when the job's end was decided
     training_started_at: float | None = None  # the job's clock: chaos times, stop.duration
     ps: list[str] = Field(default_factory=list)  # every PS process of the job, in creation order
     up: list[str] = Field(default_factory=list)  # processes started and not seen ended
@@ -135,6 +143,12 @@ class MasterState(StateModel):
     replacements: list[Replacement] = Field(default_factory=list)  # chain, not joined yet
     kills: dict[str, Kill] = Field(default_factory=dict)  # disrupted, death not seen yet
     versions: dict[str, int] = Field(default_factory=dict)  # last version read per PS
+    # PS processes whose Health calls have failed without a break, since the first one's start
+    silent_since: dict[str, float] = Field(default_factory=dict)
+    seen_workers: dict[str, WorkerSeen] = Field(default_factory=dict)
+    serving_head: str = ""  # the head that has answered "serving" without a break ...
+    serving_since: float | None = None  # ... since then (None: it does not serve now)
+    restarting: list[str] = Field(default_factory=list)  # workers ended to be started again
     failures: int = 0  # counted against spec.runPolicy.backoffLimit
     chaos_fired: int = 0  # kills of spec.chaos seen (a Disrupted with its scheduled time)
     completed: Totals = Field(default_factory=Totals)

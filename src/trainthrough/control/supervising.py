@@ -18,7 +18,7 @@ from typing import Callable
 from trainthrough.control.recording import InjectionMetrics
 from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
 from trainthrough.control.applying import Applier
-from trainthrough.control.messages import Action, Disrupted, Exited, Health, Observation, Record, Stop
+from trainthrough.control.messages import Action, Disrupted, Exited, Health, Observation, Record, Stop, Unanswered
 from trainthrough.control.master import Master
 from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.runtime import Death, Runtime
@@ -91,6 +91,7 @@ class Supervisor:
         self._chaos_rng = random.Random(job.spec.seed)  # the `random` target, repeatable per seed
         self._pool = ConnectionPool()
         self._deferred: list[ChaosKill] = []
+        self._injected = 0  # kills that fired (a deferred one may never fire)
         self._next_probe = 0.0
         self._t0 = time.time()
         self._applier = Applier(
@@ -122,17 +123,28 @@ class Supervisor:
         # loop's resolution); otherwise twice a second is enough for progress.
         if master.state.recovering or master.state.phase is JobPhase.STARTING or now >= self._next_probe:
             for name in master.watched():
-                health = self._health(name, timeout=0.1)
-                if health is not None:
-                    self._observe(Health.of(name, health))
+                self._probe(name)
         if now >= self._next_probe:
             self._next_probe = now + PROGRESS_INTERVAL
             self._report_progress()
+        # Deaths before the stop decision: one that happened before the job ends is a failure.
+        for death in self.runtime.deaths(timeout=0):
+            self._observe(self._exited(death))
         if self.until is not None and master.state.phase is JobPhase.RUNNING:
             reason = self.until(master.state)
             if reason:
                 self._apply(master.stop(reason, time.time()))
         self._apply(master.tick(time.time()))
+
+    def _probe(self, name: str) -> None:
+        """Read a PS's health; a call that fails is an observation too (the liveness check)."""
+        try:
+            address = self.runtime.address(name)
+        except KeyError:  # never started: no address yet, no call made
+            return
+        started = time.time()
+        health = self._pool.get(address).health(0.1)
+        self._observe(Health.of(name, health) if health is not None else Unanswered(name, started))
 
     def _observe(self, observation: Observation) -> None:
         self._apply(self.master.observe(observation, time.time()))
@@ -186,6 +198,7 @@ class Supervisor:
             version = health.version if health is not None else None
         self.runtime.kill(name, grace=kill.grace_period)
         killed_at = time.time()
+        self._injected += 1
         self._chaos.record(kill.target, killed_at)
         self._observe(Disrupted(name, killed_at, target=kill.target, scheduled_at=kill.at, version_before=version))
 
@@ -235,7 +248,7 @@ class Supervisor:
             version=progress.version,
             accuracy=progress.accuracy,
             recoveries=list(self._applier.recoveries),
-            kills=len(self.schedule.fired),
+            kills=self._injected,
             lost_updates=state.completed.lost_updates,
         )
         fields = {k: v for k, v in vars(summary).items() if k != "recoveries"}

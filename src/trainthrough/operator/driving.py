@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from trainthrough.control.applying import Applier
-from trainthrough.control.messages import Exited, Health, Observation, Record, RecoveryDone
+from trainthrough.control.messages import Exited, Health, Observation, Record, RecoveryDone, Unanswered
 from trainthrough.control.master import Master
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import JobPhase, Reason
@@ -28,7 +28,6 @@ from trainthrough.operator import conditions as c
 from trainthrough.operator import reconciling
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.status import merge_patch, render
-from trainthrough.proto import ps_pb2
 from trainthrough.runtime.pods import PodRuntime
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
@@ -86,9 +85,9 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
             for death in runtime.deaths():
                 observe(Exited.of(death))
             for process in master.watched():
-                reply = _health(config, runtime, process)
-                if reply is not None:
-                    observe(Health.of(process, reply))
+                probed = _probe(config, runtime, process)
+                if probed is not None:
+                    observe(probed)
         applier.apply(master.tick(time.time()))
     except TemporaryError:
         # What was applied stays applied (every start is idempotent); the state that led
@@ -107,11 +106,15 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
         _emit(config, body, record)
 
 
-def _health(config: OperatorConfig, runtime: PodRuntime, process: str) -> ps_pb2.HealthReply | None:
+def _probe(config: OperatorConfig, runtime: PodRuntime, process: str) -> Health | Unanswered | None:
+    """A PS's health, or that it did not answer (the master's liveness check); None when
+    its pod has no IP yet (nothing would answer: no call made)."""
     pod = runtime.pod(process) or {}
     if not (pod.get("status") or {}).get("podIP"):
-        return None  # not running yet: nothing would answer
-    return config.pool.get(runtime.address(process)).health(config.health_timeout)
+        return None
+    started = time.time()
+    reply = config.pool.get(runtime.address(process)).health(config.health_timeout)
+    return Health.of(process, reply) if reply is not None else Unanswered(process, started)
 
 
 def _emit(config: OperatorConfig, body: dict[str, Any], record: Record) -> None:

@@ -1,0 +1,70 @@
+"""The local driver (control/supervising.py) against a fake runtime: no processes.
+
+Covered:
+- run_end's kills count only kills that fired: a kill deferred because its target was
+  down, and never fired, is not counted; one that fired is.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from trainthrough.control.supervising import Supervisor
+from trainthrough.control.runtime import Death
+from trainthrough.events import EventLog, read_events
+from trainthrough.metrics import create_metrics
+from trainthrough.spec import parse_job
+
+NOWHERE = "127.0.0.1:1"  # refuses at once: a health read of it answers nothing, fast
+
+
+class FakeRuntime:
+    """Processes that are alive when named in `alive` (start adds nothing: they boot forever)."""
+
+    def __init__(self, alive: set[str]) -> None:
+        self.alive, self.killed = set(alive), []
+
+    def start_ps(self, name: str, *, join: bool = False) -> str:
+        return NOWHERE
+
+    def start_worker(self, rank: int, ps: list[str]) -> None:
+        pass
+
+    def kill(self, name: str, grace: float = 0.0) -> None:
+        self.killed.append(name)
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        self.alive.discard(name)
+
+    def address(self, name: str) -> str:
+        return NOWHERE
+
+    def running(self) -> set[str]:
+        return set(self.alive)
+
+    def deaths(self, timeout: float) -> list[Death]:
+        return []
+
+
+@pytest.mark.parametrize(("alive", "fired"), [(set(), 0), ({"ps-0"}, 1)])
+def test_run_end_counts_only_kills_that_fired(alive: set[str], fired: int, tmp_path: Path) -> None:
+    job = parse_job({
+        "apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"},
+        "spec": {"consistency": "checkpoint", "model": "mlp", "dataset": "synthetic", "chaos": [{"target": "ps-head", "at": "1s"}]},
+    })  # fmt: skip
+    runtime = FakeRuntime(alive)
+    events = EventLog(str(tmp_path / "events.jsonl"), source="master")
+    supervisor = Supervisor(job, runtime, events, create_metrics(CollectorRegistry()))
+    supervisor._apply(supervisor.master.start(time.time()))
+    for kill in supervisor.schedule.due(1.0):
+        supervisor._inject(kill)  # ps-0 down: deferred; up: fired
+    summary = supervisor._finish()
+    events.close()
+    assert runtime.killed == ["ps-0"] * fired
+    assert summary.kills == fired
+    [end] = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "run_end"]
+    assert end["kills"] == fired
