@@ -13,11 +13,16 @@ Aspects covered, one run per mode:
 - stateless: worker steps keep rising while the PS is down; the restarted PS re-seeds
   from the workers (its version continues, not from zero) and replays exactly the
   buffered gradients the workers handed over.
+- a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
+  killed, and its replacement starts only after it exited (never two live PS on one
+  checkpoint store); training resumes from the checkpoint.
 - an invalid TrainingJob makes `trainthrough run` fail with the field path.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +167,45 @@ def test_stateless_workers_train_through_the_outage(tmp_path):
     handed_over = sum(e["buffered"] for e in of(events, "worker_rejoined") if e["t"] > kill["t"])
     replayed = sum(e["count"] for e in of(events, "gradients_replayed"))
     assert replayed == handed_over > 0
+
+
+@pytest.mark.timeout(150)
+def test_a_hung_checkpoint_ps_is_killed_before_its_replacement_starts(tmp_path):
+    document = {
+        "apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "e2e-hung"},
+        "spec": {
+            "consistency": "checkpoint", "model": "mlp", "dataset": "synthetic", "workers": {"replicas": 1},
+            "checkpoint": {"everyUpdates": 20}, "parameterServer": {"restartDelay": "0s"}, "stop": {"duration": "90s"},
+        },
+    }  # fmt: skip
+    job = parse_job(document)
+    runtime = LocalRuntime(job, tmp_path)
+    hung: list[int] = []
+
+    def hang_then_wait_for_the_recovery(state) -> str | None:
+        if not hung and state.progress.version >= 40:
+            hung.append(runtime._processes["ps-0"].popen.pid)
+            os.kill(hung[0], signal.SIGSTOP)  # alive, and answering nothing, for good
+        return "recovered" if state.completed.count >= 1 else None
+
+    events = EventLog(runtime.events_path, source="master")
+    try:
+        summary = Supervisor(job, runtime, events, create_metrics(CollectorRegistry()), until=hang_then_wait_for_the_recovery).run()
+    finally:
+        runtime.shutdown()
+        events.close()
+    events = read_events(runtime.events_path)
+    assert summary.status == "succeeded" and summary.reason == "recovered", summary.reason
+
+    [unresponsive] = of(events, "ps_unresponsive", process="ps-0")
+    assert unresponsive["silent_seconds"] >= 10.0
+    first, second = of(events, "ps_started")
+    assert first["pid"] == hung[0] and second["pid"] != hung[0]
+    [exited] = [e for e in of(events, "process_exited", process="ps-0") if e["t"] < second["t"]]
+    assert exited["exit_code"] == -signal.SIGKILL  # killed while stopped, and reaped ...
+    assert exited["t"] < second["t"]  # ... before the replacement started on the same store
+    [recovery] = of(events, "recovery")
+    assert recovery["restored_from"] == "checkpoint" and recovery["killed_at"] == pytest.approx(unresponsive["silent_since"])
 
 
 def test_invalid_spec_fails_with_the_field_path(tmp_path):
