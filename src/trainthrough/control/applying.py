@@ -13,18 +13,7 @@ from collections import deque
 from typing import Callable
 
 from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.messages import (
-    Action,
-    Finish,
-    Published,
-    PublishChain,
-    Record,
-    RecoveryDone,
-    Start,
-    Stop,
-    Terminate,
-    UpdatesLost,
-)
+from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop, Terminate, UpdatesLost
 from trainthrough.control.master import Master
 from trainthrough.control.runtime import Runtime
 from trainthrough import names
