@@ -3,7 +3,8 @@
 Every decision of a job's life is made here and nowhere else: what to start, when a dead
 process is restarted (a due time, never a sleep), promoted or replaced, the chain's
 configuration and epochs, a replacement's join, whether a kill must wait for its target,
-each recovery's milestones and lost updates, the restart limit, and the job's end and its
+when a PS that answers nothing is dead and a worker that makes no progress is stuck, each
+recovery's milestones and lost updates, the restart limit, and the job's end and its
 reason. It is pure: its state is plain data (control/state.py), the clock is passed in,
 and it answers observations (control/messages.py) with actions that a driver applies:
 

@@ -1,8 +1,8 @@
 """The local driver of the master: one TrainingJob's processes on loopback.
 
 Used by `trainthrough run` and the benchmark harness over runtime/local.py. It observes
-(processes reaped, PS health read over gRPC), injects the spec's chaos kills on the job's
-clock, hands everything to the master (control/master.py) and applies the actions it gets
+(processes reaped, PS health read over gRPC and the Health calls that got no answer),
+injects the spec's chaos kills on the job's clock, hands everything to the master (control/master.py) and applies the actions it gets
 back, one applier per action type. It decides nothing: the operator drives the same master
 over pods (operator/driving.py). All waiting is non-blocking polling from one loop.
 """
