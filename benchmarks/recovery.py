@@ -118,7 +118,7 @@ def sink_server(control) -> None:
     designs.serve_until_told(control, lambda: server.stop(0).wait())
 
 
-def joining_replica(control) -> None:
+def joining_replica(numel: int, control) -> None:
     """A chain replica waiting for its state (a replacement added at the tail), as a PS process."""
     from trainthrough.ps.chain import ChainReplica
     from trainthrough.ps.state import ParameterState
@@ -126,7 +126,7 @@ def joining_replica(control) -> None:
     designs.prepare_process()
     mode = ChainReplica(
         designs.ps_core("ps-1", "chain", 1), ack="tail", replicate_every=1, optimizer=STATE_OPTIMIZER, join=True,
-        initial_state=lambda: ParameterState(torch.zeros(0), STATE_OPTIMIZER),  # unused: it joins
+        initial_state=lambda: ParameterState(torch.zeros(0), STATE_OPTIMIZER), numel=numel,  # unused: it joins
     )  # fmt: skip
     designs.serve_mode(mode, control)
 
@@ -135,6 +135,7 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
     """The predecessor's side of InstallState (as ps/chain.py sends it) into a joining
     replica process, which receives, decodes and installs it; each repeat a newer seq."""
     from trainthrough import wire
+    from trainthrough.proto import ps_pb2
     from trainthrough.ps.state import ParameterState
     from trainthrough.rpc import Connection
 
@@ -142,16 +143,20 @@ def state_transfer(numel: int, repeats: int) -> dict[str, Any]:
     state.apply(torch.randn(numel))  # creates the momentum buffer
     encoded = state.encode()
     raw = [bytes(chunk) for chunk in encoded.chunks()]  # the same chunks, ready to send
-    joiner, joiner_control, joiner_port = designs.start_server(joining_replica)
+    joiner, joiner_control, joiner_port = designs.start_server(joining_replica, numel)
     sink, sink_control, sink_port = designs.start_server(sink_server)
     connection = Connection(f"127.0.0.1:{joiner_port}")
     channel = grpc.insecure_channel(f"127.0.0.1:{sink_port}", options=designs.BIG_MESSAGES)
     send = channel.stream_unary("/bench.Sink/Send")
+    # The joiner's configuration: it is the tail, this process (ps-0) its predecessor.
+    members = [ps_pb2.ChainMember(name="ps-0", address="127.0.0.1:1"), ps_pb2.ChainMember(name="ps-1", address=f"127.0.0.1:{joiner_port}")]
+    connection.call(lambda s, t: s.Reconfigure(ps_pb2.ChainConfig(epoch=1, members=members), timeout=t), timeout=30)
     try:
 
         def transfer() -> None:
             state.seq += 1  # newer than what the joiner has: it installs every time
-            stream = wire.state_stream(state.seq, encoded.nbytes, state.encode().chunks())
+            header = ps_pb2.StateHeader(seq=state.seq, total_bytes=encoded.nbytes, epoch=1, sender="ps-0")
+            stream = wire.chunk_stream(ps_pb2.StateChunk(header=header), state.encode().chunks())
             reply = connection.call(lambda s, t: connection.framed.install_state(stream, timeout=t), timeout=300)
             assert reply.applied_seq == state.seq
 
