@@ -56,7 +56,7 @@ def checkpoint_ps(start_ps: StartPS, tmp_path: Path, optimizer: OptimizerSpec = 
 def stateless_ps(start_ps: StartPS) -> RunningPS:
     def build(core):
         return StatelessMode(
-            core, spec=StatelessSpec(rejoin_timeout=0.2, max_buffered=4), optimizer=SGD,
+            core, spec=StatelessSpec(rejoin_timeout="200ms", max_buffered=4), optimizer=SGD,
             initial_state=lambda: ParameterState(INITIAL.clone(), SGD), numel=N, fallback=None,
         )  # fmt: skip
 

@@ -89,6 +89,14 @@ def decode(
 
     The result may share memory with the (immutable) received bytes: never write to it.
     """
+    return decode_bounded(message, numel, what=what, data=data)[0]
+
+
+def decode_bounded(
+    message: ps_pb2.Tensor, numel: int | None = None, *, what: str = "tensor", data: bytes | memoryview | None = None
+) -> tuple[torch.Tensor, float]:
+    """As decode, with the largest magnitude among the values (found by the same pass that
+    checks them finite: the PS's update needs it, and a second pass would cost as much)."""
     raw = message.data if data is None else data
     dtype, shape, count = check_header(message, numel, what)
     if len(raw) != count * dtype.itemsize:
@@ -96,29 +104,29 @@ def decode(
             f"{what}.data: expected {count * dtype.itemsize} bytes for shape {shape} {message.dtype}, got {len(raw)}"
         )
     if count == 0:
-        return torch.empty(0, dtype=torch.float32)
+        return torch.empty(0, dtype=torch.float32), 0.0
     with warnings.catch_warnings():
         # The bytes object is read-only; the tensor is only ever read, never written.
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.frombuffer(raw, dtype=dtype)
     if dtype != torch.float32:
         flat = flat.to(torch.float32)
-    check_finite(flat, what)
-    return flat
+    return flat, check_finite(flat, what)
 
 
-def check_finite(flat: torch.Tensor, what: str) -> None:
-    """Raise WireError if `flat` holds a NaN or an infinity.
+def check_finite(flat: torch.Tensor, what: str) -> float:
+    """The largest magnitude in `flat`; WireError if it holds a NaN or an infinity.
 
-    A finite sum proves every element finite (a NaN or an infinity makes the sum NaN or
-    infinite) at a fraction of an element-wise check's cost; only a non-finite sum, which
-    a huge but finite gradient can also give, pays for the element-wise count.
+    The minimum and maximum (one pass) are finite exactly when every element is (a NaN
+    makes both NaN); only a tensor that fails pays for the element-wise count.
     """
-    if math.isfinite(flat.sum().item()):  # a Python float: no tensor op for one scalar
-        return
+    if not flat.numel():
+        return 0.0
+    low, high = (v.item() for v in torch.aminmax(flat))  # Python floats: no tensor op for one scalar
+    if math.isfinite(low) and math.isfinite(high):
+        return max(-low, high)
     bad = int((~torch.isfinite(flat)).sum())
-    if bad:
-        raise WireError(f"{what}.data: {bad} non-finite values (NaN or Inf)")
+    raise WireError(f"{what}.data: {bad} non-finite values (NaN or Inf)")
 
 
 # -- the hot RPCs' payload beside its message -------------------------------------------------
@@ -298,6 +306,7 @@ class TensorAssembler:
         self.itemsize = self.dtype.itemsize
         self.tensor = torch.empty(count, dtype=torch.float32)
         self.filled = 0
+        self.max_abs = 0.0  # of the values received so far
 
     def add(self, data: bytes | memoryview) -> None:
         if len(data) % self.itemsize:
@@ -310,7 +319,7 @@ class TensorAssembler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only bytes, only read
             chunk = torch.frombuffer(data, dtype=self.dtype)
-        check_finite(chunk, self.what)
+        self.max_abs = max(self.max_abs, check_finite(chunk, self.what))
         self.tensor[self.filled : self.filled + count].copy_(chunk)
         self.filled += count
 
@@ -390,6 +399,11 @@ def chunk_deserializer(message_type: type[Message]) -> Callable[[bytes], Framed]
 def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Iterable[bytes]) -> list[torch.Tensor]:
     """Tensors sent one after another in chunks, no chunk spanning two: each chunk checked
     and copied into place on arrival; WireError unless every tensor arrived whole."""
+    return [tensor for tensor, _ in assemble_bounded(headers, chunks)]
+
+
+def assemble_bounded(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Iterable[bytes]) -> list[tuple[torch.Tensor, float]]:
+    """As assemble, each tensor with its largest magnitude (see decode_bounded)."""
     assemblers = [TensorAssembler(header, numel, what=what) for header, numel, what in headers]
     current = 0
     for data in chunks:
@@ -400,7 +414,7 @@ def assemble(headers: list[tuple[ps_pb2.Tensor, int | None, str]], chunks: Itera
         if current == len(assemblers):
             raise WireError(f"{len(data)} bytes after the last tensor")
         assemblers[current].add(data)
-    return [assembler.finish() for assembler in assemblers]
+    return [(assembler.finish(), assembler.max_abs) for assembler in assemblers]
 
 
 # -- a parameter-server state in chunks (InstallState) ----------------------------------------------

@@ -38,6 +38,7 @@ class Record:
     gradient: torch.Tensor
     workers: list[str]
     push_ids: list[int]
+    max_abs: float | None = None  # the gradient's largest magnitude, when decoding found it
 
 
 @dataclass
@@ -45,6 +46,7 @@ class _Round:
     total: torch.Tensor | None = None
     workers: list[str] = field(default_factory=list)
     push_ids: list[int] = field(default_factory=list)
+    max_abs: float | None = 0.0  # a bound on the sum's magnitude (None: unknown)
     done: threading.Event = field(default_factory=threading.Event)
     version: int = -1
     error: BaseException | None = None
@@ -166,17 +168,18 @@ class ParameterServerCore:
             return state.version, state.params_bytes(dtype), applied
 
     # -- push ------------------------------------------------------------------------
-    def push(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:
-        """Apply (async) or aggregate (sync) one worker's gradient; (version, duplicate)."""
+    def push(self, worker: str, push_id: int, gradient: torch.Tensor, max_abs: float | None = None) -> tuple[int, bool]:
+        """Apply (async) or aggregate (sync) one worker's gradient; (version, duplicate).
+        `max_abs`: its largest magnitude, if known."""
         self.require_state()
         if self.updates == "sync":
-            return self._push_sync(worker, push_id, gradient)
+            return self._push_sync(worker, push_id, gradient, max_abs)
         with self.order_lock:
             state = self.require_state()
             if state.is_duplicate(worker, push_id):
                 self.commit(None)
                 return state.version, True
-            self.apply_record(Record(state.seq + 1, gradient, [worker], [push_id]))
+            self.apply_record(Record(state.seq + 1, gradient, [worker], [push_id], max_abs))
             return state.version, False
 
     def apply_record(self, record: Record, weight: float = 1.0) -> None:
@@ -184,7 +187,7 @@ class ParameterServerCore:
         with self.order_lock:
             state = self.require_state()
             with self.state_lock:
-                state.apply(record.gradient, weight)
+                state.apply(record.gradient, weight, record.max_abs)
                 state.seq = record.seq
                 state.record_pushes(record.workers, record.push_ids)
             self.updates_since_start += 1
@@ -195,7 +198,7 @@ class ParameterServerCore:
             self._labels(self.metrics.model_version).set(state.version)
             self.commit(record)
 
-    def _push_sync(self, worker: str, push_id: int, gradient: torch.Tensor) -> tuple[int, bool]:
+    def _push_sync(self, worker: str, push_id: int, gradient: torch.Tensor, max_abs: float | None) -> tuple[int, bool]:
         while True:
             with self._round_lock:
                 state = self.require_state()
@@ -219,6 +222,7 @@ class ParameterServerCore:
                         current.total.add_(gradient)
                     current.workers.append(worker)
                     current.push_ids.append(push_id)
+                    current.max_abs = None if max_abs is None or current.max_abs is None else current.max_abs + max_abs
                     full = len(current.workers) >= self.expected_workers
                     if full:
                         self._take_round(current)
@@ -265,7 +269,8 @@ class ParameterServerCore:
             with self.order_lock:
                 state = self.require_state()
                 mean = round_.total.div_(len(round_.workers))  # in place: the sum is not needed after
-                self.apply_record(Record(state.seq + 1, mean, round_.workers, round_.push_ids))
+                bound = None if round_.max_abs is None else round_.max_abs / len(round_.workers)
+                self.apply_record(Record(state.seq + 1, mean, round_.workers, round_.push_ids, bound))
                 round_.version = state.version
         except BaseException as error:  # every waiter of the round must learn of it
             round_.error = error

@@ -37,15 +37,19 @@ class Mode:
 
     # -- worker-facing -----------------------------------------------------------------
     def push(
-        self, request: ps_pb2.PushRequest, data: bytes | memoryview | None = None, *, gradient: torch.Tensor | None = None
+        self,
+        request: ps_pb2.PushRequest,
+        data: bytes | memoryview | None = None,
+        *,
+        gradient: tuple[torch.Tensor, float] | None = None,
     ) -> ps_pb2.PushReply:
         """Apply a push; `data`: the gradient's bytes when they travelled beside the request,
-        `gradient`: the gradient already assembled from a stream."""
+        `gradient`: the gradient already assembled from a stream, with its largest magnitude."""
         check_push(request)
         if gradient is None:
-            gradient = wire.decode(request.gradient, self.core.numel, what="gradient", data=data)
+            gradient = wire.decode_bounded(request.gradient, self.core.numel, what="gradient", data=data)
         started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
-        version, duplicate = self.core.push(request.worker, request.push_id, gradient)
+        version, duplicate = self.core.push(request.worker, request.push_id, *gradient)
         reply = ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation, started_push_id=started)
         self.describe(reply)
         return reply
@@ -91,7 +95,7 @@ class Mode:
         if request.pull_dtype:
             raise WireError("pull_dtype is for Push only; pull a streamed model with PullStream")
         check_push(request)  # before any of the gradient is received
-        [gradient] = wire.assemble([(request.gradient, self.core.numel, "gradient")], data)
+        [gradient] = wire.assemble_bounded([(request.gradient, self.core.numel, "gradient")], data)
         return self.push(request, gradient=gradient)
 
     def report_progress(self, request: ps_pb2.ProgressReport) -> ps_pb2.ProgressReply:

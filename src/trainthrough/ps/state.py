@@ -8,6 +8,8 @@ Not thread-safe: the caller holds the PS's state lock.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from trainthrough import wire
@@ -51,23 +53,27 @@ class ParameterState:
     def numel(self) -> int:
         return self.param.numel()
 
-    def apply(self, gradient: torch.Tensor, weight: float = 1.0) -> None:
+    def apply(self, gradient: torch.Tensor, weight: float = 1.0, max_abs: float | None = None) -> None:
         """One optimizer step with `gradient` (scaled by `weight`); version += 1.
-        NonFiniteUpdate, with nothing changed, if the step would leave a non-finite value."""
+        NonFiniteUpdate, with nothing changed, if the step would leave a non-finite value.
+        `max_abs`: the gradient's largest magnitude when the caller knows it (decoding
+        found it), else it is measured here."""
         step = gradient if weight == 1.0 else gradient * weight
-        if self._surely_finite(step):
+        if self._surely_finite(step, None if max_abs is None else max_abs * abs(weight)):
             self.optimizer.step([step])
         else:
             self._step_checked(step)
         self.version += 1
         self.seq += 1
 
-    def _surely_finite(self, step: torch.Tensor) -> bool:
+    def _surely_finite(self, step: torch.Tensor, max_abs: float | None) -> bool:
         spec = self.optimizer_spec
         if spec.lr > 1.0 or spec.lr * spec.weight_decay > 1.0 or not step.numel():
             return not step.numel()
-        low, high = torch.aminmax(step)  # a NaN makes both NaN: not <=
-        return bool(high <= SAFE_GRADIENT) and bool(-low <= SAFE_GRADIENT)
+        if max_abs is None:
+            low, high = (v.item() for v in torch.aminmax(step))
+            max_abs = max(-low, high) if math.isfinite(low) and math.isfinite(high) else math.inf
+        return max_abs <= SAFE_GRADIENT
 
     def _step_checked(self, step: torch.Tensor) -> None:
         """The step on a copy of the parameters and the optimizer state; taken over only if
