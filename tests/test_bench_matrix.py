@@ -265,7 +265,10 @@ def test_repeated_entries_are_rejected(change: dict[str, Any], field: str) -> No
 def test_the_matrix_model_rejects_unknown_fields_by_their_python_name_too() -> None:
     with pytest.raises(SpecError):
         parse_matrix({"scenarios": [{"name": "a"}], "max_durations": 3})
-    assert isinstance(parse_matrix({"scenarios": [{"name": "a"}], "max_duration": 3}), Matrix)
+    # One spelling in a document, as for a TrainingJob: the camelCase one.
+    with pytest.raises(SpecError, match="max_duration: unknown field .*maxDuration"):
+        parse_matrix({"scenarios": [{"name": "a"}], "max_duration": 3})
+    assert isinstance(parse_matrix({"scenarios": [{"name": "a"}], "maxDuration": 3}), Matrix)
 
 
 # -- load_matrix ------------------------------------------------------------------------------------

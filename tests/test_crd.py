@@ -12,13 +12,14 @@ Aspects:
   raise instead of emitting them;
 - kubernetes-validate --strict accepts the CRD for Kubernetes 1.30 and 1.33 (its CLI, from
   the venv's bin) and rejects a CRD with an OpenAPI 3.1-style numeric exclusiveMinimum;
-- every examples/*.yaml validates against the openAPIV3Schema (jsonschema, Draft 4 = the
+- every examples/*.yaml, and its dump_job, validates against the openAPIV3Schema (jsonschema, Draft 4 = the
   OpenAPI 3.0 bounds; nullable and kubectl's strict field validation emulated); invalid
   documents (workers.replicas: 0, consistency: chian, unknown enums, bad durations,
   targets, quantities, unknown fields...) are rejected by both the schema and parse_job;
-  rules between fields are left to parse_job; the documented compromise (a fractional
-  number where a duration or quantity belongs) is pinned down;
-- the schema's patterns agree with spec.py's parsers (durations, chaos targets, quantities);
+  rules between fields are left to parse_job; a fractional number where a duration or
+  quantity belongs is refused by both (the conformance table: test_conformance.py);
+- the schema's patterns agree with spec.py's parsers (durations, chaos targets, quantities,
+  paths);
 - defaults: spot checks (batchSize 32, chain.ack tail, stateless.maxBuffered 8, ...), and
   the API server's defaulting (emulated) of an empty spec yields exactly pydantic's
   defaults, and of every example the same job as parse_job;
@@ -452,15 +453,25 @@ def test_rules_between_fields_are_left_to_parse_job(validator):
     ],
 )
 def test_fractional_numbers_must_be_written_as_strings(validator, path, number, string):
-    """The documented compromise: Kubernetes has int-or-string but no number-or-string, so
-    the CRD refuses a fractional number that parse_job would take; the string form works."""
+    """Kubernetes has int-or-string but no number-or-string, so the CRD refuses a
+    fractional number, and so does parse_job (saying how to write it); the string works."""
     document = base_job(stop={"steps": 10})
     as_number, as_string = with_value(document, path, number), with_value(document, path, string)
     assert schema_errors(validator, as_number)
-    assert parse_errors(as_number) == []
+    assert any(f"write '{string}'" in e for e in parse_errors(as_number)), parse_errors(as_number)
     assert schema_errors(validator, as_string) == []
     assert parse_errors(as_string) == []
-    assert dump_job(parse_job(as_number)) == dump_job(parse_job(as_string))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_a_dumped_job_validates_against_the_crd(validator, path):
+    """dump_job writes what the cluster holds: fractional durations as strings."""
+    job = parse_job(load(path))
+    job.spec.parameter_server.restart_delay = 0.25
+    job.spec.stateless.rejoin_timeout = 1e-4
+    dumped = dump_job(job)
+    assert schema_errors(validator, dumped) == []
+    assert parse_job(dumped) == job
 
 
 def test_whole_numbers_work_where_a_duration_or_quantity_belongs(validator):
@@ -510,6 +521,24 @@ def test_the_target_pattern_matches_chaos_kill(target):
     except ValueError:
         valid = False
     assert pattern_accepts(spec_node("chaos", "[]", "target"), target) is valid
+
+
+@pytest.mark.parametrize(
+    ("field", "path"),
+    [
+        (field, path)
+        for field in (("checkpoint", "path"), ("dataPath",))
+        for path in ["ck", "a/b", "/abs/x", "./x", ".", "...", "..a", "a..", ".hidden", "//x", "a/", "..",
+                     "../x", "a/..", "a/../b", "/..", "/tmp/../etc", "x\x00", "\x1b[31m", "a\tb", "caf\u00e9"]
+    ],
+)  # fmt: skip
+def test_the_path_patterns_match_the_spec(field, path):
+    try:
+        parse_job(base_job(**with_value({}, ".".join(field), path)))
+        valid = True
+    except SpecError:
+        valid = False
+    assert pattern_accepts(spec_node(*field), path) is valid
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,86 @@
     trainthrough crd
     trainthrough ps ... / trainthrough worker ...   (process entrypoints, started by runtimes)
     trainthrough chaos --trainingjob NAME             (the chaos Job on Kubernetes)
+
+`run` checks everything it was given (the spec, each --kill against the job, the flags'
+values) before it imports torch and gRPC, so a rejected job is answered in well under a
+second; flag values are parsed by argparse types, so an error names the flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from trainthrough.spec import SpecError, load_job, parse_duration, parse_kill
+from trainthrough.spec import (
+    ChaosKill,
+    FieldError,
+    SpecError,
+    TrainingJob,
+    kill_problems,
+    load_job,
+    parse_duration,
+    parse_kill,
+)
+
+
+# --------------------------------------------------------------------------- flag types
+# argparse reports an ArgumentTypeError as "argument --FLAG: MESSAGE".
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a duration >= 0 such as '20s', got {text!r}")
+    return seconds
+
+
+def _port_arg(text: str) -> int:
+    port = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0 picks a free one), got {text!r}")
+    return port
+
+
+def _kill_arg(text: str) -> ChaosKill:
+    try:
+        return parse_kill(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError("; ".join(e.message for e in exc.errors)) from None
+
+
+def _check_data_path(job: TrainingJob) -> None:
+    """A dataPath must hold the data where the job runs: here, for `run`. (The pure spec
+    cannot say: on a cluster the path is inside the worker pods.)"""
+    if job.spec.data_path is None or job.spec.dataset != "fashion-mnist":
+        return
+    from trainthrough.data import FILE_NAMES, DatasetNotFound, candidate_dirs, find_fashion_mnist
+
+    (_, wanted), *_ = candidate_dirs(job.spec.data_path)
+    try:
+        found = find_fashion_mnist(job.spec.data_path, download=False)
+    except DatasetNotFound:
+        found = None
+    if found != wanted:  # the loader passed over it and searched on
+        why = "no such folder" if not wanted.is_dir() else f"it does not hold {', '.join(FILE_NAMES)}"
+        raise SpecError([FieldError("spec.dataPath", f"{wanted}: {why}")], job.metadata.name)
 
 
 def _run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    kills: list[ChaosKill] = args.kill
+    problems = kill_problems(job.spec, [(f"--kill {kill}", kill) for kill in kills])
+    if problems:
+        raise SpecError(problems, args.job)
+
+    # Only now the heavy imports (torch, gRPC: seconds): the job is known to be runnable.
     from prometheus_client import CollectorRegistry
 
     from trainthrough.control.supervising import Progress, Supervisor
@@ -28,13 +94,16 @@ def _run(args: argparse.Namespace) -> int:
     from trainthrough.metrics import create_metrics, serve_metrics
     from trainthrough.runtime.local import LocalRuntime
 
-    job = load_job(args.job)
-    kills = [parse_kill(text) for text in args.kill]
-    restart_delay = parse_duration(args.restart_delay) if args.restart_delay is not None else None
+    _check_data_path(job)
+    restart_delay: float | None = args.restart_delay
     run_dir = Path(args.run_dir or f"runs/{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    master_port = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None
+    try:
+        master_port = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None
+    except OSError as exc:
+        print(f"trainthrough: --metrics-port {args.metrics_port}: cannot listen ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     runtime = LocalRuntime(job, run_dir, master_metrics_port=master_port)
     events = EventLog(runtime.events_path, source="master")
 
@@ -92,7 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
         save=lambda rs: save_results(results_path, document, rs),
         show_progress=not args.quiet,
         prometheus=args.prometheus,
-        prometheus_wait=parse_duration(args.prometheus_wait),
+        prometheus_wait=args.prometheus_wait,
         runtime=RuntimeKind(args.runtime),
     )
     report = render(out, document, results)
@@ -150,10 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a TrainingJob on this machine (processes on 127.0.0.1)")
     run.add_argument("job", help="TrainingJob YAML")
-    run.add_argument("--kill", action="append", default=[], metavar="TARGET@TIME", help="e.g. ps-head@30s (repeatable)")
-    run.add_argument("--restart-delay", default=None, help="outage before a PS restarts, e.g. 20s (models pod rescheduling)")
+    run.add_argument(
+        "--kill", action="append", default=[], type=_kill_arg, metavar="TARGET@TIME",
+        help="e.g. ps-head@30s (repeatable); checked against the job as spec.chaos is",
+    )  # fmt: skip
+    run.add_argument(
+        "--restart-delay", default=None, type=_duration_arg,
+        help="outage before a PS restarts, e.g. 20s (models pod rescheduling)",
+    )  # fmt: skip
     run.add_argument("--run-dir", default=None, help="where logs, events and checkpoints go (default runs/NAME-TIME)")
-    run.add_argument("--metrics-port", type=int, default=None, help="serve the master's metrics on this port")
+    run.add_argument(
+        "--metrics-port", type=_port_arg, default=None, help="serve the master's metrics on this port (0: any free one)"
+    )
     run.add_argument("--summary", default=None, help="write the run summary as JSON here")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run)
@@ -169,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="also read each run's figures back from this Prometheus (it scrapes <out>/targets/*.json)",
     )
-    bench.add_argument("--prometheus-wait", default="15s", help="time for a last scrape before reading back")
+    bench.add_argument(
+        "--prometheus-wait", default=15.0, type=_duration_arg, help="time for a last scrape before reading back"
+    )
     bench.add_argument(
         "--runtime", choices=["local", "standin"], default="local",
         help="local: processes driven by the local master; standin: through the operator on the cluster stand-in",

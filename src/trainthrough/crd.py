@@ -134,8 +134,8 @@ _STATUS_DESCRIPTION = (
 # Durations (spec.Seconds and its bounded variants) accept a number of seconds or a string
 # such as "30s". Kubernetes has no number-or-string type, only int-or-string, so a duration
 # becomes x-kubernetes-int-or-string: whole seconds as an integer, anything else (fractional
-# seconds included) as a string such as "500ms" or "1.5s". A number such as 0.5 is valid for
-# parse_job but rejected by the API server. The string form gets a pattern (Kubernetes
+# seconds included) as a string such as "500ms" or "1.5s"; parse_job refuses a number such
+# as 0.5 in a document as the API server does. The string form gets a pattern (Kubernetes
 # allows value validations next to x-kubernetes-int-or-string; they apply to the values
 # of their type: the pattern to strings, minimum/maximum to integers), so a malformed
 # string is refused at admission; bounds on the *string* form ("0s" where a duration must

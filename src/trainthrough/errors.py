@@ -1,6 +1,14 @@
 """The project's own error kinds. gRPC and Kubernetes errors are wrapped into these at the
 edges (PS client, operator), with the library error chained as the cause, so that callers
-decide on *kinds* (retry, give up, rediscover) rather than on library status codes."""
+decide on *kinds* (retry, give up, rediscover) rather than on library status codes.
+An invalid document (a TrainingJob, a benchmark matrix) is a ``SpecError`` listing every
+``FieldError`` found, each located by field path or ``FILE:LINE:COLUMN``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 
 class TrainthroughError(Exception):
@@ -38,3 +46,39 @@ class NotHead(TemporaryError):
 
 class RejoinRequired(TemporaryError):
     """A stateless PS restarted (new incarnation): the worker must rejoin before pushing."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in a document: where (camelCase path, e.g. ``spec.chaos[2].target``, or
+    ``FILE:LINE:COLUMN``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(TrainthroughError, ValueError):
+    """An invalid document. ``errors`` holds every problem found; ``source`` names the
+    document. Its text lists the first ``SHOWN`` problems and how many more there are, so
+    a document with 100,000 unknown keys is not answered with megabytes of errors."""
+
+    SHOWN = 20
+
+    def __init__(self, errors: Iterable[FieldError], source: str | None = None) -> None:
+        self.errors: list[FieldError] = list(errors)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [str(e) for e in self.errors[: self.SHOWN]]
+        if len(self.errors) > self.SHOWN:
+            lines.append(f"... and {len(self.errors) - self.SHOWN} more")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default reduce would call SpecError(message); keep the structure instead,
+        # so the error survives crossing a process boundary (the local runtime).
+        return (SpecError, (self.errors, self.source))

@@ -6,18 +6,25 @@ the optimizer, when to stop, how many workers and parameter-server replicas, and
 chaos kills to inject. The same document runs on a laptop and on a cluster, so
 everything that reads one goes through this module:
 
-- the CLI loads and checks YAML files (``load_job``) and ``--kill TARGET@TIME`` flags
-  (``parse_kill``);
+- the CLI loads and checks YAML files (``load_job``, read as kubectl reads them:
+  documents.py) and ``--kill TARGET@TIME`` flags (``parse_kill``, checked against the job
+  by ``kill_problems`` exactly as ``spec.chaos`` is);
 - the local runtime, ps/ and worker/ read the typed, defaulted fields;
 - the operator parses the custom resource it is handed (``parse_job``; server-managed
   metadata and ``status`` are ignored);
 - the CRD's openAPIV3Schema is generated from these models later.
 
 Fields are camelCase in YAML/JSON (``batchSize``) and snake_case in Python
-(``job.spec.batch_size``). Durations accept seconds or strings such as ``"1m30s"`` and
-are stored as float seconds. Invalid documents raise ``SpecError`` listing every problem
-at once, one ``PATH: MESSAGE`` line each (``spec.chaos[2].target: ...``); pydantic's own
-exception never reaches the user.
+(``job.spec.batch_size``). A document has one spelling, the camelCase one the CRD has
+(the API server prunes any other): ``batch_size`` in a document is an unknown field, and
+the error suggests ``batchSize``; ``apiVersion`` and ``kind`` are required, as kubectl
+requires them. Python callers construct models by field name. Durations accept whole
+seconds or strings such as ``"1m30s"`` or ``"500ms"`` (in a document a fractional number
+such as 0.5 is refused, as the CRD's int-or-string refuses it; Python callers may pass
+float seconds) and are stored as float seconds;
+``dump_job`` writes them back as Kubernetes holds them. Invalid documents raise
+``SpecError`` listing every problem at once, one ``PATH: MESSAGE`` line each
+(``spec.chaos[2].target: ...``); pydantic's own exception never reaches the user.
 
 The models are plain (mutable) pydantic models: assigning to a field does not re-run
 validation, so re-check an edited job with ``parse_job(dump_job(job))``.
@@ -25,16 +32,16 @@ validation, so re-check an edited job with ``parse_job(dump_job(job))``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, TypeVar
-
-import yaml
 
 from pydantic import (
     AfterValidator,
@@ -42,13 +49,20 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    SerializationInfo,
     Strict,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from trainthrough import names
+from trainthrough.documents import read_yaml_mapping
+from trainthrough.errors import FieldError, SpecError
 
 from trainthrough import names
 
@@ -78,11 +92,14 @@ __all__ = [
     "TrainingJobSpec",
     "WorkersSpec",
     "dump_job",
+    "duration_json",
     "format_duration",
+    "kill_problems",
     "load_job",
     "parse_duration",
     "parse_job",
     "parse_kill",
+    "read_yaml_mapping",
 ]
 
 API_GROUP = "trainthrough.io"
@@ -94,34 +111,6 @@ SHORT_NAME = "tj"
 
 
 # --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One problem in a document: where (camelCase path, e.g. ``spec.chaos[2].target``) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class SpecError(ValueError):
-    """An invalid TrainingJob. ``errors`` holds every problem found; ``source`` names the document."""
-
-    def __init__(self, errors: Iterable[FieldError], source: str | None = None) -> None:
-        self.errors: list[FieldError] = list(errors)
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The default reduce would call SpecError(message); keep the structure instead,
-        # so the error survives crossing a process boundary (the local runtime).
-        return (SpecError, (self.errors, self.source))
 
 
 class _RuleViolations(ValueError):
@@ -141,6 +130,9 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int) and abs(value) >= 10**30:
+        # repr of an integer with thousands of digits raises (Python's 4300-digit limit).
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, Mapping):
@@ -211,16 +203,61 @@ def _message(error: Mapping[str, Any]) -> str:
     return f"{msg[:1].lower()}{msg[1:]}, got {got}"
 
 
-def _translate(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+def _translate(exc: ValidationError, model: type[BaseModel] | None = None) -> list[FieldError]:
+    """pydantic's errors as FieldErrors; with the validated ``model``, an unknown field's
+    error suggests the field it resembles (``batch_size``: did you mean ``batchSize``?)."""
     out: list[FieldError] = []
     for error in exc.errors(include_url=False):
-        path = _join(prefix, _loc_path(error["loc"]))
+        path = _loc_path(error["loc"])
         violations = (error.get("ctx") or {}).get("error")
         if isinstance(violations, _RuleViolations):
             out.extend(FieldError(_join(path, e.path), e.message) for e in violations.errors)
-        else:
-            out.append(FieldError(path, _message(error)))
+            continue
+        message = _message(error)
+        if error["type"] == "extra_forbidden" and model is not None and len(out) < SpecError.SHOWN:
+            # Only for errors that will be shown: a document with 100,000 unknown keys
+            # should not cost 100,000 fuzzy matches.
+            message += _suggestion(model, error["loc"])
+        out.append(FieldError(path, message))
     return out
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model that holds the field at ``loc`` (by alias), or None if ``loc`` leaves the models."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return None
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggestion(model: type[BaseModel], loc: Sequence[int | str]) -> str:
+    holder = _model_at(model, loc)
+    key = loc[-1]
+    if holder is None or not isinstance(key, str):
+        return ""
+    fields = [f.alias or name for name, f in holder.model_fields.items()]
+    if to_camel(key) in fields:
+        return f" (fields are spelled in camelCase: {to_camel(key)})"
+    folded = {f.lower(): f for f in fields}
+    close = folded.get(key.lower()) or next(iter(difflib.get_close_matches(key, fields, n=1, cutoff=0.75)), None)
+    return f", did you mean {close}?" if close else ""
 
 
 # --------------------------------------------------------------------------- durations
@@ -269,9 +306,33 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _to_seconds(value: object) -> object:
+def duration_json(seconds: float) -> int | str:
+    """A duration as a Kubernetes object holds it (int-or-string): whole seconds as an
+    integer, else a string that parses back to exactly ``seconds`` (0.5 -> ``"500ms"``)."""
+    if float(seconds).is_integer():
+        return int(seconds)
+    text = format_duration(seconds)
+    return text if parse_duration(text) == seconds else repr(float(seconds))
+
+
+# validate_document's validation context: the value comes from a document (YAML, JSON, a
+# custom resource) rather than from Python, and must be what the CRD accepts.
+_DOCUMENT = "document"
+
+
+def _in_document(info: ValidationInfo) -> bool:
+    return isinstance(info.context, Mapping) and bool(info.context.get(_DOCUMENT))
+
+
+def _to_seconds(value: object, document: bool) -> object:
     if isinstance(value, bool):
         raise ValueError(f"must be a number of seconds or a duration such as '30s', got {_show(value)}")
+    if document and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        # The CRD holds a duration as int-or-string (Kubernetes has no number-or-string),
+        # so the API server refuses 0.5: refuse it here too, and say how to write it.
+        raise ValueError(
+            f"must be whole seconds or a string: write {duration_json(value)!r}, got {_show(value)}"
+        )
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, str):
@@ -279,8 +340,8 @@ def _to_seconds(value: object) -> object:
     return value  # numbers pass on; anything else fails the float check
 
 
-def _seconds(value: object, handler: ValidatorFunctionWrapHandler) -> float:
-    converted = _to_seconds(value)
+def _seconds(value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> float:
+    converted = _to_seconds(value, _in_document(info))
     try:
         return handler(converted)
     except ValidationError as exc:
@@ -290,13 +351,23 @@ def _seconds(value: object, handler: ValidatorFunctionWrapHandler) -> float:
         raise ValueError("; ".join(_message({**e, "input": value}) for e in exc.errors())) from None
 
 
-# A duration field: a number of seconds or a string such as "1m30s", stored as float
-# seconds. Bounds sit inside the converter so they land in the float schema (and so in
-# the generated JSON schema as minimum/exclusiveMinimum): use PositiveSeconds /
+_KUBERNETES = "kubernetes"  # dump_job's serialization context: values as the cluster holds them
+
+
+def _serialize_seconds(seconds: float, info: SerializationInfo) -> float | int | str:
+    context = info.context
+    return duration_json(seconds) if isinstance(context, Mapping) and context.get(_KUBERNETES) else seconds
+
+
+_AS_DURATION = PlainSerializer(_serialize_seconds, when_used="json")
+
+# A duration field: whole seconds or a string such as "1m30s", stored as float seconds.
+# Bounds sit inside the converter so they land in the float schema (and so in the
+# generated JSON schema as minimum/exclusiveMinimum): use PositiveSeconds /
 # NonNegativeSeconds, or ``Annotated[float, Strict(), Field(...), WrapValidator(...)]``.
-Seconds = Annotated[float, Strict(), WrapValidator(_seconds)]
-PositiveSeconds = Annotated[float, Strict(), Field(gt=0), WrapValidator(_seconds)]
-NonNegativeSeconds = Annotated[float, Strict(), Field(ge=0), WrapValidator(_seconds)]
+Seconds = Annotated[float, Strict(), WrapValidator(_seconds), _AS_DURATION]
+PositiveSeconds = Annotated[float, Strict(), Field(gt=0), WrapValidator(_seconds), _AS_DURATION]
+NonNegativeSeconds = Annotated[float, Strict(), Field(ge=0), WrapValidator(_seconds), _AS_DURATION]
 
 
 # --------------------------------------------------------------------------- scalar types
@@ -323,13 +394,56 @@ def _check_dns_label(value: str) -> str:
 
 _DnsLabel = Annotated[str, Strict(), AfterValidator(_check_dns_label)]
 
+
+# Paths: no control characters; a run path (checkpoint.path) also has no '..' component,
+# which would let a relative path leave the run folder and makes an absolute one say
+# something other than where it writes. Written as regular expressions without lookahead
+# so that the CRD carries the same rule as a pattern (Kubernetes' regexps are RE2).
+_PATH_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
+_PATH = re.compile(rf"(?:/|{_PATH_CHAR})+")
+_COMPONENT = rf"(?:\.|\.\.{_PATH_CHAR}+|\.?[^./\x00-\x1f\x7f-\x9f]{_PATH_CHAR}*)"  # anything but '..'
+_RUN_PATH = re.compile(rf"/*(?:{_COMPONENT}/+)*{_COMPONENT}?")
+
+
+def _check_path(value: str) -> str:
+    if not _PATH.fullmatch(value):
+        raise ValueError(f"must not contain control characters, got {_show(value)}")
+    return value
+
+
+def _check_run_path(value: str) -> str:
+    if not _RUN_PATH.fullmatch(value):
+        raise ValueError(f"must not contain '..' components, got {_show(value)}")
+    return value
+
+
+def _pattern(regex: re.Pattern[str]) -> dict[str, str]:
+    return {"pattern": f"^(?:{regex.pattern})$"}
+
+
+_Path = Annotated[
+    str, Strict(), Field(min_length=1, json_schema_extra=_pattern(_PATH)), AfterValidator(_check_path)
+]
+_RunPath = Annotated[
+    str,
+    Strict(),
+    Field(min_length=1, json_schema_extra=_pattern(_RUN_PATH)),
+    AfterValidator(_check_path),
+    AfterValidator(_check_run_path),
+]
+
 # Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity), without a sign:
 # a resource request is never negative.
 _QUANTITY = re.compile(r"\+?(?:\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
 
 
-def _to_quantity(value: object) -> str:
-    # YAML reads `cpu: 1` or `cpu: 0.5` as numbers; Kubernetes accepts them (int-or-string).
+def _to_quantity(value: object, info: ValidationInfo) -> str:
+    # YAML reads `cpu: 1` or `cpu: 0.5` as numbers. A quantity is int-or-string in every
+    # Kubernetes API, so the API server takes 1 and refuses 0.5: so does a document here.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value) and _in_document(info):
+        raise ValueError(f"must be an integer or a string: write '{value!r}' (quoted), got {_show(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not _QUANTITY.fullmatch(value):
@@ -342,7 +456,9 @@ def _to_quantity(value: object) -> str:
 
 _Quantity = Annotated[str, BeforeValidator(_to_quantity)]
 
-_TARGET = re.compile(r"ps-(?:head|tail|\d+)|worker-\d+|random")
+# A replica is named as names.py names processes (ASCII digits, no leading zero), so a
+# target the master would not recognise (`worker-01`, `worker-\u0661`) is refused here.
+_TARGET = re.compile(rf"ps-head|ps-tail|random|{names._NAME.pattern}", re.ASCII)
 
 
 def _check_target(value: str) -> str:
@@ -369,7 +485,10 @@ class SpecModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,  # camelCase in YAML/JSON, as Kubernetes APIs spell fields
-        populate_by_name=True,  # snake_case works too (Python callers, tests)
+        # Python callers construct models by field name; documents are validated by alias
+        # only (validate_document), since a cluster keeps only the camelCase spelling.
+        validate_by_name=True,
+        validate_by_alias=True,
         extra="forbid",  # a typo is an error, not a silently ignored setting
         allow_inf_nan=False,
     )
@@ -481,7 +600,14 @@ class CheckpointSpec(SpecModel):
 
     every_updates: Annotated[_Int, Field(ge=1)] | None = 100
     every_seconds: PositiveSeconds | None = None
-    path: Annotated[_Str, Field(min_length=1)] = "checkpoints"
+    path: _RunPath = Field(
+        "checkpoints",
+        description=(
+            "Where the local runtime writes checkpoints: a relative path is inside the run "
+            "folder; an absolute path is taken as written, for a folder outside it. '..' "
+            "components are refused. On a cluster checkpoints go to the volume (volumeClaim)."
+        ),
+    )
     keep: Annotated[_Int, Field(ge=1)] = 3
     volume_claim: _DnsLabel | None = None  # Kubernetes: an existing PVC for checkpoints (default: one per job)
 
@@ -528,8 +654,8 @@ class ChaosKill(SpecModel):
     @property
     def index(self) -> int | None:
         """The replica index, or None for ps-head / ps-tail / random."""
-        suffix = self.target.rpartition("-")[2]
-        return int(suffix) if suffix.isdigit() else None
+        parsed = names.parse(self.target)
+        return parsed[1] if parsed else None
 
     @property
     def position(self) -> Literal["head", "tail"] | None:
@@ -543,7 +669,14 @@ class ChaosKill(SpecModel):
 class TrainingJobSpec(SpecModel):
     model: Literal["paper-cnn", "mlp", "mlp-1m", "mlp-50m"] = "paper-cnn"
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
-    data_path: _Str | None = None  # explicit Fashion-MNIST folder; else the loader searches
+    data_path: _Path | None = Field(
+        None,
+        description=(
+            "The Fashion-MNIST folder (the four IDX .gz files); when unset the loader searches "
+            "its usual places. `trainthrough run` refuses a dataPath that does not hold the data; "
+            "on a cluster the path is inside the worker pods."
+        ),
+    )
     consistency: Mode = Mode.CHECKPOINT
     updates: Literal["sync", "async"] = "async"
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -620,17 +753,27 @@ def _cross_field_problems(spec: TrainingJobSpec) -> list[FieldError]:
         why = "consistency 'checkpoint'" if mode == Mode.CHECKPOINT else "stateless.fallbackCheckpoint"
         problems.append(FieldError("checkpoint", f"needs everyUpdates or everySeconds for {why}"))
 
-    for i, kill in enumerate(spec.chaos):
+    problems += kill_problems(spec, [(f"chaos[{i}].target", kill) for i, kill in enumerate(spec.chaos)])
+    return problems
+
+
+def kill_problems(spec: TrainingJobSpec, kills: Iterable[tuple[str, ChaosKill]]) -> list[FieldError]:
+    """Kills (each with the path to report it at) whose target the job does not have:
+    the one check of ``spec.chaos`` and of the command line's ``--kill`` alike."""
+    problems: list[FieldError] = []
+    for path, kill in kills:
         index = kill.index
         if index is None:
             continue
         limit, section = (
-            (spec.workers.replicas, "workers") if kill.role == "worker" else (ps_replicas, "parameterServer")
+            (spec.workers.replicas, "workers")
+            if kill.role == "worker"
+            else (spec.parameter_server.replicas, "parameterServer")
         )
         if index >= limit:
             problems.append(
                 FieldError(
-                    f"chaos[{i}].target",
+                    path,
                     f"no {kill.role} {index}: {section}.replicas is {limit} "
                     f"(indexes 0..{limit - 1}), got {_show(kill.target)}",
                 )
@@ -643,8 +786,9 @@ _IGNORED_TOP_LEVEL = frozenset({"status"})
 
 
 class TrainingJob(SpecModel):
-    api_version: Literal["trainthrough.io/v1alpha1"] = API_VERSION
-    kind: Literal["TrainingJob"] = KIND
+    # Required, as kubectl requires them (no default a cluster would not apply).
+    api_version: Literal["trainthrough.io/v1alpha1"]
+    kind: Literal["TrainingJob"]
     metadata: Metadata
     spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec)
 
@@ -666,36 +810,9 @@ def validate_document(model: type[M], document: Any, source: str, what: str) -> 
         problem = FieldError("", f"a {what} document must be a mapping, got {_show(document)}")
         raise SpecError([problem], source)
     try:
-        return model.model_validate(dict(document))
+        return model.model_validate(dict(document), by_alias=True, by_name=False, context={_DOCUMENT: True})
     except ValidationError as exc:
-        raise SpecError(_translate(exc), source) from None
-
-
-def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
-    """One YAML document that must be a mapping. Unreadable files, YAML syntax errors and
-    non-mapping documents are SpecErrors, located as ``FILE:LINE:COLUMN`` where YAML can."""
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError([FieldError(name, f"cannot read: {reason}")], name) from None
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()  # also rejects a file with several documents
-        document = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise SpecError([_yaml_error(name, exc)], name) from None
-    finally:
-        loader.dispose()
-
-    if not isinstance(document, Mapping):
-        where = f"{name}:{node.start_mark.line + 1}" if node is not None else name
-        shown = "an empty document" if document is None else _show(document)
-        raise SpecError([FieldError(where, f"a {what} document must be a mapping, got {shown}")], name)
-    return document
+        raise SpecError(_translate(exc, model), source) from None
 
 
 def parse_job(document: Mapping[str, Any], source: str = "<document>") -> TrainingJob:
@@ -711,19 +828,11 @@ def load_job(path: str | os.PathLike[str]) -> TrainingJob:
     return parse_job(read_yaml_mapping(path, "TrainingJob"), source=os.fspath(path))
 
 
-def _yaml_error(name: str, exc: yaml.YAMLError) -> FieldError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    detail = f"{problem} ({context})" if context else problem
-    return FieldError(where, f"invalid YAML: {detail}")
-
-
 def dump_job(job: TrainingJob) -> dict[str, Any]:
-    """The job as a camelCase, JSON-compatible dict (every field, defaults included);
+    """The job as a camelCase, JSON-compatible dict (every field, defaults included) that
+    the CRD accepts as it is (durations as whole seconds or strings);
     ``parse_job(dump_job(job)) == job``."""
-    return job.model_dump(mode="json", by_alias=True)
+    return job.model_dump(mode="json", by_alias=True, context={_KUBERNETES: True})
 
 
 def parse_resource(body: dict[str, Any]) -> TrainingJob:

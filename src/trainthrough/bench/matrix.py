@@ -20,6 +20,7 @@ from trainthrough.spec import (
     PositiveSeconds,
     SpecModel,
     TrainingJob,
+    duration_json,
     parse_job,
     read_yaml_mapping,
     validate_document,
@@ -161,12 +162,13 @@ class RunPlan:
         spec = _merge(copy.deepcopy(self.matrix.base), copy.deepcopy(VARIANTS[self.variant]))
         spec = _merge(spec, {"workers": {"replicas": self.workers}, "seed": self.seed})
         matrix = self.matrix
+        # Durations as a TrainingJob document holds them (whole seconds or a string).
         spec["stop"] = {
-            "duration": max(matrix.budget, matrix.max_duration),
+            "duration": duration_json(max(matrix.budget, matrix.max_duration)),
             "targetAccuracy": matrix.target_accuracy,
-            "minDuration": matrix.budget,
+            "minDuration": duration_json(matrix.budget),
         }
-        spec["chaos"] = [{"target": "ps-head", "at": at} for at in self.scenario.kills]
+        spec["chaos"] = [{"target": "ps-head", "at": duration_json(at)} for at in self.scenario.kills]
         name = f"bench-{self.run_id}"[:63].rstrip("-")
         return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
 

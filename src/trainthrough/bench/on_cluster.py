@@ -15,7 +15,7 @@ from typing import Any, Callable
 from trainthrough.bench.matrix import RunPlan
 from trainthrough.control.supervising import Progress
 from trainthrough.events import iter_events
-from trainthrough.spec import dump_job
+from trainthrough.spec import dump_job, duration_json
 from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS
 
@@ -29,7 +29,7 @@ def document(plan: RunPlan) -> dict[str, Any]:
     """The plan's TrainingJob as a resource; the matrix's outage becomes the PS restart
     delay (the local runtime gets it as an override)."""
     body = dump_job(plan.job)
-    body["spec"]["parameterServer"]["restartDelay"] = plan.matrix.outage
+    body["spec"]["parameterServer"]["restartDelay"] = duration_json(plan.matrix.outage)
     body["metadata"] = {"name": plan.job.metadata.name}
     return body
 
