@@ -64,7 +64,7 @@ _PLAIN_TAG = "tag:trainthrough.io,2025:plain"
 def resolve_plain(text: str) -> Any:
     """The JSON value kubectl makes of the plain (unquoted) YAML scalar ``text``."""
     if text in _BY_NAME:
-        return _BY_NAME[text]
+        return _as_json(_BY_NAME[text], text)
     if text[0] == ".":  # go-yaml: a float or a string
         return _as_json(_float(text), text) if _YAML_FLOAT.fullmatch(text) else text
     if not (text[0].isascii() and (text[0].isdigit() or text[0] in "+-")):

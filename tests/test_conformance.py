@@ -1,0 +1,205 @@
+"""One conformance table: a TrainingJob document -> accepted, or where it is wrong.
+
+Every row is checked three ways, and all must agree:
+- ``trainthrough validate FILE`` (the CLI, in process): exit 0, or exit 2 with an error
+  naming the expected field path or reader problem;
+- the CRD's openAPIV3Schema (test_crd.py's Draft 4 validator, kubectl's strict field
+  validation emulated) on the document as kubectl reads it: no error, or an error at
+  (or above) that field; a document the reader refuses never reaches the schema;
+- where a kubectl binary is on PATH: its own YAML reading (``kubectl annotate --local
+  -o json``, offline) yields exactly what trainthrough's reader yields, and it refuses
+  what the reader refuses, except rows marked ``client_reads``: kubectl's client reads
+  them and the refusal comes later (duplicate fields: the API server's strict field
+  validation, kubectl's default; a missing apiVersion: kubectl's mapping to a resource,
+  which needs a server; nesting depth and one document a file: trainthrough's own).
+  kubectl also decodes metadata into ObjectMeta, so it refuses a name that is not a string.
+
+Rules between fields (parameterServer.replicas >= 2 for chain, ...) are not in the table:
+a structural schema cannot state them; parse_job reports them and the operator puts
+them in status (test_crd.py::test_rules_between_fields_are_left_to_parse_job).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from test_crd import schema_errors, validator  # noqa: F401 - validator is a fixture
+
+from trainthrough import cli
+from trainthrough.documents import parse_yaml
+from trainthrough.spec import SpecError
+
+HEAD = "apiVersion: trainthrough.io/v1alpha1\nkind: TrainingJob\nmetadata:\n  name: job\n"
+
+
+class Row(NamedTuple):
+    name: str
+    text: str  # the whole document, or (without "apiVersion") lines under `spec:`
+    error: str | None  # None: accepted; "spec.x.y": a field error there; else reader text
+    client_reads: bool = False  # kubectl's client reads it; refused later (see above)
+
+    @property
+    def document(self) -> str:
+        if self.text.startswith(("apiVersion", "kind", "metadata")):
+            return self.text
+        return HEAD + "spec:\n" + "".join(f"  {line}\n" for line in self.text.splitlines())
+
+
+TABLE = [
+    # YAML 1.2 / go-yaml number forms: what kubectl reads as numbers is a number here too.
+    Row("lr-exponent", "optimizer: {lr: 3e-4}", None),
+    Row("lr-capital-exponent", "optimizer: {lr: 1E-3}", None),
+    Row("lr-leading-dot", "optimizer: {lr: .05}", None),
+    Row("whole-float-is-an-integer", "batchSize: 32.0", None),
+    Row("hex-integer", "batchSize: 0x20", None),
+    Row("underscores", "seed: 1_000", None),
+    Row("leading-zero-octal", "seed: 0755", None),
+    Row("quoted-number-is-a-string", 'batchSize: "32"', "spec.batchSize"),
+    Row("huge-integer-is-a-float", "seed: 100000000000000000000000", "spec.seed"),
+    Row("thousands-of-digits-is-a-string", "seed: " + "9" * 3000, "spec.seed"),
+    Row("infinity-has-no-json-form", "optimizer: {lr: .inf}", "JSON"),
+    Row("nan-has-no-json-form", "optimizer: {lr: .nan}", "JSON"),
+    # Booleans as go-yaml v2 reads them (kubectl): yes/on are true, so a string field refuses them.
+    Row("yes-is-true", "stateless: {fallbackCheckpoint: yes}", None),
+    Row("On-is-true", "stateless: {fallbackCheckpoint: On}", None),
+    Row("no-is-not-a-name", "apiVersion: trainthrough.io/v1alpha1\nkind: TrainingJob\nmetadata:\n  name: no\n", "metadata.name"),
+    Row("on-is-not-an-enum", "updates: on", "spec.updates"),
+    # No sexagesimal, no timestamps: strings.
+    Row("sexagesimal-is-a-string", "dataPath: 1:30", None),
+    Row("date-is-a-string", "dataPath: 2024-01-01", None),
+    Row("octal-0o-is-a-number", "dataPath: 0o17", "spec.dataPath"),
+    # Duplicate keys, as the API server's strict decoding refuses them.
+    Row("duplicate-key", "batchSize: 1\nbatchSize: 2", "duplicate key 'batchSize' (first at line 6)", client_reads=True),
+    Row("duplicate-nested-key", "workers:\n  replicas: 1\n  replicas: 2", "duplicate key 'replicas'", client_reads=True),
+    Row("merge-key-is-not-a-duplicate", "optimizer: &o {lr: 0.1}\nchain: {ack: tail}", None),
+    # Fractions: Kubernetes has int-or-string, not number-or-string.
+    Row("cpu-fraction-number", "workers: {resources: {cpu: 0.5}}", "spec.workers.resources.cpu"),
+    Row("cpu-fraction-string", 'workers: {resources: {cpu: "0.5"}}', None),
+    Row("cpu-whole-number", "workers: {resources: {cpu: 2}}", None),
+    Row("cpu-millis", "workers: {resources: {cpu: 500m}}", None),
+    Row("duration-fraction-number", "parameterServer: {restartDelay: 0.5}", "spec.parameterServer.restartDelay"),
+    Row("duration-fraction-string", "parameterServer: {restartDelay: 500ms}", None),
+    Row("duration-whole-float", "parameterServer: {restartDelay: 2.0}", None),
+    Row("duration-bad-string", "stop: {duration: forever}", "spec.stop.duration"),
+    # One spelling: the CRD's camelCase; apiVersion and kind required.
+    Row("snake-case-field", "batch_size: 8", "spec.batch_size"),
+    Row("snake-case-nested", "parameterServer: {restart_delay: 1}", "spec.parameterServer.restart_delay"),
+    Row("wrong-case-field", "batchsize: 8", "spec.batchsize"),
+    Row("no-api-version", "kind: TrainingJob\nmetadata: {name: job}\n", "apiVersion", client_reads=True),
+    Row("no-kind", "apiVersion: trainthrough.io/v1alpha1\nmetadata: {name: job}\n", "kind"),
+    # Chaos targets: the process names the master knows (ASCII digits, no leading zero).
+    Row("target-index", "chaos: [{target: worker-0, at: 5}]", None),
+    Row("target-leading-zero", "chaos: [{target: worker-01, at: 5}]", "spec.chaos.0.target"),
+    Row("target-arabic-digit", "chaos: [{target: \"worker-\u0661\", at: 5}]", "spec.chaos.0.target"),
+    # Paths: relative ones stay inside the run folder; absolute ones are taken as written.
+    Row("checkpoint-relative", "checkpoint: {path: ck/sub}", None),
+    Row("checkpoint-absolute", "checkpoint: {path: /var/ck}", None),
+    Row("checkpoint-dotdot", "checkpoint: {path: ../ck}", "spec.checkpoint.path"),
+    Row("checkpoint-absolute-dotdot", "checkpoint: {path: /var/../etc}", "spec.checkpoint.path"),
+    Row("checkpoint-escape-sequence", 'checkpoint: {path: "ck\\e[31m"}', "spec.checkpoint.path"),
+    # Field bounds and enums.
+    Row("replicas-zero", "workers: {replicas: 0}", "spec.workers.replicas"),
+    Row("enum-typo", "consistency: chian", "spec.consistency"),
+    Row("seed-too-large", "seed: 4294967296", "spec.seed"),
+    # Documents that break a reader.
+    Row("nul-byte", "model: pa\x00per-cnn", "U+0000"),
+    Row("ansi-escape", "model: \x1b[31mpaper-cnn", "U+001B"),
+    Row("deep-nesting", "chaos: " + "[" * 40 + "]" * 40, "nested more than 32 levels", client_reads=True),
+    Row("two-documents", HEAD + "---\n" + HEAD, "invalid YAML", client_reads=True),  # one job a file
+]
+IDS = [row.name for row in TABLE]
+
+
+def test_rows_are_named_once():
+    assert len(set(IDS)) == len(IDS)
+
+
+def _validate(tmp_path: Path, row: Row, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    path = tmp_path / "job.yaml"
+    path.write_text(row.document, encoding="utf-8")
+    code = cli.main(["validate", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("row", TABLE, ids=IDS)
+def test_trainthrough_validate(tmp_path, capsys, row):
+    code, output = _validate(tmp_path, row, capsys)
+    if row.error is None:
+        assert code == 0, output
+        return
+    assert code == 2, output
+    field = row.error.replace(".0.", "[0].")
+    assert field in output or row.error in output, output
+    assert "Traceback" not in output
+
+
+def _validate_refuses(row: Row) -> bool:
+    try:
+        parse_yaml(row.document, "job.yaml")
+    except SpecError:
+        return True
+    return row.error in ("apiVersion", "kind")
+
+
+def _as_kubectl_reads(row: Row) -> Any:
+    """The document as kubectl sends it, or None where the reader refuses it (or kubectl
+    cannot decode it: without apiVersion or kind it does not know what to send)."""
+    try:
+        document = parse_yaml(row.document, "job.yaml")
+    except SpecError:
+        return None
+    return document if "apiVersion" in document and "kind" in document else None
+
+
+@pytest.mark.parametrize("row", TABLE, ids=IDS)
+def test_the_crd_schema(validator, row):  # noqa: F811 - the fixture
+    document = _as_kubectl_reads(row)
+    if document is None:  # refused before it reaches the API server, by kubectl as here
+        assert row.error is not None and not row.error.startswith(("spec.", "metadata.")), row
+        assert _validate_refuses(row), row
+        return
+    errors = schema_errors(validator, document)
+    if row.error is None:
+        assert errors == []
+        return
+    assert errors, f"the CRD accepts {row.name}"
+    # jsonschema reports an unknown or missing field at its parent.
+    parent = row.error.rpartition(".")[0]
+    assert any(e.split(":")[0] in (row.error, parent) for e in errors), errors
+
+
+def _kubectl() -> str:
+    tool = shutil.which("kubectl")
+    if tool is None:
+        pytest.skip("no kubectl on PATH")
+    return tool
+
+
+@pytest.mark.parametrize("row", TABLE, ids=IDS)
+def test_kubectl_reads_the_document_the_same(tmp_path, row):
+    tool = _kubectl()
+    path = tmp_path / "job.yaml"
+    path.write_text(row.document, encoding="utf-8")
+    result = subprocess.run(
+        [tool, "annotate", "--local", "-o", "json", "-f", str(path), "conformance=1"],
+        capture_output=True, text=True, timeout=60, env={"KUBECONFIG": "/dev/null", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    ours = _as_kubectl_reads(row)
+    if ours is None and not row.client_reads:
+        assert result.returncode != 0, f"kubectl reads {row.name}: {result.stdout[:300]}"
+        return
+    if ours is None:  # refused later, or by a bound of ours only
+        return
+    if "Go struct field ObjectMeta" in result.stderr:  # kubectl types metadata itself
+        assert row.error is not None and row.error.startswith("metadata."), result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)
+    del theirs["metadata"]["annotations"]
+    assert theirs == json.loads(json.dumps(ours))
