@@ -57,6 +57,8 @@ class LocalRuntime:
         self.events_path = self.run_dir / "events.jsonl"
         self.job_path = self.run_dir / "job.json"
         self.job_path.write_text(json.dumps(dump_job(job), indent=2))
+        # spec.checkpoint.path has no '..' (spec.py): a relative one stays inside the run
+        # folder; an absolute one is a folder outside it, asked for as written.
         checkpoint_path = Path(job.spec.checkpoint.path)
         self.checkpoint_dir = checkpoint_path if checkpoint_path.is_absolute() else self.run_dir / checkpoint_path
         self._processes: dict[str, _Process] = {}
