@@ -14,7 +14,8 @@ from enum import StrEnum
 MAX_WORKERS = 64  # workers.replicas' limit: no name beyond it is a worker of any job
 MAX_PS = 16  # parameterServer.replicas' limit (the longest chain)
 
-_NAME = re.compile(r"(ps|worker)-(0|[1-9][0-9]{0,8})", re.ASCII)
+NAME_PATTERN = r"(ps|worker)-(0|[1-9][0-9]{0,8})"  # ASCII only: compile with re.ASCII
+_NAME = re.compile(NAME_PATTERN, re.ASCII)
 
 
 class ProcessKind(StrEnum):

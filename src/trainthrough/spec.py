@@ -64,8 +64,6 @@ from trainthrough import names
 from trainthrough.documents import read_yaml_mapping
 from trainthrough.errors import FieldError, SpecError
 
-from trainthrough import names
-
 __all__ = [
     "API_GROUP",
     "API_VERSION",
@@ -458,7 +456,7 @@ _Quantity = Annotated[str, BeforeValidator(_to_quantity)]
 
 # A replica is named as names.py names processes (ASCII digits, no leading zero), so a
 # target the master would not recognise (`worker-01`, `worker-\u0661`) is refused here.
-_TARGET = re.compile(rf"ps-head|ps-tail|random|{names._NAME.pattern}", re.ASCII)
+_TARGET = re.compile(rf"ps-head|ps-tail|random|{names.NAME_PATTERN}", re.ASCII)
 
 
 def _check_target(value: str) -> str:
