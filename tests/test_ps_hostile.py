@@ -44,13 +44,13 @@ INITIAL = torch.linspace(-1, 1, N)
 SERVICE = "/trainthrough.v1alpha1.ParameterServer/"
 
 
-def checkpoint_ps(start_ps: StartPS, tmp_path: Path, optimizer: OptimizerSpec = SGD) -> RunningPS:
+def checkpoint_ps(start_ps: StartPS, tmp_path: Path, optimizer: OptimizerSpec = SGD, **core_args) -> RunningPS:
     def build(core):
         checkpointer = PeriodicCheckpointer(core, CheckpointStore(tmp_path / "ckpt"), every_updates=1000, every_seconds=None)
         return CheckpointMode(core, checkpointer=checkpointer, optimizer=optimizer,
                               initial_state=lambda: ParameterState(INITIAL.clone(), optimizer))  # fmt: skip
 
-    return start_ps(build)
+    return start_ps(build, **core_args)
 
 
 def stateless_ps(start_ps: StartPS) -> RunningPS:
@@ -371,3 +371,12 @@ def test_stalled_streams_cannot_starve_health_and_are_cancelled(start_ps, tmp_pa
             thread.join(10)
     assert ps.health().version == 0  # nothing of them was applied
     serves(ps)
+
+
+def test_a_stream_received_whole_may_wait_for_its_round_past_the_idle_timeout(start_ps, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(service, "STREAM_IDLE_TIMEOUT", 0.5)
+    ps = checkpoint_ps(start_ps, tmp_path, updates="sync", expected_workers=2, sync_timeout=2.0)
+    header = ps_pb2.PushRequest(worker="worker-0", push_id=1, gradient=ps_pb2.Tensor(dtype="float32", shape=[N]), samples=1)
+    chunks = wire.chunk_stream(ps_pb2.PushChunk(request=header), [torch.ones(N).numpy().tobytes()])
+    # The other worker never pushes: the round closes after 2 s with this push alone.
+    assert ps.framed.push_stream(chunks, timeout=10).version == 1

@@ -99,6 +99,10 @@ class StreamGuard:
             for chunk in iterator:
                 self._touch(key, context)
                 yield _well_formed(chunk, method)
+            # Received whole: what the handler does next (a sync round, a rejoin window)
+            # is no stall of the sender's.
+            with self._lock:
+                self._last_chunk.pop(key, None)
 
         try:
             yield chunks
