@@ -24,6 +24,8 @@ ALL_ON = [
     "monitoring.podMonitor.enabled=true",
     "monitoring.prometheusRule.enabled=true",
     "networkPolicy.enabled=true",
+    "chaos.enabled=true",
+    "chaos.namespaces={chaos-lab}",
     "operator.replicas=2",
     "dashboard.folder=Training",
 ]

@@ -92,6 +92,7 @@ def test_objects_of_other_apis_are_well_formed() -> None:
         ("operator.replicas=-1", "at '/operator/replicas': minimum: got -1, want 0"),
         ("operator.metricsPort=70000", "at '/operator/metricsPort': maximum: got 70,000, want 65,535"),
         ("networkPolicy.enabled=maybe", "at '/networkPolicy/enabled': got string, want boolean"),
+        ("chaos.namespaces={Team_A}", "at '/chaos/namespaces/0'"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
         ("monitoring.podMonitor.interval=often", "at '/monitoring/podMonitor/interval'"),
         ("operatorr.replicas=1", "additional properties 'operatorr' not allowed"),
@@ -129,9 +130,12 @@ def test_operator_deployment_is_locked_down_and_its_arguments_parse() -> None:
     # The labels the operator admits to its jobs' PS ports are its own pod's labels.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in (a.split("=", 1) for a in args.operator_label))
+    assert args.allow_chaos and args.chaos_namespace == ["chaos-lab"]
     (single,) = by_kind(render(["peering.enabled=false"]))["Deployment"]
     assert single["spec"]["strategy"] == {"type": "Recreate"}
-    assert parse_args(single["spec"]["template"]["spec"]["containers"][0]["args"]).standalone
+    defaults = parse_args(single["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert defaults.standalone
+    assert not defaults.allow_chaos and defaults.chaos_namespace == []  # chaos is opt-in
 
 
 def test_a_namespaced_install_has_roles_per_namespace_and_reads_only_crds_cluster_wide() -> None:

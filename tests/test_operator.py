@@ -59,6 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics
+from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.operator.handlers import register
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import manifests
@@ -81,7 +82,9 @@ def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
 def operator(kube: KubeEmulator, run_operator):
     registry = kopf.OperatorRegistry()
     metrics = create_metrics(CollectorRegistry())
-    config = OperatorConfig(api=KubeApi(kube.api_client()), metrics=metrics, images={}, health_timeout=0.1)
+    config = OperatorConfig(
+        api=KubeApi(kube.api_client()), metrics=metrics, images={}, health_timeout=0.1, chaos=ChaosPolicy.allowing()
+    )
     register(registry, config)
     run_operator(registry, watching=[TRAININGJOBS, "pods"])
     return config

@@ -1,7 +1,8 @@
 """The `trainthrough` command.
 
     trainthrough run JOB.yaml [--kill ps-head@30s ...] [--restart-delay 20s]
-    trainthrough validate JOB.yaml
+    trainthrough validate FILE... (- for stdin; multi-document YAML)
+    trainthrough --version
     trainthrough bench [--quick | --full | --matrix FILE] [--out DIR]
     trainthrough report results.json
     trainthrough crd
@@ -17,49 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-from trainthrough.spec import (
-    ChaosKill,
-    FieldError,
-    SpecError,
-    TrainingJob,
-    kill_problems,
-    load_job,
-    parse_duration,
-    parse_kill,
-)
-
-
-# --------------------------------------------------------------------------- flag types
-# argparse reports an ArgumentTypeError as "argument --FLAG: MESSAGE".
-
-
-def _duration_arg(text: str) -> float:
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"must be a duration >= 0 such as '20s', got {text!r}")
-    return seconds
-
-
-def _port_arg(text: str) -> int:
-    port = int(text) if text.isascii() and text.isdigit() else -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0 picks a free one), got {text!r}")
-    return port
-
-
-def _kill_arg(text: str) -> ChaosKill:
-    try:
-        return parse_kill(text)
-    except SpecError as exc:
-        raise argparse.ArgumentTypeError("; ".join(e.message for e in exc.errors)) from None
+from trainthrough import flags
+from trainthrough.spec import ChaosKill, FieldError, SpecError, TrainingJob, kill_problems, load_job
 
 
 def _check_data_path(job: TrainingJob) -> None:
@@ -186,9 +150,52 @@ def _crd(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
-    print(f"{args.job}: valid TrainingJob {job.metadata.name} ({job.spec.consistency})")
-    return 0
+    """Every TrainingJob in every file (``-``: standard input; multi-document YAML and
+    ``kind: List`` as kubectl reads them). Documents of other API groups (a Namespace
+    beside the job) are skipped and said so; exit 2 if any TrainingJob is invalid or a
+    file holds none."""
+    from trainthrough.documents import read_yaml_documents
+    from trainthrough.spec import API_GROUP, parse_job
+
+    invalid = 0
+    for path in args.jobs:
+        try:
+            documents = read_yaml_documents(path, "TrainingJob")
+        except SpecError as error:
+            _print_invalid(error)
+            invalid += 1
+            continue
+        jobs = 0
+        for where, document in documents:
+            api_version = document.get("apiVersion")
+            # "v1" is the core group; a missing apiVersion is the TrainingJob's error to report.
+            if isinstance(api_version, str) and api_version.rpartition("/")[0] != API_GROUP:
+                print(f"{where}: skipped {document.get('kind')} ({api_version}): not a TrainingJob")
+                continue
+            jobs += 1
+            try:
+                job = parse_job(document, source=where)
+            except SpecError as error:
+                _print_invalid(error)
+                invalid += 1
+                continue
+            meta = job.metadata
+            print(f"{where}: valid TrainingJob {meta.namespace}/{meta.name} ({job.spec.consistency})")
+        if not jobs:
+            _print_invalid(SpecError([FieldError(path, "holds no TrainingJob document")], path))
+            invalid += 1
+    return 2 if invalid else 0
+
+
+def _print_invalid(error: SpecError) -> None:
+    where = f"{error.source}: " if error.source else ""
+    print(f"trainthrough: invalid TrainingJob {where}\n{error}", file=sys.stderr)
+
+
+def _version() -> str:
+    from trainthrough import __version__
+
+    return f"trainthrough {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,20 +223,21 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="trainthrough", description="Fault-tolerant parameter-server training.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a TrainingJob on this machine (processes on 127.0.0.1)")
     run.add_argument("job", help="TrainingJob YAML")
     run.add_argument(
-        "--kill", action="append", default=[], type=_kill_arg, metavar="TARGET@TIME",
+        "--kill", action="append", default=[], type=flags.kill, metavar="TARGET@TIME",
         help="e.g. ps-head@30s (repeatable); checked against the job as spec.chaos is",
     )  # fmt: skip
     run.add_argument(
-        "--restart-delay", default=None, type=_duration_arg,
+        "--restart-delay", default=None, type=flags.duration,
         help="outage before a PS restarts, e.g. 20s (models pod rescheduling)",
     )  # fmt: skip
     run.add_argument("--run-dir", default=None, help="where logs, events and checkpoints go (default runs/NAME-TIME)")
     run.add_argument(
-        "--metrics-port", type=_port_arg, default=None, help="serve the master's metrics on this port (0: any free one)"
+        "--metrics-port", type=flags.port, default=None, help="serve the master's metrics on this port (0: any free one)"
     )
     run.add_argument("--summary", default=None, help="write the run summary as JSON here")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also read each run's figures back from this Prometheus (it scrapes <out>/targets/*.json)",
     )
     bench.add_argument(
-        "--prometheus-wait", default=15.0, type=_duration_arg, help="time for a last scrape before reading back"
+        "--prometheus-wait", default=15.0, type=flags.duration, help="time for a last scrape before reading back"
     )
     bench.add_argument(
         "--runtime", choices=["local", "standin"], default="local",
@@ -258,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("results", help="results.json of a bench run")
     report.add_argument("--out", default=None, help="folder for the report (default: beside results.json)")
     report.set_defaults(handler=_report)
-    validate = commands.add_parser("validate", help="check a TrainingJob YAML and report every error")
-    validate.add_argument("job")
+    validate = commands.add_parser("validate", help="check TrainingJob YAML files and report every error")
+    validate.add_argument(
+        "jobs", nargs="+", metavar="FILE",
+        help="TrainingJob YAML (several documents per file allowed; - reads standard input)",
+    )  # fmt: skip
     validate.set_defaults(handler=_validate)
     crd = commands.add_parser("crd", help="print the TrainingJob CustomResourceDefinition (generated from the spec)")
     crd.set_defaults(handler=_crd)
@@ -272,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SpecError as error:
-        where = f"{error.source}: " if error.source else ""
-        print(f"trainthrough: invalid TrainingJob {where}\n{error}", file=sys.stderr)
+        _print_invalid(error)
         return 2
     except ValueError as error:
         print(f"trainthrough: {error}", file=sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +35,22 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from trainthrough.errors import FieldError, SpecError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "parse_yaml", "read_yaml_mapping", "resolve_plain"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "STDIN",
+    "parse_yaml",
+    "parse_yaml_stream",
+    "read_yaml_documents",
+    "read_yaml_mapping",
+    "resolve_plain",
+]
 
 MAX_BYTES = 1 << 20  # 1 MiB; a TrainingJob is a few hundred bytes
 MAX_DEPTH = 32  # levels of mappings and lists; a TrainingJob has 5
 MAX_NODES = 100_000  # values after alias expansion (a "billion laughs" stops here)
+STDIN = "-"  # the file name that means standard input, as kubectl -f - has it
 
 # C0 controls but tab, line feed and carriage return; DEL; C1 controls. YAML forbids them
 # in a stream and a terminal would act on them when an error message quotes them.
@@ -198,8 +210,8 @@ def parse_yaml(text: str, source: str = "<document>") -> Any:
     return _parse(text, source)[0]
 
 
-def _parse(text: str, source: str) -> tuple[Any, int | None]:
-    """The document and the line it starts on."""
+def _check_text(text: str, source: str) -> None:
+    """The bounds that hold before any YAML is read: size and control characters."""
     if len(text) > MAX_BYTES or len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise SpecError([FieldError(source, _too_large(len(text.encode("utf-8", "replace"))))], source)
     control = _CONTROL.search(text)
@@ -210,43 +222,103 @@ def _parse(text: str, source: str) -> tuple[Any, int | None]:
         name = _CONTROL_NAMES.get(code, "a control character")
         problem = f"control character U+{code:04X} ({name}) is not allowed in a document"
         raise SpecError([FieldError(f"{source}:{line}:{column}", problem)], source)
-    loader = None
-    try:
-        loader = _KubernetesLoader(text)  # the reader checks the characters here already
-        node = loader.get_single_node()  # also rejects a file with several documents
-        document = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise SpecError([_yaml_error(source, exc)], source) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+
+
+def _construct(loader: _KubernetesLoader, node: Node | None, source: str) -> tuple[Any, int | None]:
+    document = loader.construct_document(node) if node is not None else None
     if _count(document, MAX_NODES + 1) > MAX_NODES:
         problem = f"more than {MAX_NODES} values once aliases are expanded"
         raise SpecError([FieldError(source, problem)], source)
     return document, (node.start_mark.line + 1 if node is not None else None)
 
 
-def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
-    """One YAML document that must be a mapping, read from ``path`` as ``parse_yaml``
-    reads it. Unreadable, oversized and non-mapping files are SpecErrors too."""
-    name = os.fspath(path)
+def _parse(text: str, source: str) -> tuple[Any, int | None]:
+    """The one document and the line it starts on."""
+    _check_text(text, source)
+    loader = None
     try:
-        with open(name, "rb") as f:
-            data = f.read(MAX_BYTES + 1)  # never more than the bound into memory
+        loader = _KubernetesLoader(text)  # the reader checks the characters here already
+        node = loader.get_single_node()  # also rejects a file with several documents
+        return _construct(loader, node, source)
+    except yaml.YAMLError as exc:
+        raise SpecError([_yaml_error(source, exc)], source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_yaml_stream(text: str, source: str = "<document>") -> list[tuple[Any, int]]:
+    """Every document of a ``---``-separated stream, as kubectl reads a file it applies,
+    with the line each starts on; empty documents are skipped, as kubectl skips them.
+    The bounds hold for the whole stream (it is one file) and for each document."""
+    _check_text(text, source)
+    loader = None
+    documents: list[tuple[Any, int]] = []
+    try:
+        loader = _KubernetesLoader(text)
+        while loader.check_node():
+            document, line = _construct(loader, loader.get_node(), source)
+            if document is not None and line is not None:
+                documents.append((document, line))
+    except yaml.YAMLError as exc:
+        raise SpecError([_yaml_error(source, exc)], source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return documents
+
+
+def _read_text(name: str) -> str:
+    """The UTF-8 text of file ``name`` (``-``: standard input), at most ``MAX_BYTES``."""
+    try:
+        if name == STDIN:
+            data = sys.stdin.buffer.read(MAX_BYTES + 1)
+        else:
+            with open(name, "rb") as f:
+                data = f.read(MAX_BYTES + 1)  # never more than the bound into memory
         if len(data) > MAX_BYTES:
-            raise SpecError([FieldError(name, _too_large(os.path.getsize(name)))], name)
-        text = data.decode("utf-8")
+            size = os.path.getsize(name) if name != STDIN else len(data)
+            raise SpecError([FieldError(name, _too_large(size))], name)
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise SpecError([FieldError(f"{name}:{line}", f"not UTF-8 text ({exc.reason})")], name) from None
     except OSError as exc:
         raise SpecError([FieldError(name, f"cannot read: {exc.strerror or exc}")], name) from None
-    document, line = _parse(text, name)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
+    """One YAML document that must be a mapping, read from ``path`` as ``parse_yaml``
+    reads it. Unreadable, oversized and non-mapping files are SpecErrors too."""
+    name = os.fspath(path)
+    document, line = _parse(_read_text(name), name)
     if not isinstance(document, Mapping):
         where = f"{name}:{line}" if line is not None else name
         problem = f"a {what} document must be a mapping, got {_describe(document)}"
         raise SpecError([FieldError(where, problem)], name)
     return document
+
+
+def read_yaml_documents(path: str | os.PathLike[str], what: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every document of a multi-document YAML file (``-``: standard input), each with
+    where it starts (``FILE:LINE``); a ``kind: List`` contributes its items, as kubectl
+    expands one. A document that is not a mapping is a SpecError at its line."""
+    name = os.fspath(path)
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    for document, line in parse_yaml_stream(_read_text(name), name):
+        where = f"{name}:{line}"
+        if not isinstance(document, Mapping):
+            problem = f"a {what} document must be a mapping, got {_describe(document)}"
+            raise SpecError([FieldError(where, problem)], name)
+        if document.get("kind") == "List" and isinstance(document.get("items"), list):
+            for index, item in enumerate(document["items"]):
+                if not isinstance(item, Mapping):
+                    problem = f"a {what} document must be a mapping, got {_describe(item)}"
+                    raise SpecError([FieldError(f"{where} items[{index}]", problem)], name)
+                found.append((f"{where} items[{index}]", item))
+            continue
+        found.append((where, document))
+    return found
 
 
 def _too_large(size: int) -> str:

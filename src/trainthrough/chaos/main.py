@@ -14,39 +14,48 @@ import logging
 import sys
 import time
 
+from trainthrough import flags
 from trainthrough.chaos.pods import ChaosError, PodChaos
 from trainthrough.kubeapi import KubeApi, load_api_client
 from trainthrough.metrics import create_metrics, serve_metrics
-from trainthrough.spec import SpecError, parse_duration, parse_kill
+from trainthrough.spec import SpecError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainthrough chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainingjob", required=True, help="the TrainingJob whose pods to delete")
     parser.add_argument("--namespace", default="default")
-    parser.add_argument("--kill", action="append", default=None, metavar="TARGET@TIME", help="instead of spec.chaos (repeatable)")
-    parser.add_argument("--grace-period", default="0s", help="deletion grace for --kill kills (default 0s: a crash)")
-    parser.add_argument("--wait-timeout", default="10m", help="skip a kill whose target stays down this long")
-    parser.add_argument("--metrics-port", type=int, default=9100)
+    parser.add_argument(
+        "--kill", action="append", default=None, type=flags.kill, metavar="TARGET@TIME",
+        help="instead of spec.chaos (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace-period", default=0.0, type=flags.duration, help="deletion grace for --kill kills (default 0s: a crash)"
+    )
+    parser.add_argument(
+        "--wait-timeout", default=600.0, type=flags.duration, help="skip a kill whose target stays down this long (default 10m)"
+    )
+    parser.add_argument("--metrics-port", type=flags.port, default=9100)
     parser.add_argument("--host", default="0.0.0.0", help="the address the metrics server binds (a pod: its own IP)")
-    parser.add_argument("--linger", default="30s", help="keep serving metrics this long after the last kill")
+    parser.add_argument(
+        "--linger", default=30.0, type=flags.duration, help="keep serving metrics this long after the last kill (default 30s)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        grace = parse_duration(args.grace_period)
         kills = None
         if args.kill is not None:
-            kills = [parse_kill(text).model_copy(update={"grace_period": grace}) for text in args.kill]
+            kills = [kill.model_copy(update={"grace_period": args.grace_period}) for kill in args.kill]
         metrics = create_metrics()
         serve_metrics(args.metrics_port, addr=args.host)
         chaos = PodChaos(
             KubeApi(load_api_client()), args.namespace, args.trainingjob, metrics,
-            kills=kills, wait_timeout=parse_duration(args.wait_timeout),
+            kills=kills, wait_timeout=args.wait_timeout,
         )  # fmt: skip
         injections = chaos.run()
     except (ChaosError, SpecError) as error:
         print(f"trainthrough chaos: {error}", file=sys.stderr)
         return 2
     print(f"trainthrough chaos: {len(injections)} injected, {len(chaos.skipped)} skipped", flush=True)
-    time.sleep(parse_duration(args.linger))
+    time.sleep(args.linger)
     return 0

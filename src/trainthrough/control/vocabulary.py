@@ -63,6 +63,7 @@ class Reason(StrEnum):
     SCALED = "WorkersScaled"
     CHAOS_INJECTED = "ChaosInjected"
     CHAOS_SKIPPED = "ChaosSkipped"
+    CHAOS_NOT_ALLOWED = "ChaosNotAllowed"
 
 
 class JobPhase(StrEnum):

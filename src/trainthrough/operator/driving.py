@@ -51,11 +51,21 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
         try:
             job = parse_resource(body)
         except SpecError as error:
-            if status.get("phase") != c.FAILED:
-                config.api.patch_job_status(namespace, name, reconciling.invalid_status(body, error))
-                config.api.event(body, "Warning", Reason.INVALID_SPEC, str(error))
+            _refuse(body, status, error, Reason.INVALID_SPEC, config)
+            return
+        refusal = config.chaos.refusal(job)
+        if refusal is not None and not status.get("master"):  # a job already running keeps running
+            _refuse(body, status, refusal, Reason.CHAOS_NOT_ALLOWED, config)
             return
         _drive(body, job, status, config)
+
+
+def _refuse(body: dict[str, Any], status: dict[str, Any], error: SpecError, reason: Reason, config: OperatorConfig) -> None:
+    """Fail a job that may not run, once: nothing of it is created."""
+    if status.get("phase") != c.FAILED:
+        metadata = body["metadata"]
+        config.api.patch_job_status(metadata["namespace"], metadata["name"], reconciling.invalid_status(body, error, reason))
+        config.api.event(body, "Warning", reason, str(error))
 
 
 def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig) -> None:

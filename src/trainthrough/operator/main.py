@@ -16,6 +16,7 @@ import kopf
 
 from trainthrough.events import EventLog
 from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.operator.handlers import register
 from trainthrough.kubeapi import KubeApi, load_api_client
 from trainthrough.operator.reconciling import OperatorConfig
@@ -51,12 +52,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="labels of this operator's pods (the NetworkPolicy admits them)",
     )  # fmt: skip
     parser.add_argument(
+        "--allow-chaos", action="store_true",
+        help="let TrainingJobs inject failures (spec.chaos); off: a job with a chaos schedule is refused (ChaosNotAllowed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chaos-namespace", action="append", default=[], metavar="NS",
+        help="with --allow-chaos: only in these namespaces (repeatable; default: every namespace)",
+    )  # fmt: skip
+    parser.add_argument(
         "--events", default=None, metavar="PATH",
         help="also append the master's records to this JSON-lines file (the stand-in, benchmarks)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if any("=" not in label for label in args.operator_label):
         parser.error(f"--operator-label must be KEY=VALUE, got {args.operator_label}")
+    if args.chaos_namespace and not args.allow_chaos:
+        parser.error("--chaos-namespace needs --allow-chaos (chaos is off unless allowed)")
     if args.network_policy and not args.operator_label:
         parser.error("--network-policy needs --operator-label KEY=VALUE (the labels of the operator's pods)")
     return args
@@ -77,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         images={"ps": args.ps_image, "worker": args.worker_image, "chaos": args.chaos_image},
         operator_pods=(args.operator_namespace, operator_labels) if args.network_policy else None,
         events=EventLog(args.events, source="operator") if args.events else None,
+        chaos=ChaosPolicy.allowing(args.chaos_namespace) if args.allow_chaos else ChaosPolicy(),
     )
     register(registry, config)
 

@@ -21,6 +21,7 @@ from trainthrough.events import EventLog
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
+from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.rpc import ConnectionPool
 from trainthrough.runtime import manifests
 from trainthrough.spec import SpecError, TrainingJob, dump_job
@@ -39,24 +40,28 @@ class OperatorConfig:
     # read them beside the pods' logs); None: the operator's log and Kubernetes Events only.
     events: EventLog | None = None
     pool: ConnectionPool = field(default_factory=ConnectionPool)
+    # Off unless the platform team turns it on (operator/chaos_policy.py).
+    chaos: ChaosPolicy = field(default_factory=ChaosPolicy)
     # (namespace, job) -> process -> the last state of its pod, from the pod events
     seen_pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
-    _recovery_metrics: dict[tuple[str, str], RecoveryMetrics] = field(default_factory=dict)
+    _recovery_metrics: dict[tuple[str, str, str], RecoveryMetrics] = field(default_factory=dict)
 
     def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:
-        key = (job.metadata.name, job.spec.consistency)
+        # By namespace too: two teams' jobs of the same name are two series (metrics.py).
+        key = (job.metadata.namespace, job.metadata.name, job.spec.consistency)
         if key not in self._recovery_metrics:
-            self._recovery_metrics[key] = RecoveryMetrics(self.metrics, *key)
+            self._recovery_metrics[key] = RecoveryMetrics(self.metrics, job)
         return self._recovery_metrics[key]
 
 
-def invalid_status(body: dict[str, Any], error: SpecError) -> dict[str, Any]:
+def invalid_status(body: dict[str, Any], error: SpecError, reason: Reason = Reason.INVALID_SPEC) -> dict[str, Any]:
+    """The status of a job refused before anything of it was created (`reason`: why)."""
     generation = body["metadata"].get("generation")
     conditions = body.get("status", {}).get("conditions")
     message = "; ".join(f"{e.path}: {e.message}" for e in error.errors)
-    conditions = c.with_condition(conditions, c.READY, False, Reason.INVALID_SPEC, message, generation)
-    conditions = c.with_condition(conditions, c.FAILED_CONDITION, True, Reason.INVALID_SPEC, message, generation)
-    return {"phase": c.FAILED, "reason": Reason.INVALID_SPEC, "message": message, "observedGeneration": generation, "conditions": conditions}
+    conditions = c.with_condition(conditions, c.READY, False, reason, message, generation)
+    conditions = c.with_condition(conditions, c.FAILED_CONDITION, True, reason, message, generation)
+    return {"phase": c.FAILED, "reason": reason, "message": message, "observedGeneration": generation, "conditions": conditions}
 
 
 def create_supporting_objects(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> None:

@@ -208,18 +208,21 @@ class StandInCluster:
 
     # -- the operator ------------------------------------------------------------------
 
-    def start_operator(self, *extra_args: str, timeout: float = OPERATOR_START_TIMEOUT) -> int:
+    def start_operator(self, *extra_args: str, chaos: bool = True, timeout: float = OPERATOR_START_TIMEOUT) -> int:
         """Run the real operator against the stand-in (`trainthrough operator --standalone
         --namespace NS`, its metrics and liveness on free ports, KUBECONFIG the
         stand-in's, output appended to operator.log); returns once it watches
-        TrainingJobs, with its metrics port (also in the file_sd list, component=operator)."""
+        TrainingJobs, with its metrics port (also in the file_sd list, component=operator).
+        `chaos`: allow the jobs' chaos schedules (`--allow-chaos`): the stand-in exists to
+        run failure experiments; a real install keeps chaos off unless the chart turns it on."""
         assert self._targets is not None, "the stand-in is not running"
         if self._operator is not None and self._operator.poll() is None:
             raise RuntimeError("the operator is running already")
         port = free_port()
         argv = [
             sys.executable, "-m", "trainthrough.cli", "operator", "--standalone", "--namespace", self.namespace,
-            "--metrics-port", str(port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz", *extra_args,
+            "--metrics-port", str(port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            *(["--allow-chaos"] if chaos else []), *extra_args,
         ]  # fmt: skip
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
         with open(self.operator_log, "ab") as log:
