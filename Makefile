@@ -29,7 +29,7 @@ tools:
 helm: $(STAMP)
 	@command -v helm >/dev/null || [ -x $(BIN)/helm ] || $(BIN)/python tools/install_helm.py $(BIN)
 
-# The main job: the experiment matrix on this machine (3 seeds a cell, about 20 minutes), its report in
+# The main job: the experiment matrix on this machine (3 seeds a cell, about 18 minutes), its report in
 # bench-results/ (report.md, results.json, results.csv, figures).
 run: $(STAMP)
 	$(BIN)/trainthrough bench --out bench-results
