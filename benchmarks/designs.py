@@ -135,18 +135,19 @@ def ps_core(name: str, mode: str, workers: int):
     )  # fmt: skip
 
 
-def serve_mode(mode, control: Connection) -> None:
-    """Serve `mode` on a free loopback port, send the port, then answer until told to stop."""
+def serve_mode(mode, control: Connection, credentials=None) -> None:
+    """Serve `mode` on a free loopback port, send the port, then answer until told to stop;
+    `credentials`: the job's (trainthrough.auth), required of every caller."""
     from trainthrough.ps.service import create_server
 
-    server, port = create_server(mode, "127.0.0.1:0")
+    server, port = create_server(mode, "127.0.0.1:0", credentials=credentials)
     server.start()
     mode.start()
     control.send(port)
     serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
 
 
-def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
+def trainthrough_server(numel: int, workers: int, control: Connection, credentials=None) -> None:
     prepare_process()
     from trainthrough.ps.checkpointing import CheckpointMode
     from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
@@ -163,7 +164,7 @@ def trainthrough_server(numel: int, workers: int, control: Connection) -> None:
         core, checkpointer=checkpointer, optimizer=optimizer,
         initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
     )  # fmt: skip
-    serve_mode(mode, control)
+    serve_mode(mode, control, credentials)
 
 
 def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable[[], None]:

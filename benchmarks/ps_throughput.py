@@ -12,6 +12,13 @@ multiple of the model's size), each also as a ratio to the raw gRPC echo of the 
 
     python benchmarks/ps_throughput.py [--out bench-results-ps] [--sizes 0.1M,1M,10M,50M]
         [--workers 1,2,4] [--designs echo,trainthrough,torch-rpc,allreduce] [--windows 5]
+
+The cost of securing the channels (trainthrough.auth), beside plaintext in one run:
+
+    python benchmarks/ps_throughput.py --designs trainthrough,trainthrough-token,trainthrough-mtls
+
+`trainthrough-token`: every call carries the job's token and the PS checks it;
+`trainthrough-mtls`: the token over mutual TLS (the job's certificate at both ends).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ from typing import Any
 
 import designs
 
+from trainthrough import auth, tls
+
 SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 # Steps per worker per window: about a second of work at each size on a small machine.
 STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
 DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "torch-rpc", "allreduce")
+SECURE_DESIGNS = ("trainthrough-token", "trainthrough-mtls")  # only when asked for (--designs)
 SETUP_TIMEOUT = 120.0
 
 
@@ -43,10 +53,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def worker_main(design: str, port: int, numel: int, rank: int, workers: int, windows: int, steps: int, barrier, results) -> None:
+def credentials_of(design: str) -> auth.Credentials | None:
+    """The job credentials a design's server requires and its workers present."""
+    identity = tls.identity("default", "bench")
+    if design == "trainthrough-token":
+        return auth.Credentials(identity, auth.new_token())
+    if design == "trainthrough-mtls":
+        return auth.Credentials(identity, auth.new_token(), tls.generate([identity]))
+    return None
+
+
+def worker_main(design: str, port: int, numel: int, rank: int, workers: int, windows: int, steps: int, barrier, results, credentials=None) -> None:
     designs.prepare_process()
     try:
-        if design == "echo":
+        if design in SECURE_DESIGNS:
+            step, done = designs.trainthrough_worker(port, numel, rank, credentials=credentials), lambda: None
+        elif design == "echo":
             step, done = designs.echo_worker(port, numel), lambda: None
         elif design == "trainthrough":
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
@@ -84,6 +106,7 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
     control, server_end = ctx.Pipe()
     server = None
     baseline = None
+    credentials = credentials_of(design)
     if design == "allreduce":
         port = free_port()
     elif design == "torch-rpc":
@@ -91,14 +114,15 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
         server = ctx.Process(target=designs.torch_rpc_server, args=(numel, workers, server_end, port), daemon=True)
     else:
         target = designs.echo_server if design == "echo" else designs.trainthrough_server  # either trainthrough
-        server = ctx.Process(target=target, args=(numel, workers, server_end), daemon=True)
+        extra = (credentials,) if credentials is not None else ()
+        server = ctx.Process(target=target, args=(numel, workers, server_end, *extra), daemon=True)
     if server is not None:
         server.start()
         baseline = control.recv()
         if design != "torch-rpc":  # torch-rpc's server answers once every worker joined
             port = control.recv()
     procs = [
-        ctx.Process(target=worker_main, args=(design, port, numel, rank, workers, windows, steps, barrier, results), daemon=True)
+        ctx.Process(target=worker_main, args=(design, port, numel, rank, workers, windows, steps, barrier, results, credentials), daemon=True)
         for rank in range(workers)
     ]
     for proc in procs:
@@ -211,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=5)
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
-    unknown = [s for s in sizes if s not in SIZES] + [d for d in args.designs.split(",") if d not in DESIGNS]
+    known = DESIGNS + SECURE_DESIGNS
+    unknown = [s for s in sizes if s not in SIZES] + [d for d in args.designs.split(",") if d not in known]
     if unknown:
-        parser.error(f"unknown sizes or designs: {unknown} (sizes {list(SIZES)}, designs {list(DESIGNS)})")
+        parser.error(f"unknown sizes or designs: {unknown} (sizes {list(SIZES)}, designs {list(known)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -232,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 cell = {"size": size, "numel": SIZES[size], "workers": workers, "design": design, **result}
                 cells.append(cell)
                 shown = f"{result['updates_per_second']:.1f} updates/s" if result["status"] == "ok" else result["reason"]
-                print(f"{size:>5} x{workers} {design:<12} {shown} ({time.monotonic() - started:.0f} s)", flush=True)
+                print(f"{size:>5} x{workers} {design:<18} {shown} ({time.monotonic() - started:.0f} s)", flush=True)
                 add_ratios(cells)
                 (out / "ps_bench.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
                 (out / "ps_bench.md").write_text(markdown(cells, meta))

@@ -25,6 +25,8 @@ NOWHERE = "127.0.0.1:1"  # refuses at once: a health read of it answers nothing,
 class FakeRuntime:
     """Processes that are alive when named in `alive` (start adds nothing: they boot forever)."""
 
+    credentials = None  # its PS answer anyone
+
     def __init__(self, alive: set[str]) -> None:
         self.alive, self.killed = set(alive), []
 

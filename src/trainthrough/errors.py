@@ -36,6 +36,11 @@ class TemporaryError(TrainthroughError):
         self.delay = delay
 
 
+class CredentialsError(PermanentError):
+    """A job's certificates or token cannot be read, or do not fit (a key that does not
+    match its certificate, a token file that is empty)."""
+
+
 class PSUnavailable(TemporaryError):
     """The parameter server cannot be reached or did not answer within the deadline."""
 

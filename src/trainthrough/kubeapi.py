@@ -46,6 +46,7 @@ class KubeApi:
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "Secret": self.core.create_namespaced_secret,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "ServiceAccount": self.core.create_namespaced_service_account,
             "Role": self.rbac.create_namespaced_role,
@@ -97,6 +98,15 @@ class KubeApi:
         except ApiException as error:
             raise _wrap(error, f"list Pods {selector}") from error
         return json.loads(response.data).get("items", [])
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as raw JSON (its `data` base64-encoded), None if there is none."""
+        try:
+            return json.loads(self.core.read_namespaced_secret(name, namespace, _preload_content=False).data)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _wrap(error, f"get Secret {name}") from error
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

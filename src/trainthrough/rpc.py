@@ -1,7 +1,9 @@
 """gRPC channels to parameter servers, and gRPC errors as trainthrough's own error kinds.
 
 Used by the PS client of workers, by chain replicas talking to their successor and by the
-master (local runtime, operator). One place decides message limits and reconnect timing.
+master (local runtime, operator). One place decides message limits and reconnect timing;
+a job's credentials (trainthrough.auth: its token, its certificates) ride on every channel
+made for it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Callable, TypeVar
 
 import grpc
 
+from trainthrough.auth import Credentials
 from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, TrainthroughError
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.wire import FramedCalls
@@ -35,13 +38,19 @@ CHANNEL_OPTIONS = MESSAGE_OPTIONS + [
 class Connection:
     """A channel and stub to one PS address.
 
-    >>> conn = Connection("127.0.0.1:50051")
+    >>> conn = Connection("127.0.0.1:50051", credentials)
     >>> conn.call(lambda stub, t: stub.Health(ps_pb2.HealthRequest(), timeout=t), timeout=0.5)
+
+    `credentials`: the job's (None: a plaintext channel without a token).
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.credentials = credentials
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = credentials.channel(address, CHANNEL_OPTIONS)
         self.stub = ps_pb2_grpc.ParameterServerStub(self.channel)
         self.framed = FramedCalls.on(self.channel)  # the RPCs that carry tensors, without copies
 
@@ -64,14 +73,24 @@ class Connection:
 
 
 class ConnectionPool:
-    """One Connection per address, reused across calls; `close()` closes them all."""
+    """One Connection per address, reused across calls; `close()` closes them all. Every
+    connection presents `credentials` (one job's: the operator keeps a pool per job), or
+    what a function given instead returns when the first connection is made (the operator
+    reads them from a Secret made with the job)."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: Credentials | Callable[[], Credentials] | None = None) -> None:
+        self._credentials = credentials
         self._by_address: dict[str, Connection] = {}
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if callable(self._credentials):
+            self._credentials = self._credentials()
+        return self._credentials
 
     def get(self, address: str) -> Connection:
         if address not in self._by_address:
-            self._by_address[address] = Connection(address)
+            self._by_address[address] = Connection(address, self.credentials)
         return self._by_address[address]
 
     def close(self) -> None:

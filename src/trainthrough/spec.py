@@ -430,6 +430,20 @@ _RunPath = Annotated[
     AfterValidator(_check_run_path),
 ]
 
+# A Kubernetes object name such as a Secret's: a DNS-1123 subdomain.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
+
+
+def _check_dns_subdomain(value: str) -> str:
+    if not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.'), got {_show(value)}")
+    return value
+
+
+_DnsSubdomain = Annotated[
+    str, Strict(), Field(min_length=1, max_length=253, json_schema_extra=_pattern(_DNS_SUBDOMAIN)), AfterValidator(_check_dns_subdomain)
+]
+
 # Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity), without a sign:
 # a resource request is never negative.
 _QUANTITY = re.compile(r"\+?(?:\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
@@ -664,6 +678,35 @@ class ChaosKill(SpecModel):
         return f"{self.target}@{format_duration(self.at)}"
 
 
+class TlsSpec(SpecModel):
+    """Mutual TLS on every channel to the job's parameter servers (workers, chain peers, the
+    master, the chaos Job): on while a secretName is given."""
+
+    secret_name: _DnsSubdomain | None = Field(
+        None,
+        description=(
+            "A Secret of type kubernetes.io/tls in the job's namespace with ca.crt beside tls.crt "
+            "and tls.key (what cert-manager issues), its certificate valid for server and client "
+            "auth and naming the DNS name NAME.NAMESPACE.svc. Every PS requires that CA and that "
+            "name of its callers. The local runtime makes a throwaway CA for the run instead."
+        ),
+    )
+
+
+class SecuritySpec(SpecModel):
+    """Who may call the job's parameter servers (trainthrough.auth)."""
+
+    token: _Bool = Field(
+        True,
+        description=(
+            "Every call to a PS carries the job's own token (made per job: on a cluster the "
+            "operator keeps it in the Secret NAME-token); calls without it are refused with "
+            "UNAUTHENTICATED and change nothing. Probes of the standard health service need none."
+        ),
+    )
+    tls: TlsSpec = Field(default_factory=TlsSpec)
+
+
 class TrainingJobSpec(SpecModel):
     model: Literal["paper-cnn", "mlp", "mlp-1m", "mlp-50m"] = "paper-cnn"
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
@@ -689,6 +732,7 @@ class TrainingJobSpec(SpecModel):
     seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] = 0  # numpy seeds must fit 32 bits
     chaos: list[ChaosKill] = Field(default_factory=list)
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> TrainingJobSpec:

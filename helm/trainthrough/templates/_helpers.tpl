@@ -64,6 +64,11 @@ grants (pods get/list/delete, events create, trainingjobs get), as Kubernetes re
   resources: [configmaps]
   verbs: [create, patch]
 - apiGroups: [""]
+  resources: [secrets]
+  # create: each job's token Secret; get: that token and, with spec.security.tls, the job's
+  # certificate, presented when the operator calls the job's PS (no list, no watch)
+  verbs: [create, get]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 - apiGroups: [batch]

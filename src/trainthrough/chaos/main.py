@@ -14,10 +14,11 @@ import logging
 import sys
 import time
 
-from trainthrough import flags
+from trainthrough import auth, flags, tls
 from trainthrough.chaos.pods import ChaosError, PodChaos
 from trainthrough.kubeapi import KubeApi, load_api_client
 from trainthrough.metrics import create_metrics, serve_metrics
+from trainthrough.errors import CredentialsError
 from trainthrough.spec import SpecError
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--linger", default=30.0, type=flags.duration, help="keep serving metrics this long after the last kill (default 30s)"
     )
+    auth.add_arguments(parser)  # the job's: it reads a PS's version over gRPC
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -48,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
             kills = [kill.model_copy(update={"grace_period": args.grace_period}) for kill in args.kill]
         metrics = create_metrics()
         serve_metrics(args.metrics_port, addr=args.host)
+        identity = tls.identity(args.namespace, args.trainingjob)
+        credentials = auth.Credentials.load(identity, token_file=args.token_file, tls_dir=args.tls_dir)
         chaos = PodChaos(
             KubeApi(load_api_client()), args.namespace, args.trainingjob, metrics,
-            kills=kills, wait_timeout=args.wait_timeout,
+            kills=kills, wait_timeout=args.wait_timeout, credentials=credentials,
         )  # fmt: skip
         injections = chaos.run()
-    except (ChaosError, SpecError) as error:
+    except (ChaosError, SpecError, CredentialsError) as error:
         print(f"trainthrough chaos: {error}", file=sys.stderr)
         return 2
     print(f"trainthrough chaos: {len(injections)} injected, {len(chaos.skipped)} skipped", flush=True)

@@ -35,6 +35,7 @@ from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
 from trainthrough.runtime import manifests
+from trainthrough.auth import Credentials
 from trainthrough.rpc import Connection
 from trainthrough.runtime.pods import (
     ANNOTATION_DISRUPTED_AT,
@@ -75,12 +76,14 @@ class PodChaos:
         kills: list[ChaosKill] | None = None,
         poll_interval: float = 0.5,
         wait_timeout: float = 600.0,
+        credentials: Credentials | None = None,  # the job's: what its PS require of a caller
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api, self.namespace, self.name = api, namespace, name
         self.poll_interval, self.wait_timeout = poll_interval, wait_timeout
         self.clock, self.sleep = clock, sleep
+        self.credentials = credentials
         body = self._job_body()
         self.job = self._parse(body)
         # The spec's schedule unless kills are given (by hand, on the command line).
@@ -192,7 +195,7 @@ class PodChaos:
         ip = (pod.get("status") or {}).get("podIP")
         if not ip:
             return None
-        connection = Connection(f"{ip}:{manifests.PS_PORT}")
+        connection = Connection(f"{ip}:{manifests.PS_PORT}", self.credentials)
         try:
             health = connection.health(timeout=1.0)
         finally:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from trainthrough.auth import Credentials
+
 
 @dataclass(frozen=True)
 class Death:
@@ -25,6 +27,10 @@ class Death:
 
 
 class Runtime(Protocol):
+    # What the master presents to the job's parameter servers (its token, its client
+    # certificate: trainthrough.auth); None: nothing.
+    credentials: Credentials | None
+
     def start_ps(self, name: str, *, join: bool = False) -> str:
         """Start (or restart, same address) a PS process; returns its gRPC address."""
 

@@ -89,7 +89,7 @@ class Supervisor:
         self._recoveries = RecoveryMetrics(metrics, job.metadata.name, mode)
         self._chaos = InjectionMetrics(metrics, job.metadata.name, mode, self.schedule.pending)
         self._chaos_rng = random.Random(job.spec.seed)  # the `random` target, repeatable per seed
-        self._pool = ConnectionPool()
+        self._pool = ConnectionPool(runtime.credentials)  # the job's token and client certificate
         self._deferred: list[ChaosKill] = []
         self._injected = 0  # kills that fired (a deferred one may never fire)
         self._next_probe = 0.0

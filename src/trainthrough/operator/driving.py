@@ -28,6 +28,7 @@ from trainthrough.operator import conditions as c
 from trainthrough.operator import reconciling
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.status import merge_patch, render
+from trainthrough.rpc import ConnectionPool
 from trainthrough.runtime.pods import PodRuntime
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
@@ -80,7 +81,8 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
     # Events and metrics only once the status that holds what they tell is written.
     records: list[Record] = []
     recoveries: list[RecoveryDone] = []
-    applier = Applier(master, runtime, record=records.append, on_recovery=recoveries.append, pool=config.pool)
+    pool = config.pool_for(job, body["metadata"].get("uid", ""))  # the job's token and certificates
+    applier = Applier(master, runtime, record=records.append, on_recovery=recoveries.append, pool=pool)
 
     def observe(observation: Observation) -> None:
         applier.apply(master.observe(observation, time.time()))
@@ -95,7 +97,7 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
             for death in runtime.deaths():
                 observe(Exited.of(death))
             for process in master.watched():
-                probed = _probe(config, runtime, process)
+                probed = _probe(config, pool, runtime, process)
                 if probed is not None:
                     observe(probed)
         applier.apply(master.tick(time.time()))
@@ -116,14 +118,14 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
         _emit(config, body, record)
 
 
-def _probe(config: OperatorConfig, runtime: PodRuntime, process: str) -> Health | Unanswered | None:
+def _probe(config: OperatorConfig, pool: ConnectionPool, runtime: PodRuntime, process: str) -> Health | Unanswered | None:
     """A PS's health, or that it did not answer (the master's liveness check); None when
     its pod has no IP yet (nothing would answer: no call made)."""
     pod = runtime.pod(process) or {}
     if not (pod.get("status") or {}).get("podIP"):
         return None
     started = time.time()
-    reply = config.pool.get(runtime.address(process)).health(config.health_timeout)
+    reply = pool.get(runtime.address(process)).health(config.health_timeout)
     return Health.of(process, reply) if reply is not None else Unanswered(process, started)
 
 

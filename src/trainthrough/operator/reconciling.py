@@ -23,7 +23,8 @@ from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
 from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.rpc import ConnectionPool
-from trainthrough.runtime import manifests
+from trainthrough.runtime import manifests, security
+from trainthrough.runtime.security import JobCredentials
 from trainthrough.spec import SpecError, TrainingJob, dump_job
 
 
@@ -39,12 +40,19 @@ class OperatorConfig:
     # Where the master's records also go as JSON lines (the stand-in and the benchmark
     # read them beside the pods' logs); None: the operator's log and Kubernetes Events only.
     events: EventLog | None = None
-    pool: ConnectionPool = field(default_factory=ConnectionPool)
+    # Each job's connections to its PS, with its token and certificates (runtime/security.py).
+    job_credentials: JobCredentials | None = None
     # Off unless the platform team turns it on (operator/chaos_policy.py).
     chaos: ChaosPolicy = field(default_factory=ChaosPolicy)
     # (namespace, job) -> process -> the last state of its pod, from the pod events
     seen_pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     _recovery_metrics: dict[tuple[str, str, str], RecoveryMetrics] = field(default_factory=dict)
+
+    def pool_for(self, job: TrainingJob, uid: str = "") -> ConnectionPool:
+        """The connections to `job`'s PS (`uid`: the TrainingJob object's)."""
+        if self.job_credentials is None:
+            self.job_credentials = JobCredentials(self.api)
+        return self.job_credentials.pool(job, uid)
 
     def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:
         # By namespace too: two teams' jobs of the same name are two series (metrics.py).
@@ -67,7 +75,8 @@ def invalid_status(body: dict[str, Any], error: SpecError, reason: Reason = Reas
 def create_supporting_objects(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> None:
     """Create every object of a new job but its pods (those already there are kept)."""
     created = []
-    for manifest in manifests.supporting_objects(job, config.images, config.operator_pods):
+    objects = security.job_secrets(job, manifests.labels(job)) + manifests.supporting_objects(job, config.images, config.operator_pods)
+    for manifest in objects:
         kopf.adopt(manifest, owner=body)
         if config.api.create(manifest):
             created.append(f"{manifest['kind']} {manifest['metadata']['name']}")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import Callable
 
 from trainthrough import names, wire
+from trainthrough.auth import Credentials
 from trainthrough.errors import NotHead, PermanentError, PSUnavailable, TemporaryError, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps import requests
@@ -70,8 +71,10 @@ class ChainReplica(Mode):
         initial_state: Callable[[], ParameterState],
         join: bool,
         numel: int,
+        credentials: Credentials | None = None,  # the job's, presented to the successor
     ) -> None:
         super().__init__(core)
+        self.credentials = credentials
         self.numel = numel  # the model's size: what a transferred state must have
         self.ack = ack
         self.replicate_every = replicate_every
@@ -313,7 +316,7 @@ class ChainReplica(Mode):
             return
         if self.successor is not None:
             self.successor.close()
-        self.successor = Connection(address) if address else None
+        self.successor = Connection(address, self.credentials) if address else None
         self.successor_seq = None
 
 

@@ -12,6 +12,10 @@ stops sending mid-stream must not starve the others: a bounded number of streams
 once, at most half of them from one client host (the rest of the pool stays free for
 Health, pulls and unary pushes; a stream beyond either limit is RESOURCE_EXHAUSTED at once,
 which clients retry), and a stream that sends nothing for STREAM_IDLE_TIMEOUT is cancelled.
+
+Who may call is checked before any handler (trainthrough.auth's Guard: the job's token,
+its client certificate); the standard health service (ps/health.py) is served beside the
+PS's own, and alone on a plaintext port for probes (`health_server`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from typing import Any, Callable, Iterator, TypeVar
 import grpc
 
 from trainthrough import wire
+from trainthrough.auth import Credentials
 from trainthrough.errors import InvalidField, NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.ps.core import NotServing
+from trainthrough.ps.health import PSHealth
 from trainthrough.ps.mode import Mode, Unsupported
 from trainthrough.rpc import MESSAGE_OPTIONS
 
@@ -258,12 +264,21 @@ def _reason(error: WireError) -> str:
     return "other"
 
 
-def create_server(mode: Mode, address: str, max_workers: int | None = None) -> tuple[grpc.Server, int]:
-    """A (not yet started) gRPC server for `mode` bound to `address`; (server, port)."""
+def create_server(
+    mode: Mode, address: str, max_workers: int | None = None, *, credentials: Credentials | None = None, health: PSHealth | None = None
+) -> tuple[grpc.Server, int]:
+    """A (not yet started) gRPC server for `mode` bound to `address`; (server, port).
+
+    `credentials`: the job's (its token and certificates required of every caller; None:
+    plaintext, anyone); `health`: the grpc.health.v1 service to serve (default: its own)."""
     # Sync pushes and pre-seed rejoins each hold a thread until their round or window
     # closes: every worker must get one, with room left for Health and the chain.
     threads = max_workers or max(32, 2 * mode.core.expected_workers + 16)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS)
+    guard = credentials.guard(mode.core.count_rejected) if credentials is not None else None
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads), options=MESSAGE_OPTIONS, interceptors=[guard] if guard else None
+    )
+    (health or PSHealth(mode)).add_to(server)
     servicer = ParameterServerServicer(mode, StreamGuard(max(1, threads - max(UNARY_RESERVE, mode.core.expected_workers + 4))))
     handlers = _generated_handlers(servicer)
     # The RPCs that carry tensors keep their bytes out of protobuf (wire.Framed, the chunk
@@ -295,7 +310,18 @@ def create_server(mode: Mode, address: str, max_workers: int | None = None) -> t
             handlers[name] = handler._replace(request_deserializer=tolerant(handler.request_deserializer))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, handlers),))
     server.add_registered_method_handlers(wire.SERVICE, handlers)
-    port = server.add_insecure_port(address)
+    port = credentials.bind(server, address) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the parameter server to {address}")
+    return server, port
+
+
+def health_server(health: PSHealth, address: str) -> tuple[grpc.Server, int]:
+    """A (not yet started) plaintext server of the health service alone, for the kubelet's
+    gRPC probes (which present no certificate and no token); (server, port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health.add_to(server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the health service to {address}")
     return server, port

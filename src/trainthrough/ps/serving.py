@@ -3,6 +3,8 @@
 Started by the local runtime (a process on 127.0.0.1) and by the PS pod's entrypoint on
 Kubernetes. Builds the mode's server over one ParameterServerCore, serves gRPC and
 Prometheus metrics, and stops gracefully on SIGTERM (a SIGKILL is the failure we test).
+With `--token-file` / `--tls-dir` only callers with the job's credentials are served
+(trainthrough.auth); `--health-port` serves grpc.health.v1 alone, in plaintext, for probes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from trainthrough import auth
+from trainthrough.auth import Credentials
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
 from trainthrough.model import build_model, flatten_params, model_size
@@ -19,14 +23,18 @@ from trainthrough.ps.checkpointing import CheckpointMode
 from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
 from trainthrough.ps.core import ParameterServerCore
 from trainthrough.ps.mode import Mode
-from trainthrough.ps.service import create_server
+from trainthrough.ps.health import PSHealth
+from trainthrough.ps.service import create_server, health_server
 from trainthrough.ps.state import ParameterState
 from trainthrough.ps.stateless import StatelessMode
 from trainthrough.spec import Mode as Consistency  # ps.mode.Mode is the PS side of a mode
 from trainthrough.spec import TrainingJob
 
 
-def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, join: bool) -> Mode:
+def build_mode(
+    job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, join: bool, credentials: Credentials | None = None
+) -> Mode:
+    """`credentials`: what a chain replica presents to its successor (the job's)."""
     spec = job.spec
 
     def initial_state() -> ParameterState:
@@ -48,6 +56,7 @@ def build_mode(job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: s
             initial_state=initial_state,
             join=join,
             numel=model_size(spec.model),
+            credentials=credentials,
         )
     if spec.consistency == Consistency.STATELESS:
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--join", action="store_true", help="chain: a replacement that waits for a state transfer")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--health-port", type=int, default=None, help="also serve grpc.health.v1 alone, in plaintext, here (probes)")
+    auth.add_arguments(parser)
     args = parser.parse_args(argv)
 
     context = start_process(args.name, args.job, args.parent_pid)
@@ -84,15 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         metrics=metrics,
         trainingjob=job.metadata.name,
     )
-    mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, join=args.join)
-    server, port = create_server(mode, f"{args.host}:{args.port}")
-    server.start()
+    credentials = auth.from_arguments(args, job)
+    mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, join=args.join, credentials=credentials)
+    health = PSHealth(mode)
+    server, port = create_server(mode, f"{args.host}:{args.port}", credentials=credentials, health=health)
+    servers = [server]
+    if args.health_port is not None:
+        servers.append(health_server(health, f"{args.host}:{args.health_port}")[0])
+    for each in servers:
+        each.start()
     events.emit("ps_started", address=f"{args.host}:{port}", metrics_port=metrics_port, pid=os.getpid())
     mode.start()
     stop.wait()
+    health.stop()
     mode.stop()
     core.mark_down()
-    server.stop(grace=1.0).wait()
+    for each in servers:
+        each.stop(grace=1.0).wait()
     events.emit("ps_stopped", version=core.version)
     return 0
 

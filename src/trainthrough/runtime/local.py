@@ -3,7 +3,9 @@
 Implements control/runtime.py's interface for the supervisor. Each process runs
 `python -m trainthrough.cli ps|worker ...`, logs to `<run>/logs/<name>.log` and appends
 to the run's event log. A PS keeps its address across restarts (as a Service name does on
-Kubernetes); a chain replacement gets a new one. Kills are real SIGKILLs.
+Kubernetes); a chain replacement gets a new one. Kills are real SIGKILLs. Each run has its
+own credentials, as the spec asks (trainthrough.auth): a new token and, with TLS, a new CA
+and certificate, in `<run>/credentials/` (readable by the user only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from trainthrough import auth
 from trainthrough.control.runtime import Death
 from trainthrough.names import is_ps, is_worker, worker_name
 from trainthrough.spec import TrainingJob, dump_job
@@ -61,6 +64,8 @@ class LocalRuntime:
         # folder; an absolute one is a folder outside it, asked for as written.
         checkpoint_path = Path(job.spec.checkpoint.path)
         self.checkpoint_dir = checkpoint_path if checkpoint_path.is_absolute() else self.run_dir / checkpoint_path
+        self.credentials: auth.Credentials | None = auth.throwaway(job)
+        self._credential_args = self.credentials.write(self.run_dir / "credentials")
         self._processes: dict[str, _Process] = {}
         self._addresses: dict[str, str] = {}
         self._metrics_ports: dict[str, int] = {}  # stable across restarts, like a pod's port
@@ -148,6 +153,7 @@ class LocalRuntime:
                 "--job", str(self.job_path),
                 "--events", str(self.events_path),
                 "--parent-pid", str(os.getpid()),
+                *self._credential_args,
             ]
             log = open(self.logs / f"{name}.log", "ab")
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -26,6 +26,7 @@ import json
 from typing import Any
 
 from trainthrough.names import ps_name, worker_name
+from trainthrough.runtime import security
 from trainthrough.spec import Mode, TrainingJob, dump_job
 
 GROUP = "trainthrough.io"
@@ -207,7 +208,9 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
         args.append("--join")
     r = job.spec.parameter_server.resources
     extra = {"hostname": pod_name(job, process), "subdomain": job.metadata.name}
-    return _pod(job, process, "ps", image or DEFAULT_IMAGES["ps"], args, _resources(r.cpu, r.memory, 0), volumes, mounts, extra)
+    pod = _pod(job, process, "ps", image or DEFAULT_IMAGES["ps"], args, _resources(r.cpu, r.memory, 0), volumes, mounts, extra)
+    security.secure(pod["spec"], job, "ps")  # the job's token and certificates, the probes
+    return pod
 
 
 def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: str | None = None) -> dict[str, Any]:
@@ -223,10 +226,12 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
     if r.gpu:
         # GPU nodes are commonly tainted for GPU workloads only.
         extra["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return _pod(
+    pod = _pod(
         job, worker_name(rank), "worker", image or DEFAULT_IMAGES["worker"], args, _resources(r.cpu, r.memory, r.gpu),
         [config, tmp], [config_mount, tmp_mount], extra,
     )  # fmt: skip
+    security.secure(pod["spec"], job, "worker")  # the job's token and certificates
+    return pod
 
 
 def chaos_name(job: TrainingJob) -> str:
@@ -274,7 +279,7 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
     # The schedule is read from the TrainingJob itself (spec.chaos), grace periods included.
     args = ["--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--host", POD_IP, "--metrics-port", str(METRICS_PORT)]
     tmp, tmp_mount = _scratch_volume()
-    return {
+    chaos = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": job.metadata.namespace, "labels": labels(job, "chaos")},
@@ -291,6 +296,8 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
             },
         },
     }
+    security.secure(chaos["spec"]["template"]["spec"], job, "chaos")  # it reads the PS's version over gRPC
+    return chaos
 
 
 def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels: dict[str, str]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ scheduler would) and those bound to it, and for each:
 - Volumes, each a directory under the work dir: `emptyDir` (the pod directory's
   `volumes/NAME`, wiped when a new pod of that name starts), `configMap` (its keys as
   files, written when the pod starts, not resynced; the pod waits while the ConfigMap is
-  missing), `persistentVolumeClaim` (`volumes/NAMESPACE/CLAIM`, outliving every pod, so a
+  missing), `secret` (the same, its `data` decoded: a job's token and TLS certificates),
+  `persistentVolumeClaim` (`volumes/NAMESPACE/CLAIM`, outliving every pod, so a
   recreated PS finds its checkpoints; the pod waits while the claim is missing). With no
   mount namespaces, each `volumeMount.mountPath` (with its subPath) in the args and env
   values is rewritten to its directory, the longest mountPath first.
@@ -435,6 +436,15 @@ class Kubelet:
                     return None
                 directory = pod_dir / "volumes" / name
                 _write_config_map(directory, config, source.get("items"))
+            elif "secret" in volume:
+                source = volume["secret"]
+                secret = await self._wait_for(run, "secrets", source["secretName"], optional=bool(source.get("optional")))
+                if secret is None:
+                    return None
+                directory = pod_dir / "volumes" / name
+                # A Secret's `data` is base64, as a ConfigMap's `binaryData` is.
+                as_files = {"metadata": secret.get("metadata") or {"name": source["secretName"]}, "binaryData": secret.get("data") or {}}
+                _write_config_map(directory, as_files, source.get("items"))
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 if await self._wait_for(run, "persistentvolumeclaims", claim) is None:
@@ -442,7 +452,7 @@ class Kubelet:
                 directory = self.claim_dir(run.namespace, claim)
                 directory.mkdir(parents=True, exist_ok=True)
             else:
-                raise ContainerConfigError(f"volume {name}: the stand-in supports configMap, emptyDir and persistentVolumeClaim only")
+                raise ContainerConfigError(f"volume {name}: the stand-in supports configMap, secret, emptyDir and persistentVolumeClaim only")
             dirs[name] = directory
         mounts: dict[str, str] = {}
         for mount in container.get("volumeMounts") or []:

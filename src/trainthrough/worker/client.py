@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, TypeVar
 import torch
 
 from trainthrough import wire
+from trainthrough.auth import Credentials
 from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
@@ -70,6 +71,7 @@ class PSClient:
         call_timeout: float = 5.0,
         transfer_dtype: str = "float32",
         stream_above_bytes: int = STREAM_ABOVE_BYTES,
+        credentials: Credentials | None = None,  # the job's (token, certificates), on every call
     ) -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
@@ -79,7 +81,7 @@ class PSClient:
         self.stream_above_bytes = stream_above_bytes
         self._numel: int | None = None  # the model's size, learnt from the first pull
         self.call_timeout = call_timeout
-        self._pool = ConnectionPool()
+        self._pool = ConnectionPool(credentials)
         self._known = list(dict.fromkeys(addresses))
         self._head = self._connection(self._known[0])
         self.epoch = -1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from trainthrough import auth
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
 from trainthrough.names import worker_name
@@ -25,13 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--events", default=None, help="JSONL event log (default: stderr)")
     parser.add_argument("--parent-pid", type=int, default=None)
+    auth.add_arguments(parser)
     args = parser.parse_args(argv)
 
     name = worker_name(args.rank)
     context = start_process(name, args.job, args.parent_pid)
     job, stop, metrics = context.job, context.stop, context.metrics
     metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
-    client = PSClient(args.ps.split(","), worker=name, transfer_dtype=job.spec.workers.transfer_dtype)
+    credentials = auth.from_arguments(args, job)
+    client = PSClient(args.ps.split(","), worker=name, transfer_dtype=job.spec.workers.transfer_dtype, credentials=credentials)
     events = EventLog(args.events, source=name)
     try:
         Worker(job, args.rank, client, events, metrics, stop, metrics_port=metrics_port).run()
