@@ -129,7 +129,8 @@ def test_kills_wait_for_training_then_follow_the_chain_and_are_recorded(kube: Ku
     last = [v for v in kube.history("pods", f"{JOB}-ps-1") if v is not None][-1]
     annotations = last["metadata"]["annotations"]
     assert abs(float(annotations[ANNOTATION_DISRUPTED_AT]) - second.at) < 1e-5 and annotations[ANNOTATION_DISRUPTED_BY] == "ps-head"
-    labels = {"trainingjob": JOB, "mode": "chain", "target": "ps-head"}
+    # `namespace` empty (absent to Prometheus): the chaos pod's scrape adds its own.
+    labels = {"namespace": "", "trainingjob": JOB, "mode": "chain", "target": "ps-head"}
     assert registry.get_sample_value("trainthrough_chaos_injections_total", labels) == 1
     assert registry.get_sample_value("trainthrough_chaos_last_injection_timestamp_seconds", labels) == second.at
 

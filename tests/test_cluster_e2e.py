@@ -206,7 +206,7 @@ def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(
     assert cluster.operator_metrics_port is not None
     samples = scrape(cluster.operator_metrics_port)
     for phase, seconds in phases.items():
-        labels = (("mode", mode), ("phase", phase), ("trainingjob", name))
+        labels = (("mode", mode), ("namespace", "default"), ("phase", phase), ("trainingjob", name))
         assert samples[("trainthrough_recovery_seconds_count", labels)] == 1
         # the same observation: the record's phases are rounded to microseconds, nothing else
         assert samples[("trainthrough_recovery_seconds_sum", labels)] == pytest.approx(seconds, abs=1e-6)

@@ -129,6 +129,7 @@ def test_an_event_written_after_a_torn_line_is_read(tmp_path: Path) -> None:
 
 JOB = {"trainingjob": "demo", "mode": "chain"}
 PS = {**JOB, "role": "head"}
+MASTER = {"namespace": "team-a", **JOB}  # a master's series carry the job's namespace
 
 
 def _families(registry: CollectorRegistry) -> dict:
@@ -139,7 +140,7 @@ def test_every_metric_has_the_prefix_and_base_units() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     families = _families(registry)
-    assert len(families) == len(metrics.__dataclass_fields__) == 21
+    assert len(families) == len(metrics.__dataclass_fields__) == 22
     for name, family in families.items():
         assert name.startswith("trainthrough_"), name
         for unit in ("milliseconds", "_ms", "minutes", "hours", "kilobytes", "megabytes", "percent"):
@@ -153,15 +154,20 @@ def test_every_metric_has_the_prefix_and_base_units() -> None:
 def test_labels_are_the_bounded_set() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    allowed = {"trainingjob", "mode", "role", "phase", "reason", "target"}
-    operator_wide = {"reconciles": {"result"}, "reconcile_seconds": set()}
+    allowed = {"namespace", "trainingjob", "mode", "role", "phase", "reason", "target"}
+    operator_wide = {"reconciles": {"result"}, "reconcile_seconds": set(), "build_info": set()}
     for field in metrics.__dataclass_fields__:
         labelnames = set(getattr(metrics, field)._labelnames)
         if field in operator_wide:  # the operator's own metrics span all jobs
             assert labelnames == operator_wide[field], field
             continue
         assert {"trainingjob", "mode"} <= labelnames <= allowed, field
-    assert metrics.recovery_seconds._labelnames == ("trainingjob", "mode", "phase")
+    assert metrics.recovery_seconds._labelnames == ("namespace", "trainingjob", "mode", "phase")
+    # Only the series a master exports for the jobs it serves carry the namespace; a pod's
+    # scrape adds it to the others.
+    masters = {"recovery_seconds", "recoveries", "lost_updates", "chaos_injections", "chaos_last_injection"}
+    for field in set(metrics.__dataclass_fields__) - set(operator_wide):
+        assert ("namespace" in getattr(metrics, field)._labelnames) == (field in masters), field
     assert metrics.rejected_pushes._labelnames == ("trainingjob", "mode", "role", "reason")
 
 
@@ -173,11 +179,11 @@ def test_counters_read_back_with_total_suffix() -> None:
     metrics.updates_applied.labels(**PS).inc(4)
     metrics.worker_idle_seconds.labels(**JOB).inc(2.5)
     metrics.rejected_pushes.labels(**PS, reason="shape").inc()
-    metrics.lost_updates.labels(**JOB).inc(7)
+    metrics.lost_updates.labels(**MASTER).inc(7)
     assert registry.get_sample_value("trainthrough_ps_updates_applied_total", PS) == 5.0
     assert registry.get_sample_value("trainthrough_worker_idle_seconds_total", JOB) == 2.5
     assert registry.get_sample_value("trainthrough_ps_rejected_pushes_total", {**PS, "reason": "shape"}) == 1.0
-    assert registry.get_sample_value("trainthrough_lost_updates_total", JOB) == 7.0
+    assert registry.get_sample_value("trainthrough_lost_updates_total", MASTER) == 7.0
     # Another label set is its own series.
     assert registry.get_sample_value("trainthrough_ps_updates_applied_total", {**PS, "role": "tail"}) is None
 
@@ -198,13 +204,13 @@ def test_recovery_histogram_per_phase() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     assert RECOVERY_PHASES == ("detect", "restore", "first_update", "total")
-    restore = {**JOB, "phase": "restore"}
+    restore = {**MASTER, "phase": "restore"}
     metrics.recovery_seconds.labels(**restore).observe(0.3)
     metrics.recovery_seconds.labels(**restore).observe(1.5)
-    metrics.recovery_seconds.labels(**JOB, phase="total").observe(12.0)
+    metrics.recovery_seconds.labels(**MASTER, phase="total").observe(12.0)
 
     def bucket(le: str, phase: str = "restore") -> float | None:
-        return registry.get_sample_value("trainthrough_recovery_seconds_bucket", {**JOB, "phase": phase, "le": le})
+        return registry.get_sample_value("trainthrough_recovery_seconds_bucket", {**MASTER, "phase": phase, "le": le})
 
     assert bucket("0.25") == 0.0
     assert bucket("0.5") == 1.0
@@ -214,17 +220,17 @@ def test_recovery_histogram_per_phase() -> None:
     assert registry.get_sample_value("trainthrough_recovery_seconds_count", restore) == 2.0
     assert registry.get_sample_value("trainthrough_recovery_seconds_sum", restore) == pytest.approx(1.8)
     assert bucket("10.0", "total") == 0.0 and bucket("20.0", "total") == 1.0
-    assert registry.get_sample_value("trainthrough_recovery_seconds_count", {**JOB, "phase": "detect"}) is None
+    assert registry.get_sample_value("trainthrough_recovery_seconds_count", {**MASTER, "phase": "detect"}) is None
     assert RECOVERY_BUCKETS[0] == 0.01 and RECOVERY_BUCKETS[-1] == 300
 
 
 def test_fresh_registries_are_independent_and_one_registry_holds_one_set() -> None:
     first, second = CollectorRegistry(), CollectorRegistry()
     a, b = create_metrics(first), create_metrics(second)
-    a.recoveries.labels(**JOB).inc()
-    assert first.get_sample_value("trainthrough_recoveries_total", JOB) == 1.0
-    assert second.get_sample_value("trainthrough_recoveries_total", JOB) is None
-    b.recoveries.labels(**JOB).inc(3)
-    assert first.get_sample_value("trainthrough_recoveries_total", JOB) == 1.0
+    a.recoveries.labels(**MASTER).inc()
+    assert first.get_sample_value("trainthrough_recoveries_total", MASTER) == 1.0
+    assert second.get_sample_value("trainthrough_recoveries_total", MASTER) is None
+    b.recoveries.labels(**MASTER).inc(3)
+    assert first.get_sample_value("trainthrough_recoveries_total", MASTER) == 1.0
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         create_metrics(first)

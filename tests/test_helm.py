@@ -14,8 +14,10 @@ Covered:
   namespace and cluster-wide only kopf's read of CRDs; the operator watches only those
   namespaces;
 - the dashboard ConfigMap carries the sidecar label and the dashboard JSON; the
-  PrometheusRule carries exactly the rules file promtool tests; the PodMonitor selects
-  the job pods' metrics port; NOTES.txt renders what to run next.
+  PrometheusRule carries exactly the rules file promtool tests, its runbook links moved by
+  monitoring.prometheusRule.runbookBaseUrl; the PodMonitor selects the job pods' metrics
+  port without honoring their labels, the ServiceMonitor honors the operator's; NOTES.txt
+  renders what to run next.
 """
 
 from __future__ import annotations
@@ -80,10 +82,14 @@ def test_objects_of_other_apis_are_well_formed() -> None:
     assert pod_monitor["spec"]["selector"] == {"matchExpressions": [{"key": "trainthrough.io/job", "operator": "Exists"}]}
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    # A pod's namespace is the one discovery gives; the operator's per-job series keep the
+    # job's namespace they carry (tests/test_observability.py scrapes through both).
+    assert [e["honorLabels"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == [False]
     (service_monitor,) = kinds["ServiceMonitor"]
     (service,) = kinds["Service"]
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [p["name"] for p in service["spec"]["ports"]] == [e["port"] for e in service_monitor["spec"]["endpoints"]]
+    assert [e["honorLabels"] for e in service_monitor["spec"]["endpoints"]] == [True]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +101,7 @@ def test_objects_of_other_apis_are_well_formed() -> None:
         ("chaos.namespaces={Team_A}", "at '/chaos/namespaces/0'"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
         ("monitoring.podMonitor.interval=often", "at '/monitoring/podMonitor/interval'"),
+        ("monitoring.prometheusRule.runbookBaseUrl=wiki/runbooks", "at '/monitoring/prometheusRule/runbookBaseUrl'"),
         ("operatorr.replicas=1", "additional properties 'operatorr' not allowed"),
     ],
 )
@@ -164,6 +171,23 @@ def test_dashboard_and_rules_come_from_the_files_the_tests_check() -> None:
     (rule,) = kinds["PrometheusRule"]
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     assert "PrometheusRule" not in by_kind(render([]))  # only where the Prometheus operator is
+
+
+def test_runbook_links_follow_the_runbook_base_url() -> None:
+    """The rule file links the repository's runbooks; the value moves every link, and
+    nothing else, to a platform team's copy (a trailing slash or not)."""
+    rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    for base in ("https://wiki.example.com/ml/runbooks", "https://wiki.example.com/ml/runbooks/"):
+        (rule,) = by_kind(render(ALL_ON + [f"monitoring.prometheusRule.runbookBaseUrl={base}"]))["PrometheusRule"]
+        moved = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+        assert moved and all(r["annotations"]["runbook_url"] == f"https://wiki.example.com/ml/runbooks/{r['alert']}.md" for r in moved)
+        for group in rule["spec"]["groups"]:
+            for r in group["rules"]:
+                r.get("annotations", {}).pop("runbook_url", None)
+        for group in rules["groups"]:
+            for r in group["rules"]:
+                r.get("annotations", {}).pop("runbook_url", None)
+        assert rule["spec"] == rules
 
 
 def test_notes_say_what_to_run_next() -> None:

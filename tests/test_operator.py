@@ -451,7 +451,7 @@ def test_a_checkpoint_job_recovers_lost_pods_once_and_follows_its_worker_count(c
         assert final["phase"] == "Running" and final["recoveries"]["count"] == 2 and final["recoveries"]["failures"] == 1
         assert len(uids(kube, "ck-ps-0")) == 3  # still: nothing replaced the PS a second time
         assert cluster.operator_metrics_port is not None
-        port, labels = cluster.operator_metrics_port, (("mode", "checkpoint"), ("trainingjob", name))
+        port, labels = cluster.operator_metrics_port, (("mode", "checkpoint"), ("namespace", "default"), ("trainingjob", name))
         samples = wait_for(lambda: (m := scrape(port)).get(("trainthrough_recoveries_total", labels)) == 2 and m, timeout=30, what="the metrics")
         for phase in ("detect", "restore", "first_update", "total"):
             assert samples[("trainthrough_recovery_seconds_count", tuple(sorted(labels + (("phase", phase),))))] == 2
@@ -502,7 +502,7 @@ def test_a_lost_chain_head_is_replaced_at_the_tail_even_when_the_replacement_is_
 
         # The operator's metrics hold the same recovery (the dashboard and the rules).
         assert cluster.operator_metrics_port is not None
-        port, labels = cluster.operator_metrics_port, (("mode", "chain"), ("trainingjob", name))
+        port, labels = cluster.operator_metrics_port, (("mode", "chain"), ("namespace", "default"), ("trainingjob", name))
         samples = wait_for(lambda: (m := scrape(port)).get(("trainthrough_recoveries_total", labels)) == 1 and m, timeout=30, what="the metrics")
         assert samples[("trainthrough_recovery_seconds_count", tuple(sorted(labels + (("phase", "detect"),))))] == 1
         total = samples[("trainthrough_recovery_seconds_sum", tuple(sorted(labels + (("phase", "total"),))))]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
-from trainthrough.metrics import Metrics, create_metrics
+from trainthrough.metrics import Metrics, create_metrics, process_registry
 from trainthrough.spec import TrainingJob, parse_job
 
 
@@ -38,7 +38,7 @@ def start_process(name: str, job_path: str, parent_pid: int | None) -> ProcessCo
     stop = install_stop_signal()
     watch_parent(parent_pid, stop)
     job = load_job_file(job_path)
-    registry = CollectorRegistry()
+    registry = process_registry()  # with the process_* series (CPU, memory, open files)
     return ProcessContext(job=job, stop=stop, registry=registry, metrics=create_metrics(registry))
 
 

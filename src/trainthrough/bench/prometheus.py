@@ -39,10 +39,13 @@ def query(url: str, promql: str, at: float | None = None) -> float | None:
     return float(result[0]["value"][1])
 
 
-def read_back(url: str, trainingjob: str, started: float, ended: float, margin: float = 10.0) -> dict[str, Any]:
+def read_back(
+    url: str, namespace: str, trainingjob: str, started: float, ended: float, margin: float = 10.0
+) -> dict[str, Any]:
     """Model version, recoveries and mean recovery time of one run, as Prometheus saw them
-    over the run's own time window (the same job name may have run before)."""
-    job = f'trainingjob="{trainingjob}"'
+    over the run's own time window (the same job name may have run before, or in another
+    namespace)."""
+    job = f'namespace="{namespace}", trainingjob="{trainingjob}"'
     window = f"{math.ceil(ended - started + margin)}s"
     at = ended + margin
 

@@ -183,9 +183,8 @@ def _run_all(
         time.sleep(prometheus_wait)  # one more scrape of the last run
         for plan, result in zip(plans, results):
             try:
-                result["prometheus"] = read_back(
-                    prometheus, plan.job.metadata.name, result["started_at"], result["ended_at"]
-                )
+                meta = plan.job.metadata
+                result["prometheus"] = read_back(prometheus, meta.namespace, meta.name, result["started_at"], result["ended_at"])
             except PrometheusError as error:
                 result["prometheus"] = {"error": str(error)}
         save(results)

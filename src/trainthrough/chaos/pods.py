@@ -91,7 +91,8 @@ class PodChaos:
         self.rng = random.Random(self.job.spec.seed)
         self.injections: list[Injection] = []
         self.skipped: list[tuple[ChaosKill, str]] = []
-        self.recorder = InjectionMetrics(metrics, name, self.job.spec.consistency, self.schedule.pending)
+        # A pod of the job: its scrape adds the namespace (metrics.py).
+        self.recorder = InjectionMetrics(metrics, self.job, self.schedule.pending, exports_namespace=False)
 
     # -- the TrainingJob -----------------------------------------------------------------
     def _job_body(self) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 runtimes: every completed recovery (its phases, the count, lost updates; the local driver
 and the operator) and every fault injected (the local driver and the chaos Job).
 
-    >>> recorder = RecoveryMetrics(create_metrics(CollectorRegistry()), "demo", "chain")
+Both carry the job's `namespace` themselves (metrics.MASTER_LABELS): the operator and the
+local master serve jobs from outside them, from one endpoint. The chaos Job's pod is a
+pod of the job: its scrape supplies the namespace (`exports_namespace=False`).
+
+    >>> recorder = RecoveryMetrics(create_metrics(CollectorRegistry()), job)
     >>> recorder.record(done)            # a RecoveryDone action of the master
-    >>> chaos = InjectionMetrics(create_metrics(CollectorRegistry()), "demo", "chain", [ChaosKill(target="ps-head", at=5)])
+    >>> chaos = InjectionMetrics(create_metrics(CollectorRegistry()), job, [ChaosKill(target="ps-head", at=5)], exports_namespace=True)
     >>> chaos.record("ps-head", at=1700000000.0)
 """
 
@@ -12,12 +16,19 @@ from __future__ import annotations
 
 from trainthrough.control.messages import RecoveryDone, UpdatesLost
 from trainthrough.metrics import RECOVERY_PHASES, Metrics
-from trainthrough.spec import ChaosKill
+from trainthrough.spec import ChaosKill, TrainingJob
+
+
+def job_labels(job: TrainingJob, exports_namespace: bool = True) -> dict[str, str]:
+    """The labels of metrics.MASTER_LABELS for `job`. Without `exports_namespace` the
+    namespace is empty, which Prometheus reads as absent: the target's label applies."""
+    namespace = job.metadata.namespace if exports_namespace else ""
+    return dict(namespace=namespace, trainingjob=job.metadata.name, mode=str(job.spec.consistency))
 
 
 class RecoveryMetrics:
-    def __init__(self, metrics: Metrics, trainingjob: str, mode: str) -> None:
-        labels = dict(trainingjob=trainingjob, mode=mode)
+    def __init__(self, metrics: Metrics, job: TrainingJob) -> None:
+        labels = job_labels(job)
         self._phases = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in RECOVERY_PHASES}
         self._count = metrics.recoveries.labels(**labels)  # exported at 0 from the start
         self._lost = metrics.lost_updates.labels(**labels)
@@ -32,9 +43,9 @@ class RecoveryMetrics:
 
 
 class InjectionMetrics:
-    def __init__(self, metrics: Metrics, trainingjob: str, mode: str, kills: list[ChaosKill]) -> None:
+    def __init__(self, metrics: Metrics, job: TrainingJob, kills: list[ChaosKill], *, exports_namespace: bool) -> None:
         self._metrics = metrics
-        self._labels = dict(trainingjob=trainingjob, mode=mode)
+        self._labels = job_labels(job, exports_namespace)
         for kill in kills:  # exported at 0 from the start: increase() sees the first kill
             metrics.chaos_injections.labels(target=kill.target, **self._labels)
 

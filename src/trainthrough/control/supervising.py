@@ -85,9 +85,8 @@ class Supervisor:
         self.schedule = KillSchedule.of(list(job.spec.chaos) + list(kills or []))
         self.on_progress = on_progress
         self.until = until  # an extra stop condition (a benchmark that waits for its recoveries)
-        mode = self.master.mode.value
-        self._recoveries = RecoveryMetrics(metrics, job.metadata.name, mode)
-        self._chaos = InjectionMetrics(metrics, job.metadata.name, mode, self.schedule.pending)
+        self._recoveries = RecoveryMetrics(metrics, job)
+        self._chaos = InjectionMetrics(metrics, job, self.schedule.pending, exports_namespace=True)
         self._chaos_rng = random.Random(job.spec.seed)  # the `random` target, repeatable per seed
         self._pool = ConnectionPool(runtime.credentials)  # the job's token and client certificate
         self._deferred: list[ChaosKill] = []

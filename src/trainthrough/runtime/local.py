@@ -170,8 +170,11 @@ class LocalRuntime:
         `file_sd_configs: [{files: [PATH]}]` scrapes the run)."""
         # No `trainingjob` target label: the metrics carry it, and a target label would
         # overwrite it (the master serves every run of a benchmark from one endpoint).
+        # `namespace` on the job's processes only, as a pod's scrape adds it; the master
+        # exports it on its own series (metrics.py).
+        labels = {"namespace": self.job.metadata.namespace}
         targets = [
-            {"targets": [f"{HOST}:{port}"], "labels": {"process": name}}
+            {"targets": [f"{HOST}:{port}"], "labels": {**labels, "process": name}}
             for name, port in sorted(self._metrics_ports.items())
         ]
         if self._master_metrics_port:

@@ -4,11 +4,14 @@ pointed at it (`file_sd_configs: [{files: [PATH]}]`) scrapes.
 The kubelet (kubelet.py) lists each running pod's container ports named `metrics` at its
 pod IP, with the target labels `namespace`, `pod` and `component` (the pod's
 `trainthrough.io/role` label when it has one: ps, worker, chaos); the stand-in cluster
-(cluster.py) adds the operator's own endpoint (component=operator). No target label is
-named `job`, `trainingjob` or `role`: the metrics carry labels of those names themselves
-(the PS's `role` is its place in a chain), and a target label would rename theirs to
-`exported_*`. The file is rewritten atomically (a temporary file, then os.replace) on
-every change, so Prometheus never reads half of one.
+(cluster.py) adds the operator's own endpoint (component=operator) without a `namespace`:
+its per-job series carry the job's namespace themselves (metrics.py), as the chart's
+ServiceMonitor keeps them, while a pod's namespace is its target label, as kubernetes_sd
+gives it to the chart's PodMonitor. No target label is named `job`, `trainingjob` or
+`role`: the metrics carry labels of those names themselves (the PS's `role` is its place
+in a chain), and a target label would rename theirs to `exported_*`. The file is
+rewritten atomically (a temporary file, then os.replace) on every change, so Prometheus
+never reads half of one.
 """
 
 from __future__ import annotations
