@@ -42,6 +42,10 @@ def test_figures_read_back_from_prometheus_match_the_event_log(prometheus, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     targets = json.loads((out / "targets" / "stateless-one-kill-w2-s1.json").read_text())
     assert {t["labels"]["process"] for t in targets} >= {"ps-0", "worker-0", "worker-1", "master"}
+    # The job's processes are listed in its namespace, as a pod's scrape gives it; the master,
+    # which serves every run, exports the namespace on its own series (metrics.py).
+    namespaces = {t["labels"]["process"]: t["labels"].get("namespace") for t in targets}
+    assert namespaces.pop("master") is None and set(namespaces.values()) == {"default"}, namespaces
 
     for run in json.loads((out / "results.json").read_text())["runs"]:
         seen = run["prometheus"]
