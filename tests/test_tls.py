@@ -13,12 +13,18 @@ A real PS (ps/service.py's server, in this process) with the job's credentials
   runtime gives each run its own;
 - end to end (local runtime, real PS and worker processes): a job with mTLS and a token
   trains to its steps while a stranger's pushes are refused, the PS's version advancing
-  throughout.
+  throughout;
+- end to end through the operator on the cluster stand-in: a chain job with mTLS (its
+  certificates in a kubernetes.io/tls Secret, as cert-manager writes one) and the token
+  Secret the operator makes trains, loses its head to the chaos Job (which reads the
+  acknowledged version over mTLS) and recovers with a replacement that copied its state
+  from a peer over mTLS; a caller without the job's credentials gets nothing from its PS.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import threading
 import urllib.request
@@ -46,6 +52,8 @@ from trainthrough.ps.state import ParameterState
 from trainthrough.rpc import MESSAGE_OPTIONS, Connection
 from trainthrough.runtime.local import LocalRuntime
 from trainthrough.spec import OptimizerSpec, parse_job
+from trainthrough.standin.cluster import StandInCluster
+from trainthrough.standin.emulator import TRAININGJOBS, wait_for
 from trainthrough.worker.client import PSClient
 
 N = 8
@@ -267,3 +275,50 @@ def test_job_with_mtls_trains_on_while_a_stranger_is_refused(tmp_path: Path) -> 
     assert end["version"] == stopped["acked_pushes"], (end, stopped)
     assert max(seen["rejected"]) > 0  # the PS counted the refusals it saw
     assert json.loads((tmp_path / "job.json").read_text())["spec"]["security"]["tls"]["secretName"] == "secure-tls"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_chain_job_with_mtls_recovers_through_the_operator(tmp_path: Path) -> None:
+    name = "sec"
+    identity = tls.identity("default", name)
+    material = tls.CertificateAuthority().issue([identity])
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    with StandInCluster(tmp_path / "standin") as cluster:
+        cluster.start_operator("--events", str(tmp_path / "operator-events.jsonl"))
+        cluster.apply({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec-tls"}, "type": "kubernetes.io/tls",
+            "data": {tls.CA_FILE: b64(material.ca), tls.CERT_FILE: b64(material.cert), tls.KEY_FILE: b64(material.key)},
+        })  # fmt: skip
+        cluster.apply(job_document(
+            name, model="mlp", dataset="synthetic", consistency="chain", parameterServer={"replicas": 2},
+            workers={"replicas": 1}, stop={"targetAccuracy": 0.9, "minDuration": "6s", "duration": "240s"},
+            evaluation={"interval": "1s"}, chaos=[{"target": "ps-head", "at": "2s"}], security={"tls": {"secretName": "sec-tls"}},
+        ))  # fmt: skip
+        # At the PS that outlives the job's recovery (ps-1, the head after it): the job's
+        # token and certificate are answered, the certificate alone is not.
+        token_secret = wait_for(lambda: cluster.kube.find("secrets", f"{name}-token"), timeout=120, what="the token Secret")
+        own_token = base64.b64decode(token_secret["data"]["token"]).decode()
+        address = f"{cluster.address_of('default', 'sec-ps-1', name)}:50051"
+        own, stranger = Connection(address, Credentials(identity, own_token, material)), Connection(address, Credentials(identity, None, material))
+        assert wait_for(lambda: own.health(timeout=2), timeout=240, interval=0.2, what="ps-1 to answer the job's own credentials")
+        assert stranger.health(timeout=2) is None
+        own.close()
+        stranger.close()
+        final = wait_for(
+            lambda: (s := cluster.kube.get(TRAININGJOBS, name).get("status") or {}).get("phase") in ("Succeeded", "Failed") and s,
+            timeout=300, interval=0.5, what="the job to finish",
+        )  # fmt: skip
+        assert (final["phase"], final["reason"]) == ("Succeeded", "TargetReached"), final.get("message")
+        assert final["recoveries"]["count"] == 1 and final["recoveries"]["lostUpdates"] == 0
+        assert final["chain"]["members"] == ["ps-1", "ps-2"]  # ps-2 joined with a state copied over mTLS
+        records = read_events(tmp_path / "operator-events.jsonl")
+        [kill] = [r for r in records if r["event"] == "kill"]
+        assert kill["version_before"] > 0  # read by the chaos Job over mTLS, with the token
+        assert [o["kind"] for o in token_secret["metadata"]["ownerReferences"]] == ["TrainingJob"]
+        for pod in ("sec-ps-1", "sec-ps-2", "sec-worker-0"):
+            started = cluster.log_path(pod).read_text().splitlines()[0]
+            assert "--tls-dir" in started and "--token-file" in started, started
