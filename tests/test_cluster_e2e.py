@@ -4,7 +4,7 @@ as real PS and worker processes; the chaos Job's pod deletes the PS (chain: head
 
 Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stateless):
 - the job trains, the chaos Job deletes the PS pod once training runs, the operator
-  recovers and the job ends Succeeded (condition Succeeded, reason TargetAccuracyReached);
+  recovers and the job ends Succeeded (condition Complete, reason TargetReached);
 - status.recoveries (count, phases, lost updates) is the operator's recovery record, its
   trainthrough_recovery_seconds{phase} histogram (scraped from its metrics port) holds the
   same phases, and the recovery's milestones are the restarted PS's own (ps_ready,
@@ -17,12 +17,23 @@ Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stat
 - the operator SIGKILLed in the middle of a chain recovery and started again finishes it
   (the master's state lives in the job's status);
 - a PS whose image always fails ends the job Failed with BackoffLimitExceeded after
-  spec.runPolicy.backoffLimit failures, not in a loop.
+  spec.runPolicy.backoffLimit failures, not in a loop;
+- the run policy, two jobs at once: one past spec.runPolicy.activeDeadlineSeconds fails
+  (Failed and Stalled, reason DeadlineExceeded) and its pods are stopped; one created
+  suspended has no pod and no other object until resumed, then trains, is suspended while
+  it trains (every pod stopped, Suspended True, Reconciling False once they are gone) and
+  resumed from the checkpoint its PS wrote as it stopped (nothing lost, measured in
+  status.suspension.lastResume), completes (Complete, StepsDone; `kubectl wait` returns
+  where kubectl reaches the stand-in), its PS pod stopped and its finished worker's pod
+  kept (cleanPodPolicy Running), and a ttlSecondsAfterFinished set once it finished
+  deletes it with everything it owns.
 Waits are for events, with generous bounds; nothing asserts how fast this machine is.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -155,8 +166,8 @@ def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(
     doc = document(name, mode)
     cluster.apply(doc)
     final = finished(cluster, name)
-    assert (final["phase"], final["reason"]) == ("Succeeded", "TargetAccuracyReached"), final.get("message")
-    succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
+    assert (final["phase"], final["reason"]) == ("Succeeded", "TargetReached"), final.get("message")
+    succeeded = next(c for c in final["conditions"] if c["type"] == "Complete")
     assert succeeded["status"] == "True" and final["progress"]["accuracy"] >= 0.9
 
     # The operator's record of the recovery, and the status it wrote.
@@ -264,3 +275,85 @@ def test_a_ps_that_always_fails_ends_the_job_at_the_backoff_limit(tmp_path: Path
         assert [line for line in log if line == "broken ps"] == ["broken ps"] * 3  # three tries, no loop
         wait_for(lambda: not [p for p in cluster.kube.list("pods") if p["metadata"]["name"].startswith(f"{name}-ps")
                               and (p.get("status") or {}).get("phase") == "Running"], timeout=60, what="no PS left running")  # fmt: skip
+
+
+def job_pods(cluster: StandInCluster, name: str) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in cluster.kube.list("pods") if p["metadata"]["name"].startswith(f"{name}-")}
+
+
+def gate(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions") or []}
+
+
+def kubectl_wait(cluster: StandInCluster, name: str, condition: str) -> subprocess.CompletedProcess[str]:
+    """The real kubectl waiting on the job's condition, through the stand-in's kubeconfig."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is on PATH on this machine"
+    command = [kubectl, "--kubeconfig", str(cluster.kubeconfig), "wait", f"--for=condition={condition}", f"tj/{name}", f"--timeout={int(JOB_TIMEOUT)}s"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT + 30)
+
+
+def test_the_run_policy_and_the_conditions_to_gate_on(cluster: StandInCluster) -> None:
+    kube = cluster.kube
+    late = document("late", "checkpoint", chaos=[], stop={"duration": "600s"}, runPolicy={"activeDeadlineSeconds": 3})
+    held = document("held", "checkpoint", chaos=[], stop={"steps": 300}, runPolicy={"suspend": True})
+    cluster.apply(held)
+    cluster.apply(late)
+
+    # Past its deadline: Failed and Stalled, its pods stopped.
+    failed = finished(cluster, "late")
+    assert (failed["phase"], failed["reason"]) == ("Failed", "DeadlineExceeded"), failed.get("message")
+    found = gate(failed)
+    assert found["Failed"] == found["Stalled"] == ("True", "DeadlineExceeded") and "Complete" not in found
+    assert found["Reconciling"][0] == "False" and failed["completionTime"] >= failed["startTime"]
+    wait_for(lambda: not job_pods(cluster, "late"), timeout=JOB_TIMEOUT, interval=0.2, what="late's pods stopped")
+
+    # Created suspended: nothing of it exists (no pod, no ConfigMap, no Service) until resumed.
+    current = status(cluster, "held")
+    assert (current["phase"], gate(current)["Suspended"]) == ("Suspended", ("True", "Suspended"))
+    assert not job_pods(cluster, "held") and kube.find("configmaps", "held-job") is None and kube.find("services", "held") is None
+    resumed = int(kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"suspend": False}}})["metadata"]["resourceVersion"])
+    training = wait_for(
+        lambda: (s := status(cluster, "held")).get("phase") == "Running" and s["progress"]["modelVersion"] > 0 and s,
+        timeout=JOB_TIMEOUT, interval=0.2, what="held training once resumed",
+    )  # fmt: skip
+    assert gate(training)["Suspended"] == ("False", "Resumed") and gate(training)["Reconciling"] == ("False", "Training")
+    for pod in job_pods(cluster, "held"):  # every pod of it was created after the resume
+        first = next(v for v in kube.history("pods", pod) if v is not None)
+        assert int(first["metadata"]["resourceVersion"]) > resumed, pod
+
+    # Suspended while it trains: every pod stops; resumed, it goes on from its checkpoint.
+    kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"suspend": True}}})
+    suspended = wait_for(
+        lambda: (s := status(cluster, "held")).get("phase") == "Suspended" and gate(s)["Reconciling"][0] == "False"
+        and not job_pods(cluster, "held") and s,
+        timeout=JOB_TIMEOUT, interval=0.2, what="held suspended, its pods gone",
+    )  # fmt: skip
+    assert gate(suspended)["Suspended"] == ("True", "Suspended") and suspended["suspension"]["count"] == 1
+    kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"suspend": False}}})
+    restored = wait_for(
+        lambda: ((s := status(cluster, "held")).get("suspension") or {}).get("lastResume") and s,
+        timeout=JOB_TIMEOUT, interval=0.2, what="held resumed and its state restored",
+    )["suspension"]["lastResume"]  # fmt: skip
+    assert restored["restoredFrom"] == "checkpoint" and restored["lostUpdates"] == 0
+    assert restored["versionRestored"] >= restored["versionBefore"] > 0
+
+    # Complete: the PS pod stopped, the finished worker's pod kept for its logs.
+    waited = kubectl_wait(cluster, "held", "Complete")
+    assert waited.returncode == 0 and "condition met" in waited.stdout, waited.stdout + waited.stderr
+    final = status(cluster, "held")
+    assert (final["phase"], final["reason"], gate(final)["Complete"]) == ("Succeeded", "StepsDone", ("True", "StepsDone"))
+    assert "Failed" not in gate(final) and gate(final)["Stalled"][0] == "False" and final["completionTime"]
+    left = wait_for(
+        lambda: set(p := job_pods(cluster, "held")) == {"held-worker-0"} and p, timeout=JOB_TIMEOUT, interval=0.2,
+        what="only the finished worker's pod left",
+    )  # fmt: skip
+    assert left["held-worker-0"]["status"]["phase"] == "Succeeded"
+
+    # A TTL set once it finished (it may change at any time): the job goes, with all it owns.
+    kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 1}}})
+    wait_for(
+        lambda: kube.find(TRAININGJOBS, "held") is None and not job_pods(cluster, "held") and kube.find("configmaps", "held-job") is None,
+        timeout=JOB_TIMEOUT, interval=0.2, what="held deleted after its TTL, with its objects",
+    )  # fmt: skip
+    cluster.kube.delete(TRAININGJOBS, "late")

@@ -11,14 +11,14 @@ master answers with. Covered, for every mode:
 - chain: a dead head, middle or tail is removed (epoch + 1, published), the recovery's
   first update is a version above the new head's; a replacement starts after the delay and
   joins at the tail once it answers; one lost before joining is replaced; losing every
-  replica fails the job (EveryChainReplicaLost); with ack: tail the tail's version counts;
+  replica fails the job (ChainLost); with ack: tail the tail's version counts;
 - a second failure during a recovery extends it (one outage, two deaths);
 - lost updates are the workers' measurement (HealthReply.lost_updates of the head): each
   growth is one UpdatesLost with its count, the total is in the state; a replica that is
   not the head, and a report that did not grow, change nothing;
 - restart limits: process failures beyond spec.runPolicy.backoffLimit fail the job
   (BackoffLimitExceeded), disruptions (kills, deleted pods) do not count;
-- workers: exit 0 is finished (all finished: StepsReached), a failure is restarted, a
+- workers: exit 0 is finished (all finished: StepsDone), a failure is restarted, a
   change of spec.workers.replicas starts or stops workers;
 - a kill waits while its target is down, being killed, recovering or being restarted;
 - stuck workers: a worker whose reported steps do not change for the deadline while the
@@ -318,7 +318,7 @@ def test_every_worker_finished_ends_the_job() -> None:
     m = running(Master(job("stateless")))
     m.observe(Exited("worker-0", 0, T0 + 3), T0 + 3)
     actions = m.observe(Exited("worker-1", 0, T0 + 4), T0 + 4)
-    assert kinds(actions)[-2:] == [("finish", JobPhase.SUCCEEDED, Reason.STEPS_REACHED), ("stop", "ps-0")]
+    assert kinds(actions)[-2:] == [("finish", JobPhase.SUCCEEDED, Reason.STEPS_DONE), ("stop", "ps-0")]
 
 
 # -- stop ---------------------------------------------------------------------------------------------

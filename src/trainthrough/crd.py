@@ -24,6 +24,10 @@ turned into a Kubernetes *structural* schema:
   Kubernetes quantities (``Resources.cpu/memory``) become ``x-kubernetes-int-or-string`` with
   a ``pattern`` for the string form, chaos targets get their ``pattern``.
 
+The ``status`` schema is generated the same way from ``job_status.TrainingJobStatus``, the
+model the operator builds every status from (no defaults: the operator writes each field;
+conditions are a map keyed by ``type``; only ``status.master`` keeps unknown fields).
+
 Nothing here is hand-maintained per field: a new field in spec.py shows up in the CRD on
 the next ``trainthrough crd``. A construct that has no structural equivalent (a union of two
 types, a tuple of differing items) raises ``ValueError`` instead of producing a schema the
@@ -50,6 +54,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
 from trainthrough import spec
+from trainthrough.job_status import TrainingJobStatus
 from trainthrough.spec import (
     API_GROUP,
     KIND,
@@ -72,6 +77,7 @@ __all__ = [
     "crd_manifest",
     "render_crd_yaml",
     "spec_schema",
+    "status_schema",
 ]
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
@@ -124,9 +130,11 @@ _SPEC_DESCRIPTION = (
     "for consistency chain) are checked by the operator, which reports them in status."
 )
 _STATUS_DESCRIPTION = (
-    "Written by the operator: conditions (Ready, Progressing, Degraded, Recovering) with "
-    "observedGeneration, phase, progress (step, model version, accuracy), recoveries (count, "
-    "last recovery seconds, lost steps, downtime) and the current parameter-server head and chain."
+    "Written by the operator: conditions in the metav1.Condition shape (Complete and Failed "
+    "at the end, as a batch/v1 Job has them; kstatus' Reconciling and Stalled; Ready, "
+    "Progressing, Degraded, Recovering, Suspended) with observedGeneration, phase, startTime "
+    "and completionTime, progress (step, model version, accuracy), recoveries (count, phases, "
+    "lost updates, downtime), the chain, suspensions and the master's own state."
 )
 
 # --------------------------------------------------------------------------- special types
@@ -291,6 +299,8 @@ class _Converter:
         "nullable",
         "default",
         _INT_OR_STRING,
+        "x-kubernetes-list-type",
+        "x-kubernetes-list-map-keys",
     )
 
     def __init__(self, defs: Mapping[str, Any], models: Mapping[str, type[BaseModel]]) -> None:
@@ -408,6 +418,26 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
+
+
+def status_schema() -> dict[str, Any]:
+    """The structural schema of ``status``, generated from ``TrainingJobStatus``. Without
+    defaults: the operator writes every field it means, and a default would make the API
+    server invent one in a status the operator wrote without it."""
+    raw = TrainingJobStatus.model_json_schema(by_alias=True, mode="validation", schema_generator=_StructuralJsonSchema)
+    defs = raw.pop("$defs", {})
+    models = {m.__name__: m for m in _models(TrainingJobStatus)}
+    schema = _without_defaults(_Converter(defs, models).convert(raw, "status", TrainingJobStatus))
+    schema["description"] = _STATUS_DESCRIPTION
+    return schema
+
+
 def crd_manifest() -> dict[str, Any]:
     """The CustomResourceDefinition of TrainingJob (``apiextensions.k8s.io/v1``)."""
     schema = {
@@ -432,11 +462,7 @@ def crd_manifest() -> dict[str, Any]:
                 },
             },
             "spec": spec_schema(),
-            "status": {
-                "type": "object",
-                "description": _STATUS_DESCRIPTION,
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
+            "status": status_schema(),
         },
     }
     return {

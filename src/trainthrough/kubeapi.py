@@ -116,6 +116,15 @@ class KubeApi:
                 return None
             raise _wrap(error, f"get TrainingJob {name}") from error
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a TrainingJob (spec.runPolicy.ttlSecondsAfterFinished); the objects it owns
+        go with it (garbage collection by ownerReferences). Gone already: nothing to do."""
+        try:
+            self.custom.delete_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status != 404:
+                raise _wrap(error, f"delete TrainingJob {name}") from error
+
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
             self.custom.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})

@@ -74,6 +74,7 @@ __all__ = [
     "ChainSpec",
     "ChaosKill",
     "CheckpointSpec",
+    "CleanPodPolicy",
     "EvaluationSpec",
     "FieldError",
     "Metadata",
@@ -571,13 +572,55 @@ class Mode(StrEnum):
     STATELESS = "stateless"
 
 
+class CleanPodPolicy(StrEnum):
+    """Which of the job's pods are deleted when it ends (Kubeflow's names)."""
+
+    RUNNING = "Running"  # the pods still running (PS, workers); pods that ended stay for their logs
+    ALL = "All"  # every pod of the job, those that ended too
+    NONE = "None"  # none: running pods go on running (to inspect them), until the job is deleted
+
+
 class RunPolicySpec(SpecModel):
-    """How the job as a whole fails (as Kubeflow's runPolicy)."""
+    """How the job as a whole runs, fails and is cleaned up (as Kubeflow's runPolicy and
+    a batch/v1 Job's fields of the same names)."""
 
     # Process failures (a PS or worker that exited non-zero on its own) the job survives;
     # one more fails it with reason BackoffLimitExceeded. Disruptions (a pod deleted, a
     # process killed from outside: preemption, node loss, chaos) do not count.
     backoff_limit: Annotated[_Int, Field(ge=0, le=1000)] = 6
+    active_deadline_seconds: Annotated[_Int, Field(ge=1, le=2**31 - 1)] | None = Field(
+        None,
+        description=(
+            "Seconds the job may be active, counted from its start (its first pods created, "
+            "the startTime of its status) and not while it is suspended; past it the job "
+            "fails with reason DeadlineExceeded and its pods are stopped as cleanPodPolicy says."
+        ),
+    )
+    ttl_seconds_after_finished: Annotated[_Int, Field(ge=0, le=2**31 - 1)] | None = Field(
+        None,
+        description=(
+            "Seconds after the job finished (its completionTime: Complete or Failed) when the "
+            "operator deletes the TrainingJob, and with it every object it owns. Unset: kept."
+        ),
+    )
+    clean_pod_policy: CleanPodPolicy = Field(
+        CleanPodPolicy.RUNNING,
+        description=(
+            "Which pods are deleted when the job ends: Running (the PS and worker pods still "
+            "running; pods that ended stay for their logs), All, or None. Locally every "
+            "process is stopped at the end whatever the policy."
+        ),
+    )
+    suspend: _Bool = Field(
+        False,
+        description=(
+            "True: the job has no pods (a queue such as Kueue admits it by setting false). A "
+            "job created suspended creates nothing until resumed; suspending a running job "
+            "stops its pods, and resuming starts them again from the mode's state: checkpoint, "
+            "the newest checkpoint; chain and stateless, the initial weights (their state "
+            "lives in the stopped processes) unless stateless.fallbackCheckpoint is on."
+        ),
+    )
 
 
 class StopSpec(SpecModel):

@@ -48,7 +48,8 @@ grants (pods get/list/delete, events create, trainingjobs get), as Kubernetes re
 {{- define "trainthrough.operatorRules" -}}
 - apiGroups: [trainthrough.io]
   resources: [trainingjobs]
-  verbs: [get, list, watch, patch]
+  # delete: a finished job past its spec.runPolicy.ttlSecondsAfterFinished
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [trainthrough.io]
   resources: [trainingjobs/status]
   verbs: [patch]

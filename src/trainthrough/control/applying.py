@@ -3,7 +3,8 @@ same for both drivers (control/supervising.py locally, operator/driving.py on Ku
 
 What differs between the drivers is passed in: where a `Record` goes (an event log, and
 Kubernetes Events after the status write), when a completed recovery is counted in the
-metrics (at once, or after the status write) and how a batch of `Stop`s is carried out.
+metrics (at once, or after the status write), how a batch of `Stop`s is carried out and
+whether an ended process leaves anything to `Remove` (a pod does; a local process not).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections import deque
 from typing import Callable
 
 from trainthrough.control.chain_master import publish_chain
-from trainthrough.control.messages import Action, Finish, Published, PublishChain, Record, RecoveryDone, Start, Stop, Terminate, UpdatesLost
+from trainthrough.control.messages import (
+    Action, Finish, Published, PublishChain, Record, RecoveryDone, Remove, Start, Stop, Terminate, UpdatesLost,
+)  # fmt: skip
 from trainthrough.control.master import Master
 from trainthrough.control.runtime import Runtime
 from trainthrough import names
@@ -35,15 +38,18 @@ class Applier:
         on_recovery: Callable[[RecoveryDone | UpdatesLost], None],  # for the metrics
         pool: ConnectionPool,
         stop: Callable[[list[Stop]], None] | None = None,
+        remove: Callable[[str], None] | None = None,
     ) -> None:
         self.master, self.runtime, self.pool = master, runtime, pool
         self._record, self._on_recovery = record, on_recovery
         self._stop = stop or (lambda stops: [runtime.stop(s.process, timeout=s.grace) for s in stops])
+        self._remove = remove or (lambda process: None)
         self.recoveries: list[dict] = []  # every recovery completed, as its event
         self.finish: Finish | None = None
         self._appliers: dict[type, Callable[[Action], list[Action]]] = {
             Start: self._start,
             Terminate: self._terminate,
+            Remove: self._remove_one,
             PublishChain: self._publish,
             Record: self._record_one,
             RecoveryDone: self._recovery_done,
@@ -74,6 +80,10 @@ class Applier:
 
     def _terminate(self, terminate: Terminate) -> list[Action]:
         self.runtime.kill(terminate.process, grace=terminate.grace)  # never waits: its Exited follows
+        return []
+
+    def _remove_one(self, remove: Remove) -> list[Action]:
+        self._remove(remove.process)
         return []
 
     def _publish(self, publish: PublishChain) -> list[Action]:

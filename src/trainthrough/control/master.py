@@ -4,15 +4,17 @@ Every decision of a job's life is made here and nowhere else: what to start, whe
 process is restarted (a due time, never a sleep), promoted or replaced, the chain's
 configuration and epochs, a replacement's join, whether a kill must wait for its target,
 when a PS that answers nothing is dead and a worker that makes no progress is stuck, each
-recovery's milestones and lost updates, the restart limit, and the job's end and its
-reason. It is pure: its state is plain data (control/state.py), the clock is passed in,
-and it answers observations (control/messages.py) with actions that a driver applies:
+recovery's milestones and lost updates, the restart limit, the run policy (the active
+deadline, suspending and resuming, which pods go at the end, when a finished job is
+deleted), and the job's end and its reason. It is pure: its state is plain data
+(control/state.py), the clock is passed in, and it answers observations
+(control/messages.py) with actions that a driver applies:
 
     master = Master(job)                    # or Master(job, MasterState.load(status["master"]))
     actions = master.start(now)
     actions += master.observe(Exited("ps-0", -9, at=now, disrupted=True), now)
     actions += master.observe(Unanswered("ps-0", at=now), now)   # a Health call that failed
-    actions += master.tick(now)             # due restarts, replacements, the stop condition
+    actions += master.tick(now)             # due restarts, replacements, suspend/resume, deadline, stop
 
 Drivers: control/supervising.py (processes on loopback) and operator/driving.py (pods).
 """
@@ -30,6 +32,7 @@ from trainthrough.control.messages import (
     PublishChain,
     Record,
     RecoveryDone,
+    Remove,
     Start,
     Stop,
     Terminate,
@@ -40,7 +43,7 @@ from trainthrough.control.recovery import Decision, Remedy, decide
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.names import is_worker, ps_name, worker_names
-from trainthrough.spec import Mode, TrainingJob
+from trainthrough.spec import CleanPodPolicy, Mode, TrainingJob
 
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
 PUBLISH_RETRY = 1.0  # seconds between attempts to publish a chain configuration
@@ -56,6 +59,14 @@ LIVENESS_DEADLINE = 10.0
 # boots on a loaded machine, or waits for sync rounds that time out, still reports.
 STUCK_WORKER_DEADLINE = 30.0
 RESTART_GRACE = 5.0  # a stuck worker is asked to stop first: it reports its idle time
+
+
+def expires_at(finished_at: float | None, ttl: int | None) -> float | None:
+    """When a job that finished at `finished_at` is to be deleted
+    (spec.runPolicy.ttlSecondsAfterFinished); None: not finished, or kept."""
+    if finished_at is None or ttl is None:
+        return None
+    return finished_at + ttl
 
 
 class Master:
@@ -100,7 +111,7 @@ class Master:
         s = self.state
         if s.phase is JobPhase.STARTING:
             return [p for p in s.ps if p in s.up]
-        if s.phase.terminal:
+        if s.phase.terminal or s.phase is JobPhase.SUSPENDED:
             return []
         # Every member: each one's liveness is checked (a hung middle replica stalls the
         # chain as surely as a hung head).
@@ -132,12 +143,25 @@ class Master:
         return None
 
     # -- life cycle ------------------------------------------------------------------------------
-    def start(self, now: float) -> list[Action]:
-        """Start the job's PS processes; workers follow once every PS answers."""
+    def expires_at(self) -> float | None:
+        """When the finished job is to be deleted (None: not finished, or kept)."""
         s = self.state
-        if s.phase is not JobPhase.NEW:
+        return expires_at(s.stopped_at if s.phase.terminal else None, self.spec.run_policy.ttl_seconds_after_finished)
+
+    def start(self, now: float) -> list[Action]:
+        """Start the job's PS processes; workers follow once every PS answers. A job whose
+        spec.runPolicy.suspend is true starts nothing (call again once it is false)."""
+        s = self.state
+        if s.started or s.phase.terminal:
             return []
+        if self.spec.run_policy.suspend:
+            if s.phase is JobPhase.SUSPENDED:
+                return []
+            s.phase = JobPhase.SUSPENDED
+            message = "created suspended (spec.runPolicy.suspend): nothing is created until it is resumed"
+            return [Record(EventName.SUSPENDED, {"job": self.job.metadata.name, "started": False}, Reason.SUSPENDED, message)]
         s.phase, s.created_at = JobPhase.STARTING, now
+        s.starting_since = s.active_since = now
         s.ps = [ps_name(i) for i in range(self.spec.parameter_server.replicas)]
         if self.mode is Mode.CHAIN:
             s.chain = Chain(members=list(s.ps))
@@ -184,10 +208,21 @@ class Master:
         """What is due at `now`: restarts after their delay, replacements, a configuration
         to publish again, start-up's deadline, and the stop condition."""
         s = self.state
-        if s.phase.terminal or s.phase is JobPhase.NEW:
+        if s.phase.terminal or not s.started:
             return []
+        policy = self.spec.run_policy
+        if s.phase is JobPhase.SUSPENDED:
+            return [] if policy.suspend else self._resume(now)
+        if policy.suspend:
+            return self._suspend(now)
+        deadline = policy.active_deadline_seconds
+        if deadline is not None and s.active(now) >= deadline:
+            active = s.active(now)
+            message = f"active for {active:.0f} s, past spec.runPolicy.activeDeadlineSeconds {deadline}"
+            return self._finish(JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, now)
         out: list[Action] = []
-        if s.phase is JobPhase.STARTING and s.created_at is not None and now - s.created_at > self.startup_timeout:
+        starting_since = s.starting_since if s.starting_since is not None else s.created_at
+        if s.phase is JobPhase.STARTING and starting_since is not None and now - starting_since > self.startup_timeout:
             return self._finish(
                 JobPhase.FAILED, Reason.STARTUP_TIMEOUT, f"no update was applied within {self.startup_timeout:.0f} s of the start", now
             )
@@ -230,7 +265,7 @@ class Master:
         out: list[Action] = []
         if order and name == order[0] and reported.lost_updates > s.completed.lost_updates:
             out += self._updates_lost(reported.lost_updates)
-        if s.phase.terminal:
+        if s.phase.terminal or s.phase is JobPhase.SUSPENDED:
             return out  # the final progress is still read; nothing is decided any more
         s.silent_since.pop(name, None)
         s.versions[name] = health.version
@@ -247,9 +282,11 @@ class Master:
 
     def _advance_start(self, health: Health, now: float) -> list[Action]:
         s = self.state
+        order = self.chain_order()
         out: list[Action] = []
-        initial = s.ps[: self.spec.parameter_server.replicas]
-        if not set(initial) <= set(s.answered):
+        if s.suspension.version_before is not None and order and health.process == order[0] and health.state == "serving":
+            out.append(self._restored(health))
+        if not set(order) <= set(s.answered):
             return out
         if s.chain is not None and s.chain.published_epoch < s.chain.epoch:
             if now >= s.chain.publish_due_at:
@@ -259,16 +296,20 @@ class Master:
             s.workers_started = True
             out += [self._start(w, now) for w in self.workers if w not in s.finished_workers]
             return out
-        order = self.chain_order()
-        if order and health.process == order[0] and health.version > 0:
-            s.phase, s.training_started_at = JobPhase.RUNNING, now
-            out.append(Record(EventName.TRAINING_STARTED, {"ps": order}, Reason.TRAINING_STARTED, "the first update was applied"))
+        # Training runs once the head applied an update above the version it started from
+        # (0, or what a resume restored); the job's clock goes on from where a suspension
+        # stopped it.
+        restored = s.suspension.last["version_restored"] if s.suspension.last else 0
+        if order and health.process == order[0] and health.version > restored and s.suspension.version_before is None:
+            s.phase, s.training_started_at = JobPhase.RUNNING, now - s.suspension.trained_seconds
+            message = "the first update was applied" + (" since the resume" if s.suspension.count else "")
+            out.append(Record(EventName.TRAINING_STARTED, {"ps": order}, Reason.TRAINING_STARTED, message))
         return out
 
     def _on_disrupted(self, disrupted: Disrupted) -> list[Action]:
         s = self.state
-        if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.terminal:
-            return []
+        if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.terminal or s.phase is JobPhase.SUSPENDED:
+            return []  # (the end's and a suspension's own stops are no disruptions)
         if disrupted.process in s.restarting:
             return []  # the master's own restart of a stuck worker (a pod being deleted)
         version = disrupted.version_before
@@ -289,7 +330,7 @@ class Master:
     def _on_exit(self, exited: Exited, now: float) -> list[Action]:
         s = self.state
         name = exited.process
-        stopping = s.phase.terminal
+        stopping = s.phase.terminal or s.phase is JobPhase.SUSPENDED
         known = name in s.up
         if known:
             s.up.remove(name)
@@ -305,7 +346,9 @@ class Master:
         if known and stopping and (kill is not None or (s.stopped_at is not None and exited.at < s.stopped_at)):
             return self._lost_before_stop(exited, kill)
         if stopping or not known:
-            why = "the job is stopping" if stopping else "not a live process of this job"
+            why = "not a live process of this job"
+            if stopping:
+                why = "the job is suspended" if s.phase is JobPhase.SUSPENDED else "the job is stopping"
             return [self._exit_record(exited, Remedy.IGNORE.value, why)]
         if restarted:
             reason = f"{name} made no progress: started again with the current chain"
@@ -364,7 +407,7 @@ class Master:
         starts only once it is gone."""
         s = self.state
         name = unanswered.process
-        if s.phase.terminal or name not in s.up or is_worker(name):
+        if s.phase.terminal or s.phase is JobPhase.SUSPENDED or name not in s.up or is_worker(name):
             return []
         if name == s.serving_head:
             s.serving_since = None  # not serving: workers waiting for it are not stuck
@@ -686,7 +729,7 @@ class Master:
         stop = self.spec.stop
         elapsed = self.elapsed(now)
         if set(self.workers) <= set(s.finished_workers):
-            return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_REACHED, "every worker reached stop.steps", now)
+            return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_DONE, "every worker reached stop.steps", now)
         if stop.duration is not None and elapsed >= stop.duration:
             return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached", now)
         # The target ends a job only once every kill of spec.chaos has fired and between
@@ -708,13 +751,98 @@ class Master:
         if s.phase.terminal:
             return []
         s.phase, s.reason, s.message, s.stopped_at = phase, reason, message, now
+        if s.active_since is not None:
+            s.active_seconds, s.active_since = s.active(now), None
+        out = self._abandon("the job ended first", now)
+        out.append(Finish(phase, reason, message))
+        policy = self.spec.run_policy.clean_pod_policy
+        if policy is CleanPodPolicy.NONE:
+            s.kept, s.up = list(s.up), []  # left running: their ends are no concern of the job's
+            return out
+        out += self._stops()
+        if policy is CleanPodPolicy.ALL:
+            known = dict.fromkeys(s.ps + self.workers + list(s.seen_workers))
+            out += [Remove(p) for p in known if p not in s.up]
+        return out
+
+    def _stops(self) -> list[Action]:
+        """Stop every process: workers first (a stateless worker offline hands its work
+        over), then the PS (a checkpoint PS writes its state as it stops)."""
+        s = self.state
+        order = [w for w in self.workers if w in s.up] + [p for p in s.up if not is_worker(p)]
+        return [Stop(p, grace=STOP_GRACE if is_worker(p) else PS_STOP_GRACE) for p in order]
+
+    def _abandon(self, why: str, now: float) -> list[Action]:
+        """Recoveries and replacements that will not finish (the job ends or is suspended):
+        recorded as incomplete; an unjoined replacement leaves the chain."""
+        s = self.state
         out: list[Action] = [
-            Record(EventName.RECOVERY_INCOMPLETE, r.as_event(), Reason.RECOVERY_INCOMPLETE, f"{r.target}: the job ended first", warning=True)
+            Record(EventName.RECOVERY_INCOMPLETE, r.as_event(), Reason.RECOVERY_INCOMPLETE, f"{r.target}: {why}", warning=True)
             for r in s.recoveries
         ]
         out += [self._join_incomplete(r, now) for r in s.replacements]
-        out.append(Finish(phase, reason, message))
-        # Workers first (a stateless worker offline hands its work over), then the PS.
-        order = [w for w in self.workers if w in s.up] + [p for p in s.up if not is_worker(p)]
-        out += [Stop(p, grace=STOP_GRACE if is_worker(p) else PS_STOP_GRACE) for p in order]
         return out
+
+    # -- suspend and resume (spec.runPolicy.suspend) --------------------------------------------
+    def _suspend(self, now: float) -> list[Action]:
+        """Stop every process; nothing is decided until the job is resumed. The active
+        deadline and the job's clock stand still meanwhile."""
+        s = self.state
+        out = self._abandon("the job was suspended first", now)
+        s.recoveries, s.replacements, s.kills, s.restarting = [], [], {}, []
+        s.silent_since, s.serving_since = {}, None
+        s.suspension.count += 1
+        s.suspension.trained_seconds = self.elapsed(now) if s.phase is JobPhase.RUNNING else s.suspension.trained_seconds
+        s.active_seconds, s.active_since = s.active(now), None
+        s.phase, s.workers_started = JobPhase.SUSPENDED, False
+        stops = self._stops()
+        lossy, restores = self._resume_source()
+        fields = {"processes": [a.process for a in stops if isinstance(a, Stop)], "resume_from": restores, "version": s.progress.version}
+        message = f"spec.runPolicy.suspend: stopping {len(stops)} processes; resuming starts again from {restores}"
+        return out + [Record(EventName.SUSPENDED, fields, Reason.SUSPENDED, message, warning=lossy)] + stops
+
+    def _resume_source(self) -> tuple[bool, str]:
+        """What a resume will start from, and whether that loses the state trained so far:
+        a suspension stops every process, and only a checkpoint outlives them."""
+        if self.mode is Mode.CHECKPOINT:
+            return False, "the newest checkpoint (the PS writes one as it stops)"
+        if self.mode is Mode.STATELESS and self.spec.stateless.fallback_checkpoint:
+            return False, "the fallback checkpoint (the PS writes one as it stops)"
+        holders = "its replicas" if self.mode is Mode.CHAIN else "the PS and its workers"
+        return True, f"the initial weights: the state lives only in {holders}, all stopped"
+
+    def _resume(self, now: float) -> list[Action]:
+        """spec.runPolicy.suspend is false again: once every process of the suspension has
+        ended (a checkpoint PS has written its state; two PS never share its store), start
+        the PS processes again (chain: the members, topped up to the spec's length, as a
+        new configuration); workers follow as at the first start."""
+        s = self.state
+        if s.up:
+            return []
+        s.phase, s.starting_since, s.active_since = JobPhase.STARTING, now, now
+        s.answered, s.versions, s.serving_head = [], {}, ""
+        s.progress.serving = ""
+        s.suspension.version_before = s.progress.version
+        if s.chain is not None:
+            while len(s.chain.members) < self.spec.parameter_server.replicas:
+                name = ps_name(len(s.ps))
+                s.ps.append(name)
+                s.chain.members.append(name)
+            s.chain.epoch += 1  # published once every member answers, as at the first start
+        order = self.chain_order()
+        fields = {"ps": order, "version_before": s.progress.version}
+        message = f"spec.runPolicy.suspend is false: starting {', '.join(order)} again"
+        return [Record(EventName.RESUMED, fields, Reason.RESUMED, message)] + [self._start(p, now) for p in order]
+
+    def _restored(self, health: Health) -> Record:
+        """The resumed head serves: what it started from against the newest version read
+        before the suspension (the updates a resume lost, measured)."""
+        s = self.state
+        before = s.suspension.version_before
+        assert before is not None
+        restored = max(0, health.started_version)
+        lost = max(0, before - restored)
+        s.suspension.version_before = None
+        s.suspension.last = {"restored_from": health.restored_from, "version_before": before, "version_restored": restored, "lost_updates": lost}
+        message = f"resumed from {health.restored_from or 'nothing'} at version {restored}: {lost} of the {max(before, 0)} updates read before the suspension lost"
+        return Record(EventName.STATE_RESTORED, dict(s.suspension.last, process=health.process), Reason.STATE_RESTORED, message, warning=lost > 0)

@@ -162,6 +162,14 @@ class Terminate:
 
 
 @dataclass(frozen=True)
+class Remove:
+    """Delete what is left of `process`, which has ended: its pod, and the logs with it
+    (spec.runPolicy.cleanPodPolicy All). A local process leaves nothing to delete."""
+
+    process: str
+
+
+@dataclass(frozen=True)
 class PublishChain:
     """Send the chain configuration (epoch, members head first) to its members, tail first;
     answer with `Published`."""
@@ -209,4 +217,4 @@ class Finish:
     message: str
 
 
-Action = Union[Start, Stop, Terminate, PublishChain, Record, RecoveryDone, UpdatesLost, Finish]
+Action = Union[Start, Stop, Terminate, Remove, PublishChain, Record, RecoveryDone, UpdatesLost, Finish]

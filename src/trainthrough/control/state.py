@@ -119,6 +119,17 @@ class Progress(StateModel):
     serving: str = ""  # the PS progress was last read from, and its state
 
 
+class Suspension(StateModel):
+    """spec.runPolicy.suspend of a job that had started."""
+
+    count: int = 0  # times suspended after it had started
+    trained_seconds: float = 0.0  # the job's clock when it was last suspended
+    # Set at a resume until the resumed head serves: the newest version read before the
+    # suspension, against which what the resume restored is measured.
+    version_before: int | None = None
+    last: dict[str, Any] | None = None  # the last resume, measured (restored_from, versions, lost_updates)
+
+
 class Totals(StateModel):
     count: int = 0
     lost_updates: int = 0  # acknowledged updates the workers measured lost, in all
@@ -130,8 +141,13 @@ class MasterState(StateModel):
     phase: JobPhase = JobPhase.NEW
     reason: Reason | None = None
     message: str = ""
-    created_at: float | None = None
-    stopped_at: float | None = None  # when the job's end was decided
+    created_at: float | None = None  # the first start (its first processes created): startTime
+    starting_since: float | None = None  # the last start or resume: start-up's deadline counts from it
+    stopped_at: float | None = None  # when the job's end was decided: completionTime, the TTL's start
+    # Active time (spec.runPolicy.activeDeadlineSeconds): the seconds of earlier active
+    # spans, and when the current one began (None while suspended, new or ended).
+    active_seconds: float = 0.0
+    active_since: float | None = None
     training_started_at: float | None = None  # the job's clock: chaos times, stop.duration
     ps: list[str] = Field(default_factory=list)  # every PS process of the job, in creation order
     up: list[str] = Field(default_factory=list)  # processes started and not seen ended
@@ -151,8 +167,20 @@ class MasterState(StateModel):
     restarting: list[str] = Field(default_factory=list)  # workers ended to be started again
     failures: int = 0  # counted against spec.runPolicy.backoffLimit
     chaos_fired: int = 0  # kills of spec.chaos seen (a Disrupted with its scheduled time)
+    suspension: Suspension = Field(default_factory=Suspension)
+    kept: list[str] = Field(default_factory=list)  # left running at the end (cleanPodPolicy None)
     completed: Totals = Field(default_factory=Totals)
     progress: Progress = Field(default_factory=Progress)
+
+    @property
+    def started(self) -> bool:
+        """Whether its first processes were created (a job created suspended was not)."""
+        return self.created_at is not None
+
+    def active(self, now: float) -> float:
+        """Seconds the job has been active (started and not suspended) by `now`."""
+        current = 0.0 if self.active_since is None else max(0.0, now - self.active_since)
+        return self.active_seconds + current
 
     @property
     def recovering(self) -> bool:

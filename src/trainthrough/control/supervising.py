@@ -101,6 +101,9 @@ class Supervisor:
     def run(self) -> RunSummary:
         try:
             self._apply(self.master.start(time.time()))
+            if self.master.state.phase is JobPhase.SUSPENDED:
+                # Nothing here can resume it: on a cluster a queue (Kueue) or a user flips it.
+                raise TrainthroughError("spec.runPolicy.suspend is true: a suspended job runs only once resumed on a cluster; set it false to run it here")
             while not self.master.done:
                 self._step()
         except Exception as error:  # whatever happens, every process is stopped

@@ -27,18 +27,23 @@ class EventName(StrEnum):
     RECOVERY = "recovery"
     UPDATES_LOST = "updates_lost"
     RECOVERY_INCOMPLETE = "recovery_incomplete"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    STATE_RESTORED = "state_restored"  # what a resumed job started from, measured
+    DELETED = "deleted"  # the operator deleted the finished job (ttlSecondsAfterFinished)
     RUN_END = "run_end"
 
 
 class Reason(StrEnum):
     """Why something happened, in CamelCase as Kubernetes reasons are spelled."""
 
-    # the job's end
-    TARGET_REACHED = "TargetAccuracyReached"
-    STEPS_REACHED = "StepsReached"
+    # the job's end (the reasons of the Complete and Failed conditions)
+    TARGET_REACHED = "TargetReached"
+    STEPS_DONE = "StepsDone"
     DURATION_REACHED = "DurationReached"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
-    CHAIN_LOST = "EveryChainReplicaLost"
+    CHAIN_LOST = "ChainLost"
     STARTUP_TIMEOUT = "StartupTimeout"
     PERMANENT_ERROR = "PermanentError"
     STOPPED = "Stopped"
@@ -56,6 +61,11 @@ class Reason(StrEnum):
     UPDATES_LOST = "UpdatesLost"
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
     TRAINING_STARTED = "TrainingStarted"
+    TRAINING = "Training"
+    SUSPENDED = "Suspended"  # spec.runPolicy.suspend: the job's pods are stopped
+    SUSPENDING = "Suspending"  # ... and some are still stopping
+    RESUMED = "Resumed"
+    STATE_RESTORED = "StateRestored"
     # the operator's
     INVALID_SPEC = "InvalidSpec"
     SERVING = "ParameterServerServing"
@@ -70,6 +80,7 @@ class JobPhase(StrEnum):
     NEW = "New"
     STARTING = "Starting"
     RUNNING = "Running"
+    SUSPENDED = "Suspended"  # spec.runPolicy.suspend: no process runs (created so, or stopped)
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 

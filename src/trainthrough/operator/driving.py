@@ -20,16 +20,16 @@ from typing import Any
 
 from trainthrough.control.applying import Applier
 from trainthrough.control.messages import Exited, Health, Observation, Record, RecoveryDone, Unanswered
-from trainthrough.control.master import Master
+from trainthrough.control.master import Master, expires_at
 from trainthrough.control.state import MasterState
-from trainthrough.control.vocabulary import JobPhase, Reason
+from trainthrough.control.vocabulary import EventName, Reason
 from trainthrough.errors import PermanentError, TemporaryError
-from trainthrough.operator import conditions as c
+from trainthrough.job_status import Phase
 from trainthrough.operator import reconciling
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.operator.status import merge_patch, render
 from trainthrough.rpc import ConnectionPool
-from trainthrough.runtime.pods import PodRuntime
+from trainthrough.runtime.pods import PodRuntime, timestamp
 from trainthrough.spec import SpecError, TrainingJob, parse_resource
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
             job = parse_resource(body)
         except SpecError as error:
             _refuse(body, status, error, Reason.INVALID_SPEC, config)
+            finished = timestamp(status.get("completionTime")) if status.get("phase") == Phase.FAILED else None
+            _expire(body, expires_at(finished, reconciling.ttl_of(body)), config)
             return
         refusal = config.chaos.refusal(job)
         if refusal is not None and not status.get("master"):  # a job already running keeps running
@@ -63,7 +65,7 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
 
 def _refuse(body: dict[str, Any], status: dict[str, Any], error: SpecError, reason: Reason, config: OperatorConfig) -> None:
     """Fail a job that may not run, once: nothing of it is created."""
-    if status.get("phase") != c.FAILED:
+    if status.get("phase") != Phase.FAILED:
         metadata = body["metadata"]
         config.api.patch_job_status(metadata["namespace"], metadata["name"], reconciling.invalid_status(body, error, reason))
         config.api.event(body, "Warning", reason, str(error))
@@ -72,25 +74,28 @@ def _refuse(body: dict[str, Any], status: dict[str, Any], error: SpecError, reas
 def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig) -> None:
     namespace, name = job.metadata.namespace, job.metadata.name
     state = MasterState.load(status.get("master"))
-    if state.phase.terminal and not state.up:
-        config.seen_pods.pop((namespace, name), None)
-        return  # finished and every pod gone
     master = Master(job, state)
+    if _expire(body, master.expires_at(), config) or (state.phase.terminal and not state.up):
+        config.seen_pods.pop((namespace, name), None)
+        return  # deleted, or finished and every pod gone
     last_seen = config.seen_pods.get((namespace, name), {})
     runtime = PodRuntime(config.api, job, owner=body, images=config.images, expected=state.up, last_seen=last_seen)
     # Events and metrics only once the status that holds what they tell is written.
     records: list[Record] = []
     recoveries: list[RecoveryDone] = []
     pool = config.pool_for(job, body["metadata"].get("uid", ""))  # the job's token and certificates
-    applier = Applier(master, runtime, record=records.append, on_recovery=recoveries.append, pool=pool)
+    applier = Applier(master, runtime, record=records.append, on_recovery=recoveries.append, pool=pool, remove=runtime.remove)
 
     def observe(observation: Observation) -> None:
         applier.apply(master.observe(observation, time.time()))
 
     try:
-        if state.phase is JobPhase.NEW:
-            reconciling.create_supporting_objects(body, job, config)
-            applier.apply(master.start(time.time()))
+        if not state.started and not state.phase.terminal:
+            # A job created suspended gets nothing (no chaos Job, no claim) until it starts.
+            actions = master.start(time.time())
+            if state.started:
+                reconciling.create_supporting_objects(body, job, config)
+            applier.apply(actions)
         else:
             for disrupted in runtime.disruptions():
                 observe(disrupted)
@@ -116,6 +121,19 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
         config.recovery_metrics(job).record(done)
     for record in records:
         _emit(config, body, record)
+
+
+def _expire(body: dict[str, Any], due: float | None, config: OperatorConfig) -> bool:
+    """Delete the finished job once its spec.runPolicy.ttlSecondsAfterFinished is due (its
+    pods and other objects go with it); whether it was deleted."""
+    if due is None or time.time() < due:
+        return False
+    meta = body["metadata"]
+    log.info("%s/%s: deleted, its ttlSecondsAfterFinished past", meta["namespace"], meta["name"])
+    if config.events is not None:
+        config.events.emit(EventName.DELETED.value, trainingjob=meta["name"], reason="ttlSecondsAfterFinished")
+    config.api.delete_job(meta["namespace"], meta["name"])
+    return True
 
 
 def _probe(config: OperatorConfig, pool: ConnectionPool, runtime: PodRuntime, process: str) -> Health | Unanswered | None:

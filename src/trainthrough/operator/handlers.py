@@ -64,7 +64,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             job = parse_resource(dict(body))
         except SpecError:
             job = None
-        if job is not None:
+        # A job that has not started (created suspended) has no ConfigMap yet: it gets one,
+        # with the spec of then, when it starts.
+        if job is not None and (body.get("status") or {}).get("startTime"):
             _timed(config, lambda: reconciling.update_config_map(job, config))
         drive(body)
 

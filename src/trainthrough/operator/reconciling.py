@@ -25,7 +25,8 @@ from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.rpc import ConnectionPool
 from trainthrough.runtime import manifests, security
 from trainthrough.runtime.security import JobCredentials
-from trainthrough.spec import SpecError, TrainingJob, dump_job
+from trainthrough.job_status import ConditionType, Phase, TrainingJobStatus
+from trainthrough.spec import RunPolicySpec, SpecError, TrainingJob, dump_job, validate_document
 
 
 @dataclass
@@ -63,13 +64,29 @@ class OperatorConfig:
 
 
 def invalid_status(body: dict[str, Any], error: SpecError, reason: Reason = Reason.INVALID_SPEC) -> dict[str, Any]:
-    """The status of a job refused before anything of it was created (`reason`: why)."""
+    """The status of a job refused before anything of it was created (`reason`: why): it
+    failed (Failed, and Stalled: nothing changes until its spec does). Only the fields
+    set here are written; the rest of a status stays as it is."""
     generation = body["metadata"].get("generation")
-    conditions = body.get("status", {}).get("conditions")
+    conditions = c.parse((body.get("status") or {}).get("conditions"))
     message = "; ".join(f"{e.path}: {e.message}" for e in error.errors)
-    conditions = c.with_condition(conditions, c.READY, False, reason, message, generation)
-    conditions = c.with_condition(conditions, c.FAILED_CONDITION, True, reason, message, generation)
-    return {"phase": c.FAILED, "reason": reason, "message": message, "observedGeneration": generation, "conditions": conditions}
+    for type_, value in [(ConditionType.READY, False), (ConditionType.PROGRESSING, False), (ConditionType.RECONCILING, False),
+                         (ConditionType.FAILED, True), (ConditionType.STALLED, True)]:  # fmt: skip
+        conditions = c.with_condition(conditions, type_, value, reason, message, generation)
+    status = TrainingJobStatus(
+        observed_generation=generation, phase=Phase.FAILED, reason=reason, message=message, completion_time=c.now(), conditions=conditions
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def ttl_of(body: dict[str, Any]) -> int | None:
+    """spec.runPolicy.ttlSecondsAfterFinished of a job whose spec may be invalid as a
+    whole: honoured when its runPolicy is valid by itself (a refused job is finished too)."""
+    raw = (body.get("spec") or {}).get("runPolicy") or {}
+    try:
+        return validate_document(RunPolicySpec, raw, "spec.runPolicy", "runPolicy").ttl_seconds_after_finished
+    except SpecError:
+        return None
 
 
 def create_supporting_objects(body: dict[str, Any], job: TrainingJob, config: OperatorConfig) -> None:

@@ -1,7 +1,8 @@
-"""The TrainingJob's status as the master's state shows it: phase, conditions, progress,
-recoveries and chain for people and `kubectl get tj` (printer columns), and the master's
-state itself under `status.master`, from which the next reconcile (or another operator
-replica) resumes. Called by operator/driving.py; pure.
+"""The TrainingJob's status as the master's state shows it, built as the typed model
+(job_status.py, which the CRD's status schema is generated from): phase, conditions,
+progress, recoveries, chain and suspension for people, `kubectl get tj` and tools that
+gate on conditions, and the master's state itself under `status.master`, from which the
+next reconcile (or another operator replica) resumes. Called by operator/driving.py; pure.
 """
 
 from __future__ import annotations
@@ -9,82 +10,137 @@ from __future__ import annotations
 from typing import Any
 
 from trainthrough.control.master import Master
+from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import JobPhase, Reason
+from trainthrough.job_status import (
+    ChainStatus,
+    Condition,
+    ConditionType,
+    Phase,
+    Progress,
+    Recoveries,
+    Resume,
+    Suspension,
+    TrainingJobStatus,
+)
 from trainthrough.operator import conditions as c
 
 
-def phase_of(master: Master) -> str:
+def phase_of(master: Master) -> Phase:
     state = master.state
     if state.phase is JobPhase.SUCCEEDED:
-        return c.SUCCEEDED
+        return Phase.SUCCEEDED
     if state.phase is JobPhase.FAILED:
-        return c.FAILED
+        return Phase.FAILED
+    if state.phase is JobPhase.SUSPENDED:
+        return Phase.SUSPENDED
     if state.phase is JobPhase.RUNNING:
-        return c.RECOVERING if state.recoveries else c.RUNNING
-    return c.PENDING
+        return Phase.RECOVERING if state.recoveries else Phase.RUNNING
+    return Phase.PENDING
+
+
+def _conditions(state: MasterState, previous: list[Condition], generation: int | None) -> list[Condition]:
+    conditions = previous
+
+    def put(type_: ConditionType, status: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = c.with_condition(conditions, type_, status, reason, message, generation)
+
+    phase, progress = state.phase, state.progress
+    suspended = phase is JobPhase.SUSPENDED
+    if phase.terminal:
+        assert state.reason is not None
+        ended = state.reason, state.message
+        put(ConditionType.READY, False, *ended)
+        put(ConditionType.PROGRESSING, False, *ended)
+        put(ConditionType.COMPLETE if phase is JobPhase.SUCCEEDED else ConditionType.FAILED, True, *ended)
+        put(ConditionType.RECONCILING, False, *ended)
+        put(ConditionType.STALLED, phase is JobPhase.FAILED, *ended)
+    elif suspended:
+        message = "spec.runPolicy.suspend: no pods until it is resumed"
+        put(ConditionType.READY, False, Reason.SUSPENDED, message)
+        put(ConditionType.PROGRESSING, False, Reason.SUSPENDED, message)
+        put(ConditionType.SUSPENDED, True, Reason.SUSPENDED, message)
+        if state.up:
+            put(ConditionType.RECONCILING, True, Reason.SUSPENDING, f"stopping {', '.join(state.up)}")
+        else:
+            put(ConditionType.RECONCILING, False, Reason.SUSPENDED, message)
+        put(ConditionType.STALLED, False, Reason.SUSPENDED, message)
+    else:
+        serving = progress.serving.endswith(" serving")
+        reason = Reason.SERVING if serving else Reason.NOT_SERVING
+        put(ConditionType.READY, serving, reason, progress.serving or "no parameter server answered yet")
+        training = phase is JobPhase.RUNNING
+        activity = Reason.TRAINING_STARTED if training else Reason.STARTING
+        doing = "training" if training else "waiting for the parameter server and the first update"
+        put(ConditionType.PROGRESSING, True, activity, doing)
+        if any(p.type == ConditionType.SUSPENDED for p in conditions):
+            put(ConditionType.SUSPENDED, False, Reason.RESUMED, "spec.runPolicy.suspend is false")
+        converging = [r.target for r in state.recoveries] + [r.replaces for r in state.replacements] + list(state.kills) + state.restarting
+        if not training:
+            put(ConditionType.RECONCILING, True, Reason.STARTING, doing)
+        elif converging:
+            put(ConditionType.RECONCILING, True, Reason.FAILURE_DETECTED, f"recovering {', '.join(sorted(set(converging)))}")
+        else:
+            put(ConditionType.RECONCILING, False, Reason.TRAINING, "every process runs")
+        put(ConditionType.STALLED, False, activity, doing)
+    recovering = [r.target for r in state.recoveries]
+    put(
+        ConditionType.RECOVERING, bool(recovering), Reason.FAILURE_DETECTED if recovering else Reason.RECOVERY_COMPLETED,
+        f"recovering {', '.join(recovering)}" if recovering else "no recovery in flight",
+    )  # fmt: skip
+    degraded = sorted(set(recovering) | {r.replaces for r in state.replacements} | set(state.kills))
+    put(
+        ConditionType.DEGRADED, bool(degraded), Reason.FAILURE_DETECTED if degraded else Reason.RECOVERY_COMPLETED,
+        f"lost: {', '.join(degraded)}" if degraded else "every process present",
+    )  # fmt: skip
+    return conditions
 
 
 def render(master: Master, previous: dict[str, Any], generation: int | None) -> dict[str, Any]:
     """The whole status for the master's state (`previous`: the status it replaces)."""
     state = master.state
     progress, totals = state.progress, state.completed
-    conditions = previous.get("conditions")
-    serving = progress.serving.endswith(" serving")
-    conditions = c.with_condition(
-        conditions, c.READY, serving, Reason.SERVING if serving else Reason.NOT_SERVING, progress.serving or "no parameter server answered yet", generation
-    )
-    if state.phase.terminal:
-        assert state.reason is not None
-        conditions = c.with_condition(conditions, c.PROGRESSING, False, state.reason, state.message, generation)
-        done = c.SUCCEEDED_CONDITION if state.phase is JobPhase.SUCCEEDED else c.FAILED_CONDITION
-        conditions = c.with_condition(conditions, done, True, state.reason, state.message, generation)
-    else:
-        reason = Reason.TRAINING_STARTED if state.phase is JobPhase.RUNNING else Reason.STARTING
-        message = "training" if state.phase is JobPhase.RUNNING else "waiting for the parameter server and the first update"
-        conditions = c.with_condition(conditions, c.PROGRESSING, True, reason, message, generation)
-    recovering = [r.target for r in state.recoveries]
-    conditions = c.with_condition(
-        conditions, c.RECOVERING_CONDITION, bool(recovering), Reason.FAILURE_DETECTED if recovering else Reason.RECOVERY_COMPLETED,
-        f"recovering {', '.join(recovering)}" if recovering else "no recovery in flight", generation,
-    )  # fmt: skip
-    degraded = sorted(set(recovering) | {r.replaces for r in state.replacements} | set(state.kills))
-    conditions = c.with_condition(
-        conditions, c.DEGRADED, bool(degraded), Reason.FAILURE_DETECTED if degraded else Reason.RECOVERY_COMPLETED,
-        f"lost: {', '.join(degraded)}" if degraded else "every process present", generation,
-    )  # fmt: skip
     last = totals.last or {}
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "phase": phase_of(master),
-        "reason": str(state.reason) if state.reason else None,
-        "message": state.message or None,
-        "ps": list(state.ps),
-        "progress": {
-            "step": progress.steps,
-            "modelVersion": progress.version,
-            "accuracy": round(progress.accuracy, 6) if progress.accuracy >= 0 else None,
-        },
-        "recoveries": {
-            "count": totals.count,
-            "lostUpdates": totals.lost_updates,
-            "downtimeSeconds": totals.downtime_seconds,
-            "lastRecoverySeconds": (last.get("phases") or {}).get("total"),
-            "lastPhases": last.get("phases"),
-            "inFlight": recovering,
-            "failures": state.failures,
-        },
-        "conditions": conditions,
-        "master": state.dump(),
-    }
-    if state.chain is not None:
-        status["chain"] = {
-            "epoch": state.chain.epoch,
-            "members": list(state.chain.members),
-            "head": state.chain.head,
-            "publishedEpoch": state.chain.published_epoch,
-            "joining": [r.name for r in state.replacements if r.name],
-        }
-    return status
+    chain = state.chain
+    suspension = state.suspension
+    status = TrainingJobStatus(
+        observed_generation=generation,
+        phase=phase_of(master),
+        reason=str(state.reason) if state.reason else None,
+        message=state.message or None,
+        start_time=c.timestamp(state.created_at),
+        completion_time=c.timestamp(state.stopped_at) if state.phase.terminal else None,
+        ps=list(state.ps),
+        progress=Progress(
+            step=progress.steps,
+            model_version=progress.version,
+            accuracy=round(progress.accuracy, 6) if progress.accuracy >= 0 else None,
+        ),
+        recoveries=Recoveries(
+            count=totals.count,
+            lost_updates=totals.lost_updates,
+            downtime_seconds=totals.downtime_seconds,
+            last_recovery_seconds=(last.get("phases") or {}).get("total"),
+            last_phases=last.get("phases"),
+            in_flight=[r.target for r in state.recoveries],
+            failures=state.failures,
+        ),
+        chain=None if chain is None else ChainStatus(
+            epoch=chain.epoch,
+            members=list(chain.members),
+            head=chain.head,
+            published_epoch=chain.published_epoch,
+            joining=[r.name for r in state.replacements if r.name],
+        ),
+        suspension=None if not (suspension.count or suspension.last) else Suspension(
+            count=suspension.count,
+            last_resume=Resume.model_validate(suspension.last) if suspension.last else None,
+        ),
+        conditions=_conditions(state, c.parse(previous.get("conditions")), generation),
+        master=state.dump(),
+    )  # fmt: skip
+    return status.dump()
 
 
 def merge_patch(old: Any, new: Any) -> Any:

@@ -136,6 +136,13 @@ class PodRuntime:
         """Delete the pod with `timeout` as its grace; its end is observed as any death."""
         self.api.delete_pod(self.namespace, manifests.pod_name(self.job, name), grace_seconds=int(round(timeout)))
 
+    def remove(self, name: str) -> None:
+        """Delete the pod of a process that ended (spec.runPolicy.cleanPodPolicy All); no
+        pod left: nothing to do."""
+        pod = self._pods.get(name)
+        if pod is not None:
+            self.api.delete_pod(self.namespace, pod["metadata"]["name"], grace_seconds=0)
+
     def address(self, name: str) -> str:
         ip = ((self._pods.get(name) or {}).get("status") or {}).get("podIP")
         return f"{ip}:{manifests.PS_PORT}" if ip else manifests.ps_address(self.job, name)
