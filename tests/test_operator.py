@@ -15,7 +15,8 @@ Covered, on the plain emulator (no pod runs, so no PS ever answers):
 - a pod being deleted is lost at its DELETE (deletionTimestamp minus the grace period),
   not when its grace period ends; the chaos Job's annotation, when written, times it;
 - an invalid TrainingJob gets a Failed phase and a condition naming the field, and the
-  operator goes on serving other jobs;
+  operator goes on serving other jobs; a refused job (its chaos not allowed) is Failed and
+  Stalled, and deleted once its ttlSecondsAfterFinished has passed;
 - every manifest the operator creates passes kubernetes-validate --strict (1.30, 1.33);
 - `trainthrough operator` as a process serves its metrics and liveness; a job that
   existed before the operator started is taken up; two peered replicas serve jobs once
@@ -210,6 +211,16 @@ def test_an_invalid_job_fails_with_the_field_and_others_are_still_served(kube: K
     assert pods(kube, "bad") == {} and kube.find("configmaps", "bad-job") is None
     kube.create(TRAININGJOBS, trainingjob("good", consistency="checkpoint"))
     wait_for(lambda: "good-ps-0" in pods(kube, "good"), timeout=10, what="the next job's PS")
+
+
+def test_a_refused_job_is_deleted_its_ttl_after_it_was_refused(kube: KubeEmulator, operator) -> None:
+    operator.chaos = ChaosPolicy()  # chaos off: a job with a chaos schedule is refused whole
+    chaos = [{"target": "ps-head", "at": "30s"}]
+    kube.create(TRAININGJOBS, trainingjob("refused", chaos=chaos, runPolicy={"ttlSecondsAfterFinished": 1}))
+    failed = wait_for(lambda: (s := status(kube, "refused")).get("phase") == "Failed" and s, timeout=10, what="refused")
+    assert failed["reason"] == "ChaosNotAllowed" and failed["completionTime"]
+    assert conditions(failed)["Stalled"]["status"] == conditions(failed)["Failed"]["status"] == "True"
+    wait_for(lambda: kube.find(TRAININGJOBS, "refused") is None, timeout=15, what="the refused job deleted after its TTL")
 
 
 def test_a_deleted_pod_is_lost_when_it_was_deleted_not_when_its_grace_ends() -> None:

@@ -7,8 +7,9 @@ serves, with the caller's User-Agent (`KubeEmulator.calls()`). On the cluster st
 through a kubeconfig) runs a scenario that takes every path that talks to the API: jobs
 of every kind of object (a checkpoint PVC, a chain, a chaos section, the PS
 NetworkPolicy), a chaos Job that really deletes the checkpoint PS once training runs, a
-recovery from it, a scale-down, a lost chain head replaced at the tail, an invalid job
-deleted after its ttlSecondsAfterFinished.
+recovery from it, a scale-down, a lost chain head replaced at the tail, an invalid job,
+the chain job failed past a shortened activeDeadlineSeconds and deleted by its
+ttlSecondsAfterFinished.
 The stand-in's own kubelet and Job controller (their User-Agents) and the test's calls are
 left out; the chaos pod runs `trainthrough chaos` with its API client's User-Agent
 tagged, so that its calls can be told from the operator's (both use the kubernetes
@@ -121,10 +122,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
             chaos = [{"target": "ps-head", "at": "1s"}]
             kube.create(TRAININGJOBS, trainingjob("ck", consistency="checkpoint", chaos=chaos, workers={"replicas": 2}))
             kube.create(TRAININGJOBS, trainingjob("rc", consistency="chain", parameterServer={"replicas": 2}))
-            # Refused, and deleted once its TTL is past (a refused job has finished too).
-            kube.create(TRAININGJOBS, trainingjob("bad", consistency="stateless", updates="sync", runPolicy={"ttlSecondsAfterFinished": 2}))
+            kube.create(TRAININGJOBS, trainingjob("bad", consistency="stateless", updates="sync"))
             wait_for(lambda: status(kube, "bad").get("phase") == "Failed", timeout=TIMEOUT, what="the invalid job")
-            wait_for(lambda: kube.find(TRAININGJOBS, "bad") is None, timeout=TIMEOUT, what="the invalid job deleted after its TTL")
             # The chaos Job deletes ck's PS once training runs; the operator recovers it.
             wait_for(lambda: "ChaosInjected" in reasons(kube, "ck"), timeout=TIMEOUT, interval=0.2, what="the chaos Job's kill")
             wait_for(lambda: status(kube, "ck")["recoveries"]["count"] == 1, timeout=TIMEOUT, interval=0.2, what="the PS recovery")
@@ -137,6 +136,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
                 and s["recoveries"]["count"] == 1,
                 timeout=TIMEOUT, interval=0.2, what="the promotion and the replacement's join",
             )  # fmt: skip
+            # runPolicy stays mutable: past a shortened deadline it fails, and its TTL deletes it.
+            kube.patch(TRAININGJOBS, "rc", {"spec": {"runPolicy": {"activeDeadlineSeconds": 1, "ttlSecondsAfterFinished": 0}}})
+            wait_for(lambda: kube.find(TRAININGJOBS, "rc") is None, timeout=TIMEOUT, interval=0.2, what="rc failed and deleted")
             job = parse_job({**kube.get(TRAININGJOBS, "ck"), "metadata": {"name": "ck", "namespace": "default"}})
         finally:
             operator.terminate()

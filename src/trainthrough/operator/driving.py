@@ -53,8 +53,6 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
             job = parse_resource(body)
         except SpecError as error:
             _refuse(body, status, error, Reason.INVALID_SPEC, config)
-            finished = timestamp(status.get("completionTime")) if status.get("phase") == Phase.FAILED else None
-            _expire(body, expires_at(finished, reconciling.ttl_of(body)), config)
             return
         refusal = config.chaos.refusal(job)
         if refusal is not None and not status.get("master"):  # a job already running keeps running
@@ -64,11 +62,14 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
 
 
 def _refuse(body: dict[str, Any], status: dict[str, Any], error: SpecError, reason: Reason, config: OperatorConfig) -> None:
-    """Fail a job that may not run, once: nothing of it is created."""
+    """Fail a job that may not run, once: nothing of it is created. A refused job has
+    finished too: its ttlSecondsAfterFinished counts from its completionTime."""
     if status.get("phase") != Phase.FAILED:
         metadata = body["metadata"]
         config.api.patch_job_status(metadata["namespace"], metadata["name"], reconciling.invalid_status(body, error, reason))
         config.api.event(body, "Warning", reason, str(error))
+        return
+    _expire(body, expires_at(timestamp(status.get("completionTime")), reconciling.ttl_of(body)), config)
 
 
 def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], config: OperatorConfig) -> None:
