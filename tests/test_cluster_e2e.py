@@ -23,7 +23,8 @@ Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stat
   suspended has no pod and no other object until resumed, then trains, is suspended while
   it trains (every pod stopped, Suspended True, Reconciling False once they are gone) and
   resumed from the checkpoint its PS wrote as it stopped (nothing lost, measured in
-  status.suspension.lastResume), completes (Complete, StepsDone; `kubectl wait` returns
+  status.suspension.lastResume; a chain job suspended beside it resumes from the initial
+  weights, every update lost, measured and warned of), completes (Complete, StepsDone; `kubectl wait` returns
   where kubectl reaches the stand-in), its PS pod stopped and its finished worker's pod
   kept (cleanPodPolicy Running), and a ttlSecondsAfterFinished set once it finished
   deletes it with everything it owns.
@@ -297,8 +298,9 @@ def test_the_run_policy_and_the_conditions_to_gate_on(cluster: StandInCluster) -
     kube = cluster.kube
     late = document("late", "checkpoint", chaos=[], stop={"duration": "600s"}, runPolicy={"activeDeadlineSeconds": 3})
     held = document("held", "checkpoint", chaos=[], stop={"steps": 300}, runPolicy={"suspend": True})
-    cluster.apply(held)
-    cluster.apply(late)
+    chained = document("chained", "chain", chaos=[], parameterServer={"replicas": 2}, stop={"duration": "600s"})
+    for doc in (held, late, chained):
+        cluster.apply(doc)
 
     # Past its deadline: Failed and Stalled, its pods stopped.
     failed = finished(cluster, "late")
@@ -322,21 +324,35 @@ def test_the_run_policy_and_the_conditions_to_gate_on(cluster: StandInCluster) -
         first = next(v for v in kube.history("pods", pod) if v is not None)
         assert int(first["metadata"]["resourceVersion"]) > resumed, pod
 
-    # Suspended while it trains: every pod stops; resumed, it goes on from its checkpoint.
-    kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"suspend": True}}})
-    suspended = wait_for(
-        lambda: (s := status(cluster, "held")).get("phase") == "Suspended" and gate(s)["Reconciling"][0] == "False"
-        and not job_pods(cluster, "held") and s,
-        timeout=JOB_TIMEOUT, interval=0.2, what="held suspended, its pods gone",
-    )  # fmt: skip
-    assert gate(suspended)["Suspended"] == ("True", "Suspended") and suspended["suspension"]["count"] == 1
-    kube.patch(TRAININGJOBS, "held", {"spec": {"runPolicy": {"suspend": False}}})
-    restored = wait_for(
-        lambda: ((s := status(cluster, "held")).get("suspension") or {}).get("lastResume") and s,
-        timeout=JOB_TIMEOUT, interval=0.2, what="held resumed and its state restored",
-    )["suspension"]["lastResume"]  # fmt: skip
+    # Suspended while they train: every pod stops; resumed, the checkpoint job goes on from
+    # the checkpoint its PS wrote as it stopped, the chain (its state only in its stopped
+    # replicas) from the initial weights, every update lost: measured, both.
+    wait_for(lambda: status(cluster, "chained").get("phase") == "Running" and status(cluster, "chained")["progress"]["modelVersion"] > 0,
+             timeout=JOB_TIMEOUT, interval=0.2, what="chained training")  # fmt: skip
+    for name in ("held", "chained"):
+        kube.patch(TRAININGJOBS, name, {"spec": {"runPolicy": {"suspend": True}}})
+    for name in ("held", "chained"):
+        suspended = wait_for(
+            lambda: (s := status(cluster, name)).get("phase") == "Suspended" and gate(s)["Reconciling"][0] == "False"
+            and not job_pods(cluster, name) and s,
+            timeout=JOB_TIMEOUT, interval=0.2, what=f"{name} suspended, its pods gone",
+        )  # fmt: skip
+        assert gate(suspended)["Suspended"] == ("True", "Suspended") and suspended["suspension"]["count"] == 1
+    for name in ("held", "chained"):
+        kube.patch(TRAININGJOBS, name, {"spec": {"runPolicy": {"suspend": False}}})
+    restored, lost = (
+        wait_for(
+            lambda: ((s := status(cluster, name)).get("suspension") or {}).get("lastResume"),
+            timeout=JOB_TIMEOUT, interval=0.2, what=f"{name} resumed and its state restored",
+        )  # fmt: skip
+        for name in ("held", "chained")
+    )
     assert restored["restoredFrom"] == "checkpoint" and restored["lostUpdates"] == 0
     assert restored["versionRestored"] >= restored["versionBefore"] > 0
+    assert (lost["restoredFrom"], lost["versionRestored"]) == ("seed", 0) and lost["lostUpdates"] == lost["versionBefore"] > 0
+    warned = [e for e in events_of(cluster, "chained") if e["reason"] == "Suspended"]
+    assert [e["type"] for e in warned] == ["Warning"] and "initial weights" in warned[0]["message"]
+    kube.delete(TRAININGJOBS, "chained")
 
     # Complete: the PS pod stopped, the finished worker's pod kept for its logs.
     waited = kubectl_wait(cluster, "held", "Complete")
