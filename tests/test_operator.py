@@ -16,7 +16,8 @@ Covered, on the plain emulator (no pod runs, so no PS ever answers):
   not when its grace period ends; the chaos Job's annotation, when written, times it;
 - an invalid TrainingJob gets a Failed phase and a condition naming the field, and the
   operator goes on serving other jobs; a refused job (its chaos not allowed) is Failed and
-  Stalled, and deleted once its ttlSecondsAfterFinished has passed;
+  Stalled, and deleted once its ttlSecondsAfterFinished has passed; the pod runtime removes
+  the pod an ended process left (cleanPodPolicy All);
 - every manifest the operator creates passes kubernetes-validate --strict (1.30, 1.33);
 - `trainthrough operator` as a process serves its metrics and liveness; a job that
   existed before the operator started is taken up; two peered replicas serve jobs once
@@ -64,8 +65,8 @@ from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.operator.handlers import register
 from trainthrough.operator.reconciling import OperatorConfig
 from trainthrough.runtime import manifests
-from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, disruption_of
-from trainthrough.spec import load_job
+from trainthrough.runtime.pods import ANNOTATION_DISRUPTED_AT, PodRuntime, disruption_of
+from trainthrough.spec import load_job, parse_resource
 from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator, timestamp, wait_for
 
@@ -221,6 +222,20 @@ def test_a_refused_job_is_deleted_its_ttl_after_it_was_refused(kube: KubeEmulato
     assert failed["reason"] == "ChaosNotAllowed" and failed["completionTime"]
     assert conditions(failed)["Stalled"]["status"] == conditions(failed)["Failed"]["status"] == "True"
     wait_for(lambda: kube.find(TRAININGJOBS, "refused") is None, timeout=15, what="the refused job deleted after its TTL")
+
+
+def test_the_pod_runtime_removes_the_pod_an_ended_process_left(kube: KubeEmulator) -> None:
+    """cleanPodPolicy All's Remove: the pod of a process that ended goes (no operator runs
+    here: nothing else touches it); a process that left no pod is nothing to do."""
+    owner = kube.create(TRAININGJOBS, trainingjob("ended"))
+    job = parse_resource(owner)
+    pod = manifests.worker_pod(job, 0, ["ps-0"])
+    kube.create("pods", pod)
+    kube.patch_status("pods", pod["metadata"]["name"], {"phase": "Succeeded"})
+    runtime = PodRuntime(KubeApi(kube.api_client()), job, owner=owner, images={})
+    runtime.remove("worker-0")
+    runtime.remove("ps-0")
+    assert kube.find("pods", pod["metadata"]["name"]) is None
 
 
 def test_a_deleted_pod_is_lost_when_it_was_deleted_not_when_its_grace_ends() -> None:
