@@ -16,7 +16,8 @@ Aspects:
   OpenAPI 3.0 bounds; nullable and kubectl's strict field validation emulated); invalid
   documents (workers.replicas: 0, consistency: chian, unknown enums, bad durations,
   targets, quantities, unknown fields...) are rejected by both the schema and parse_job;
-  rules between fields are left to parse_job; a fractional number where a duration or
+  rules between fields are the spec's CEL x-kubernetes-validations (evaluated against
+  parse_job in test_cel_rules.py); a fractional number where a duration or
   quantity belongs is refused by both (the conformance table: test_conformance.py);
 - the schema's patterns agree with spec.py's parsers (durations, chaos targets, quantities,
   paths);
@@ -107,7 +108,10 @@ ALLOWED_KEYS = {
     "minLength", "maxLength", "pattern", "minItems", "maxItems", "uniqueItems",
     "minProperties", "maxProperties",
     INT_OR_STRING, PRESERVE,
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",  # conditions: a list map by type
+    # Allowed in a structural schema too: CEL rules, list and map semantics (conditions are
+    # a list map by type), embedded objects.
+    "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type", "x-kubernetes-embedded-resource",
 }  # fmt: skip
 INT_OR_STRING_ANYOF = [{"type": "integer"}, {"type": "string"}]
 
@@ -438,12 +442,21 @@ def test_invalid_documents_are_rejected(validator, path, value):
     assert parse_errors(document), f"parse_job accepts {path}: {value!r}"
 
 
-def test_rules_between_fields_are_left_to_parse_job(validator):
-    # One replica in chain mode: fine field by field, wrong as a whole; the operator's
-    # parse_job reports it (a structural schema cannot express it without CEL rules).
+def test_rules_between_fields_are_cel_rules_of_the_spec(validator):
+    # One replica in chain mode: fine field by field (the structural schema), wrong as a
+    # whole: the spec's x-kubernetes-validations say so (evaluated in test_cel_rules.py),
+    # with the field and reason of parse_job's error.
     document = base_job(consistency="chain", parameterServer={"replicas": 1})
     assert schema_errors(validator, document) == []
-    assert any("parameterServer.replicas" in e for e in parse_errors(document))
+    assert any(e.startswith("spec.parameterServer.replicas:") for e in parse_errors(document))
+    rules = {r["fieldPath"]: r for r in spec_node()["x-kubernetes-validations"] if "fieldPath" in r}
+    assert "self.consistency != 'chain' || self.parameterServer.replicas >= 2" in {
+        r["rule"] for r in spec_node()["x-kubernetes-validations"]
+    }
+    assert rules[".parameterServer.replicas"]["reason"] == "FieldValueInvalid"
+    assert spec_node("consistency")["x-kubernetes-validations"] == [
+        {"rule": "self == oldSelf", "message": spec_node("consistency")["x-kubernetes-validations"][0]["message"]}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -498,17 +511,23 @@ def pattern_accepts(node: dict[str, Any], text: str) -> bool:
 DURATIONS = [
     "30s", "1m30s", "500ms", "1.5s", ".5s", "5.s", "2h", "1h2m3s", "20", "+3", "1e3", "2.5",
     " 30s ", "-5", "", "s", "5 minutes", "30S", "1d", "-5s", "1m 30s", "1,5s", "ms",
+    # zero and signs: the string form states the field's bound too
+    "0", "0s", "0.0", "0m0s", "0ms", "0e5", "-0", "-0.0", "+0", "0.001", "0h0m1s", ".0s", "1e-3",
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("text", DURATIONS)
-def test_the_duration_pattern_matches_parse_duration(text):
+@pytest.mark.parametrize(
+    ("path", "bound"),
+    [(("stop", "duration"), lambda s: s > 0), (("parameterServer", "restartDelay"), lambda s: s >= 0)],
+    ids=["positive", "non-negative"],
+)
+def test_the_duration_pattern_matches_parse_duration_and_the_bound(text, path, bound):
     try:
-        parse_duration(text)
-        parses = True
+        accepted = bound(parse_duration(text))
     except ValueError:
-        parses = False
-    assert pattern_accepts(spec_node("stop", "duration"), text) is parses
+        accepted = False
+    assert pattern_accepts(spec_node(*path), text) is accepted
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_emulator_behaves_as_an_api_server(kube: KubeEmulator) -> None:
     assert kube.get("namespaces", "default")["metadata"]["uid"]
 
     # Create: 201 with server-side metadata (the client raises on anything but 2xx).
-    created = kube.create(TRAININGJOBS, trainingjob("tj1", mode="checkpoint"))
+    created = kube.create(TRAININGJOBS, trainingjob("tj1", batchSize=16))
     meta = created["metadata"]
     assert meta["namespace"] == "default" and meta["uid"] and meta["generation"] == 1
     assert created["kind"] == "TrainingJob" and int(meta["resourceVersion"]) > 0
@@ -82,10 +82,10 @@ def test_emulator_behaves_as_an_api_server(kube: KubeEmulator) -> None:
     assert conflict.value.status == 409
 
     # Spec patches bump generation and resourceVersion; a no-op patch changes nothing.
-    patched = kube.patch(TRAININGJOBS, "tj1", {"spec": {"mode": "chain"}})
+    patched = kube.patch(TRAININGJOBS, "tj1", {"spec": {"batchSize": 64}})
     assert patched["metadata"]["generation"] == 2
     assert int(patched["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
-    assert kube.patch(TRAININGJOBS, "tj1", {"spec": {"mode": "chain"}}) == patched
+    assert kube.patch(TRAININGJOBS, "tj1", {"spec": {"batchSize": 64}}) == patched
 
     # The status subresource: status only through /status, which touches nothing else.
     kube.patch(TRAININGJOBS, "tj1", {"status": {"phase": "Hacked"}, "metadata": {"labels": {"a": "b"}}})
@@ -156,7 +156,7 @@ def test_emulator_behaves_as_an_api_server(kube: KubeEmulator) -> None:
     kube.patch("pods", "ps-0", {"metadata": {"finalizers": []}})
     assert names(kube.list("pods")) == ["other"]
     history = kube.history(TRAININGJOBS, "tj1")
-    assert history[0]["spec"] == {"mode": "checkpoint"} and history[-1] is None
+    assert history[0]["spec"]["batchSize"] == 16 and history[-1] is None
 
 
 def test_pods_that_a_node_runs_are_deleted_gracefully(kube: KubeEmulator) -> None:
@@ -251,7 +251,7 @@ def test_kopf_operator_reacts_to_trainingjobs_and_pods(kube: KubeEmulator, run_o
     def create_fn(name: str, namespace: str, spec: Any, body: Any, patch: kopf.Patch, **_: Any) -> None:
         config = {
             "metadata": {"name": f"{name}-config", "labels": {"job": name}},
-            "data": {"mode": spec["mode"]},
+            "data": {"mode": spec["consistency"]},
         }
         kopf.adopt(config, owner=body)  # ownerReferences: gone with the TrainingJob
         core.create_namespaced_config_map(namespace, config)
@@ -271,7 +271,7 @@ def test_kopf_operator_reacts_to_trainingjobs_and_pods(kube: KubeEmulator, run_o
 
     # A TrainingJob: its handler creates a ConfigMap and patches the status.
     start = time.monotonic()
-    kube.create(TRAININGJOBS, trainingjob("tj1", mode="stateless"))
+    kube.create(TRAININGJOBS, trainingjob("tj1", consistency="stateless"))
     config = wait_for(
         lambda: kube.find("configmaps", "tj1-config"), timeout=REACTION_BOUND_S, what="the ConfigMap"
     )
@@ -354,7 +354,7 @@ def test_watch_starts_from_the_resource_version(kube: KubeEmulator) -> None:
     # From the list's resourceVersion: only what changed after it, in order, as it happened
     # (a real API server replays its watch cache); nothing at all for a and b as listed.
     c = kube.create(TRAININGJOBS, trainingjob("c"))
-    a2 = kube.patch(TRAININGJOBS, "a", {"spec": {"mode": "chain"}})
+    a2 = kube.patch(TRAININGJOBS, "a", {"spec": {"batchSize": 8}})
     kube.delete(TRAININGJOBS, "b")
     replay = watch_events(kube, 3, resourceVersion=listed)
     assert replay[:2] == [("ADDED", "c", rv(c)), ("MODIFIED", "a", rv(a2))]
@@ -385,7 +385,7 @@ def test_kopf_handles_a_trainingjob_that_existed_before_it_started(
     # second patch (guarded by the old resourceVersion) failed with 422 and kopf waited for
     # a newer event that never came, so neither on.create nor on.resume ever ran.
     caplog.set_level(logging.DEBUG, logger="kopf")
-    kube.create(TRAININGJOBS, trainingjob("tj0", mode="stateless"))
+    kube.create(TRAININGJOBS, trainingjob("tj0", consistency="stateless"))
     registry = kopf.OperatorRegistry()
     started: list[str] = []
 
@@ -448,14 +448,14 @@ def test_operator_and_emulator_stop_without_leftover_threads() -> None:
 
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     def create_fn(patch: kopf.Patch, **_: Any) -> None:
-        patch.status["phase"] = "Seen"
+        patch.status["phase"] = "Running"
 
     with KubeEmulator() as kube, OperatorRunner(kube, registry, namespaces=["default"]) as runner:
         kube.wait_watched(TRAININGJOBS)
         kube.wait_watched("namespaces")  # namespaced mode: kopf lists and watches namespaces
         kube.create(TRAININGJOBS, trainingjob("tj1"))
         wait_for(
-            lambda: kube.get(TRAININGJOBS, "tj1").get("status", {}).get("phase") == "Seen",
+            lambda: kube.get(TRAININGJOBS, "tj1").get("status", {}).get("phase") == "Running",
             timeout=REACTION_BOUND_S,
         )
     assert runner.exception is None

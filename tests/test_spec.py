@@ -312,7 +312,7 @@ def test_exact_message_for_replicas_below_one():
         ({"stop": {"targetAccuracy": 1.5}}, "spec.stop.targetAccuracy: must be <= 1, got 1.5"),
         ({"stop": {"targetAccuracy": 0}}, "spec.stop.targetAccuracy: must be > 0, got 0"),
         ({"stop": {"steps": 0}}, "spec.stop.steps: must be >= 1, got 0"),
-        ({"stop": None}, "spec.stop: must be a mapping, got null"),
+        ({"stop": "soon"}, "spec.stop: must be a mapping, got 'soon'"),  # (a null is absent: the default)
         ({"workers": {"device": "gpu"}}, "spec.workers.device: must be one of 'auto', 'cpu', 'cuda', got 'gpu'"),
         ({"parameterServer": {"replicas": 17}}, "spec.parameterServer.replicas: must be <= 16, got 17"),
         ({"parameterServer": {"port": 0}}, "spec.parameterServer.port: must be >= 1, got 0"),

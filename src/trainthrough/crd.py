@@ -53,7 +53,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, WrapValidator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
-from trainthrough import spec
+from trainthrough import rules, spec
 from trainthrough.job_status import TrainingJobStatus
 from trainthrough.spec import (
     API_GROUP,
@@ -127,7 +127,8 @@ _SPEC_DESCRIPTION = (
     "One training run: model and data, the consistency mode (checkpoint, chain, stateless), "
     "the optimizer, when to stop, how many workers and parameter-server replicas, and the "
     "chaos kills to inject. Rules between fields (for example parameterServer.replicas >= 2 "
-    "for consistency chain) are checked by the operator, which reports them in status."
+    "for consistency chain) and the fields a running job cannot change (consistency, "
+    "updates, model, parameterServer.replicas, ...) are this schema's x-kubernetes-validations."
 )
 _STATUS_DESCRIPTION = (
     "Written by the operator: conditions in the metav1.Condition shape (Complete and Failed "
@@ -149,6 +150,33 @@ _STATUS_DESCRIPTION = (
 # string is refused at admission; bounds on the *string* form ("0s" where a duration must
 # be positive) are left to parse_job.
 _DURATION_PATTERN = rf"^\s*(?:{spec._NUMBER.pattern}|{spec._DURATION.pattern})\s*$"
+# The string form of a bounded duration states its bound too, so that the CRD refuses
+# what parse_job's bound refuses ("0s" where a duration must be positive, "-5" where it
+# must not be negative). parse_duration's grammar, split by the value's sign: a mantissa
+# with a non-zero digit is positive (an exponent does not change the sign; one beyond
+# the float range, "1e-400" or "1e999", is the one case only parse_job refuses).
+_MANTISSA = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_NONZERO = r"(?:\d*[1-9]\d*(?:\.\d*)?|\d*\.\d*[1-9]\d*)"
+_ZERO = r"(?:0+(?:\.0*)?|\.0+)"
+_EXPONENT = r"(?:[eE][+-]?\d+)?"
+_UNIT = r"(?:ms|s|m|h)"
+_DURATION_PATTERNS = {
+    # minimum 0: a number without a minus sign (but -0), or any duration string
+    "minimum": rf"^\s*(?:\+?{_MANTISSA}{_EXPONENT}|-{_ZERO}{_EXPONENT}|{spec._DURATION.pattern})\s*$",
+    # exclusive minimum 0: a number or a duration with a non-zero digit, no minus sign
+    "exclusiveMinimum": rf"^\s*(?:\+?{_NONZERO}{_EXPONENT}|(?:{_MANTISSA}{_UNIT})*{_NONZERO}{_UNIT}(?:{_MANTISSA}{_UNIT})*)\s*$",
+}
+
+
+def _duration_pattern(bounds: Mapping[str, Any]) -> str:
+    """The pattern of a duration's string form, with its lower bound where it is 0."""
+    if bounds.get("exclusiveMinimum") == 0 and "minimum" not in bounds:
+        return _DURATION_PATTERNS["exclusiveMinimum"]
+    if bounds.get("minimum") == 0:
+        return _DURATION_PATTERNS["minimum"]
+    if bounds:
+        raise ValueError(f"a duration bound other than >= 0 or > 0 has no pattern here: {dict(bounds)}")
+    return _DURATION_PATTERN
 _DURATION_NOTE = (
     'A duration: whole seconds as an integer, or a string such as "500ms", "30s", "2m", '
     '"1h" or "1m30s"; write fractional seconds as a string ("1.5s", "500ms").'
@@ -175,6 +203,7 @@ def _validator(metadata: typing.Iterable[Any], kind: type) -> Callable[..., Any]
 _SECONDS_FN = _validator(Seconds.__metadata__, WrapValidator)
 _QUANTITY_FN = _validator(Resources.model_fields["cpu"].metadata, BeforeValidator)
 _TARGET_FN = _validator(ChaosKill.model_fields["target"].metadata, AfterValidator)
+_DNS_LABEL_FN = spec._check_dns_label  # names of Kubernetes objects (checkpoint.volumeClaim)
 
 
 class _StructuralJsonSchema(GenerateJsonSchema):
@@ -195,7 +224,7 @@ class _StructuralJsonSchema(GenerateJsonSchema):
         json_schema = super().function_wrap_schema(schema)
         if schema["function"]["function"] is _SECONDS_FN:
             bounds = {k: v for k, v in json_schema.items() if k not in ("type", "title")}
-            return {_INT_OR_STRING: True, _DURATION_MARK: True, **bounds, "pattern": _DURATION_PATTERN}
+            return {_INT_OR_STRING: True, _DURATION_MARK: True, **bounds, "pattern": _duration_pattern(bounds)}
         return json_schema
 
     def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> JsonSchemaValue:
@@ -206,6 +235,8 @@ class _StructuralJsonSchema(GenerateJsonSchema):
 
     def function_after_schema(self, schema: core_schema.AfterValidatorFunctionSchema) -> JsonSchemaValue:
         json_schema = super().function_after_schema(schema)
+        if schema["function"]["function"] is _DNS_LABEL_FN:
+            return {**json_schema, "maxLength": 63, "pattern": _NAME_PATTERN}
         if schema["function"]["function"] is _TARGET_FN:
             return {**json_schema, "pattern": _TARGET_PATTERN}
         return json_schema
@@ -415,7 +446,28 @@ def spec_schema() -> dict[str, Any]:
     schema["description"] = _SPEC_DESCRIPTION
     # TrainingJob.spec has a default factory too: a job without a spec is all defaults.
     schema["default"] = {}
+    _add_rules(schema)
     return schema
+
+
+def _add_rules(schema: dict[str, Any]) -> None:
+    """rules.py's table as CEL x-kubernetes-validations: the rules between fields on the
+    spec (each with its fieldPath), and each immutable field's transition rule where
+    Immutable.validation says."""
+    validations = [rule.validation() for rule in rules.RULES]
+    for immutable in rules.IMMUTABLE:
+        *parents, leaf = immutable.field.split(".")
+        parent = schema
+        for name in parents:
+            parent = parent["properties"][name]
+        node = parent["properties"][leaf]
+        if "default" in node:
+            node.setdefault("x-kubernetes-validations", []).append(immutable.validation(defaulted=True))
+        elif parent is schema:
+            validations.append(immutable.validation(defaulted=False))
+        else:
+            parent.setdefault("x-kubernetes-validations", []).append(immutable.validation(defaulted=False))
+    schema["x-kubernetes-validations"] = validations
 
 
 def _without_defaults(node: Any) -> Any:

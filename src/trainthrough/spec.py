@@ -40,6 +40,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
+from functools import cache
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -480,7 +481,10 @@ def _check_target(value: str) -> str:
     return value
 
 
-_Target = Annotated[str, Strict(), AfterValidator(_check_target)]
+# The longest target the pattern admits ("worker-" and 9 digits): a bound the CRD states
+# too, as the API server's CEL cost estimate of the chaos rules needs one.
+MAX_TARGET_LENGTH = len("worker-") + 9
+_Target = Annotated[str, Strict(), Field(max_length=MAX_TARGET_LENGTH), AfterValidator(_check_target)]
 
 
 def _check_pair(value: object) -> object:
@@ -504,6 +508,28 @@ class SpecModel(BaseModel):
         validate_by_alias=True,
         extra="forbid",  # a typo is an error, not a silently ignored setting
         allow_inf_nan=False,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any, info: ValidationInfo) -> Any:
+        # The API server prunes a null where the CRD's schema is not nullable, then fills
+        # in the default (`batchSize: null` is 32, a required field's null is missing):
+        # a document means the same here. Nullable fields (`everyUpdates: null`, off)
+        # and unknown ones (an error either way) keep theirs.
+        if not _in_document(info) or not isinstance(data, Mapping):
+            return data
+        drop = _not_nullable(cls)
+        return {k: v for k, v in data.items() if v is not None or k not in drop}
+
+
+@cache
+def _not_nullable(model: type[BaseModel]) -> frozenset[str]:
+    """The document keys (aliases) of ``model``'s fields that do not admit None."""
+    return frozenset(
+        field.alias or name
+        for name, field in model.model_fields.items()
+        if type(None) not in typing.get_args(field.annotation) and field.annotation is not type(None)
     )
 
 
@@ -689,6 +715,9 @@ class EvaluationSpec(SpecModel):
     test_samples: Annotated[_Int, Field(ge=1)] | None = None  # None: the full test set
 
 
+MAX_KILLS = 100  # chaos kills in one job: a bound for the CRD's CEL cost estimate
+
+
 class ChaosKill(SpecModel):
     """Kill ``target`` ``at`` seconds after training starts.
 
@@ -773,7 +802,7 @@ class TrainingJobSpec(SpecModel):
     stateless: StatelessSpec = Field(default_factory=StatelessSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] = 0  # numpy seeds must fit 32 bits
-    chaos: list[ChaosKill] = Field(default_factory=list)
+    chaos: list[ChaosKill] = Field(default_factory=list, max_length=MAX_KILLS)
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
 
@@ -788,58 +817,13 @@ class TrainingJobSpec(SpecModel):
 def _cross_field_problems(spec: TrainingJobSpec) -> list[FieldError]:
     """Rules between fields; paths are relative to ``spec``.
 
-    They all live here, even those within one section, so that a document breaking
-    several rules hears about all of them at once (a failing section would stop
-    pydantic before any spec-level check runs).
+    They live in rules.py, each beside its CEL twin in the CRD, and all run here, even
+    those within one section, so that a document breaking several rules hears about all
+    of them at once (a failing section would stop pydantic before any spec-level check).
     """
-    problems: list[FieldError] = []
-    mode = spec.consistency
-    ps_replicas = spec.parameter_server.replicas
-    opt, stop, chain = spec.optimizer, spec.stop, spec.chain
+    from trainthrough import rules  # rules.py reads this module's models
 
-    if opt.name == "adam" and opt.momentum != 0:
-        problems.append(
-            FieldError(
-                "optimizer.momentum", f"must be 0 for optimizer 'adam' (it uses betas), got {opt.momentum!r}"
-            )
-        )
-    if stop.steps is None and stop.target_accuracy is None and stop.duration is None:
-        problems.append(FieldError("stop", "needs at least one of steps, targetAccuracy, duration"))
-
-    if mode in (Mode.CHECKPOINT, Mode.STATELESS) and ps_replicas != 1:
-        problems.append(
-            FieldError("parameterServer.replicas", f"must be 1 for consistency '{mode}', got {ps_replicas}")
-        )
-    if mode == Mode.CHAIN and ps_replicas < 2:
-        problems.append(
-            FieldError(
-                "parameterServer.replicas",
-                f"must be >= 2 for consistency 'chain' (it is the chain length), got {ps_replicas}",
-            )
-        )
-    if mode == Mode.STATELESS and spec.updates != "async":
-        problems.append(
-            FieldError("updates", f"consistency 'stateless' trains asynchronously; got '{spec.updates}'")
-        )
-
-    # ack: tail promises that no acknowledged update is lost, so nothing may be held back.
-    if chain.ack == "tail" and chain.replicate_every != 1:
-        problems.append(
-            FieldError(
-                "chain.replicateEvery",
-                f"must be 1 with ack 'tail' (a push is acknowledged only once the tail has it), "
-                f"got {chain.replicate_every}",
-            )
-        )
-
-    # A checkpoint schedule with neither trigger would never write one.
-    uses_checkpoints = mode == Mode.CHECKPOINT or (mode == Mode.STATELESS and spec.stateless.fallback_checkpoint)
-    if uses_checkpoints and spec.checkpoint.every_updates is None and spec.checkpoint.every_seconds is None:
-        why = "consistency 'checkpoint'" if mode == Mode.CHECKPOINT else "stateless.fallbackCheckpoint"
-        problems.append(FieldError("checkpoint", f"needs everyUpdates or everySeconds for {why}"))
-
-    problems += kill_problems(spec, [(f"chaos[{i}].target", kill) for i, kill in enumerate(spec.chaos)])
-    return problems
+    return rules.problems(spec)
 
 
 def kill_problems(spec: TrainingJobSpec, kills: Iterable[tuple[str, ChaosKill]]) -> list[FieldError]:

@@ -29,7 +29,8 @@ What the module provides
     `TrainingJob` CRD (`trainthrough.crd.crd_manifest()`: `trainthrough.io/v1alpha1`,
     plural `trainingjobs`, short name `tj`, namespaced, `status` subresource), whose CRD
     object is stored too (``KubeEmulator(crds=[...])`` serves others instead). The
-    namespace `default` exists.
+    namespace `default` exists. Custom resources go through the CRD's admission
+    (``admission=False``, or ``set_admission(False)`` at run time: stored as sent).
 
     - ``url``: the API server's base URL (``http://127.0.0.1:PORT``);
     - ``create(resource, body, namespace=None)``, ``get(resource, name, namespace=None)``,
@@ -128,19 +129,30 @@ Behaviour of the emulator (what a test can rely on, and what it cannot)
   the object's new labels only (no synthetic DELETED when it stops matching).
 - Replace (PUT) checks ``metadata.resourceVersion`` (409 when stale); patches do not
   (a ``resourceVersion`` inside a merge patch is ignored); JSON patches can ``test`` it.
-- Not emulated: admission/validation against the CRD schema, defaulting, pod scheduling
+- Admission of custom resources (admission.py): every create and update of an object
+  of a registered CRD is pruned (or refused, with ``fieldValidation=Strict``), defaulted,
+  validated against the openAPIV3Schema and the CEL ``x-kubernetes-validations``
+  (transition rules against the stored object); a refusal is 422 Invalid with a cause per
+  field. ``KubeEmulator(admission=False)`` stores custom resources as sent (a cluster
+  whose CRD predates the rules). ``dryRun=All`` admits and answers without storing.
+- What kubectl needs: the OpenAPI v3 documents of the CRDs (openapi.py: kubectl's
+  default ``--validate=strict`` reads them), a server-side Table of the printer columns
+  for ``kubectl get`` (tables.py), watches streamed as JSON (client-go decodes nothing
+  else), subresources listed without their resource's short names.
+- Not emulated: built-in kinds' validation and defaulting, pod scheduling
   or status (pods stay as created: the stand-in's kubelet, standin/kubelet.py, runs them,
   or a test patches their status to play the kubelet),
   namespace existence checks, deletecollection, server-side apply, paging (``limit``/
   ``continue``), list ``resourceVersion``/``resourceVersionMatch`` (a list is always
-  the current state).
+  the current state), OpenAPI v2, Table watches (``kubectl get -w``).
 
 The KMock 0.8 fixes (each marked ``FIX`` below, with why): list/fetch namespaces (URL
 parsing), metadata on create (uid, namespace, resourceVersion, generation, apiVersion,
 kind), names from generateName, 201 on create, resourceVersion on every change, 422 for a
 failed JSON-patch test, patch types by Content-Type, status-subresource semantics, PUT,
 selectors, no lost watch events, watches from a resourceVersion, garbage collection by
-ownerReferences, graceful pod deletion, the pods/binding subresource.
+ownerReferences, graceful pod deletion, the pods/binding subresource, OpenAPI v3, Tables,
+the watch Content-Type, subresource discovery.
 """
 
 from __future__ import annotations
@@ -173,9 +185,12 @@ import jsonpointer
 import kmock
 import kopf
 import kubernetes.client
+import multidict
 from kmock._internal import parsing as _kmock_parsing  # only for the namespaces fix below
 
 from trainthrough.crd import crd_manifest
+from trainthrough.standin import openapi, tables
+from trainthrough.standin.admission import Admission, AdmissionError, FieldValidation
 from trainthrough.spec import API_GROUP as GROUP
 from trainthrough.spec import PLURAL, VERSION
 
@@ -427,6 +442,19 @@ def _without(body: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key not in keys}
 
 
+def _dry_run(request: kmock.Request) -> bool:
+    """A write with ?dryRun=All (kubectl --dry-run=server): admitted and answered, not stored."""
+    values = request.params.get("dryRun")
+    if values not in (None, "", "All"):
+        raise kmock.KubernetesError(400, "BadRequest", f"dryRun: unsupported value {values!r}: supported values: \"All\"")
+    return values == "All"
+
+
+def _warning_headers(warnings: Iterable[str]) -> multidict.CIMultiDict[str]:
+    """Warnings as kube-apiserver sends them (RFC 7234 code 299; kubectl prints each)."""
+    return multidict.CIMultiDict(("Warning", f"299 - {json.dumps(text)}") for text in warnings)
+
+
 REQUEST_LOG = 32  # requests KMock keeps: those in flight (a reaction must find its request in the log)
 
 
@@ -448,6 +476,10 @@ class Emulator(kmock.KubernetesEmulator):
     # Every event published, per resource, in resourceVersion order: (resourceVersion, event).
     _events: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     custom_resources: set[kmock.resource] = attrs.field(factory=set, init=False)  # from CRDs
+    # The CRDs' schemas and CEL rules, applied to every create and update (admission.py).
+    crds: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    admissions: dict[kmock.resource, Admission] = attrs.field(factory=dict, init=False)
+    admit: bool = True  # False: custom resources are stored as sent (KubeEmulator.set_admission)
     # Every API call served, as the RBAC rule it needs and who made it:
     # (api group, resource[/subresource], verb, User-Agent).
     calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
@@ -597,10 +629,14 @@ class Emulator(kmock.KubernetesEmulator):
         # Only the latest requests are kept; what was served stays in `calls`.
         if len(self._requests) > REQUEST_LOG:
             del self._requests[: len(self._requests) - REQUEST_LOG]
+        if request.url.path.rstrip("/") == "/openapi/v3" or request.url.path.startswith("/openapi/v3/"):
+            return self._serve_openapi(request)
         resource, action = request.resource, request.action
         binding = resource == _PODS and request.subresource == "binding" and request.method == kmock.method.POST
         if resource is not None and resource.plural and (action is not None or binding):  # not discovery
             self.calls.append((*_rbac_rule(request), request.headers.get("User-Agent", "")))
+        if resource is not None and action == kmock.action.WATCH:
+            return await self._stream_watch(request)
         if resource is None or not (
             action == kmock.action.CREATE
             or (request.name is not None and action in (kmock.action.UPDATE, kmock.action.DELETE))
@@ -614,12 +650,17 @@ class Emulator(kmock.KubernetesEmulator):
                 404, "NotFound", f"the server could not find the resource {resource!r}"
             )
         key = (resource, request.namespace, request.name)
+        warnings: list[str] = []
         async with self._lock:
             if action == kmock.action.CREATE:
-                body = await self._create(request)
+                body = await self._create(request, warnings)
                 # FIX (201 on create): KMock 0.8 answers 200; Kubernetes answers 201.
-                return aiohttp.web.json_response(body, status=201)
+                return aiohttp.web.json_response(body, status=201, headers=_warning_headers(warnings))
             elif action == kmock.action.DELETE:
+                if _dry_run(request):
+                    if self._alive(key) is None:
+                        raise kmock.KubernetesError(404, "NotFound", f"{resource.plural} {request.name!r} not found")
+                    return aiohttp.web.json_response(self.objects[key].raw)
                 await self._delete(key, *_delete_options(request))
                 return aiohttp.web.json_response(self.objects[key].last.raw)
             obj = self._alive(key)
@@ -656,8 +697,72 @@ class Emulator(kmock.KubernetesEmulator):
                     new = dict(new, status=old["status"])
                 else:
                     new = _without(new, ["status"])
-            body = await self._store(key, old, copy.deepcopy(new))
-            return aiohttp.web.json_response(body)
+            new = self._admitted(request, copy.deepcopy(new), old, warnings)
+            if _dry_run(request):
+                return aiohttp.web.json_response(new, headers=_warning_headers(warnings))
+            body = await self._store(key, old, new)
+            return aiohttp.web.json_response(body, headers=_warning_headers(warnings))
+
+    def _serve_openapi(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # FIX (OpenAPI v3): KMock 0.8 serves no OpenAPI; kubectl's default --validate=strict
+        # reads it to learn that the server validates fields (admission.py), and refuses
+        # to create or patch without it (see standin/openapi.py).
+        unique = {crd["metadata"]["name"]: crd for crd in self.crds.values()}
+        root, documents = openapi.index(unique.values())
+        path = request.url.path.rstrip("/").removeprefix("/openapi/v3").lstrip("/")
+        if not path:
+            return aiohttp.web.json_response(root)
+        if path not in documents:
+            status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                      "reason": "NotFound", "message": f"no OpenAPI v3 document for {path!r}", "code": 404}  # fmt: skip
+            return aiohttp.web.json_response(status, status=404)
+        return aiohttp.web.json_response(documents[path])
+
+    def _printer_columns(self, resource: kmock.resource) -> list[dict[str, Any]] | None:
+        crd = self.crds.get(resource)
+        if crd is None:
+            return None
+        (served,) = [v for v in crd["spec"]["versions"] if v["name"] == resource.version]
+        return list(served.get("additionalPrinterColumns") or [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}])
+
+    def _as_table(self, request: kmock.Request, objects: list[dict[str, Any]], revision: str | None) -> dict[str, Any] | None:
+        """A Table of `objects` when the client asks for one (kubectl get) and the resource
+        is a custom resource; None otherwise."""
+        # FIX (server-side printing): KMock 0.8 answers only the objects; kubectl get shows
+        # a CRD's additionalPrinterColumns from the Table the server renders.
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        assert request.resource is not None
+        columns = self._printer_columns(request.resource)
+        if columns is None or not tables.wants_table(headers.get("accept", "")):
+            return None
+        return tables.table(columns, objects, revision)
+
+    async def _serve_version(self, request: kmock.Request) -> Any:
+        # FIX (subresource discovery): KMock 0.8 lists a subresource (trainingjobs/status)
+        # with its resource's short names and categories, so kubectl warns on every
+        # `kubectl get tj` that "tj" could also mean trainingjobs/status. kube-apiserver
+        # lists subresources without them, with the verbs they serve.
+        answer = await super()._serve_version(request)
+        for entry in answer.get("resources", []):
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], singularName="", verbs=["get", "patch", "update"])
+        return answer
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        # FIX (404 of a get): KMock 0.8 answers a missing object with reason "Object Not
+        # Found" and a hint for its DSL; kube-apiserver's Status is reason NotFound,
+        # `trainingjobs.trainthrough.io "NAME" not found` (what kubectl prints).
+        try:
+            body = await super()._serve_fetch(request)
+        except kmock.KubernetesError as error:
+            if error.status != 404 or request.resource is None:
+                raise
+            resource = request.resource
+            qualified = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
+            details = {"name": request.name, "group": resource.group, "kind": resource.plural}
+            raise kmock.KubernetesError(404, "NotFound", f'{qualified} "{request.name}" not found', details) from None
+        table = self._as_table(request, [body], None) if isinstance(body, dict) else None
+        return body if table is None else table
 
     def _bound(self, request: kmock.Request, old: dict[str, Any]) -> dict[str, Any]:
         # FIX (binding): KMock 0.8 has no pods/binding subresource. A scheduler (here the
@@ -707,12 +812,32 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(422, "Invalid", f"the patch cannot be applied: {e}") from e
         return scratch.raw
 
-    async def _create(self, request: kmock.Request) -> dict[str, Any]:
+    def _admitted(
+        self, request: kmock.Request, body: dict[str, Any], old: dict[str, Any] | None, warnings: list[str] | None
+    ) -> dict[str, Any]:
+        """`body` as the CRD's admission (admission.py) lets it be stored: pruned,
+        defaulted, validated against the schema and the CEL rules (422 Invalid with a
+        cause per field), or as it is for a resource without a CRD schema."""
+        assert request.resource is not None
+        admission = self.admissions.get(request.resource)
+        if admission is None or not self.admit:
+            return body
+        try:
+            admitted, said = admission.admit(
+                body, old, field_validation=request.params.get("fieldValidation") or FieldValidation.WARN
+            )
+        except AdmissionError as error:
+            raise kmock.KubernetesError(error.code, error.reason, error.message, error.details) from None
+        if warnings is not None:
+            warnings.extend(said)
+        return admitted
+
+    async def _create(self, request: kmock.Request, warnings: list[str] | None = None) -> dict[str, Any]:
         resource = request.resource
         assert resource is not None
         if not isinstance(request.data, dict):
             raise kmock.KubernetesError(400, "BadRequest", "the body of a create must be a JSON object")
-        body = copy.deepcopy(request.data)
+        body = self._admitted(request, copy.deepcopy(request.data), None, warnings)
         meta = body.setdefault("metadata", {})
         info = self._info(resource)
         namespaced = info.namespaced if info is not None and info.namespaced is not None else True
@@ -756,6 +881,8 @@ class Emulator(kmock.KubernetesEmulator):
         body["apiVersion"] = f"{resource.group}/{resource.version}" if resource.group else resource.version
         if info is not None and info.kind:
             body["kind"] = info.kind
+        if _dry_run(request):
+            return body  # admitted, not stored (the resourceVersion it would have had is used up)
         if key in self.objects:
             self.objects[key].create(body)  # re-created after a deletion: keep the history
         else:
@@ -802,6 +929,9 @@ class Emulator(kmock.KubernetesEmulator):
                 if res == resource and not obj.deleted and self._visible(request, obj.raw, selectors)
             ]
             revision = str(self._revision)
+        table = self._as_table(request, items, revision)
+        if table is not None:
+            return table
         info = self._info(resource)
         kind = info.kind if info is not None and info.kind else resource.plural.capitalize()
         api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
@@ -832,6 +962,26 @@ class Emulator(kmock.KubernetesEmulator):
         if since < 0:
             raise kmock.KubernetesError(400, "BadRequest", f"invalid resourceVersion {raw!r}")
         return self._watch(request, since or None)
+
+    async def _stream_watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # FIX (watch Content-Type): KMock 0.8 streams a watch as application/octet-stream,
+        # which client-go (kubectl wait, kubectl get -w, informers) cannot decode ("no
+        # stream serializers registered for application/octet-stream"), so kubectl wait
+        # falls back to polling. kube-apiserver streams newline-delimited JSON events as
+        # application/json. A bad resourceVersion is still a plain 400 (raised before the
+        # stream starts).
+        events = await self._serve_watch(request)
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        try:
+            async for event in events:
+                if event != b"":
+                    await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away: the watch ends
+        return response
 
     async def _watch(self, request: kmock.Request, since: int | None) -> AsyncIterator[Any]:
         # FIX (lost watch events): KMock 0.8 takes the snapshot of existing objects under
@@ -910,9 +1060,11 @@ class KubeEmulator:
         namespaces: Iterable[str] = ("default",),
         crds: Iterable[Mapping[str, Any]] | None = None,
         gc: bool = True,
+        admission: bool = True,
         timeout: float = 10.0,
     ) -> None:
         self.namespace = namespace
+        self._admission = admission
         self._namespaces = list(namespaces)
         self._crds = [crd_manifest()] if crds is None else list(crds)
         self._gc = gc
@@ -991,6 +1143,10 @@ class KubeEmulator:
         for resource, info in _crd_resources(crd).items():
             self.emulator.resources[resource] = info
             self.emulator.custom_resources.add(resource)
+            self.emulator.crds[resource] = copy.deepcopy(dict(crd))
+            served = [v for v in crd["spec"]["versions"] if v["name"] == resource.version]
+            if self._admission and served and "openAPIV3Schema" in (served[0].get("schema") or {}):
+                self.emulator.admissions[resource] = Admission(crd, resource.version)
         await self._seed(_CRDS, copy.deepcopy(dict(crd)))
 
     def call(self, fn: Callable[[Emulator], Any]) -> Any:
@@ -1038,6 +1194,11 @@ class KubeEmulator:
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve a CRD's resources and store the CRD object (kopf's CRD watch sees it)."""
         self.call(lambda e: self._register_crd(crd))
+
+    def set_admission(self, enabled: bool) -> None:
+        """Turn the CRDs' admission off (custom resources are then stored as sent, as on a
+        cluster whose CRD predates its rules) or on again."""
+        self.call(lambda e: setattr(e, "admit", enabled))
 
     def calls(self) -> list[tuple[str, str, str, str]]:
         return self.call(lambda e: list(e.calls))
