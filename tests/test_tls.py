@@ -40,7 +40,7 @@ from conftest import TRAININGJOB, rejected, wait_until
 from trainthrough import auth, tls, wire
 from trainthrough.auth import Credentials
 from trainthrough.control.supervising import Supervisor
-from trainthrough.errors import CredentialsError, PermanentError
+from trainthrough.errors import CredentialsError, PermanentError, TemporaryError
 from trainthrough.events import EventLog, read_events
 from trainthrough.metrics import create_metrics
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
@@ -50,6 +50,7 @@ from trainthrough.ps.core import ParameterServerCore
 from trainthrough.ps.service import create_server
 from trainthrough.ps.state import ParameterState
 from trainthrough.rpc import MESSAGE_OPTIONS, Connection
+from trainthrough.runtime import security
 from trainthrough.runtime.local import LocalRuntime
 from trainthrough.spec import OptimizerSpec, parse_job
 from trainthrough.standin.cluster import StandInCluster
@@ -322,3 +323,43 @@ def test_a_chain_job_with_mtls_recovers_through_the_operator(tmp_path: Path) -> 
         for pod in ("sec-ps-1", "sec-ps-2", "sec-worker-0"):
             started = cluster.log_path(pod).read_text().splitlines()[0]
             assert "--tls-dir" in started and "--token-file" in started, started
+
+
+class SecretsApi:
+    """The one call JobCredentials makes (KubeApi.get_secret), over a dict of Secrets."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict] = {}
+        self.reads = 0
+
+    def put(self, name: str, **data: bytes) -> None:
+        self.secrets[("default", name)] = {"data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+    def get_secret(self, namespace: str, name: str):
+        self.reads += 1
+        return self.secrets.get((namespace, name))
+
+
+def test_the_operator_presents_each_jobs_secrets_and_rereads_them() -> None:
+    api, now = SecretsApi(), [0.0]
+    store = security.JobCredentials(api, clock=lambda: now[0])
+    job = parse_job(job_document(TRAININGJOB, security={"tls": {"secretName": "itest-tls"}}))
+    first = tls.generate([IDENTITY])
+    api.put("itest-token", token=b"one")
+    api.put("itest-tls", **{tls.CA_FILE: first.ca, tls.CERT_FILE: first.cert, tls.KEY_FILE: first.key})
+    pool = store.pool(job, "uid-1")
+    assert api.reads == 0  # read when the first connection is made (the token Secret is created after)
+    assert pool.credentials == Credentials(IDENTITY, "one", first) and api.reads == 4
+    now[0] = security.JobCredentials.REREAD_SECONDS - 1
+    assert store.pool(job, "uid-1") is pool and api.reads == 4
+    now[0] += 2  # due: read again; unchanged, the same pool
+    assert store.pool(job, "uid-1") is pool and api.reads == 8
+    renewed = tls.generate([IDENTITY])  # cert-manager renewed the certificate
+    api.put("itest-tls", **{tls.CA_FILE: renewed.ca, tls.CERT_FILE: renewed.cert, tls.KEY_FILE: renewed.key})
+    now[0] += security.JobCredentials.REREAD_SECONDS
+    fresh = store.pool(job, "uid-1")
+    assert fresh is not pool and fresh.credentials.tls == renewed
+    assert store.pool(job, "uid-2").credentials.tls == renewed  # the job created again: its own pool
+    del api.secrets[("default", "itest-tls")]
+    with pytest.raises(TemporaryError, match="itest-tls not found"):  # not issued yet: retried, the job does not fail
+        store.pool(job, "uid-3").get("127.0.0.1:1")

@@ -28,8 +28,9 @@ probes, and the operator's own client side (trainthrough.auth decides what is on
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from trainthrough import auth, tls
 from trainthrough.auth import Credentials
@@ -118,26 +119,37 @@ def secure(pod_spec: dict[str, Any], job: TrainingJob, role: str) -> dict[str, A
 
 class JobCredentials:
     """The operator's side: each job's credentials, read from its Secrets through the API,
-    and a connection pool per job that presents them."""
+    and a connection pool per job that presents them. The Secrets are read again every
+    REREAD_SECONDS: a certificate cert-manager renewed is presented from then on."""
 
-    def __init__(self, api: KubeApi) -> None:
+    REREAD_SECONDS = 300.0
+
+    def __init__(self, api: KubeApi, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
-        self._pools: dict[tuple[str, str, str], ConnectionPool] = {}
+        self.clock = clock
+        self._pools: dict[tuple[str, str, str], tuple[ConnectionPool, float]] = {}  # key -> (pool, read at)
 
     def pool(self, job: TrainingJob, uid: str = "") -> ConnectionPool:
         """The pool of connections to `job`'s PS (`uid`: the job object's, so a job deleted
-        and created again under its name gets its new token). Its Secrets are read when
-        the first connection is made: a new job's token Secret is created after this."""
+        and created again under its name gets its new token). A new pool reads the Secrets
+        when its first connection is made: a new job's token Secret is created after this."""
         key = (job.metadata.namespace, job.metadata.name, uid)
-        if key not in self._pools:
-            for old in [k for k in self._pools if k[:2] == key[:2]]:
-                self._pools.pop(old).close()
-            self._pools[key] = ConnectionPool(lambda: self.credentials(job))
-        return self._pools[key]
-
-    def forget(self, namespace: str, name: str) -> None:
-        for key in [k for k in self._pools if k[:2] == (namespace, name)]:
-            self._pools.pop(key).close()
+        now = self.clock()
+        entry = self._pools.get(key)
+        if entry is not None and now - entry[1] < self.REREAD_SECONDS:
+            return entry[0]
+        if entry is not None:
+            fresh = self.credentials(job)
+            if entry[0].credentials == fresh:
+                self._pools[key] = (entry[0], now)
+                return entry[0]
+            pool = ConnectionPool(fresh)
+        else:
+            pool = ConnectionPool(lambda: self.credentials(job))
+        for old in [k for k in self._pools if k[:2] == key[:2]]:
+            self._pools.pop(old)[0].close()
+        self._pools[key] = (pool, now)
+        return pool
 
     def credentials(self, job: TrainingJob) -> Credentials:
         namespace = job.metadata.namespace
