@@ -406,7 +406,8 @@ def test_a_failing_job_retries_up_to_its_backoff_limit(cluster: StandInCluster) 
 
 def test_deleting_an_owner_garbage_collects_its_pods(cluster: StandInCluster) -> None:
     owner = cluster.apply({"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "tj"}, "spec": {}})
-    assert cluster.apply({**owner, "spec": {"workers": {"replicas": 2}}})["spec"] == {"workers": {"replicas": 2}}  # replaced
+    replaced = cluster.apply({**owner, "spec": {"workers": {"replicas": 2}}})
+    assert replaced["spec"]["workers"]["replicas"] == 2 and replaced["metadata"]["generation"] == 2  # replaced (and defaulted)
     ref = {"apiVersion": owner["apiVersion"], "kind": "TrainingJob", "name": "tj", "uid": owner["metadata"]["uid"]}
     for name in ("tj-ps-0", "tj-worker-0"):
         body = pod(name, TRAPS_SIGTERM)
