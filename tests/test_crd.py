@@ -178,18 +178,28 @@ def test_the_schema_is_structural():
     assert structural_problems(root_schema()) == []
 
 
+# Pod templates: the parts of a pod the project does not interpret are free-form (kept whole
+# by x-kubernetes-preserve-unknown-fields; the API server checks them when the pod is made),
+# and labels, nodeSelector, resources are maps.
+TEMPLATES = ("spec.workers.template.", "spec.parameterServer.template.", "spec.chaosTemplate.")
+
+
 def test_every_spec_node_is_typed():
     def walk(node: dict[str, Any], path: str) -> None:
         assert "type" in node or node.get(INT_OR_STRING), f"{path} has no type"
         if node.get(INT_OR_STRING):
             assert node["anyOf"] == INT_OR_STRING_ANYOF, path
-        if node.get("type") == "object":
+        if node.get("type") == "object" and path.startswith(TEMPLATES):
+            assert node.get("properties") or node.get(PRESERVE) or "additionalProperties" in node, path
+        elif node.get("type") == "object":
             assert node.get("properties"), f"{path}: an untyped object under spec"
             assert not node.get(PRESERVE), f"{path}: preserves unknown fields under spec"
         for name, sub in node.get("properties", {}).items():
             walk(sub, f"{path}.{name}")
         if "items" in node:
             walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
 
     walk(spec_node(), "spec")
 

@@ -8,7 +8,7 @@ Aspects covered:
   XDG_CACHE_HOME, the system folder, the current directory and the repository root all
   redirected): explicit, env, user cache, system, cwd-relative, repo-relative, download;
   a folder missing one file does not count; nothing found -> DatasetNotFound listing
-  every place;
+  every place; an explicit path must hold the data itself (no search, no download);
 - the download: files land only when complete and MD5-verified (served from file:// here);
 - corrupt files: clear errors naming the file and the problem;
 - the in-process cache returns fresh tensors and notices a replaced file;
@@ -184,10 +184,22 @@ def test_falls_back_to_download_into_the_user_cache(places: Places) -> None:
 
 
 def test_incomplete_folder_does_not_count(places: Places) -> None:
+    make_fashion_dir(places.cache)
+    (places.cache / "t10k-labels-idx1-ubyte.gz").unlink()
+    make_fashion_dir(places.system)
+    assert find_fashion_mnist() == places.system
+
+
+def test_an_explicit_path_must_hold_the_data_itself(places: Places) -> None:
+    """No search and no download past a path asked for by name (spec.dataPath)."""
     make_fashion_dir(places.explicit)
     (places.explicit / "t10k-labels-idx1-ubyte.gz").unlink()
     make_fashion_dir(places.system)
-    assert find_fashion_mnist(places.explicit) == places.system
+    with pytest.raises(DatasetNotFound, match=r"it does not hold t10k-labels-idx1-ubyte.gz; nothing is searched or downloaded"):
+        find_fashion_mnist(places.explicit)
+    with pytest.raises(DatasetNotFound, match="no such folder"):
+        find_fashion_mnist(places.explicit / "nowhere")
+    assert places.downloads == []
 
 
 def test_nothing_found_lists_every_place(places: Places, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,13 +207,13 @@ def test_nothing_found_lists_every_place(places: Places, monkeypatch: pytest.Mon
     make_fashion_dir(places.cache)
     (places.cache / "train-images-idx3-ubyte.gz").unlink()
     with pytest.raises(DatasetNotFound) as info:
-        find_fashion_mnist(places.explicit)
+        find_fashion_mnist()
     message = str(info.value)
-    for folder in (places.explicit, places.env, places.cache, places.system, places.cwd_relative, places.repo_relative):
+    for folder in (places.env, places.cache, places.system, places.cwd_relative, places.repo_relative):
         assert str(folder) in message
     assert "missing train-images-idx3-ubyte.gz" in message
     assert "no network in this test" in message
-    assert len(info.value.searched) == 7  # six folders and the download
+    assert len(info.value.searched) == 6  # five folders and the download
     assert places.downloads == [places.cache]
 
 

@@ -23,24 +23,22 @@ import time
 from pathlib import Path
 
 from trainthrough import flags
-from trainthrough.spec import ChaosKill, FieldError, SpecError, TrainingJob, kill_problems, load_job
+from trainthrough.spec import ChaosKill, FieldError, SpecError, TrainingJob, kill_problems, load_job, local_data_path
 
 
 def _check_data_path(job: TrainingJob) -> None:
     """A dataPath must hold the data where the job runs: here, for `run`. (The pure spec
     cannot say: on a cluster the path is inside the worker pods.)"""
-    if job.spec.data_path is None or job.spec.dataset != "fashion-mnist":
+    path = local_data_path(job)  # through the worker template's hostPath volume, if any
+    if path is None or job.spec.dataset != "fashion-mnist":
         return
-    from trainthrough.data import FILE_NAMES, DatasetNotFound, candidate_dirs, find_fashion_mnist
+    from trainthrough.data import data_path_problem  # the workers' own rule
 
-    (_, wanted), *_ = candidate_dirs(job.spec.data_path)
-    try:
-        found = find_fashion_mnist(job.spec.data_path, download=False)
-    except DatasetNotFound:
-        found = None
-    if found != wanted:  # the loader passed over it and searched on
-        why = "no such folder" if not wanted.is_dir() else f"it does not hold {', '.join(FILE_NAMES)}"
-        raise SpecError([FieldError("spec.dataPath", f"{wanted}: {why}")], job.metadata.name)
+    problem = data_path_problem(path)
+    if problem is not None:
+        if path != job.spec.data_path:
+            problem += f" (the hostPath volume spec.workers.template mounts at {job.spec.data_path})"
+        raise SpecError([FieldError("spec.dataPath", problem)], job.metadata.name)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -51,17 +49,15 @@ def _run(args: argparse.Namespace) -> int:
         raise SpecError(problems, args.job)
 
     # Only now the heavy imports (torch, gRPC: seconds): the job is known to be runnable.
-    from prometheus_client import CollectorRegistry
-
     from trainthrough.control.supervising import Progress, Supervisor
     from trainthrough.events import EventLog
-    from trainthrough.metrics import create_metrics, serve_metrics
+    from trainthrough.metrics import create_metrics, process_registry, serve_metrics
     from trainthrough.runtime.local import LocalRuntime
 
     _check_data_path(job)
     restart_delay: float | None = args.restart_delay
     run_dir = Path(args.run_dir or f"runs/{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    registry = CollectorRegistry()
+    registry = process_registry()  # the master is a process to watch too
     metrics = create_metrics(registry)
     try:
         master_port = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None

@@ -53,7 +53,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, WrapValidator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
-from trainthrough import rules, spec
+from trainthrough import pod_templates, rules, spec
 from trainthrough.job_status import TrainingJobStatus
 from trainthrough.spec import (
     API_GROUP,
@@ -447,7 +447,33 @@ def spec_schema() -> dict[str, Any]:
     # TrainingJob.spec has a default factory too: a job without a spec is all defaults.
     schema["default"] = {}
     _add_rules(schema)
+    _add_template_rules(schema)
     return schema
+
+
+# Where each role's pod template is in the spec schema.
+_TEMPLATES: dict[pod_templates.Role, tuple[str, ...]] = {
+    "ps": ("parameterServer", "template"),
+    "worker": ("workers", "template"),
+    "chaos": ("chaosTemplate",),
+}
+
+
+def _add_template_rules(schema: dict[str, Any]) -> None:
+    """pod_templates.cel_rules on each role's template: what the operator owns, refused at
+    admission as parse_job refuses it."""
+    sources = [f.alias or name for name, f in spec.VolumeTemplate.model_fields.items() if name != "name"]
+    for role, path in _TEMPLATES.items():
+        template = schema
+        for name in path:
+            template = template["properties"][name]
+        for where, validations in pod_templates.cel_rules(role, sources).items():
+            node = template
+            for part in where.split("."):
+                node = node["properties"][part.removesuffix("[]")]
+                if part.endswith("[]"):
+                    node = node["items"]
+            node.setdefault("x-kubernetes-validations", []).extend(validations)
 
 
 def _add_rules(schema: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ batches from a `BatchStream`) and by whatever evaluates a model (the workers' pe
 evaluation, the benchmark harness), through `load_dataset`, `shard`, `BatchStream` and
 `evaluate`.
 
-Fashion-MNIST is read from the four standard IDX .gz files, found along a fixed search
+Fashion-MNIST is read from the four standard IDX .gz files: from the job's explicit
+`dataPath` when it has one (that folder must hold them: no search, no download, in both
+runtimes; `data_path_problem` says why one does not count), else found along a fixed search
 path (see `find_fashion_mnist`); "synthetic" is a tiny generated dataset of the same shape,
 for fast unit tests only.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "DatasetError",
     "DatasetNotFound",
     "candidate_dirs",
+    "data_path_problem",
     "download_fashion_mnist",
     "evaluate",
     "find_fashion_mnist",
@@ -123,11 +126,10 @@ def _repo_root() -> Path | None:
     return None
 
 
-def candidate_dirs(explicit: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
-    """The folders `find_fashion_mnist` tries, in order, each with a short description."""
+def candidate_dirs() -> list[tuple[str, Path]]:
+    """The folders `find_fashion_mnist` searches without an explicit path, in order, each
+    with a short description."""
     candidates: list[tuple[str, Path]] = []
-    if explicit is not None:
-        candidates.append(("explicit path", Path(explicit)))
     env = os.environ.get(ENV_VAR)
     if env:
         candidates.append((f"${ENV_VAR}", Path(env)))
@@ -145,27 +147,54 @@ def _missing(folder: Path) -> list[str]:
     return [name for name in FILE_NAMES if not os.path.isfile(folder / name)]
 
 
+def _why_not(folder: Path) -> str | None:
+    missing = _missing(folder)
+    if not missing:
+        return None
+    return "no such folder" if not folder.is_dir() else "missing " + ", ".join(missing)
+
+
+def data_path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why an explicit data path (spec.dataPath) does not hold Fashion-MNIST, or None.
+
+    The one rule of both runtimes: a path asked for by name must hold the four files, on
+    this machine for `trainthrough run`, inside the worker pod on a cluster (a volume the
+    pod template mounts there). Nothing is searched or downloaded instead: an air-gapped
+    cluster has no network, and a silent fallback would train on other data."""
+    folder = Path(os.path.abspath(Path(path).expanduser()))
+    missing = _missing(folder)
+    if not missing:
+        return None
+    return f"{folder}: no such folder" if not folder.is_dir() else f"{folder}: it does not hold {', '.join(missing)}"
+
+
 def find_fashion_mnist(explicit: str | os.PathLike[str] | None = None, *, download: bool = True) -> Path:
     """The folder holding the four Fashion-MNIST IDX .gz files.
 
-    Looks in: `explicit`, `$TRAINTHROUGH_DATA`, the user cache, /usr/share/datasets/
+    With `explicit` (spec.dataPath): that folder, which must hold them (else
+    `DatasetNotFound` saying why: no search, no download; see data_path_problem).
+    Without: looks in `$TRAINTHROUGH_DATA`, the user cache, /usr/share/datasets/
     fashion-mnist, ../shared/data/fashion-mnist from the current directory and from the
     repository root; a folder counts only if all four files are there. Failing that (and
     if `download`), downloads the official files into the user cache. Raises
     `DatasetNotFound` listing every place looked at.
     """
+    if explicit is not None:
+        problem = data_path_problem(explicit)
+        if problem is not None:
+            raise DatasetNotFound(f"Fashion-MNIST: the data path {problem}; nothing is searched or downloaded instead", [problem])
+        return Path(os.path.abspath(Path(explicit).expanduser()))
     searched: list[str] = []
     seen: set[Path] = set()
-    for label, folder in candidate_dirs(explicit):
+    for label, folder in candidate_dirs():
         if folder in seen:
             continue
         seen.add(folder)
-        missing = _missing(folder)
-        if not missing:
+        why = _why_not(folder)
+        if why is None:
             return folder
-        why = "no such folder" if not folder.is_dir() else "missing " + ", ".join(missing)
         searched.append(f"{label} {folder}: {why}")
-        if label in ("explicit path", f"${ENV_VAR}"):
+        if label == f"${ENV_VAR}":
             # Asked for by name, so worth saying out loud that it is being passed over.
             log.warning("Fashion-MNIST: %s %s does not count (%s); searching on", label, folder, why)
 
@@ -323,8 +352,8 @@ def _synthetic() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def load_dataset(name: str, split: Split, path: str | os.PathLike[str] | None = None) -> Dataset:
     """Load split "train" or "test" of dataset "fashion-mnist" or "synthetic".
 
-    `path` is the explicit Fashion-MNIST folder (first in the search order); "synthetic"
-    ignores it. Decoded files are cached in-process; each call returns fresh tensors.
+    `path` is the explicit Fashion-MNIST folder (it must hold the files: no search);
+    "synthetic" ignores it. Decoded files are cached in-process; each call returns fresh tensors.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -333,6 +362,7 @@ def load_dataset(name: str, split: Split, path: str | os.PathLike[str] | None = 
         return Dataset(images.clone(), labels.clone())
     if name == "fashion-mnist":
         folder = find_fashion_mnist(path)
+        log.info("Fashion-MNIST %s split: loading from %s", split, folder)
         raw_images, raw_labels = _decoded(folder, split, _stamp(folder, split))
         pixels = torch.from_numpy(raw_images.astype(np.float32)).div_(255.0)  # astype copies
         return Dataset(_normalise(pixels).unsqueeze(1), torch.from_numpy(raw_labels.astype(np.int64)))

@@ -28,6 +28,11 @@ class PermanentError(TrainthroughError):
     """Retrying the same call cannot succeed (the request itself is wrong)."""
 
 
+# The exit status of a PS or worker process that cannot work as configured (sysexits.h's
+# EX_CONFIG: a dataPath without the data, ...): started again it would fail the same way.
+CONFIG_EXIT_CODE = 78
+
+
 class TemporaryError(TrainthroughError):
     """The call may succeed later: the peer is down, restarting or busy."""
 

@@ -52,16 +52,18 @@ from pydantic import (
     Field,
     PlainSerializer,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     Strict,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
-from trainthrough import names
+from trainthrough import names, pod_templates
 from trainthrough.documents import read_yaml_mapping
 from trainthrough.errors import FieldError, SpecError
 
@@ -74,14 +76,19 @@ __all__ = [
     "VERSION",
     "ChainSpec",
     "ChaosKill",
+    "ChaosTemplate",
     "CheckpointSpec",
+    "ContainerTemplate",
     "CleanPodPolicy",
     "EvaluationSpec",
     "FieldError",
     "Metadata",
     "NonNegativeSeconds",
     "OptimizerSpec",
+    "PSTemplate",
     "ParameterServerSpec",
+    "PodSpecTemplate",
+    "PodTemplate",
     "PositiveSeconds",
     "Resources",
     "Seconds",
@@ -90,12 +97,16 @@ __all__ = [
     "StopSpec",
     "TrainingJob",
     "TrainingJobSpec",
+    "VolumeTemplate",
+    "WorkerTemplate",
     "WorkersSpec",
     "dump_job",
     "duration_json",
     "format_duration",
     "kill_problems",
     "load_job",
+    "local_data_path",
+    "local_job",
     "parse_duration",
     "parse_job",
     "parse_kill",
@@ -660,6 +671,246 @@ class StopSpec(SpecModel):
     min_duration: NonNegativeSeconds = 0.0
 
 
+# --------------------------------------------------------------------------- pod templates
+
+# A PodTemplateSpec overlay per role (pod_templates.py merges it onto the operator's pods).
+# Fields follow Kubernetes 1.30's PodSpec and Container, in Kubernetes' own spelling; the
+# parts the project does not interpret are free-form mappings (checked by the API server
+# when the pod is created; the CRD keeps them whole: x-kubernetes-preserve-unknown-fields).
+_Object = dict[str, Any]
+_StrMap = dict[str, _Str]
+# A container's or a volume's name (a DNS-1123 label), with its pattern in the CRD.
+_Name = Annotated[str, Strict(), Field(max_length=63, json_schema_extra=_pattern(_DNS_LABEL)), AfterValidator(_check_dns_label)]
+
+
+def _keyed(*keys: str, max_items: int | None = None) -> Any:
+    """A list of items unique by `keys` (as Kubernetes declares the same list: a listType
+    map, so the API server refuses two items with one key; pod_templates merges by them);
+    `max_items` bounds a list the CRD's rules iterate (their cost estimate needs it)."""
+    return Field(None, max_length=max_items, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)})
+
+
+def _atomic() -> Any:
+    return Field(None, json_schema_extra={"x-kubernetes-list-type": "atomic"})
+
+
+class _Overlay(SpecModel):
+    """A part of a pod template: an absent field leaves the operator's value, so a template
+    dumps only the fields it sets."""
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def overlay(self) -> dict[str, Any]:
+        """As pod_templates merges it: by alias, only the fields it sets."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class EnvVarTemplate(_Overlay):
+    name: Annotated[_Str, Field(min_length=1, max_length=256)]
+    value: _Str | None = None
+    value_from: _Object | None = None
+
+
+class ContainerPortTemplate(_Overlay):
+    container_port: Annotated[_Int, Field(ge=1, le=65535)]
+    name: _Str | None = None
+    protocol: _Str | None = None
+    host_port: Annotated[_Int, Field(ge=1, le=65535)] | None = None
+    host_ip: _Str | None = Field(None, alias="hostIP")
+
+
+class VolumeMountTemplate(_Overlay):
+    name: _Str
+    mount_path: Annotated[_Str, Field(min_length=1, max_length=1024)]
+    read_only: _Bool | None = None
+    sub_path: _Str | None = None
+    sub_path_expr: _Str | None = None
+    mount_propagation: _Str | None = None
+    recursive_read_only: _Str | None = None
+
+
+class ResourcesTemplate(_Overlay):
+    """Merged over what spec.*.resources asks (a key here wins)."""
+
+    requests: dict[str, _Quantity] | None = None
+    limits: dict[str, _Quantity] | None = None
+    claims: list[_Object] | None = None
+
+
+class ContainerTemplate(_Overlay):
+    """A container: the one named after the role (ps, worker, chaos) is merged onto the
+    operator's; any other is added to the pod."""
+
+    name: _Name
+    image: _Str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[_Str] | None = _atomic()  # not on the main container: the operator builds it
+    args: list[_Str] | None = _atomic()  # not on the main container: the operator builds it
+    working_dir: _Str | None = None
+    env: list[EnvVarTemplate] | None = _keyed("name", max_items=256)
+    env_from: list[_Object] | None = None
+    ports: list[ContainerPortTemplate] | None = None
+    resources: ResourcesTemplate | None = None
+    resize_policy: list[_Object] | None = None
+    restart_policy: _Str | None = None  # init containers only: Always makes a sidecar
+    volume_mounts: list[VolumeMountTemplate] | None = _keyed("mountPath", max_items=128)
+    volume_devices: list[_Object] | None = None
+    liveness_probe: _Object | None = None
+    readiness_probe: _Object | None = None
+    startup_probe: _Object | None = None
+    lifecycle: _Object | None = None
+    security_context: _Object | None = None  # merged over the operator's (non-root, read-only root)
+    termination_message_path: _Str | None = None
+    termination_message_policy: _Str | None = None
+    stdin: _Bool | None = None
+    stdin_once: _Bool | None = None
+    tty: _Bool | None = None
+
+
+class VolumeTemplate(_Overlay):
+    """A volume of the pod: its name and one source, as Kubernetes spells it (hostPath,
+    persistentVolumeClaim, nfs, csi, ...; each source free-form)."""
+
+    name: _Name
+    aws_elastic_block_store: _Object | None = None
+    azure_disk: _Object | None = None
+    azure_file: _Object | None = None
+    cephfs: _Object | None = None
+    cinder: _Object | None = None
+    config_map: _Object | None = None
+    csi: _Object | None = None
+    downward_api: _Object | None = Field(None, alias="downwardAPI")
+    empty_dir: _Object | None = None
+    ephemeral: _Object | None = None
+    fc: _Object | None = None
+    flex_volume: _Object | None = None
+    flocker: _Object | None = None
+    gce_persistent_disk: _Object | None = None
+    git_repo: _Object | None = None
+    glusterfs: _Object | None = None
+    host_path: _Object | None = None
+    iscsi: _Object | None = None
+    nfs: _Object | None = None
+    persistent_volume_claim: _Object | None = None
+    photon_persistent_disk: _Object | None = None
+    portworx_volume: _Object | None = None
+    projected: _Object | None = None
+    quobyte: _Object | None = None
+    rbd: _Object | None = None
+    scale_io: _Object | None = Field(None, alias="scaleIO")
+    secret: _Object | None = None
+    storageos: _Object | None = None
+    vsphere_volume: _Object | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeTemplate:
+        sources = sorted(k for k in self.overlay() if k != "name")
+        if len(sources) > 1:
+            raise ValueError(f"a volume has one source, got {', '.join(sources)}")
+        return self
+
+
+class TolerationTemplate(_Overlay):
+    key: _Str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: _Str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: _Int | None = None
+
+
+class LocalObjectReference(_Overlay):
+    name: _Str
+
+
+class PodSpecTemplate(_Overlay):
+    """Fields of the pod's spec; maps merge, keyed lists merge by key, other lists and
+    scalars replace the operator's (see the README's merge rules)."""
+
+    containers: list[ContainerTemplate] | None = _keyed("name")
+    init_containers: list[ContainerTemplate] | None = _keyed("name")
+    volumes: list[VolumeTemplate] | None = _keyed("name")
+    node_selector: _StrMap | None = None
+    tolerations: list[TolerationTemplate] | None = _atomic()  # replace the default (a GPU worker's nvidia.com/gpu toleration)
+    affinity: _Object | None = None
+    topology_spread_constraints: list[_Object] | None = None
+    priority_class_name: _Str | None = None
+    priority: _Int | None = None
+    preemption_policy: _Str | None = None
+    scheduler_name: _Str | None = None
+    scheduling_gates: list[_Object] | None = None
+    runtime_class_name: _Str | None = None
+    image_pull_secrets: list[LocalObjectReference] | None = _keyed("name")
+    service_account_name: _Str | None = None  # not on the chaos pod: its RBAC is the operator's
+    service_account: _Str | None = None  # deprecated spelling of serviceAccountName
+    automount_service_account_token: _Bool | None = None
+    security_context: _Object | None = None  # merged over the operator's (non-root, seccomp RuntimeDefault)
+    node_name: _Str | None = None
+    host_network: _Bool | None = None
+    host_ipc: _Bool | None = Field(None, alias="hostIPC")
+    host_pid: _Bool | None = Field(None, alias="hostPID")
+    host_users: _Bool | None = None
+    host_aliases: list[_Object] | None = None
+    hostname: _Str | None = None  # not on a PS pod: its stable DNS name is the operator's
+    subdomain: _Str | None = None  # not on a PS pod
+    set_hostname_as_fqdn: _Bool | None = Field(None, alias="setHostnameAsFQDN")
+    dns_policy: _Str | None = None
+    dns_config: _Object | None = None
+    share_process_namespace: _Bool | None = None
+    enable_service_links: _Bool | None = None
+    active_deadline_seconds: Annotated[_Int, Field(ge=1)] | None = None
+    termination_grace_period_seconds: Annotated[_Int, Field(ge=0)] | None = None
+    restart_policy: _Str | None = None  # the operator's (Never): refused
+    readiness_gates: list[_Object] | None = None
+    resource_claims: list[_Object] | None = None
+    overhead: dict[str, _Quantity] | None = None
+    os_: _Object | None = Field(None, alias="os")
+
+
+class PodTemplateMetadata(_Overlay):
+    labels: Annotated[_StrMap, Field(max_length=64)] | None = None  # merged over the operator's; keys under trainthrough.io/ are its own
+    annotations: Annotated[_StrMap, Field(max_length=64)] | None = None  # merged over the operator's; keys under trainthrough.io/ are its own
+
+
+class PodTemplate(_Overlay):
+    """A PodTemplateSpec overlay (as Kubeflow's replicaSpecs[].template) merged onto the pods
+    the operator builds for this role: metadata.labels/annotations and the pod's spec. The
+    main container is named after the role (ps, worker, chaos). The operator owns the
+    trainthrough.io/ labels, restartPolicy, the main container's command and args, and the
+    env, volumes, mounts and ports it generates: a template setting one is refused."""
+
+    role: typing.ClassVar[pod_templates.Role]
+
+    metadata: PodTemplateMetadata | None = None
+    spec: PodSpecTemplate | None = None
+
+    @model_validator(mode="after")
+    def _operator_owned(self) -> PodTemplate:
+        problems = pod_templates.template_problems(self.role, self.overlay())
+        if problems:
+            raise _RuleViolations(problems)
+        return self
+
+
+class PSTemplate(PodTemplate):
+    """A PodTemplateSpec overlay for the PS pods (main container: ps)."""
+
+    role = "ps"
+
+
+class WorkerTemplate(PodTemplate):
+    """A PodTemplateSpec overlay for the worker pods (main container: worker)."""
+
+    role = "worker"
+
+
+class ChaosTemplate(PodTemplate):
+    """A PodTemplateSpec overlay for the chaos Job's pod (main container: chaos)."""
+
+    role = "chaos"
+
+
 class WorkersSpec(SpecModel):
     replicas: Annotated[_Int, Field(ge=1, le=names.MAX_WORKERS)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -667,6 +918,16 @@ class WorkersSpec(SpecModel):
     # The dtype gradients and parameters travel in between workers and the PS: bfloat16
     # halves the bytes; the PS keeps float32 master weights and applies in float32.
     transfer_dtype: Literal["float32", "bfloat16"] = "float32"
+    template: WorkerTemplate | None = Field(
+        None,
+        description=(
+            "A PodTemplateSpec overlay merged onto every worker pod (main container: worker): "
+            "node selector, tolerations (they replace the default GPU toleration), affinity, "
+            "priority class, pull secrets, service account, env, volumes (a data volume "
+            "mounted at dataPath), resources (over workers.resources), sidecars. The local "
+            "runtime ignores it, but for a hostPath volume mounted at dataPath."
+        ),
+    )
 
 
 class ParameterServerSpec(SpecModel):
@@ -674,6 +935,14 @@ class ParameterServerSpec(SpecModel):
     port: Annotated[_Int, Field(ge=1, le=65535)] = 50051
     restart_delay: NonNegativeSeconds = 0.0  # before a killed PS is restarted
     resources: Resources = Field(default_factory=Resources)
+    template: PSTemplate | None = Field(
+        None,
+        description=(
+            "A PodTemplateSpec overlay merged onto every PS pod, chain replacements included "
+            "(main container: ps); hostname and subdomain stay the operator's. The local "
+            "runtime ignores it."
+        ),
+    )
 
 
 class CheckpointSpec(SpecModel):
@@ -803,6 +1072,13 @@ class TrainingJobSpec(SpecModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] = 0  # numpy seeds must fit 32 bits
     chaos: list[ChaosKill] = Field(default_factory=list, max_length=MAX_KILLS)
+    chaos_template: ChaosTemplate | None = Field(
+        None,
+        description=(
+            "A PodTemplateSpec overlay merged onto the chaos Job's pod (main container: chaos); "
+            "its serviceAccountName stays the operator's. The local runtime ignores it."
+        ),
+    )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
 
@@ -902,6 +1178,24 @@ def dump_job(job: TrainingJob) -> dict[str, Any]:
     the CRD accepts as it is (durations as whole seconds or strings);
     ``parse_job(dump_job(job)) == job``."""
     return job.model_dump(mode="json", by_alias=True, context={_KUBERNETES: True})
+
+
+def local_data_path(job: TrainingJob) -> str | None:
+    """spec.dataPath as the local runtime reads it: through the worker template's hostPath
+    volume mounted there, if any (pod_templates.node_path). `trainthrough run`'s check and
+    the workers it starts use this one answer."""
+    path, template = job.spec.data_path, job.spec.workers.template
+    if path is None or template is None:
+        return path
+    return pod_templates.node_path(template.overlay(), "worker", path)
+
+
+def local_job(job: TrainingJob) -> TrainingJob:
+    """The job as the local runtime hands it to its processes: its dataPath on this machine."""
+    path = local_data_path(job)
+    if path == job.spec.data_path:
+        return job
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"data_path": path})})
 
 
 def parse_resource(body: dict[str, Any]) -> TrainingJob:

@@ -42,6 +42,7 @@ from trainthrough.control.messages import (
 from trainthrough.control.recovery import Decision, Remedy, decide
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
+from trainthrough.errors import CONFIG_EXIT_CODE
 from trainthrough.names import is_worker, ps_name, worker_names
 from trainthrough.spec import CleanPodPolicy, Mode, TrainingJob
 
@@ -357,6 +358,12 @@ class Master:
         out: list[Action] = []
         if not disrupted and exited.exit_code != 0:
             s.failures += 1
+        if not disrupted and exited.exit_code == CONFIG_EXIT_CODE:
+            # It cannot work as configured (a dataPath without the data): started again it
+            # would fail the same way, so the job fails now rather than at the backoff limit.
+            why = f"{name} cannot work as configured (exit {CONFIG_EXIT_CODE}, EX_CONFIG; its log says why)"
+            out.append(self._exit_record(exited, "fail", why, disrupted))
+            return out + self._finish(JobPhase.FAILED, Reason.PERMANENT_ERROR, why, now)
         for replacement in s.replacements:
             if replacement.name == name:
                 # A replacement died before it joined: another one, after the delay.

@@ -24,7 +24,7 @@ from pathlib import Path
 from trainthrough import auth
 from trainthrough.control.runtime import Death
 from trainthrough.names import is_ps, is_worker, worker_name
-from trainthrough.spec import TrainingJob, dump_job
+from trainthrough.spec import TrainingJob, dump_job, local_job
 
 HOST = "127.0.0.1"
 # Workers run at a lower CPU priority than the PS processes: on a cluster a PS has its own
@@ -59,7 +59,8 @@ class LocalRuntime:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.events_path = self.run_dir / "events.jsonl"
         self.job_path = self.run_dir / "job.json"
-        self.job_path.write_text(json.dumps(dump_job(job), indent=2))
+        # dataPath as this machine holds it (a worker template's hostPath volume: spec.local_job).
+        self.job_path.write_text(json.dumps(dump_job(local_job(job)), indent=2))
         # spec.checkpoint.path has no '..' (spec.py): a relative one stays inside the run
         # folder; an absolute one is a folder outside it, asked for as written.
         checkpoint_path = Path(job.spec.checkpoint.path)

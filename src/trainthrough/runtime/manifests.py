@@ -18,6 +18,11 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
   its pods, write Events: nothing else).
 - NetworkPolicy `NAME-ps` (when the operator is told to): the PS gRPC port is open to the
   job's own pods and the operator only; metrics stay open to any scraper.
+
+Every pod (PS, chain replacement, worker, the chaos Job's pod template) gets its role's pod
+template last (`spec.parameterServer.template`, `spec.workers.template`,
+`spec.chaosTemplate`), merged by pod_templates.merge_pod onto everything generated here:
+the template sees the whole pod, and what the operator owns cannot be overridden.
 """
 
 from __future__ import annotations
@@ -26,17 +31,25 @@ import json
 from typing import Any
 
 from trainthrough.names import ps_name, worker_name
+from trainthrough.pod_templates import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_VOLUME,
+    CONFIG_DIR,
+    CONFIG_VOLUME,
+    METRICS_PORT,
+    PS_PORT,
+    SCRATCH_DIR,
+    SCRATCH_VOLUME,
+    Role,
+    merge_pod,
+)
 from trainthrough.runtime import security
-from trainthrough.spec import Mode, TrainingJob, dump_job
+from trainthrough.spec import Mode, PodTemplate, TrainingJob, dump_job
 
 GROUP = "trainthrough.io"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_ROLE = f"{GROUP}/role"
 LABEL_PROCESS = f"{GROUP}/process"
-PS_PORT = 50051
-METRICS_PORT = 9100
-CONFIG_DIR = "/etc/trainthrough"
-CHECKPOINT_DIR = "/var/lib/trainthrough/checkpoints"
 DEFAULT_IMAGES = {
     "ps": "ghcr.io/trainthrough/ps:0.1.0",
     "worker": "ghcr.io/trainthrough/worker:0.1.0",
@@ -180,14 +193,30 @@ def _pod_spec(
 
 
 def _config_volume(job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
-    volume = {"name": "job", "configMap": {"name": f"{job.metadata.name}-job"}}
-    mount = {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True}
+    volume = {"name": CONFIG_VOLUME, "configMap": {"name": f"{job.metadata.name}-job"}}
+    mount = {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}
     return volume, mount
 
 
 def _scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
     # The root filesystem is read-only; torch and Python want a writable /tmp.
-    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"}
+    return {"name": SCRATCH_VOLUME, "emptyDir": {}}, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR}
+
+
+# Where each role's template is, in the job and in a document (for errors).
+TEMPLATE_PATHS: dict[Role, str] = {"ps": "spec.parameterServer.template", "worker": "spec.workers.template", "chaos": "spec.chaosTemplate"}
+
+
+def template_of(job: TrainingJob, role: Role) -> PodTemplate | None:
+    spec = job.spec
+    return {"ps": spec.parameter_server.template, "worker": spec.workers.template, "chaos": spec.chaos_template}[role]
+
+
+def _templated(pod: dict[str, Any], job: TrainingJob, role: Role) -> dict[str, Any]:
+    """`pod` (or a Job's pod template) with the role's template merged onto it: the last
+    step of every pod built here, so the template sees all the operator generated."""
+    template = template_of(job, role)
+    return merge_pod(pod, template.overlay() if template is not None else None, role, TEMPLATE_PATHS[role])
 
 
 def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | None = None) -> dict[str, Any]:
@@ -201,8 +230,8 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
         "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if needs_volume(job):
-        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}})
-        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_DIR})
+        volumes.append({"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}})
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_DIR})
         args += ["--checkpoint-dir", CHECKPOINT_DIR]
     if join:
         args.append("--join")
@@ -210,7 +239,7 @@ def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | N
     extra = {"hostname": pod_name(job, process), "subdomain": job.metadata.name}
     pod = _pod(job, process, "ps", image or DEFAULT_IMAGES["ps"], args, _resources(r.cpu, r.memory, 0), volumes, mounts, extra)
     security.secure(pod["spec"], job, "ps")  # the job's token and certificates, the probes
-    return pod
+    return _templated(pod, job, "ps")
 
 
 def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: str | None = None) -> dict[str, Any]:
@@ -221,17 +250,22 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: s
         "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
         "--host", POD_IP, "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
+    if job.spec.dataset == "fashion-mnist" and job.spec.data_path is not None:
+        # The path inside the pod, on the command line: a mount the kubelet rewrites (the
+        # stand-in's, which has no mount namespaces) stays visible to the worker.
+        args += ["--data-path", job.spec.data_path]
     r = job.spec.workers.resources
     extra: dict[str, Any] = {}
     if r.gpu:
-        # GPU nodes are commonly tainted for GPU workloads only.
+        # GPU nodes are commonly tainted for GPU workloads only: a default, which a
+        # template's tolerations replace.
         extra["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     pod = _pod(
         job, worker_name(rank), "worker", image or DEFAULT_IMAGES["worker"], args, _resources(r.cpu, r.memory, r.gpu),
         [config, tmp], [config_mount, tmp_mount], extra,
     )  # fmt: skip
     security.secure(pod["spec"], job, "worker")  # the job's token and certificates
-    return pod
+    return _templated(pod, job, "worker")
 
 
 def chaos_name(job: TrainingJob) -> str:
@@ -297,6 +331,7 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
         },
     }
     security.secure(chaos["spec"]["template"]["spec"], job, "chaos")  # it reads the PS's version over gRPC
+    chaos["spec"]["template"] = _templated(chaos["spec"]["template"], job, "chaos")
     return chaos
 
 

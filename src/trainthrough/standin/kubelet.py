@@ -29,7 +29,9 @@ scheduler would) and those bound to it, and for each:
   files, written when the pod starts, not resynced; the pod waits while the ConfigMap is
   missing), `secret` (the same, its `data` decoded: a job's token and TLS certificates),
   `persistentVolumeClaim` (`volumes/NAMESPACE/CLAIM`, outliving every pod, so a
-  recreated PS finds its checkpoints; the pod waits while the claim is missing). With no
+  recreated PS finds its checkpoints; the pod waits while the claim is missing), `hostPath`
+  (the folder itself, as on a node: it must exist unless its type is DirectoryOrCreate;
+  a data volume for the workers). With no
   mount namespaces, each `volumeMount.mountPath` (with its subPath) in the args and env
   values is rewritten to its directory, the longest mountPath first.
 - The process runs in its own process group with the pod directory
@@ -445,6 +447,15 @@ class Kubelet:
                 # A Secret's `data` is base64, as a ConfigMap's `binaryData` is.
                 as_files = {"metadata": secret.get("metadata") or {"name": source["secretName"]}, "binaryData": secret.get("data") or {}}
                 _write_config_map(directory, as_files, source.get("items"))
+            elif "hostPath" in volume:
+                # The node's own folder, as a kubelet bind-mounts it: it must exist, unless
+                # its type is DirectoryOrCreate.
+                source = volume["hostPath"]
+                directory = Path(source["path"])
+                if source.get("type") == "DirectoryOrCreate":
+                    directory.mkdir(parents=True, exist_ok=True)
+                elif not directory.is_dir():
+                    raise ContainerConfigError(f"volume {name}: hostPath {directory} is not a folder on this node")
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 if await self._wait_for(run, "persistentvolumeclaims", claim) is None:
@@ -452,7 +463,7 @@ class Kubelet:
                 directory = self.claim_dir(run.namespace, claim)
                 directory.mkdir(parents=True, exist_ok=True)
             else:
-                raise ContainerConfigError(f"volume {name}: the stand-in supports configMap, secret, emptyDir and persistentVolumeClaim only")
+                raise ContainerConfigError(f"volume {name}: the stand-in supports configMap, secret, emptyDir, hostPath and persistentVolumeClaim only")
             dirs[name] = directory
         mounts: dict[str, str] = {}
         for mount in container.get("volumeMounts") or []:

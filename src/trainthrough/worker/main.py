@@ -1,20 +1,26 @@
 """The worker process: `trainthrough worker --job JOB.json --rank 0 --ps ADDR[,ADDR...]`.
 
 Started by the local runtime and by the worker pod's entrypoint on Kubernetes. Exits 0
-when it reached `stop.steps` or was asked to stop (SIGTERM), non-zero on a permanent error.
+when it reached `stop.steps` or was asked to stop (SIGTERM), CONFIG_EXIT_CODE (78) when its
+dataPath does not hold the data, non-zero on another permanent error.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 from trainthrough import auth
+from trainthrough.data import DatasetNotFound
+from trainthrough.errors import CONFIG_EXIT_CODE
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
 from trainthrough.names import worker_name
 from trainthrough.process import start_process
 from trainthrough.worker.client import PSClient
 from trainthrough.worker.training import Worker
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,18 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--events", default=None, help="JSONL event log (default: stderr)")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--data-path", default=None, help="spec.dataPath as this process sees it (a pod's mount)")
     auth.add_arguments(parser)
     args = parser.parse_args(argv)
 
     name = worker_name(args.rank)
     context = start_process(name, args.job, args.parent_pid)
     job, stop, metrics = context.job, context.stop, context.metrics
+    if args.data_path is not None:
+        job.spec.data_path = args.data_path
     metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
     credentials = auth.from_arguments(args, job)
     client = PSClient(args.ps.split(","), worker=name, transfer_dtype=job.spec.workers.transfer_dtype, credentials=credentials)
     events = EventLog(args.events, source=name)
     try:
-        Worker(job, args.rank, client, events, metrics, stop, metrics_port=metrics_port).run()
+        worker = Worker(job, args.rank, client, events, metrics, stop, metrics_port=metrics_port)
+    except DatasetNotFound as error:
+        # An explicit dataPath without the data: a restart cannot help (data.py).
+        log.error("%s", error)
+        client.close()
+        return CONFIG_EXIT_CODE
+    try:
+        worker.run()
     finally:
         client.close()
     return 0
