@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from trainthrough.rules import IMMUTABLE
+from trainthrough.standin import tables
 from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS, KubeEmulator
 
@@ -161,3 +162,24 @@ def test_kubectl_wait_returns_when_the_job_completes(tmp_path: Path) -> None:
         assert status["progress"]["step"] >= 150, status
         row = ok(kubectl("get", "tj", "waited", "--no-headers")).split()
         assert row[:2] == ["waited", "checkpoint"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-0.5, "0s"), (-3, "<invalid>"), (59, "59s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"),
+     (179 * 60, "179m"), (3 * 3600, "3h"), (3 * 3600 + 60, "3h1m"), (8 * 3600, "8h"), (50 * 3600, "2d2h"),
+     (8 * 86400, "8d"), (800 * 86400, "2y70d"), (3 * 365 * 86400, "3y"), (9 * 365 * 86400, "9y")],
+)  # fmt: skip
+def test_ages_are_shown_as_kubectl_shows_them(seconds: float, shown: str) -> None:
+    assert tables.human_duration(seconds) == shown
+
+
+def test_a_table_is_rendered_only_when_asked_for() -> None:
+    kubectl_accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+    assert tables.wants_table(kubectl_accept)
+    assert not tables.wants_table("application/json")
+    columns = [{"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"}, {"name": "Mode", "type": "string", "jsonPath": ".spec.consistency"}]
+    rendered = tables.table(columns, [{"metadata": {"name": "a"}, "spec": {"consistency": "chain"}, "status": {"progress": {"step": 3.0}}}])
+    assert [c["name"] for c in rendered["columnDefinitions"]] == ["Name", "Step", "Mode"]
+    assert rendered["rows"][0]["cells"] == ["a", 3, "chain"]
+    assert rendered["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
