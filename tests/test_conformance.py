@@ -15,9 +15,9 @@ Every row is checked four ways, and all must agree:
   what the reader refuses, except rows marked ``client_reads``: kubectl's client reads
   them and any refusal comes later (a missing apiVersion: kubectl's mapping to a resource,
   which needs a server; nesting depth: trainthrough's own) or never: kubectl 1.32 reads a
-  duplicate key as its last value and sends one field (seen on the stand-in's API, whose
-  admission, as the API server's strict decoding, would refuse a body with duplicates),
-  so trainthrough alone calls a duplicate key a mistake.
+  duplicate key as its last value and sends one field (seen in the bodies the stand-in's
+  API received), so the API server's strict decoding, which refuses duplicate fields in
+  a body, never sees them: trainthrough alone calls a duplicate key a mistake.
   kubectl also decodes metadata into ObjectMeta, so it refuses a name that is not a string.
 
 Every rule between fields, with its message, is compared with its Python twin in
