@@ -22,6 +22,10 @@ from trainthrough.spec import API_GROUP, PLURAL, VERSION, SpecError, parse_resou
 
 TICK_INTERVAL = 0.5  # seconds between looks at a job: due restarts, health, progress
 RETRY_DELAY = 1.0
+# A tick may delete its own job (spec.runPolicy.ttlSecondsAfterFinished): kopf removes its
+# finalizer only once that tick has exited, and by default looks again only after 60 s.
+TICK_EXIT_WAIT = 10.0  # seconds kopf waits for a running tick to exit, before polling
+TICK_EXIT_POLL = 1.0  # seconds between its looks after that
 
 
 def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
@@ -44,6 +48,11 @@ def _timed(config: OperatorConfig, work: Callable[[], None]) -> None:
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     resource = dict(group=API_GROUP, version=VERSION, plural=PLURAL, registry=registry)
+
+    @kopf.on.startup(registry=registry)
+    def let_ticks_exit(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.background.instant_exit_timeout = TICK_EXIT_WAIT
+        settings.background.cancellation_polling = TICK_EXIT_POLL
 
     def drive(body: kopf.Body) -> None:
         meta = body["metadata"]
