@@ -248,7 +248,6 @@ def test_an_unchanged_spec_is_not_checked_again():
 # --------------------------------------------------------------------------- generated documents
 
 _TARGETS = ["ps-head", "ps-tail", "random", *(f"ps-{i}" for i in range(5)), *(f"worker-{i}" for i in range(4))]
-_MAYBE = st.none()
 
 
 def _optional(key: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
