@@ -40,7 +40,7 @@ from conftest import TRAININGJOB, rejected, wait_until
 from trainthrough import auth, tls, wire
 from trainthrough.auth import Credentials
 from trainthrough.control.supervising import Supervisor
-from trainthrough.errors import CredentialsError, PermanentError, TemporaryError
+from trainthrough.errors import CredentialsError, PermanentError, RejectReason, TemporaryError
 from trainthrough.events import EventLog, read_events
 from trainthrough.metrics import create_metrics
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
@@ -153,7 +153,7 @@ def test_mtls_ps_refuses_everyone_but_the_job(secure_ps, registry) -> None:
         after = snapshot(core)
         assert after[0] == before[0] and torch.equal(after[1], before[1]) and after[2] == before[2]
         assert core.worker_steps == 0  # the refused progress report did not count
-        assert rejected(registry, "checkpoint", auth.REJECTED_REASON) == 3 * 3 + 1
+        assert rejected(registry, "checkpoint", RejectReason.UNAUTHENTICATED) == 3 * 3 + 1
         # Health needs no token (it says only whether the PS takes pushes); TLS still applies.
         health = health_pb2_grpc.HealthStub(no_token).Check(health_pb2.HealthCheckRequest(service=auth.READINESS), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -171,7 +171,7 @@ def test_token_alone_guards_a_plaintext_ps(secure_ps, registry) -> None:
     plain = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
     try:
         assert refused_code(lambda: push_with(plain)) == grpc.StatusCode.UNAUTHENTICATED
-        assert core.version == 0 and rejected(registry, "checkpoint", auth.REJECTED_REASON) == 1
+        assert core.version == 0 and rejected(registry, "checkpoint", RejectReason.UNAUTHENTICATED) == 1
         master, anyone = Connection(address, job), Connection(address)
         assert master.health(timeout=5).version == 0
         assert anyone.health(timeout=5) is None  # the project's Health RPC is guarded too
@@ -250,7 +250,7 @@ def test_job_with_mtls_trains_on_while_a_stranger_is_refused(tmp_path: Path) -> 
             health = master.health(timeout=2)
             if health is not None and health.state == "serving":
                 seen["versions"].append(health.version)
-                seen["rejected"].append(ps_metric(runtime, "ps-0", "trainthrough_ps_rejected_pushes_total", {"reason": auth.REJECTED_REASON}))
+                seen["rejected"].append(ps_metric(runtime, "ps-0", "trainthrough_ps_rejected_pushes_total", {"reason": RejectReason.UNAUTHENTICATED}))
             done.wait(0.2)
         for channel in channels:
             channel.close()

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import grpc
 
 from trainthrough import tls
-from trainthrough.errors import CredentialsError
+from trainthrough.errors import CredentialsError, RejectReason
 from trainthrough.proto import ps_pb2
 from trainthrough.spec import TrainingJob
 from trainthrough.tls import TlsMaterial
@@ -48,7 +48,6 @@ HEALTH_SERVICE = "grpc.health.v1.Health"  # open: see the module doc
 # Its services (ps/health.py): the server as a whole (liveness), the PS taking pushes (readiness).
 LIVENESS = ""
 READINESS = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name  # trainthrough.ParameterServer
-REJECTED_REASON = "unauthenticated"  # the rejected counter's reason for a refused call
 _LOGGED_PEERS = 64  # refusals are logged once per peer host, for this many hosts
 
 
@@ -138,7 +137,7 @@ class Credentials:
             return server.add_secure_port(address, self.tls.server_credentials())
         return server.add_insecure_port(address)
 
-    def guard(self, refused: Callable[[str], None]) -> grpc.ServerInterceptor | None:
+    def guard(self, refused: Callable[[RejectReason], None]) -> grpc.ServerInterceptor | None:
         """The interceptor that refuses calls without these credentials (None: nothing to
         check); `refused(reason)` counts each refusal."""
         if self.token is None and self.tls is None:
@@ -187,7 +186,7 @@ class Guard(grpc.ServerInterceptor):
     does not name the job. The TLS handshake itself already refused a client without a
     certificate from the job's CA."""
 
-    def __init__(self, token: str | None, identity: str | None, refused: Callable[[str], None]) -> None:
+    def __init__(self, token: str | None, identity: str | None, refused: Callable[[RejectReason], None]) -> None:
         self._expected = (BEARER + token).encode() if token is not None else None
         self._identity = identity
         self._refused = refused
@@ -232,7 +231,7 @@ class Guard(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
     def _refuse(self, context: grpc.ServicerContext, method: str, why: str) -> None:
-        self._refused(REJECTED_REASON)
+        self._refused(RejectReason.UNAUTHENTICATED)
         peer = context.peer().rsplit(":", 1)[0]
         if peer not in self._logged and len(self._logged) < _LOGGED_PEERS:
             self._logged.add(peer)

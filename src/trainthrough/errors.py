@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
+
+
+class RejectReason(StrEnum):
+    """Why a parameter server refused a request: the `reason` label of
+    trainthrough_ps_rejected_pushes_total (a bounded set)."""
+
+    FIELD = "field"  # a request field out of range (InvalidField)
+    NON_FINITE = "non_finite"  # a gradient, or the update it would make, not finite
+    DTYPE = "dtype"
+    SHAPE = "shape"
+    LENGTH = "length"  # a tensor's bytes do not match its shape and dtype
+    UNAUTHENTICATED = "unauthenticated"  # no or a wrong job token / client identity
+    OTHER = "other"
 
 
 class TrainthroughError(Exception):

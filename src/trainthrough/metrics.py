@@ -108,7 +108,7 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         model_version=gauge("ps_model_version", "Current model version of the PS.", PS_LABELS),
         ps_up=gauge("ps_up", "1 while this PS serves pushes and pulls.", PS_LABELS),
         rejected_pushes=counter(
-            "ps_rejected_pushes", "Pushes rejected as malformed, by reason.", PS_LABELS + ("reason",)
+            "ps_rejected_pushes", "Requests the PS refused (malformed, out of range, not the job's), by reason (errors.RejectReason).", PS_LABELS + ("reason",)
         ),
         replayed_gradients=counter(
             "ps_replayed_gradients", "Buffered worker gradients replayed after a stateless restart.", PS_LABELS

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from trainthrough.errors import RejectReason
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.proto import ps_pb2
@@ -311,7 +312,7 @@ class ParameterServerCore:
     def mark_down(self) -> None:
         self._labels(self.metrics.ps_up).set(0)
 
-    def count_rejected(self, reason: str) -> None:
+    def count_rejected(self, reason: RejectReason) -> None:
         self.metrics.rejected_pushes.labels(
             trainingjob=self._trainingjob, mode=self.mode, role=self.role, reason=reason
         ).inc()

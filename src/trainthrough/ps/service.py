@@ -33,7 +33,7 @@ import grpc
 
 from trainthrough import wire
 from trainthrough.auth import Credentials
-from trainthrough.errors import InvalidField, NotHead, PermanentError, RejoinRequired, TemporaryError, WireError
+from trainthrough.errors import InvalidField, NotHead, PermanentError, RejectReason, RejoinRequired, TemporaryError, WireError
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.ps.core import NotServing
 from trainthrough.ps.health import PSHealth
@@ -248,20 +248,19 @@ def _generated_handlers(servicer: ParameterServerServicer) -> dict[str, grpc.Rpc
     return capture.handlers
 
 
-def _reason(error: WireError) -> str:
-    # Bounded label values for the rejected-pushes metric.
+def _reason(error: WireError) -> RejectReason:
     if isinstance(error, InvalidField):
-        return "field"
+        return RejectReason.FIELD
     message = str(error)
     if "non-finite" in message:
-        return "non_finite"
+        return RejectReason.NON_FINITE
     if ".dtype" in message:
-        return "dtype"
+        return RejectReason.DTYPE
     if ".shape" in message:
-        return "shape"
+        return RejectReason.SHAPE
     if ".data" in message:
-        return "length"
-    return "other"
+        return RejectReason.LENGTH
+    return RejectReason.OTHER
 
 
 def create_server(

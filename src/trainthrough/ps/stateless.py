@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import torch
 
 from trainthrough import names, wire
-from trainthrough.errors import RejoinRequired, WireError
+from trainthrough.errors import RejectReason, RejoinRequired, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.checkpoints import PeriodicCheckpointer, restore_newest
 from trainthrough.ps import requests
@@ -286,7 +286,7 @@ class StatelessMode(Mode):
         try:
             self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
         except NonFiniteUpdate as error:  # one bad buffered gradient must not stop the seeding
-            self.core.count_rejected("non_finite")
+            self.core.count_rejected(RejectReason.NON_FINITE)
             self.core.events.emit("replay_rejected", error=str(error))
 
 

@@ -33,18 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from trainthrough import auth, tls
-from trainthrough.auth import Credentials
-from trainthrough.auth import READINESS
+from trainthrough.auth import READINESS, Credentials
 from trainthrough.errors import CredentialsError, TemporaryError
 from trainthrough.kubeapi import KubeApi
+from trainthrough.pod_templates import HEALTH_PORT, TLS_DIR, TLS_VOLUME, TOKEN_DIR, TOKEN_VOLUME
 from trainthrough.rpc import ConnectionPool
 from trainthrough.spec import TrainingJob
 from trainthrough.tls import TlsMaterial
 
-TOKEN_DIR = "/var/run/secrets/trainthrough/token"  # beside, not inside, the job ConfigMap's mount
-TLS_DIR = "/var/run/secrets/trainthrough/tls"
 TOKEN_KEY = "token"
-HEALTH_PORT = 50052
 _READ_ONLY = 0o440  # owner and fsGroup (the pod's user reads it through fsGroup)
 
 
@@ -85,13 +82,13 @@ def pod_security(job: TrainingJob, role: str) -> PodSecurity:
     health port and probes of a PS."""
     out = PodSecurity()
     if auth.uses_token(job):
-        out.volumes.append({"name": "token", "secret": {"secretName": token_secret_name(job), "defaultMode": _READ_ONLY}})
-        out.mounts.append({"name": "token", "mountPath": TOKEN_DIR, "readOnly": True})
+        out.volumes.append({"name": TOKEN_VOLUME, "secret": {"secretName": token_secret_name(job), "defaultMode": _READ_ONLY}})
+        out.mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
         out.args += ["--token-file", f"{TOKEN_DIR}/{TOKEN_KEY}"]
     secret_name = job.spec.security.tls.secret_name
     if secret_name is not None:
-        out.volumes.append({"name": "tls", "secret": {"secretName": secret_name, "defaultMode": _READ_ONLY}})
-        out.mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        out.volumes.append({"name": TLS_VOLUME, "secret": {"secretName": secret_name, "defaultMode": _READ_ONLY}})
+        out.mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
         out.args += ["--tls-dir", TLS_DIR]
     if role == "ps":
         out.args += ["--health-port", str(HEALTH_PORT)]
