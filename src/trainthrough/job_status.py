@@ -55,6 +55,10 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
 
 class StatusModel(BaseModel):
     # A status written by an older operator may hold fields this one no longer writes.

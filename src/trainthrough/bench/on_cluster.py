@@ -15,6 +15,7 @@ from typing import Any, Callable
 from trainthrough.bench.matrix import RunPlan
 from trainthrough.control.supervising import Progress
 from trainthrough.events import iter_events
+from trainthrough.job_status import Phase
 from trainthrough.spec import dump_job, duration_json
 from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS
@@ -22,7 +23,7 @@ from trainthrough.standin.emulator import TRAININGJOBS
 POLL_INTERVAL = 0.5
 START_UP_ALLOWANCE = 300.0  # seconds beyond the run's own limit before it is given up
 OPERATOR_EVENTS = "operator-events.jsonl"
-_TERMINAL = ("Succeeded", "Failed")
+_POD_ENDED = ("Succeeded", "Failed")  # a Pod's status.phase once its container ended
 
 
 def document(plan: RunPlan) -> dict[str, Any]:
@@ -53,11 +54,11 @@ def run_on_cluster(
             continue
         if on_progress is not None:
             on_progress(_progress(status))
-        if status.get("phase") in _TERMINAL:
+        if _phase(status).terminal:
             break
         time.sleep(POLL_INTERVAL)
     ended = time.time()
-    finished = status.get("phase") in _TERMINAL
+    finished = _phase(status).terminal
     if finished:
         _wait_for_pods_to_end(cluster, name, deadline=time.time() + 120.0)
     events_path = run_dir / "events.jsonl"
@@ -65,7 +66,11 @@ def run_on_cluster(
     cluster.kube.delete(TRAININGJOBS, name)  # its pods, volumes and chaos Job go with it
     if not finished:
         return "failed", f"the job did not end within {limit:.0f} s", events_path
-    return ("ok" if status["phase"] == "Succeeded" else "failed"), status.get("message") or "", events_path
+    return ("ok" if _phase(status) is Phase.SUCCEEDED else "failed"), status.get("message") or "", events_path
+
+
+def _phase(status: dict[str, Any]) -> Phase:
+    return Phase(status.get("phase") or Phase.PENDING)
 
 
 def _progress(status: dict[str, Any]) -> Progress:
@@ -90,7 +95,7 @@ def _wait_for_pods_to_end(cluster: StandInCluster, name: str, deadline: float) -
     """The master stops every process at the end; their last events are in their logs once
     they exited."""
     while time.time() < deadline:
-        if all((p.get("status") or {}).get("phase") in _TERMINAL for p in _pods_of(cluster, name)):
+        if all((p.get("status") or {}).get("phase") in _POD_ENDED for p in _pods_of(cluster, name)):
             return
         time.sleep(POLL_INTERVAL)
 
@@ -112,7 +117,7 @@ def _assemble_events(cluster: StandInCluster, name: str, path: Path, ended: floa
             "t": ended,
             "event": "run_end",
             "source": "operator",
-            "status": "succeeded" if status.get("phase") == "Succeeded" else "failed",
+            "status": "succeeded" if _phase(status) is Phase.SUCCEEDED else "failed",
             "reason": status.get("message"),
             "recoveries": recoveries.get("count", 0),
             "steps": progress.get("step"),

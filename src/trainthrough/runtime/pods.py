@@ -96,6 +96,10 @@ class PodRuntime:
     >>> runtime.start_ps("ps-0"); runtime.deaths(timeout=0)
     """
 
+    # Nothing of the pod runtime calls a PS: the operator's connection pool presents each
+    # job's token and client certificate (runtime/security.JobCredentials).
+    credentials: None = None
+
     def __init__(
         self,
         api: KubeApi,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from trainthrough.crd import crd_manifest
+from trainthrough.job_status import Phase
 from trainthrough.spec import SpecError, parse_job
 from trainthrough.standin.cluster import StandInCluster
 from trainthrough.standin.emulator import TRAININGJOBS
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainingjob.trainthrough.io/{name} created\n", flush=True)
         shown: list[str] | None = None
         deadline = time.time() + args.timeout
-        phase = None
+        phase = Phase.PENDING
         while time.time() < deadline:
             obj = cluster.kube.get(TRAININGJOBS, name)
             row = printer_row(obj, columns, time.time())
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines = table([header, row], minimum=COLUMN_WIDTH).splitlines()
                 print("\n".join(lines) if shown is None else lines[1], flush=True)
                 shown = row
-            phase = (obj.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed"):
+            phase = Phase((obj.get("status") or {}).get("phase") or Phase.PENDING)
+            if phase.terminal:
                 break
             time.sleep(POLL_INTERVAL)
         status = cluster.kube.get(TRAININGJOBS, name).get("status") or {}
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
             when = event["firstTimestamp"][11:23]
             rows.append([when, event["type"], event["reason"], f"trainingjob/{name}", event["message"][:140]])
         print(table(rows))
-    return 0 if phase == "Succeeded" else 1
+    return 0 if phase is Phase.SUCCEEDED else 1
