@@ -233,6 +233,24 @@ def test_a_refused_job_is_deleted_its_ttl_after_it_was_refused(kube: KubeEmulato
     wait_for(lambda: kube.find(TRAININGJOBS, "refused") is None, timeout=15, what="the refused job deleted after its TTL")
 
 
+def test_a_deleted_job_leaves_no_series_and_no_state_in_the_operator(kube: KubeEmulator, operator) -> None:
+    """An operator runs for months: a deleted job's recovery series, pods' last states and
+    connections go with it, and another namespace's job of the same name keeps its own."""
+    body = kube.create(TRAININGJOBS, trainingjob("gone", consistency="stateless"))
+    wait_for(lambda: "gone-ps-0" in pods(kube, "gone"), timeout=10, what="its PS pod")
+    job = parse_resource(body)
+    other = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": "team-b"})})
+    operator.recovery_metrics(job)  # as the first recovery of each would
+    operator.recovery_metrics(other)
+    names = lambda: {s.labels["namespace"] for s in next(iter(operator.metrics.recoveries.collect())).samples if s.labels["trainingjob"] == "gone"}  # noqa: E731
+    assert names() == {"default", "team-b"} and ("default", "gone") in operator.seen_pods
+    kube.delete(TRAININGJOBS, "gone")
+    wait_for(lambda: names() == {"team-b"}, timeout=10, what="the deleted job's series removed")
+    # Its pods go after it (garbage collection); their events leave nothing behind either.
+    wait_for(lambda: not pods(kube, "gone"), timeout=10, what="its pods collected")
+    wait_for(lambda: ("default", "gone") not in operator.seen_pods, timeout=10, what="the pods' last states dropped")
+
+
 def test_the_pod_runtime_removes_the_pod_an_ended_process_left(kube: KubeEmulator) -> None:
     """cleanPodPolicy All's Remove: the pod of a process that ended goes (no operator runs
     here: nothing else touches it); a process that left no pod is nothing to do."""

@@ -15,7 +15,7 @@ pod of the job: its scrape supplies the namespace (`exports_namespace=False`).
 from __future__ import annotations
 
 from trainthrough.control.messages import RecoveryDone, UpdatesLost
-from trainthrough.metrics import RECOVERY_PHASES, Metrics
+from trainthrough.metrics import MASTER_LABELS, RECOVERY_PHASES, Metrics
 from trainthrough.spec import ChaosKill, TrainingJob
 
 
@@ -29,6 +29,7 @@ def job_labels(job: TrainingJob, exports_namespace: bool = True) -> dict[str, st
 class RecoveryMetrics:
     def __init__(self, metrics: Metrics, job: TrainingJob) -> None:
         labels = job_labels(job)
+        self._metrics, self._values = metrics, tuple(labels[name] for name in MASTER_LABELS)
         self._phases = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in RECOVERY_PHASES}
         self._count = metrics.recoveries.labels(**labels)  # exported at 0 from the start
         self._lost = metrics.lost_updates.labels(**labels)
@@ -40,6 +41,14 @@ class RecoveryMetrics:
         for phase, seconds in done.phases.items():
             self._phases[phase].observe(seconds)
         self._count.inc()
+
+    def remove(self) -> None:
+        """Stop exporting the job's series (it was deleted): an operator that runs for
+        months must not export every job it ever served."""
+        for phase in RECOVERY_PHASES:
+            self._metrics.recovery_seconds.remove(*self._values, phase)
+        self._metrics.recoveries.remove(*self._values)
+        self._metrics.lost_updates.remove(*self._values)
 
 
 class InjectionMetrics:

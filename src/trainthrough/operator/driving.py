@@ -46,7 +46,10 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
     """Drive job `namespace/name` one step."""
     with job_lock(namespace, name):
         body = config.api.get_job(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
+            config.forget(namespace, name)  # a pod event of a job already gone
+            return
+        if body["metadata"].get("deletionTimestamp"):
             return  # the job is going away: its pods go with it
         status = body.get("status") or {}
         try:

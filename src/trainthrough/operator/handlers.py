@@ -79,6 +79,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             _timed(config, lambda: reconciling.update_config_map(job, config))
         drive(body)
 
+    @kopf.on.event(**resource)
+    def deleted(event: dict[str, Any], **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            meta = (event.get("object") or {}).get("metadata") or {}
+            config.forget(meta.get("namespace", "default"), meta.get("name", ""))
+
     @kopf.timer(interval=TICK_INTERVAL, **resource)
     def tick(body: kopf.Body, **_: Any) -> None:
         drive(body)

@@ -18,6 +18,7 @@ import kopf
 from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.vocabulary import Reason
 from trainthrough.events import EventLog
+from trainthrough.job_status import ConditionType, Phase, TrainingJobStatus
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import Metrics
 from trainthrough.operator import conditions as c
@@ -25,7 +26,6 @@ from trainthrough.operator.chaos_policy import ChaosPolicy
 from trainthrough.rpc import ConnectionPool
 from trainthrough.runtime import manifests, security
 from trainthrough.runtime.security import JobCredentials
-from trainthrough.job_status import ConditionType, Phase, TrainingJobStatus
 from trainthrough.spec import RunPolicySpec, SpecError, TrainingJob, dump_job, validate_document
 
 
@@ -54,6 +54,15 @@ class OperatorConfig:
         if self.job_credentials is None:
             self.job_credentials = JobCredentials(self.api)
         return self.job_credentials.pool(job, uid)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what the operator holds of a deleted job: its pods' last states, its
+        connections and its metric series (else they grow with every job ever served)."""
+        self.seen_pods.pop((namespace, name), None)
+        if self.job_credentials is not None:
+            self.job_credentials.forget(namespace, name)
+        for key in [k for k in self._recovery_metrics if k[:2] == (namespace, name)]:
+            self._recovery_metrics.pop(key).remove()
 
     def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:
         # By namespace too: two teams' jobs of the same name are two series (metrics.py).

@@ -148,6 +148,11 @@ class JobCredentials:
         self._pools[key] = (pool, now)
         return pool
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Close and drop the pools of a deleted job."""
+        for key in [k for k in self._pools if k[:2] == (namespace, name)]:
+            self._pools.pop(key)[0].close()
+
     def credentials(self, job: TrainingJob) -> Credentials:
         namespace = job.metadata.namespace
         token = None
