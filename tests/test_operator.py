@@ -251,6 +251,25 @@ def test_a_deleted_job_leaves_no_series_and_no_state_in_the_operator(kube: KubeE
     wait_for(lambda: ("default", "gone") not in operator.seen_pods, timeout=10, what="the pods' last states dropped")
 
 
+def test_a_recreated_job_waits_for_the_old_jobs_token_to_go(kube: KubeEmulator, operator) -> None:
+    """A job deleted and created again under its name must not inherit the old job's
+    token Secret (still there until garbage collection): it waits, then gets its own."""
+    # An owner that still exists stands for the deleted job the collector has not got to.
+    keeper = kube.create("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keeper", "namespace": "default"}})
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": keeper["metadata"]["uid"]}
+    stale = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"token": "b2xk"},
+             "metadata": {"name": "again-token", "namespace": "default", "ownerReferences": [owner]}}  # fmt: skip
+    kube.create("secrets", stale)
+    uid = kube.create(TRAININGJOBS, trainingjob("again", consistency="stateless"))["metadata"]["uid"]
+    time.sleep(1.5)  # several reconciles, each finding the old job's Secret
+    assert pods(kube, "again") == {} and kube.find("configmaps", "again-job") is None
+    assert kube.get("secrets", "again-token")["data"]["token"] == "b2xk"
+    kube.delete("configmaps", "keeper")  # the collector's turn: the stale Secret goes with it
+    wait_for(lambda: "again-ps-0" in pods(kube, "again"), timeout=10, what="the PS pod once the old Secret is gone")
+    secret = kube.get("secrets", "again-token")
+    assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [uid] and secret["data"]["token"] != "b2xk"
+
+
 def test_the_pod_runtime_removes_the_pod_an_ended_process_left(kube: KubeEmulator) -> None:
     """cleanPodPolicy All's Remove: the pod of a process that ended goes (no operator runs
     here: nothing else touches it); a process that left no pod is nothing to do."""

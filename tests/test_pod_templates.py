@@ -231,6 +231,13 @@ def test_without_a_template_the_gpu_toleration_is_the_default() -> None:
          "spec.containers[0].volumeMounts[0].mountPath", "the operator's mount"),
         ("workers", {"spec": {"containers": [{"name": "worker", "volumeMounts": [{"name": "d", "mountPath": "/etc/trainthrough/"}]}]}},
          "spec.containers[0].volumeMounts[0].mountPath", "the operator's mount"),
+        # Another spelling of the same path is the same path to the kubelet.
+        ("workers", {"spec": {"containers": [{"name": "worker", "volumeMounts": [{"name": "d", "mountPath": "/etc//trainthrough//"}]}]}},
+         "spec.containers[0].volumeMounts[0].mountPath", "the operator's mount"),
+        ("chaosTemplate", {"spec": {"containers": [{"name": "chaos", "volumeMounts": [{"name": "d", "mountPath": "//tmp"}]}]}},
+         "spec.containers[0].volumeMounts[0].mountPath", "the operator's mount"),
+        ("parameterServer", {"spec": {"containers": [{"name": "ps", "volumeMounts": [{"name": "d", "mountPath": "/data/../var/lib/trainthrough/checkpoints"}]}]}},
+         "spec.containers[0].volumeMounts[0].mountPath", "the operator's mount"),
         ("workers", {"spec": {"containers": [{"name": "side", "ports": [{"containerPort": 9100}]}]}}, "spec.containers[0].ports[0]", "9100 (metrics)"),
         ("parameterServer", {"spec": {"initContainers": [{"name": "x", "ports": [{"name": "grpc", "containerPort": 1}]}]}},
          "spec.initContainers[0].ports[0]", "50051 (grpc)"),

@@ -119,6 +119,29 @@ def test_certificates_round_trip_and_bad_files_name_the_path(tmp_path: Path) -> 
         Credentials.load(IDENTITY, token_file=tmp_path / "empty")
 
 
+def test_credentials_are_private_whatever_was_in_the_folder_before(tmp_path: Path) -> None:
+    """A run folder in a shared place: a folder, token or key planted there earlier (loose
+    modes, a link to another file) never receives the job's secrets readable by others."""
+    folder = tmp_path / "creds"
+    folder.mkdir(mode=0o755)
+    (folder / "token").write_text("planted")
+    (folder / "token").chmod(0o644)
+    (folder / "tls").mkdir(mode=0o777)
+    Credentials(IDENTITY, "s3cret", tls.generate([IDENTITY])).write(folder)
+    for path in (folder, folder / "tls"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    for path in (folder / "token", *(folder / "tls" / name for name in (tls.CA_FILE, tls.CERT_FILE, tls.KEY_FILE))):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert (folder / "token").read_text() == "s3cret"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    (folder / "token").unlink()
+    (folder / "token").symlink_to(elsewhere)
+    with pytest.raises(CredentialsError, match="cannot write"):
+        Credentials(IDENTITY, "s3cret", None).write(folder)
+    assert elsewhere.read_text() == ""
+
+
 def test_mtls_ps_refuses_everyone_but_the_job(secure_ps, registry) -> None:
     authority = tls.CertificateAuthority()
     job = Credentials(IDENTITY, auth.new_token(), authority.issue([IDENTITY]))

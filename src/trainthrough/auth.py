@@ -105,13 +105,11 @@ class Credentials:
     def write(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write the token file and the TLS files under `directory` (a local run's
         folder); the command-line options that give them to a process."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = tls.private_folder(directory)
         args = []
         if self.token is not None:
             path = folder / "token"
-            path.touch(mode=0o600)
-            path.write_text(self.token)
+            tls.write_private(path, self.token.encode())
             args += ["--token-file", str(path)]
         if self.tls is not None:
             args += ["--tls-dir", str(self.tls.write(folder / "tls"))]

@@ -34,6 +34,7 @@ The merge is strategic-merge-like, as `kubectl patch --type strategic` applies a
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -196,8 +197,6 @@ def cel_rules(role: Role, volume_sources: Sequence[str]) -> dict[str, list[dict[
     so that the API server refuses at admission what parse_job refuses. Duplicates are the
     schema's own list types (listType map)."""
     main = f"self.name != '{role}'"
-    reserved_mounts = _cel_list(sorted(RESERVED_MOUNT_PATHS))
-    reserved_mounts_slash = _cel_list(sorted(p + "/" for p in RESERVED_MOUNT_PATHS))
     ports = {
         "rule": f"!(self.containerPort in {_cel_list(sorted(RESERVED_PORTS.values()))}) && "
         f"!({_set('name')} && self.name in {_cel_list(sorted(RESERVED_PORTS))})",
@@ -222,8 +221,8 @@ def cel_rules(role: Role, volume_sources: Sequence[str]) -> dict[str, list[dict[
             ),
             {"rule": f"{main} || !{_set('env')} || self.env.all(e, !(e.name in {_cel_list(sorted(RESERVED_ENV))}))",
              "message": f"{', '.join(sorted(RESERVED_ENV))} are set by the operator", "fieldPath": ".env"},
-            {"rule": f"{main} || !{_set('volumeMounts')} || self.volumeMounts.all(m, !(m.mountPath in {reserved_mounts} || "
-             f"m.mountPath in {reserved_mounts_slash} || m.mountPath.startsWith('{SECRETS_DIR}/')))",
+            {"rule": f"{main} || !{_set('volumeMounts')} || self.volumeMounts.all(m, "
+             f"!m.mountPath.matches('{_RESERVED_MOUNT}') && !m.mountPath.matches('{_DOT_SEGMENT}'))",
              "message": "a mount path of the operator's", "fieldPath": ".volumeMounts"},
         ],  # fmt: skip
         "spec.containers[].ports[]": [ports],
@@ -291,10 +290,24 @@ def _collisions(generated: Mapping[str, Any], spec: Mapping[str, Any], role: str
     return problems
 
 
+def _slashes(path: str) -> str:
+    """`path` as a regular expression that allows any run of slashes where it has one."""
+    return "/+".join(re.escape(part) for part in path.split("/"))
+
+
+# A mount path the operator's, however it is spelt: any run of slashes where one is
+# ("/etc//trainthrough/" is "/etc/trainthrough" to the kubelet), or anything beneath its
+# secrets. A "." or ".." segment is refused outright: no template needs one, and it could
+# spell a reserved path another way. The same two expressions are the CEL twin (cel_rules).
+_RESERVED_MOUNT = (
+    "^(" + "|".join(_slashes(p) for p in sorted(RESERVED_MOUNT_PATHS - {SECRETS_DIR})) + ")/*$"
+    + "|^" + _slashes(SECRETS_DIR) + "(/|$)"
+)
+_DOT_SEGMENT = "(^|/)[.][.]?(/|$)"  # no backslash: the same text is a CEL string
+
+
 def _reserved_mount(path: str) -> bool:
-    """A mount path of the operator's (with or without a trailing slash), or beneath its
-    secrets; the CEL twin is in cel_rules."""
-    return path in RESERVED_MOUNT_PATHS or (path.endswith("/") and path[:-1] in RESERVED_MOUNT_PATHS) or path.startswith(SECRETS_DIR + "/")
+    return re.search(_RESERVED_MOUNT, path) is not None or re.search(_DOT_SEGMENT, path) is not None
 
 
 def _normal(value: Any) -> Any:

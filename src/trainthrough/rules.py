@@ -325,6 +325,7 @@ IMMUTABLE: tuple[Immutable, ...] = (
     Immutable("parameterServer.port", "the PS Services and the running workers address the PS at this port"),
     Immutable("chain", "every replica of a chain must run with the same ack and replicateEvery, or ack 'tail' no longer holds"),
     Immutable("checkpoint.volumeClaim", "a restarted PS would look for its checkpoints on another volume and lose its state"),
+    Immutable("chaos", "the chaos Job reads its schedule once, when the job starts, and the master waits for every kill of spec.chaos before the target ends the job: a changed schedule would never fire, and the job would run to stop.duration"),
     Immutable("security", "processes started after the change could not talk to those started before it (TLS on one side only, a token one side does not send)"),
 )
 

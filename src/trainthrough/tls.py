@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,37 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trainthrough.errors import CredentialsError
+
+
+def private_folder(directory: str | os.PathLike[str]) -> Path:
+    """`directory`, created if need be, as a folder only this user may enter. One that
+    exists already must be this user's own real folder (not a link another user planted
+    in a shared place such as /tmp), and is made private."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise CredentialsError(f"{folder}: not a folder of this user; credentials are not written there")
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """`data` into `path`, readable by this user only, whatever was there before (a file
+    of looser mode is tightened before anything is written; a link is refused)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        raise CredentialsError(f"{path}: cannot write ({error.strerror or error})") from None
+    try:
+        if os.fstat(fd).st_uid != os.getuid():
+            raise CredentialsError(f"{path}: belongs to another user; credentials are not written there")
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 CA_FILE = "ca.crt"
 CERT_FILE = "tls.crt"
@@ -68,14 +100,10 @@ class TlsMaterial:
         return cls(*parts)
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
-        """The three files in `directory` (the key readable by its owner only)."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CA_FILE).write_bytes(self.ca)
-        (folder / CERT_FILE).write_bytes(self.cert)
-        key = folder / KEY_FILE
-        key.touch(mode=0o600)
-        key.write_bytes(self.key)
+        """The three files in `directory`, a folder of this user only."""
+        folder = private_folder(directory)
+        for name, data in ((CA_FILE, self.ca), (CERT_FILE, self.cert), (KEY_FILE, self.key)):
+            write_private(folder / name, data)
         return folder
 
     def server_credentials(self) -> grpc.ServerCredentials:

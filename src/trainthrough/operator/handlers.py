@@ -83,7 +83,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     def deleted(event: dict[str, Any], **_: Any) -> None:
         if event.get("type") == "DELETED":
             meta = (event.get("object") or {}).get("metadata") or {}
-            config.forget(meta.get("namespace", "default"), meta.get("name", ""))
+            namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+            with driving.job_lock(namespace, name):  # after any reconcile of it in flight
+                config.forget(namespace, name)
 
     @kopf.timer(interval=TICK_INTERVAL, **resource)
     def tick(body: kopf.Body, **_: Any) -> None:

@@ -10,6 +10,7 @@ changes.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import kopf
 
 from trainthrough.control.recording import RecoveryMetrics
 from trainthrough.control.vocabulary import Reason
+from trainthrough.errors import TemporaryError
 from trainthrough.events import EventLog
 from trainthrough.job_status import ConditionType, Phase, TrainingJobStatus
 from trainthrough.kubeapi import KubeApi
@@ -48,6 +50,7 @@ class OperatorConfig:
     # (namespace, job) -> process -> the last state of its pod, from the pod events
     seen_pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     _recovery_metrics: dict[tuple[str, str, str], RecoveryMetrics] = field(default_factory=dict)
+    _metrics_lock: threading.Lock = field(default_factory=threading.Lock)  # handlers of many jobs run in threads
 
     def pool_for(self, job: TrainingJob, uid: str = "") -> ConnectionPool:
         """The connections to `job`'s PS (`uid`: the TrainingJob object's)."""
@@ -61,15 +64,17 @@ class OperatorConfig:
         self.seen_pods.pop((namespace, name), None)
         if self.job_credentials is not None:
             self.job_credentials.forget(namespace, name)
-        for key in [k for k in self._recovery_metrics if k[:2] == (namespace, name)]:
-            self._recovery_metrics.pop(key).remove()
+        with self._metrics_lock:
+            for key in [k for k in self._recovery_metrics if k[:2] == (namespace, name)]:
+                self._recovery_metrics.pop(key).remove()
 
     def recovery_metrics(self, job: TrainingJob) -> RecoveryMetrics:
         # By namespace too: two teams' jobs of the same name are two series (metrics.py).
         key = (job.metadata.namespace, job.metadata.name, job.spec.consistency)
-        if key not in self._recovery_metrics:
-            self._recovery_metrics[key] = RecoveryMetrics(self.metrics, job)
-        return self._recovery_metrics[key]
+        with self._metrics_lock:
+            if key not in self._recovery_metrics:
+                self._recovery_metrics[key] = RecoveryMetrics(self.metrics, job)
+            return self._recovery_metrics[key]
 
 
 def invalid_status(body: dict[str, Any], error: SpecError, reason: Reason = Reason.INVALID_SPEC) -> dict[str, Any]:
@@ -106,8 +111,25 @@ def create_supporting_objects(body: dict[str, Any], job: TrainingJob, config: Op
         kopf.adopt(manifest, owner=body)
         if config.api.create(manifest):
             created.append(f"{manifest['kind']} {manifest['metadata']['name']}")
+        elif manifest["kind"] == "Secret":
+            _check_secret_owner(config, manifest, body)
     if created:
         config.api.event(body, "Normal", Reason.OBJECTS_CREATED, f"created {', '.join(created)}")
+
+
+def _check_secret_owner(config: OperatorConfig, manifest: dict[str, Any], body: dict[str, Any]) -> None:
+    """A job's Secret that exists already must be its own. A job deleted and created again
+    under its name finds the old job's token until garbage collection removes it: using it
+    would let the old job's stale processes in, and the collector would then delete it
+    under the new job. Wait (a retry) until it is gone; it is created afresh then."""
+    meta = manifest["metadata"]
+    existing = config.api.get_secret(meta["namespace"], meta["name"])
+    owners = {o.get("uid") for o in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []}
+    if existing is not None and body["metadata"].get("uid") not in owners:
+        raise TemporaryError(
+            f"Secret {meta['name']} belongs to an earlier TrainingJob of this name; waiting for its garbage collection",
+            delay=1.0,
+        )
 
 
 def update_config_map(job: TrainingJob, config: OperatorConfig) -> None:

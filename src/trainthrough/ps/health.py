@@ -52,11 +52,13 @@ class PSHealth(health.HealthServicer):
 
     def Watch(self, request, context, send_response_callback=None):
         self._refresh()
+        # One lock (the base class's RLock) over the decision and the registration: else
+        # the follower could see no Watch, end, and leave this one never told a change.
         with self._lock:
-            start, self._following = not self._following, True
-        if start:
-            threading.Thread(target=self._follow, name="grpc-health-watch", daemon=True).start()
-        return super().Watch(request, context, send_response_callback)
+            if not self._following:
+                self._following = True
+                threading.Thread(target=self._follow, name="grpc-health-watch", daemon=True).start()
+            return super().Watch(request, context, send_response_callback)
 
     def stop(self) -> None:
         """Every service NOT_SERVING from now on (a graceful shutdown)."""

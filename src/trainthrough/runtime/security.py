@@ -28,6 +28,7 @@ probes, and the operator's own client side (trainthrough.auth decides what is on
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -125,11 +126,16 @@ class JobCredentials:
         self.api = api
         self.clock = clock
         self._pools: dict[tuple[str, str, str], tuple[ConnectionPool, float]] = {}  # key -> (pool, read at)
+        self._lock = threading.Lock()  # kopf runs handlers of different jobs in threads
 
     def pool(self, job: TrainingJob, uid: str = "") -> ConnectionPool:
         """The pool of connections to `job`'s PS (`uid`: the job object's, so a job deleted
         and created again under its name gets its new token). A new pool reads the Secrets
         when its first connection is made: a new job's token Secret is created after this."""
+        with self._lock:
+            return self._pool(job, uid)
+
+    def _pool(self, job: TrainingJob, uid: str) -> ConnectionPool:
         key = (job.metadata.namespace, job.metadata.name, uid)
         now = self.clock()
         entry = self._pools.get(key)
@@ -150,8 +156,9 @@ class JobCredentials:
 
     def forget(self, namespace: str, name: str) -> None:
         """Close and drop the pools of a deleted job."""
-        for key in [k for k in self._pools if k[:2] == (namespace, name)]:
-            self._pools.pop(key)[0].close()
+        with self._lock:
+            for key in [k for k in self._pools if k[:2] == (namespace, name)]:
+                self._pools.pop(key)[0].close()
 
     def credentials(self, job: TrainingJob) -> Credentials:
         namespace = job.metadata.namespace
