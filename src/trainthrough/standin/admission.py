@@ -42,7 +42,7 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -371,25 +371,18 @@ class Admission:
             walk.blocking = True
         self._bounds(value, schema, path, walk)
         if isinstance(value, dict):
-            props = schema.get("properties") or {}
             for key in schema.get("required", []):
                 if key not in value:
                     walk.causes.append(Cause("FieldValueRequired", _join_path(path, key), "Required value"))
-            old_map = old if isinstance(old, dict) else {}
-            for key, sub in props.items():
-                if key in value and not (root and key == "metadata"):
-                    self._validate(value[key], sub, _join_path(path, key), walk, old_map.get(key, _MISSING))
-            if root and isinstance(value.get("metadata"), dict) and "metadata" in props:
-                name_schema = props["metadata"].get("properties", {}).get("name")
-                if name_schema is not None and "name" in value["metadata"]:
-                    self._validate(value["metadata"]["name"], name_schema, "metadata.name", walk, _MISSING)
-            extra = schema.get("additionalProperties")
-            if isinstance(extra, Mapping):
-                for key, item in value.items():
-                    self._validate(item, extra, _join_path(path, key), walk, old_map.get(key, _MISSING))
-        elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-            for i, item in enumerate(value):
-                self._validate(item, schema["items"], f"{path}[{i}]", walk, _MISSING)
+        for child, sub, child_path, child_old in _children(value, schema, path, old, skip_metadata=root):
+            self._validate(child, sub, child_path, walk, child_old)
+        metadata_schema = (schema.get("properties") or {}).get("metadata")
+        if root and isinstance(value, dict) and isinstance(value.get("metadata"), dict) and metadata_schema is not None:
+            # Of the metadata only the name is the CRD's to check (the root has no
+            # additionalProperties, so this comes after its fields, as it always did).
+            name_schema = metadata_schema.get("properties", {}).get("name")
+            if name_schema is not None and "name" in value["metadata"]:
+                self._validate(value["metadata"]["name"], name_schema, "metadata.name", walk, _MISSING)
 
     @staticmethod
     def _type(schema: Mapping[str, Any]) -> str:
@@ -466,18 +459,8 @@ class Admission:
             else:
                 text = f"Invalid value: {json.dumps(self._type(schema))}: {message}"
             walk.causes.append(Cause(reason, where, text))
-        if isinstance(value, dict):
-            old_map = old if isinstance(old, dict) else {}
-            for key, sub in (schema.get("properties") or {}).items():
-                if key in value and not (path == "" and key == "metadata"):
-                    self._rules(value[key], sub, _join_path(path, key), walk, old_map.get(key, _MISSING))
-            extra = schema.get("additionalProperties")
-            if isinstance(extra, Mapping):
-                for key, item in value.items():
-                    self._rules(item, extra, _join_path(path, key), walk, old_map.get(key, _MISSING))
-        elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-            for i, item in enumerate(value):
-                self._rules(item, schema["items"], f"{path}[{i}]", walk, _MISSING)  # atomic lists: no old item
+        for child, sub, child_path, child_old in _children(value, schema, path, old, skip_metadata=path == ""):
+            self._rules(child, sub, child_path, walk, child_old)
 
     @staticmethod
     def _message(rule: Mapping[str, Any], activation: Mapping[str, Any]) -> str:
@@ -489,6 +472,26 @@ class Admission:
             if text.strip() and "\n" not in text:
                 return text
         return str(rule.get("message") or f"failed rule: {rule['rule']}")
+
+
+def _children(
+    value: Any, schema: Mapping[str, Any], path: str, old: Any, *, skip_metadata: bool
+) -> Iterator[tuple[Any, Mapping[str, Any], str, Any]]:
+    """Each value under `value` with its schema, path and old value (_MISSING where none):
+    the one walk of the validation and of the rules. `skip_metadata`: the object's root,
+    whose metadata the API server checks itself."""
+    if isinstance(value, dict):
+        old_map = old if isinstance(old, dict) else {}
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value and not (skip_metadata and key == "metadata"):
+                yield value[key], sub, _join_path(path, key), old_map.get(key, _MISSING)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key, item in value.items():
+                yield item, extra, _join_path(path, key), old_map.get(key, _MISSING)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            yield item, schema["items"], f"{path}[{i}]", _MISSING  # atomic lists: no old item
 
 
 _JSON_INTEGER = 2**53  # a float64 beyond it is no JSON integer (go-openapi's IsFloat64AJSONInteger)
