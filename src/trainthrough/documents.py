@@ -292,11 +292,7 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> Mapping[str, A
     reads it. Unreadable, oversized and non-mapping files are SpecErrors too."""
     name = os.fspath(path)
     document, line = _parse(_read_text(name), name)
-    if not isinstance(document, Mapping):
-        where = f"{name}:{line}" if line is not None else name
-        problem = f"a {what} document must be a mapping, got {_describe(document)}"
-        raise SpecError([FieldError(where, problem)], name)
-    return document
+    return _mapping(document, f"{name}:{line}" if line is not None else name, what, name)
 
 
 def read_yaml_documents(path: str | os.PathLike[str], what: str) -> list[tuple[str, Mapping[str, Any]]]:
@@ -307,18 +303,19 @@ def read_yaml_documents(path: str | os.PathLike[str], what: str) -> list[tuple[s
     found: list[tuple[str, Mapping[str, Any]]] = []
     for document, line in parse_yaml_stream(_read_text(name), name):
         where = f"{name}:{line}"
-        if not isinstance(document, Mapping):
-            problem = f"a {what} document must be a mapping, got {_describe(document)}"
-            raise SpecError([FieldError(where, problem)], name)
+        document = _mapping(document, where, what, name)
         if document.get("kind") == "List" and isinstance(document.get("items"), list):
-            for index, item in enumerate(document["items"]):
-                if not isinstance(item, Mapping):
-                    problem = f"a {what} document must be a mapping, got {_describe(item)}"
-                    raise SpecError([FieldError(f"{where} items[{index}]", problem)], name)
-                found.append((f"{where} items[{index}]", item))
-            continue
-        found.append((where, document))
+            found += [(f"{where} items[{i}]", _mapping(item, f"{where} items[{i}]", what, name)) for i, item in enumerate(document["items"])]
+        else:
+            found.append((where, document))
     return found
+
+
+def _mapping(document: Any, where: str, what: str, source: str) -> Mapping[str, Any]:
+    """`document` when it is a mapping, else the SpecError located at `where`."""
+    if not isinstance(document, Mapping):
+        raise SpecError([FieldError(where, f"a {what} document must be a mapping, got {_describe(document)}")], source)
+    return document
 
 
 def _too_large(size: int) -> str:
