@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -83,14 +84,7 @@ class KubeApi:
                 raise _wrap(error, f"annotate Pod {name}") from error
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        # Raw JSON (no client models): the operator reads a few fields and must not fail
-        # on a field the client's models would reject.
-        try:
-            return json.loads(self.core.read_namespaced_pod(name, namespace, _preload_content=False).data)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise _wrap(error, f"get Pod {name}") from error
+        return self._read_raw(self.core.read_namespaced_pod, "Pod", namespace, name)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
@@ -101,12 +95,18 @@ class KubeApi:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret as raw JSON (its `data` base64-encoded), None if there is none."""
+        return self._read_raw(self.core.read_namespaced_secret, "Secret", namespace, name)
+
+    @staticmethod
+    def _read_raw(read: Callable[..., Any], kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        # Raw JSON (no client models): the operator reads a few fields and must not fail
+        # on a field the client's models would reject. None: there is no such object.
         try:
-            return json.loads(self.core.read_namespaced_secret(name, namespace, _preload_content=False).data)
+            return json.loads(read(name, namespace, _preload_content=False).data)
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise _wrap(error, f"get Secret {name}") from error
+            raise _wrap(error, f"get {kind} {name}") from error
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
