@@ -112,7 +112,7 @@ class Master:
         s = self.state
         if s.phase is JobPhase.STARTING:
             return [p for p in s.ps if p in s.up]
-        if s.phase.terminal or s.phase is JobPhase.SUSPENDED:
+        if s.phase.halted:
             return []
         # Every member: each one's liveness is checked (a hung middle replica stalls the
         # chain as surely as a hung head).
@@ -266,7 +266,7 @@ class Master:
         out: list[Action] = []
         if order and name == order[0] and reported.lost_updates > s.completed.lost_updates:
             out += self._updates_lost(reported.lost_updates)
-        if s.phase.terminal or s.phase is JobPhase.SUSPENDED:
+        if s.phase.halted:
             return out  # the final progress is still read; nothing is decided any more
         s.silent_since.pop(name, None)
         s.versions[name] = health.version
@@ -309,7 +309,7 @@ class Master:
 
     def _on_disrupted(self, disrupted: Disrupted) -> list[Action]:
         s = self.state
-        if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.terminal or s.phase is JobPhase.SUSPENDED:
+        if disrupted.process not in s.up or disrupted.process in s.kills or s.phase.halted:
             return []  # (the end's and a suspension's own stops are no disruptions)
         if disrupted.process in s.restarting:
             return []  # the master's own restart of a stuck worker (a pod being deleted)
@@ -331,7 +331,7 @@ class Master:
     def _on_exit(self, exited: Exited, now: float) -> list[Action]:
         s = self.state
         name = exited.process
-        stopping = s.phase.terminal or s.phase is JobPhase.SUSPENDED
+        stopping = s.phase.halted
         known = name in s.up
         if known:
             s.up.remove(name)
@@ -414,7 +414,7 @@ class Master:
         starts only once it is gone."""
         s = self.state
         name = unanswered.process
-        if s.phase.terminal or s.phase is JobPhase.SUSPENDED or name not in s.up or is_worker(name):
+        if s.phase.halted or name not in s.up or is_worker(name):
             return []
         if name == s.serving_head:
             s.serving_since = None  # not serving: workers waiting for it are not stuck

@@ -88,6 +88,11 @@ class JobPhase(StrEnum):
     def terminal(self) -> bool:
         return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
 
+    @property
+    def halted(self) -> bool:
+        """Ended or suspended: no process is the job's to watch, restart or kill."""
+        return self.terminal or self is JobPhase.SUSPENDED
+
 
 class RecoveryStage(StrEnum):
     """Where one recovery stands; each stage ends at one milestone of `Recovery`."""
