@@ -10,7 +10,10 @@ Covered:
 - pause: add returns False when full and leaves the buffer unchanged, True again after
   clear;
 - clear empties the buffer (but keeps the dropped tally);
-- bad arguments: capacity < 1 and an unknown policy raise ValueError naming the problem.
+- bad arguments: capacity < 1 and an unknown policy raise ValueError naming the problem;
+- merge outer (worker/training.py LocalProgress): the progress entry is the weights trained
+  from minus the weights now, with its steps and samples; after a lost rejoin reply only the
+  progress the PS lacks goes again (the PS's replayed_seq says what it merged).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 import torch
 
 from trainthrough.worker.buffer import GradientBuffer
+from trainthrough.worker.training import LocalProgress
 
 
 def test_entries_keep_base_versions_in_order_until_full() -> None:
@@ -163,3 +167,41 @@ def test_merge_never_writes_into_an_entry_that_was_a_push() -> None:
     assert torch.equal(buffer.entries[0].gradient, torch.ones(2))
     assert buffer.add(torch.full((2,), 3.0), base_version=5)  # merges into the newest, as before
     assert [(e.push_id, e.count) for e in buffer.entries] == [(77, 1), (0, 2)]
+
+
+# -- merge outer: the local progress a stateless worker hands over -----------------------------
+
+
+def test_local_progress_is_the_weights_trained_from_minus_the_weights_now() -> None:
+    buffer = GradientBuffer(capacity=4, on_full="merge", first_seq=10)
+    progress = LocalProgress()
+    progress.start(torch.tensor([1.0, 1.0]))
+    assert progress.entry(-1, buffer, torch.tensor([1.0, 1.0]), version=3) is None  # no local step yet
+    progress.add(32)
+    progress.add(16)
+    entry = progress.entry(-1, buffer, torch.tensor([0.5, 2.0]), version=3)
+    assert entry is not None and entry.progress and entry.sent
+    assert (entry.seq, entry.base_version, entry.count, entry.samples) == (10, 3, 2, 48)
+    assert torch.equal(entry.gradient, torch.tensor([0.5, -1.0]))
+
+
+def test_a_lost_rejoin_reply_sends_only_the_progress_the_ps_lacks() -> None:
+    buffer = GradientBuffer(capacity=4, on_full="merge", first_seq=0)
+    progress = LocalProgress()
+    progress.start(torch.tensor([0.0, 0.0]))
+    progress.add(32)
+    first = progress.entry(-1, buffer, torch.tensor([-1.0, 0.0]), version=5)  # sent; its reply is lost
+    assert first is not None
+    progress.add(32)
+    # The PS says it merged that entry (replayed_seq): only the step since goes again.
+    second = progress.entry(first.seq, buffer, torch.tensor([-1.0, -2.0]), version=5)
+    assert second is not None and (second.count, second.samples) == (1, 32)
+    assert torch.equal(second.gradient, torch.tensor([0.0, 2.0]))
+    progress.add(32)
+    # A PS that never took `second` (it died): everything since the merged one goes again.
+    third = progress.entry(first.seq, buffer, torch.tensor([-1.0, -3.0]), version=5)
+    assert third is not None and (third.count, third.samples) == (2, 64)
+    assert torch.equal(third.gradient, torch.tensor([0.0, 3.0]))
+    assert first.seq < second.seq < third.seq
+    progress.clear()
+    assert progress.entry(third.seq, buffer, torch.tensor([9.0, 9.0]), version=6) is None

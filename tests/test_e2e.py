@@ -12,7 +12,8 @@ Aspects covered, one run per mode:
   on the new head within 1 s of each kill; a replacement joins at the tail each time.
 - stateless: worker steps keep rising while the PS is down; the restarted PS re-seeds
   from the workers (its version continues, not from zero) and replays exactly the
-  buffered gradients the workers handed over.
+  buffered gradients the workers handed over; with merge outer it merges every local step
+  of the outage as the workers' progress, in one outer step.
 - a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
   killed, and its replacement starts only after it exited (never two live PS on one
   checkpoint store); training resumes from the checkpoint.
@@ -142,10 +143,12 @@ def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
     assert len(of(events, "ps_changed")) >= 2 and summary.lost_updates == 0
 
 
-def test_stateless_workers_train_through_the_outage(tmp_path):
+@pytest.mark.parametrize("merge", ["replay", "outer"])
+def test_stateless_workers_train_through_the_outage(tmp_path, merge):
     document = paper_job(
-        "e2e-stateless",
+        f"e2e-stateless-{merge}",
         consistency="stateless",
+        stateless={"merge": merge},
         parameterServer={"restartDelay": "4s"},
         chaos=[{"target": "ps-head", "at": "8s"}],
     )
@@ -164,9 +167,19 @@ def test_stateless_workers_train_through_the_outage(tmp_path):
     assert restarted_ready[0]["restored_from"] == "workers"
     assert restarted_ready[0]["version"] >= recovery["version_before"] > 0
 
-    handed_over = sum(e["buffered"] for e in of(events, "worker_rejoined") if e["t"] > kill["t"])
+    handed_over = sum(e["buffered"] for e in rejoined)
     replayed = sum(e["count"] for e in of(events, "gradients_replayed"))
-    assert replayed == handed_over > 0
+    if merge == "replay":
+        assert replayed == handed_over > 0
+        assert not of(events, "progress_merged")
+        return
+    # outer: every local step of the outage arrives as progress, merged in one outer step;
+    # only each worker's in-doubt push (at most one) travels as a gradient.
+    [merged] = of(events, "progress_merged")
+    assert merged["local_steps"] == {f"worker-{e['rank']}": e["local_steps"] for e in rejoined}
+    assert all(samples == 32 * merged["local_steps"][w] for w, samples in merged["samples"].items())
+    skipped = sum(len(s) for e in of(events, "replay_skipped_applied") for s in e["per_worker"].values())
+    assert replayed + skipped == handed_over - sum(merged["local_steps"].values()) <= 2
 
 
 @pytest.mark.timeout(150)

@@ -24,7 +24,11 @@ Aspects covered:
 - idempotency: a retried rejoin (same worker, same entries) replays nothing twice;
 - a rejoin streamed in chunks (RejoinStream) reseeds and replays exactly as one message; a
   stream cut short is INVALID_ARGUMENT and does not count as a rejoin;
-- a buffered gradient whose push timed out but was applied (same PS) is skipped on replay.
+- a buffered gradient whose push timed out but was applied (same PS) is skipped on replay;
+- merge outer: the sample-weighted mean of pseudo-gradients on hand-made tensors; the
+  in-doubt push replayed, then one Nesterov step of the outer optimizer; a late worker's
+  step carries the momentum; a retried rejoin merges its progress once; a progress entry
+  to a replay PS, or without samples, is INVALID_ARGUMENT and changes nothing.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
 from trainthrough.ps.state import ParameterState
-from trainthrough.ps.stateless import StatelessMode
-from trainthrough.spec import OptimizerSpec, StatelessSpec
+from trainthrough.ps.stateless import StatelessMode, pseudo_gradient
+from trainthrough.spec import OptimizerSpec, OuterOptimizerSpec, StatelessMerge, StatelessSpec
 from trainthrough.worker.buffer import BufferedGradient
 
 N = 4
@@ -438,3 +442,95 @@ def test_retried_rejoin_does_not_replay_twice(start_ps) -> None:
     version, params = pull(ps)
     assert torch.equal(params, B - LR * G3)
     assert version == 6
+
+
+# -- merge outer: local progress as pseudo-gradients, merged by an outer optimizer --------------
+
+D0 = torch.tensor([1.0, 0.0, -2.0, 0.0])  # worker-0's progress: the weights it trained from minus its weights now
+D1 = torch.tensor([0.0, 4.0, 2.0, 8.0])
+
+
+def progress_entry(seq: int, delta: torch.Tensor, steps: int, samples: int, base_version: int) -> BufferedGradient:
+    return BufferedGradient(seq, base_version, delta, count=steps, sent=True, progress=True, samples=samples)
+
+
+def test_pseudo_gradient_is_the_sample_weighted_mean() -> None:
+    merged = pseudo_gradient([(100, D0), (300, D1)])
+    assert torch.allclose(merged, (100 * D0 + 300 * D1) / 400)
+    assert torch.allclose(merged, torch.tensor([0.25, 3.0, 1.0, 6.0]))
+    assert torch.equal(pseudo_gradient([(7, D1)]), D1)
+    with pytest.raises(ValueError, match="no local progress"):
+        pseudo_gradient([])
+
+
+def test_outer_merge_replays_the_in_doubt_push_then_takes_one_nesterov_step(start_ps, ps_client, events_path) -> None:
+    outer = OuterOptimizerSpec(lr=0.5, momentum=0.9)
+    ps = stateless_ps(start_ps, merge=StatelessMerge.OUTER, outer_optimizer=outer, expected_workers=3)
+    w0 = ps_client([ps.address], "worker-0")
+    w1 = ps_client([ps.address], "worker-1")
+    w2 = ps_client([ps.address], "worker-2")
+    replies = rejoin_all(
+        [
+            # worker-1: its first offline gradient went out in push 5, whose outcome it never learnt
+            (w0, (7, A, [progress_entry(10, D0, steps=3, samples=100, base_version=7)])),
+            (w1, (9, B, [BufferedGradient(1, 9, G3, push_id=5), progress_entry(2, D1, steps=6, samples=300, base_version=9)])),
+            (w2, (-1, None, [])),  # a worker that was restarted: nothing to give
+        ]
+    )
+    assert {w: r.replayed for w, r in replies.items()} == {"worker-0": 3, "worker-1": 7, "worker-2": 0}
+    version, params = pull(ps)
+    # Seeded from B (the highest version), the in-doubt gradient replayed by the job's SGD,
+    # then one outer step: Nesterov from a zero momentum buffer moves (1 + momentum) x the
+    # sample-weighted mean of the pseudo-gradients.
+    mean = (100 * D0 + 300 * D1) / 400
+    assert version == 9 + 1 + 1
+    assert torch.allclose(params, B - LR * G3 - 0.5 * (1 + 0.9) * mean)
+    [merged] = [e for e in read_events(events_path) if e["event"] == "progress_merged"]
+    assert merged["local_steps"] == {"worker-0": 3, "worker-1": 6}
+    assert merged["samples"] == {"worker-0": 100, "worker-1": 300}
+    assert merged["pseudo_gradient_norm"] == pytest.approx(float(mean.norm()), rel=1e-6)
+
+
+def test_outer_merge_of_a_late_worker_carries_the_momentum(start_ps, ps_client) -> None:
+    outer = OuterOptimizerSpec(lr=1.0, momentum=0.5)
+    ps = stateless_ps(start_ps, merge=StatelessMerge.OUTER, outer_optimizer=outer, rejoin_timeout=0.5)
+    w0 = ps_client([ps.address], "worker-0")
+    w1 = ps_client([ps.address], "worker-1")
+    w0.rejoin(7, A, [progress_entry(1, D0, steps=2, samples=64, base_version=7)], timeout=10)  # the window closes without worker-1
+    after_first = A - 1.0 * (1 + 0.5) * D0
+    assert torch.allclose(pull(ps)[1], after_first)
+    w1.rejoin(5, B, [progress_entry(1, D1, steps=4, samples=128, base_version=5)], timeout=10)
+    # torch's Nesterov SGD: buffer = 0.5 * D0 + D1, step = D1 + 0.5 * buffer
+    version, params = pull(ps)
+    assert version == 9
+    assert torch.allclose(params, after_first - (D1 + 0.5 * (0.5 * D0 + D1)))
+
+
+def test_a_retried_outer_rejoin_merges_its_progress_once(start_ps) -> None:
+    ps = stateless_ps(start_ps, merge=StatelessMerge.OUTER, outer_optimizer=OuterOptimizerSpec(lr=1.0, momentum=0.0), expected_workers=1)
+    request = ps_pb2.RejoinRequest(worker="worker-0", base_version=5, base_params=tensor_msg(B), push_id=77)
+    request.buffered.add(base_version=5, count=3, gradient=tensor_msg(D1), seq=4, progress=True, samples=96)
+    assert ps.stub.Rejoin(request, timeout=10).replayed_seq == 4
+    ps.stub.Rejoin(request, timeout=10)  # its reply was lost: the same rejoin again
+    version, params = pull(ps)
+    assert version == 6 and torch.equal(params, B - D1)
+
+
+@pytest.mark.parametrize(
+    "merge, samples, named",
+    [
+        (StatelessMerge.REPLAY, 10, "buffered[0].progress: local progress is merged only with stateless.merge 'outer'"),
+        (StatelessMerge.OUTER, 0, "buffered[0].samples"),
+    ],
+)
+def test_a_progress_entry_the_ps_cannot_merge_is_invalid_and_changes_nothing(start_ps, merge, samples, named) -> None:
+    ps = stateless_ps(start_ps, merge=merge, expected_workers=1, rejoin_timeout=0.3)
+    request = ps_pb2.RejoinRequest(worker="worker-0", base_version=5, base_params=tensor_msg(B), push_id=3)
+    request.buffered.add(base_version=5, count=1, gradient=tensor_msg(D0), seq=1, progress=True, samples=samples)
+    with pytest.raises(grpc.RpcError) as caught:
+        ps.stub.Rejoin(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in caught.value.details()
+    wait_until(lambda: ps.health().state == "serving", timeout=10)
+    version, params = pull(ps)
+    assert (version, torch.equal(params, INITIAL)) == (0, True)  # seeded from its own initial state: the rejoin counted for nothing

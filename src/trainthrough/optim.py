@@ -30,10 +30,13 @@ from trainthrough.spec import OptimizerSpec
 class Optimizer:
     """`spec`'s rule over `params` (updated in place); `state[i]` is tensor i's state."""
 
-    def __init__(self, spec: OptimizerSpec, params: Iterable[torch.Tensor]) -> None:
+    def __init__(self, spec: OptimizerSpec, params: Iterable[torch.Tensor], *, nesterov: bool = False) -> None:
+        """`nesterov`: SGD with momentum takes Nesterov steps (the stateless PS's outer
+        optimizer; a job's own optimizer does not)."""
         if spec.name not in ("sgd", "adam"):
             raise ValueError(f"optimizer.name: unknown optimizer {spec.name!r}")
         self.spec = spec
+        self.nesterov = nesterov and spec.name == "sgd" and spec.momentum != 0
         self.params = list(params)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
 
@@ -75,7 +78,7 @@ class Optimizer:
         sgd(
             [p for _, p, _ in chosen], [g for _, _, g in chosen], buffers,
             weight_decay=spec.weight_decay, momentum=spec.momentum, lr=spec.lr,
-            dampening=0.0, nesterov=False, maximize=False,
+            dampening=0.0, nesterov=self.nesterov, maximize=False,
         )  # fmt: skip
         if momentum:
             for (i, _, _), buffer in zip(chosen, buffers):

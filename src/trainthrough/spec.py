@@ -970,9 +970,37 @@ class ChainSpec(SpecModel):
     replicate_every: Annotated[_Int, Field(ge=1)] = 1
 
 
+class StatelessMerge(StrEnum):
+    """How a restarted stateless PS takes in what the workers did while it was down."""
+
+    REPLAY = "replay"  # the buffered gradients, one by one, under `staleness` (the paper's)
+    OUTER = "outer"  # each worker's local progress as a pseudo-gradient, by an outer optimizer
+
+
+class OuterOptimizerSpec(SpecModel):
+    """The outer optimizer of ``merge: outer``: SGD with Nesterov momentum (DiLoCo's
+    defaults) over the workers' pseudo-gradients, weighted by the samples each processed."""
+
+    lr: Annotated[_Float, Field(gt=0, le=10)] = 0.7
+    momentum: Annotated[_Float, Field(ge=0, lt=1)] = 0.9  # Nesterov; 0: plain SGD
+
+    def rule(self) -> OptimizerSpec:
+        return OptimizerSpec(name="sgd", lr=self.lr, momentum=self.momentum)
+
+
 class StatelessSpec(SpecModel):
     max_buffered: Annotated[_Int, Field(ge=1)] = 8  # gradients a worker holds while the PS is down
     on_full: Literal["merge", "drop-oldest", "pause"] = "merge"
+    merge: StatelessMerge = Field(
+        StatelessMerge.REPLAY,
+        description=(
+            "replay: the restarted PS applies each worker's buffered gradients under `staleness` "
+            "(the buffer bounds what an outage keeps). outer: each worker hands over its local "
+            "progress (the weights it trained from minus its weights now) and the PS merges the "
+            "workers' pseudo-gradients with `outerOptimizer`, so every local step of an outage is kept."
+        ),
+    )
+    outer_optimizer: OuterOptimizerSpec = Field(default_factory=OuterOptimizerSpec)
     staleness: Literal["sum", "lr-scaled", "weighted", "average"] = "sum"
     clip: Annotated[_Float, Field(gt=0)] | None = None  # max norm of a replayed gradient
     rejoin_timeout: PositiveSeconds = 3.0

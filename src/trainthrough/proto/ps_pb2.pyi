@@ -255,18 +255,22 @@ class InstallReply(_message.Message):
     def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
 
 class BufferedGradient(_message.Message):
-    __slots__ = ("base_version", "count", "gradient", "seq", "push_id")
+    __slots__ = ("base_version", "count", "gradient", "seq", "push_id", "progress", "samples")
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     base_version: int
     count: int
     gradient: Tensor
     seq: int
     push_id: int
-    def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., seq: _Optional[int] = ..., push_id: _Optional[int] = ...) -> None: ...
+    progress: bool
+    samples: int
+    def __init__(self, base_version: _Optional[int] = ..., count: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., seq: _Optional[int] = ..., push_id: _Optional[int] = ..., progress: _Optional[bool] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class RejoinRequest(_message.Message):
     __slots__ = ("worker", "base_version", "base_params", "buffered", "push_id", "announce", "base_applied_pushes")

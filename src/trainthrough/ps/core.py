@@ -27,6 +27,7 @@ import torch
 from trainthrough.errors import RejectReason
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
+from trainthrough.optim import Optimizer
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.state import ParameterState
 
@@ -183,12 +184,14 @@ class ParameterServerCore:
             self.apply_record(Record(state.seq + 1, gradient, [worker], [push_id], max_abs))
             return state.version, False
 
-    def apply_record(self, record: Record, weight: float = 1.0) -> None:
-        """Apply one record and run the mode's commit hook; caller need not hold locks."""
+    def apply_record(self, record: Record, weight: float = 1.0, rule: Optimizer | None = None) -> None:
+        """Apply one record and run the mode's commit hook; caller need not hold locks.
+        `rule`: an optimizer over the state's parameters other than the job's (see
+        ParameterState.apply)."""
         with self.order_lock:
             state = self.require_state()
             with self.state_lock:
-                state.apply(record.gradient, weight, record.max_abs)
+                state.apply(record.gradient, weight, record.max_abs, rule)
                 state.seq = record.seq
                 state.record_pushes(record.workers, record.push_ids)
             self.updates_since_start += 1

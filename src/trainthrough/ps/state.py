@@ -53,21 +53,25 @@ class ParameterState:
     def numel(self) -> int:
         return self.param.numel()
 
-    def apply(self, gradient: torch.Tensor, weight: float = 1.0, max_abs: float | None = None) -> None:
+    def apply(
+        self, gradient: torch.Tensor, weight: float = 1.0, max_abs: float | None = None, rule: Optimizer | None = None
+    ) -> None:
         """One optimizer step with `gradient` (scaled by `weight`); version += 1.
         NonFiniteUpdate, with nothing changed, if the step would leave a non-finite value.
         `max_abs`: the gradient's largest magnitude when the caller knows it (decoding
-        found it), else it is measured here."""
+        found it), else it is measured here. `rule`: another optimizer over `self.param`
+        (the stateless PS's outer one), instead of the job's."""
+        rule = self.optimizer if rule is None else rule
         step = gradient if weight == 1.0 else gradient * weight
-        if self._surely_finite(step, None if max_abs is None else max_abs * abs(weight)):
-            self.optimizer.step([step])
+        if self._surely_finite(step, None if max_abs is None else max_abs * abs(weight), rule.spec):
+            rule.step([step])
         else:
-            self._step_checked(step)
+            self._step_checked(step, rule)
         self.version += 1
         self.seq += 1
 
-    def _surely_finite(self, step: torch.Tensor, max_abs: float | None) -> bool:
-        spec = self.optimizer_spec
+    @staticmethod
+    def _surely_finite(step: torch.Tensor, max_abs: float | None, spec: OptimizerSpec) -> bool:
         if spec.lr > 1.0 or spec.lr * spec.weight_decay > 1.0 or not step.numel():
             return not step.numel()
         if max_abs is None:
@@ -75,20 +79,22 @@ class ParameterState:
             max_abs = max(-low, high) if math.isfinite(low) and math.isfinite(high) else math.inf
         return max_abs <= SAFE_GRADIENT
 
-    def _step_checked(self, step: torch.Tensor) -> None:
+    def _step_checked(self, step: torch.Tensor, rule: Optimizer) -> None:
         """The step on a copy of the parameters and the optimizer state; taken over only if
         every value it leaves is finite (a rare path: huge gradients or learning rates)."""
-        trial = ParameterState(self.param.detach(), self.optimizer_spec)
-        trial.optimizer.load(0, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.optimizer.state[0].items()})
-        trial.optimizer.step([step])
-        for what, tensor in trial.tensors():
+        param = self.param.detach().clone()
+        trial = Optimizer(rule.spec, [param], nesterov=rule.nesterov)
+        trial.load(0, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in rule.state[0].items()})
+        trial.step([step])
+        named = [("params", param)] + [(f"optimizer.{k}", v) for k, v in trial.state[0].items() if isinstance(v, torch.Tensor)]
+        for what, tensor in named:
             if not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise NonFiniteUpdate(f"gradient: the update would leave {bad} non-finite values in {what}; not applied")
         with torch.no_grad():
-            self.param.copy_(trial.param)
-        live = self.optimizer.state[0]
-        for key, value in trial.optimizer.state[0].items():
+            self.param.copy_(param)
+        live = rule.state[0]
+        for key, value in trial.state[0].items():
             if isinstance(value, torch.Tensor) and isinstance(live.get(key), torch.Tensor):
                 live[key].copy_(value)
             else:

@@ -16,6 +16,13 @@ own local steps). Policies (weight per buffered gradient):
 - weighted:  1 / (1 + staleness)
 - average:   the j-th gradients of all workers are averaged into one update
 `clip` first scales each gradient down to that L2 norm.
+
+With `merge: outer` a worker does not buffer what it trains offline: it hands over its
+local progress (the weights it started the outage from minus its weights now, a
+pseudo-gradient of its local steps) and the PS merges the workers' pseudo-gradients, each
+weighted by the samples it processed, in one step of the outer optimizer (SGD with
+Nesterov momentum, as DiLoCo's). Only a gradient whose push timed out (the PS may have
+applied it) still travels as a buffered gradient, replayed unless the PS knows its push id.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ import torch
 from trainthrough import names, wire
 from trainthrough.errors import RejectReason, RejoinRequired, WireError
 from trainthrough.proto import ps_pb2
+from trainthrough.optim import Optimizer
 from trainthrough.ps.checkpoints import PeriodicCheckpointer, restore_newest
 from trainthrough.ps import requests
 from trainthrough.ps.core import NotServing, ParameterServerCore, Record
 from trainthrough.ps.mode import Mode
 from trainthrough.ps.state import NonFiniteUpdate, ParameterState
-from trainthrough.spec import OptimizerSpec, StatelessSpec
+from trainthrough.spec import OptimizerSpec, StatelessMerge, StatelessSpec
 
 
 ANNOUNCED_GRACE = 60.0  # seconds an announced worker's rejoin may take past rejoinTimeout
@@ -56,6 +64,20 @@ def clip_norm(gradient: torch.Tensor, limit: float | None) -> torch.Tensor:
         return gradient
     norm = float(gradient.norm())
     return gradient * (limit / norm) if norm > limit else gradient
+
+
+def pseudo_gradient(progress: Iterable[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """The workers' merged local progress: the mean of their pseudo-gradients, each
+    weighted by the samples it was trained on; `progress` holds (samples, pseudo-gradient)
+    per worker."""
+    pairs = list(progress)
+    total = sum(samples for samples, _ in pairs)
+    if not pairs or total <= 0:
+        raise ValueError("pseudo_gradient: no local progress to merge")
+    merged = torch.zeros_like(pairs[0][1])
+    for samples, delta in pairs:
+        merged.add_(delta, alpha=samples / total)
+    return merged
 
 
 class StatelessMode(Mode):
@@ -86,6 +108,7 @@ class StatelessMode(Mode):
         self._replayed_seq: dict[str, int] = {}  # worker -> newest buffered entry replayed
         self._seeded_from = ""
         self._seeded = threading.Event()
+        self._outer: Optimizer | None = None  # merge outer: bound to the seeded state's parameters
 
     def start(self) -> None:
         self.core.commit = self._commit
@@ -161,6 +184,10 @@ class StatelessMode(Mode):
             requests.counter(entry.count, f"buffered[{i}].count", low=1)
             requests.counter(entry.seq, f"buffered[{i}].seq")
             requests.counter(entry.push_id, f"buffered[{i}].push_id")
+            if entry.progress:
+                if self.spec.merge is not StatelessMerge.OUTER:
+                    raise WireError(f"buffered[{i}].progress: local progress is merged only with stateless.merge 'outer', this PS has '{self.spec.merge}'")
+                requests.counter(entry.samples, f"buffered[{i}].samples", low=1)
 
     def _reply(self, worker: str, replayed: int) -> ps_pb2.RejoinReply:
         return ps_pb2.RejoinReply(
@@ -186,7 +213,7 @@ class StatelessMode(Mode):
         base = tensors[0] if request.base_version >= 0 else None
         gradients = tensors[1:] if base is not None else tensors
         entries = [
-            _Entry(entry.seq, entry.base_version, entry.count, gradient, entry.push_id)
+            _Entry(entry.seq, entry.base_version, entry.count, gradient, entry.push_id, entry.progress, entry.samples)
             for entry, gradient in zip(request.buffered, gradients)
         ]
         return base, entries
@@ -226,6 +253,8 @@ class StatelessMode(Mode):
             if state is None:
                 state, source = self.initial_state(), "seed"
         self.core.install(state, restored_from=source, announce=False)
+        if self.spec.merge is StatelessMerge.OUTER:
+            self._outer = Optimizer(self.spec.outer_optimizer.rule(), [state.param], nesterov=True)
         buffers = {worker: entries for worker, (_, _, entries) in self._pending.items()}
         self._replayed = self._replay(buffers) if buffers else {}
         self._rejoined.update(self._pending)
@@ -259,6 +288,8 @@ class StatelessMode(Mode):
         buffers = {w: [e for e in entries if e.seq not in skipped[w]] for w, entries in buffers.items()}
         if any(skipped.values()):
             self.core.events.emit("replay_skipped_applied", per_worker={w: s for w, s in skipped.items() if s})
+        progress = {w: [e for e in entries if e.progress] for w, entries in buffers.items()}
+        buffers = {w: [e for e in entries if not e.progress] for w, entries in buffers.items()}
         policy = self.spec.staleness
         contributors = sum(1 for entries in buffers.values() if entries)
         counts = {worker: 0 for worker in buffers}
@@ -279,12 +310,35 @@ class StatelessMode(Mode):
         if replayed:
             self.core.metric(self.core.metrics.replayed_gradients).inc(replayed)
             self.core.events.emit("gradients_replayed", count=replayed, per_worker=counts, policy=policy)
+        for worker, steps in self._merge_progress(progress).items():
+            counts[worker] += steps
         return counts
 
-    def _apply(self, gradient: torch.Tensor, weight: float) -> None:
+    def _merge_progress(self, progress: dict[str, list[_Entry]]) -> dict[str, int]:
+        """One outer step with the workers' local progress; returns local steps per worker."""
+        contributed = {w: entries for w, entries in progress.items() if entries}
+        if not contributed:
+            return {}
+        assert self._outer is not None  # a progress entry passed _check: merge is outer
+        # A worker's entries are increments (one per rejoin attempt whose outcome it did
+        # not learn): together they are its progress since the weights the PS holds.
+        per_worker = {w: (sum(e.samples for e in entries), _total(e.gradient for e in entries)) for w, entries in sorted(contributed.items())}
+        merged = pseudo_gradient(per_worker.values())
+        self._apply(merged, 1.0, self._outer)
+        steps = {w: sum(e.count for e in entries) for w, entries in contributed.items()}
+        self.core.events.emit(
+            "progress_merged",
+            local_steps=steps,
+            samples={w: samples for w, (samples, _) in per_worker.items()},
+            pseudo_gradient_norm=round(float(merged.norm()), 6),
+            version=self.core.version,
+        )
+        return steps
+
+    def _apply(self, gradient: torch.Tensor, weight: float, rule: Optimizer | None = None) -> None:
         state = self.core.require_state()
         try:
-            self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight)
+            self.core.apply_record(Record(state.seq + 1, gradient, [], []), weight, rule)
         except NonFiniteUpdate as error:  # one bad buffered gradient must not stop the seeding
             self.core.count_rejected(RejectReason.NON_FINITE)
             self.core.events.emit("replay_rejected", error=str(error))
@@ -299,6 +353,17 @@ class _Entry:
     count: int
     gradient: torch.Tensor
     push_id: int = 0  # the timed-out push it went out in (0: never pushed)
+    progress: bool = False  # local progress (a pseudo-gradient of `count` steps), not a gradient
+    samples: int = 0  # the training samples of that progress
+
+
+def _total(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum, in a new tensor (decoded tensors may be views of received bytes)."""
+    parts = iter(tensors)
+    total = next(parts).clone()
+    for part in parts:
+        total.add_(part)
+    return total
 
 
 def _rank(worker: str) -> int:

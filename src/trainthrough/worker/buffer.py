@@ -28,6 +28,10 @@ class BufferedGradient:
     count: int = 1
     sent: bool = False
     push_id: int = 0  # the timed-out push this gradient was sent in (0: never pushed)
+    # stateless.merge outer: not a gradient but local progress (a pseudo-gradient of
+    # `count` local steps over `samples` samples); made at each rejoin, never buffered
+    progress: bool = False
+    samples: int = 0
 
 
 class GradientBuffer:
@@ -81,6 +85,12 @@ class GradientBuffer:
         self.entries.append(BufferedGradient(self._next_seq, base_version, gradient.detach().clone(), push_id=push_id))
         self._next_seq += 1
         return True
+
+    def take_seq(self) -> int:
+        """A sequence number for an entry sent beside the buffered ones (local progress):
+        the same order, so the PS's `replayed_seq` covers it too."""
+        self._next_seq += 1
+        return self._next_seq - 1
 
     def mark_sent(self) -> None:
         for entry in self.entries:

@@ -230,7 +230,10 @@ class PSClient:
         # the PS reads them in (also from a stream).
         slots = [(request.base_params, base_params)] if base_params is not None else []
         for entry in buffered:
-            message = request.buffered.add(seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id)
+            message = request.buffered.add(
+                seq=entry.seq, base_version=entry.base_version, count=entry.count, push_id=entry.push_id,
+                progress=entry.progress, samples=entry.samples,
+            )  # fmt: skip
             slots.append((message.gradient, entry.gradient))
         if self._streams(sum(tensor.numel() for _, tensor in slots), "float32"):
             # Every tensor in chunks: a rejoin of many large gradients stays far from

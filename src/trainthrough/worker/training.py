@@ -6,7 +6,9 @@ the PS's parameters, and behave as the consistency mode says when the PS is down
   never applied twice.
 - stateless: the worker keeps training on its local copy (local SGD with the job's
   optimizer), buffers its gradients (bounded, see worker/buffer.py) and rejoins the
-  restarted PS with its base weights and the buffer, then resyncs.
+  restarted PS with its base weights and the buffer, then resyncs. With `merge: outer`
+  it buffers nothing it trained on: it hands over its local progress instead (the
+  weights it started the outage from minus its weights now), as one pseudo-gradient.
 
 Rank 0 also evaluates its current model on the test set every `evaluation.interval`.
 Used by worker/main.py (the worker process).
@@ -29,9 +31,9 @@ from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
 from trainthrough.optim import Optimizer
 from trainthrough.proto import ps_pb2
-from trainthrough.spec import Mode, TrainingJob
+from trainthrough.spec import Mode, StatelessMerge, TrainingJob
 from trainthrough.worker.acks import AcknowledgedPushes
-from trainthrough.worker.buffer import GradientBuffer
+from trainthrough.worker.buffer import BufferedGradient, GradientBuffer
 from trainthrough.worker.client import PSClient, Pulled, Stopped
 from trainthrough.worker.evaluating import Evaluator
 
@@ -124,6 +126,8 @@ class Worker:
         self.applied_pushes: dict[str, int] = {}  # of the parameters the model holds (their pull)
         self.base_applied: dict[str, int] = {}  # of the base weights of an outage
         self.buffer = GradientBuffer(spec.stateless.max_buffered, spec.stateless.on_full)
+        self.outer = spec.stateless.merge is StatelessMerge.OUTER
+        self.progress = LocalProgress()
         self.offline = False
         self._outage_steps = 0
         self.base_params: torch.Tensor | None = None
@@ -274,13 +278,13 @@ class Worker:
                 # weights: a restarted PS rebuilds exactly that from the rejoin, and a PS
                 # that did apply it knows its push id and skips it on replay.
                 self._go_offline(error)
-                self._local_step(gradient, push_id=sent)
+                self._local_step(gradient, samples, push_id=sent)
                 # Spent whether it was applied or not: the next push must not look like a
                 # retry of this one (the PS would drop it as a duplicate).
                 self.client.push_id = max(self.client.push_id, sent + 1)
                 self._maybe_rejoin()
                 return
-        self._local_step(gradient)
+        self._local_step(gradient, samples)
         self._maybe_rejoin()
 
     def _maybe_rejoin(self) -> None:
@@ -303,11 +307,25 @@ class Worker:
         self.base_params = flatten_params(self.model).cpu()
         self.base_applied = dict(self.applied_pushes)
         self.local_optimizer = Optimizer(self.spec.optimizer, self.model.parameters())
+        self.progress.start(self.base_params)
         self.events.emit("worker_offline", rank=self.rank, version=self.version, reason=str(error)[:200])
 
-    def _local_step(self, gradient: torch.Tensor, push_id: int = 0) -> None:
+    def _local_step(self, gradient: torch.Tensor, samples: int, push_id: int = 0) -> None:
         """Buffer the gradient for the PS and apply it to the local copy (local SGD);
-        `push_id`: the push it already went out in, if any (the PS may have applied it)."""
+        `push_id`: the push it already went out in, if any (the PS may have applied it).
+        With merge outer only that push is buffered, and not trained on: the PS replays it
+        unless it holds it, so the local progress must not contain it too."""
+        if self.outer:
+            if push_id:
+                self.buffer.add(gradient, self.version, push_id)
+                self.m_entries.set(len(self.buffer))
+                return
+            assert self.local_optimizer is not None
+            self.local_optimizer.step()
+            self.progress.add(samples)
+            self.stats.local_steps += 1
+            self._outage_steps += 1
+            return
         # The gradient's model is the last pulled version plus this outage's local steps.
         while not self.buffer.add(gradient, self.version + self._outage_steps, push_id):
             # `pause`: the buffer is full; wait for the PS instead of training on.
@@ -334,9 +352,13 @@ class Worker:
     def _rejoin(self, timeout: float) -> None:
         """Hand base weights and buffered gradients to the PS, then resync from it."""
         base_version = self.version if self.base_params is not None else -1
-        self.buffer.discard_through(self.client.announce_rejoin().replayed_seq)
+        replayed_seq = self.client.announce_rejoin().replayed_seq
+        self.buffer.discard_through(replayed_seq)
         self.buffer.mark_sent()
         entries = list(self.buffer.entries)
+        if self.outer:
+            progress = self.progress.entry(replayed_seq, self.buffer, flatten_params(self.model).cpu(), self.version)
+            entries += [progress] if progress is not None else []
         reply = self.client.rejoin(base_version, self.base_params, entries, timeout=timeout, base_applied=self.base_applied)
         self.stats.rejoins += 1
         self.m_dropped.inc(self.buffer.dropped - self._dropped_reported)
@@ -351,6 +373,7 @@ class Worker:
             local_steps=self.stats.local_steps,
         )
         self.buffer.clear()
+        self.progress.clear()
         self.m_buffered.set(0)
         self.m_entries.set(0)
         self.offline = False
@@ -406,3 +429,43 @@ class Worker:
 
     def _report(self) -> None:
         self.client.report(self.stats.steps, self.accuracy, lost_updates=self.stats.lost_updates)
+
+
+class LocalProgress:
+    """A stateless worker's local progress in an outage, for `merge: outer`: the weights it
+    trained from, and the steps and samples since. Each rejoin sends it as one entry, the
+    weights it trained from minus its weights now; when a rejoin's reply is lost, the next
+    one learns from the PS (`replayed_seq`) whether that entry was merged, and sends only
+    the progress since it if so, or the whole progress again if not."""
+
+    def __init__(self) -> None:
+        self.since: torch.Tensor | None = None
+        self.steps = self.samples = 0
+        self._sent: tuple[BufferedGradient, torch.Tensor] | None = None  # entry, its weights
+
+    def start(self, weights: torch.Tensor) -> None:
+        """An outage begins from `weights` (what the PS last gave, or last took)."""
+        self.since, self.steps, self.samples, self._sent = weights.clone(), 0, 0, None
+
+    def add(self, samples: int) -> None:
+        self.steps += 1
+        self.samples += samples
+
+    def entry(self, replayed_seq: int, buffer: GradientBuffer, weights: torch.Tensor, version: int) -> BufferedGradient | None:
+        """The progress entry for a rejoin now (None: no local step since the last merge)."""
+        if self._sent is not None:
+            sent, sent_weights = self._sent
+            if sent.seq <= replayed_seq:  # merged, though its reply was lost
+                self.since, self.steps, self.samples = sent_weights, self.steps - sent.count, self.samples - sent.samples
+            self._sent = None
+        if self.since is None or self.steps <= 0:
+            return None
+        entry = BufferedGradient(
+            buffer.take_seq(), version, self.since - weights, count=self.steps, sent=True, progress=True, samples=self.samples
+        )
+        self._sent = (entry, weights)
+        return entry
+
+    def clear(self) -> None:
+        """The PS took the rejoin: nothing is owed any more."""
+        self.since, self.steps, self.samples, self._sent = None, 0, 0, None
