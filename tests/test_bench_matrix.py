@@ -2,7 +2,9 @@
 
 Covered:
 - the presets parse and expand: quick 6 runs (3 variants x 2 scenarios), default 45
-  (5 x 3 x 3 seeds), full 150 (5 x 3 x 2 worker counts x 5 seeds); every variant, scenario, worker
+  (5 x 3 x 3 seeds), full 150 (5 x 3 x 2 worker counts x 5 seeds), merge 80 (4 stateless
+  merges x 4 outages x 5 seeds), failure-rate 150 (6 variants x 5 MTBFs x 5 seeds; each
+  failure-rate run's spec.randomChaos is seeded by its seed); every variant, scenario, worker
   count and seed appears; runs are ordered seed by seed with each variant's no-failure
   baseline first; each preset's settings are those of its document (read from PRESETS,
   not copied here, as the presets get tuned), the baseline first and kills in order within
@@ -32,7 +34,8 @@ from typing import Any
 
 import pytest
 
-from trainthrough.bench.matrix import BASE_SPEC, PRESETS, VARIANTS, Matrix, expand, load_matrix, parse_matrix, preset
+from trainthrough.bench.matrix import BASE_SPEC, MODE_VARIANTS, PRESETS, Matrix, expand, load_matrix, parse_matrix, preset
+from trainthrough.control.schedule import drawn_kills
 from trainthrough.spec import API_VERSION, KIND, SpecError, parse_job
 
 MODES = {  # variant -> (consistency, updates, PS replicas)
@@ -41,7 +44,11 @@ MODES = {  # variant -> (consistency, updates, PS replicas)
     "chain-sync": ("chain", "sync", 3),
     "chain-async": ("chain", "async", 3),
     "stateless": ("stateless", "async", 1),
+    "stateless-weighted": ("stateless", "async", 1),
+    "stateless-average": ("stateless", "async", 1),
+    "stateless-outer": ("stateless", "async", 1),
 }
+MERGES = {"stateless": ("replay", "sum"), "stateless-weighted": ("replay", "weighted"), "stateless-average": ("replay", "average"), "stateless-outer": ("outer", "sum")}
 
 
 def errors_of(document: Any, source: str = "m.yaml") -> SpecError:
@@ -63,9 +70,14 @@ def small(**fields: Any) -> dict[str, Any]:
     [
         ("quick", 6, ["checkpoint-async", "chain-async", "stateless"], ["no-failure", "two-kills"], [2], [1]),
         # at least 3 seeds per cell: every figure of the report has an interval
-        ("default", 45, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [2], [1, 2, 3]),
+        ("default", 45, MODE_VARIANTS, ["no-failure", "one-kill", "two-kills"], [2], [1, 2, 3]),
         # 5 seeds, the paper's single worker and 4
-        ("full", 150, list(VARIANTS), ["no-failure", "one-kill", "two-kills"], [1, 4], [1, 2, 3, 4, 5]),
+        ("full", 150, MODE_VARIANTS, ["no-failure", "one-kill", "two-kills"], [1, 4], [1, 2, 3, 4, 5]),
+        # the stateless merges at three outage lengths; goodput against four failure rates
+        ("merge", 80, ["stateless", "stateless-weighted", "stateless-average", "stateless-outer"],
+         ["no-failure", "outage-5s", "outage-20s", "outage-60s"], [2], [1, 2, 3, 4, 5]),
+        ("failure-rate", 150, [*MODE_VARIANTS, "stateless-outer"],
+         ["no-failure", "mtbf-10s", "mtbf-20s", "mtbf-40s", "mtbf-80s"], [2], [1, 2, 3, 4, 5]),
     ],
 )
 def test_presets_parse_and_expand(
@@ -100,7 +112,8 @@ def test_preset_settings_come_from_its_document(name: str) -> None:
     for scenario in matrix.scenarios:
         assert scenario.kills == sorted(scenario.kills)
         assert all(0 < at < matrix.budget for at in scenario.kills)
-    assert matrix.max_duration >= matrix.budget
+    assert matrix.max_duration >= matrix.budget or matrix.max_duration == 0
+    assert {s.name: s.outage for s in matrix.scenarios} == {s["name"]: s.get("outage") for s in document["scenarios"]}
 
 
 def test_full_preset_order_is_seed_by_seed_with_each_baseline_first() -> None:
@@ -111,7 +124,7 @@ def test_full_preset_order_is_seed_by_seed_with_each_baseline_first() -> None:
     first = plans[:15]
     assert all(p.workers == 1 for p in first)
     assert [p.scenario.name for p in first[:3]] == ["no-failure", "one-kill", "two-kills"]
-    assert [p.variant for p in first[::3]] == list(VARIANTS)
+    assert [p.variant for p in first[::3]] == MODE_VARIANTS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -126,6 +139,15 @@ def test_every_preset_plan_is_a_valid_job_carrying_its_plan(name: str) -> None:
         assert (spec.consistency, spec.updates, spec.parameter_server.replicas) == (consistency, updates, replicas)
         assert (spec.workers.replicas, spec.seed) == (plan.workers, plan.seed)
         assert spec.stop.duration == max(matrix.budget, matrix.max_duration)
+        assert (spec.stateless.merge, spec.stateless.staleness) == MERGES.get(plan.variant, ("replay", "sum"))
+        assert plan.outage == (matrix.outage if plan.scenario.outage is None else plan.scenario.outage)
+        rate = plan.scenario.failure_rate
+        if rate is None:
+            assert spec.random_chaos is None
+        else:  # failures drawn at the scenario's rate, seeded by the run's seed
+            assert spec.random_chaos is not None
+            assert (spec.random_chaos.mean_time_between_failures, spec.random_chaos.seed) == (rate.mean_time_between_failures, plan.seed)
+            assert all(k.target == "ps-head" and k.at < spec.stop.duration for k in drawn_kills(spec))
         assert spec.stop.target_accuracy == matrix.target_accuracy
         assert spec.stop.min_duration == matrix.budget
         assert spec.stop.steps is None
@@ -340,3 +362,16 @@ def test_load_matrix_of_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "missing.yaml"
     with pytest.raises(SpecError, match="cannot read"):
         load_matrix(path)
+
+
+def test_failure_rate_runs_draw_about_duration_over_mtbf_failures() -> None:
+    matrix = preset("failure-rate")
+    drawn: dict[float, list[int]] = {}
+    for plan in expand(matrix):
+        if plan.scenario.failure_rate is not None:
+            drawn.setdefault(plan.scenario.failure_rate.mean_time_between_failures, []).append(len(drawn_kills(plan.job.spec)))
+    # A Poisson process over the run's 60 s: the mean count over a cell's 30 runs (6
+    # variants x 5 seeds, the seeds repeat per variant) is near 60 / MTBF; a fixed draw.
+    for mtbf, counts in drawn.items():
+        assert abs(sum(counts) / len(counts) - matrix.budget / mtbf) <= 0.6 * matrix.budget / mtbf + 0.5, (mtbf, counts)
+    assert sum(drawn[10.0]) > sum(drawn[80.0])

@@ -3,7 +3,8 @@
     trainthrough run JOB.yaml [--kill ps-head@30s ...] [--restart-delay 20s]
     trainthrough validate FILE... (- for stdin; multi-document YAML)
     trainthrough --version
-    trainthrough bench [--quick | --full | --matrix FILE] [--out DIR]
+    trainthrough bench [--quick | --full | --preset NAME | --matrix FILE] [--out DIR]
+    trainthrough advise results.json --mtbf 8h --price-per-pod-hour 2.5 [--max-accuracy-loss 1]
     trainthrough report results.json
     trainthrough crd
     trainthrough ps ... / trainthrough worker ...   (process entrypoints, started by runtimes)
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from trainthrough import flags
+from trainthrough.bench.matrix import PRESETS
 from trainthrough.spec import ChaosKill, FieldError, SpecError, TrainingJob, kill_problems, load_job, local_data_path
 
 
@@ -110,7 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.matrix:
         matrix = load_matrix(args.matrix)
     else:
-        matrix = preset("quick" if args.quick else "full" if args.full else "default")
+        matrix = preset(args.preset or ("quick" if args.quick else "full" if args.full else "default"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     document = matrix.model_dump(mode="json", by_alias=True)
@@ -127,6 +129,17 @@ def _bench(args: argparse.Namespace) -> int:
     report = render(out, document, results)
     print(f"trainthrough: {len(results)} runs; report in {report}, results in {results_path}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from trainthrough.bench.advice import Profile, advise
+    from trainthrough.bench.aggregating import cells
+    from trainthrough.bench.reporting import load_results
+
+    _, results = load_results(Path(args.results))
+    profile = Profile("your jobs", args.max_accuracy_loss, args.price_per_pod_hour, args.mtbf)
+    print("\n".join(advise(cells(results), profile)))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -243,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="about 2 minutes here")
     size.add_argument("--full", action="store_true", help="5 seeds, 1 and 4 workers, 20 s outages (hours)")
     size.add_argument("--matrix", help="an experiment matrix YAML instead of a preset")
+    size.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="a named matrix: merge (the stateless merges at 5/20/60 s outages), failure-rate (goodput against the MTBF), ...",
+    )  # fmt: skip
     bench.add_argument("--out", default="bench-results", help="folder for results and report (default bench-results)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.add_argument(
@@ -262,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("results", help="results.json of a bench run")
     report.add_argument("--out", default=None, help="folder for the report (default: beside results.json)")
     report.set_defaults(handler=_report)
+    advise = commands.add_parser("advise", help="which mode gives the most trained model per unit of cost, from a failure-rate sweep's results")
+    advise.add_argument("results", help="results.json of `trainthrough bench --preset failure-rate` (or any matrix with failureRate scenarios)")
+    advise.add_argument("--mtbf", type=flags.duration, required=True, help="the mean time between failures your jobs see (e.g. 8h, 20m)")
+    advise.add_argument("--price-per-pod-hour", type=float, required=True, help="what one pod (PS or worker) costs per hour")
+    advise.add_argument("--max-accuracy-loss", type=float, default=1.0, help="points of accuracy you accept to lose to failures (default 1)")
+    advise.set_defaults(handler=_advise)
     validate = commands.add_parser("validate", help="check TrainingJob YAML files and report every error")
     validate.add_argument(
         "jobs", nargs="+", metavar="FILE",

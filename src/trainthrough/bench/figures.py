@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainthrough.bench.aggregating import BASELINE, Cell, bootstrap_interval, label  # noqa: E402
+from trainthrough.bench.goodput_model import FailureCost  # noqa: E402
 from trainthrough.bench.metrics import accuracy_at  # noqa: E402
 
 PHASE_COLOURS = {"detect": "#d62728", "restore": "#ff7f0e", "first_update": "#2ca02c"}
@@ -128,6 +129,32 @@ def worker_time(cells: list[Cell], path: Path) -> Path:
     ax.set_title("Busy vs idle worker time")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ettr_vs_mtbf(cells: list[Cell], fits: list[FailureCost], path: Path) -> Path:
+    """Per mode: each failure-rate cell's median ETTR with its interval, against the MTBF,
+    and the fitted model ETTR0 - b / MTBF through them."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for i, fit in enumerate(fits):
+        colour = plt.cm.tab10(i % 10)
+        swept = sorted((c for c in cells if c.variant == fit.variant and c.ok and c.ok[0].get("mtbf")), key=lambda c: c.ok[0]["mtbf"])
+        xs = [c.ok[0]["mtbf"] for c in swept]
+        stats = [c.stat("ettr") for c in swept]
+        medians = [s.median for s in stats]
+        errors = [[m - (s.low if s.low is not None else m) for m, s in zip(medians, stats)], [(s.high if s.high is not None else m) - m for m, s in zip(medians, stats)]]
+        ax.errorbar(xs, medians, yerr=errors, fmt="o", color=colour, capsize=3, label=fit.variant)
+        if xs:
+            grid = [min(xs) * (max(xs) / min(xs)) ** (k / 50) for k in range(51)] if max(xs) > min(xs) else xs
+            ax.plot(grid, [fit.ettr_at(m) for m in grid], color=colour, linewidth=1, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean time between failures (s, log)")
+    ax.set_ylabel("ETTR (goodput / wall time)")
+    ax.set_title("Goodput against the failure rate (lines: ETTR0 - b / MTBF)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

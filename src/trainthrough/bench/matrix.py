@@ -26,15 +26,19 @@ from trainthrough.spec import (
     validate_document,
 )
 
-Preset = Literal["quick", "default", "full"]
-
 VARIANTS: dict[str, dict[str, Any]] = {
     "checkpoint-sync": {"consistency": "checkpoint", "updates": "sync"},
     "checkpoint-async": {"consistency": "checkpoint", "updates": "async"},
     "chain-sync": {"consistency": "chain", "updates": "sync", "parameterServer": {"replicas": 3}},
     "chain-async": {"consistency": "chain", "updates": "async", "parameterServer": {"replicas": 3}},
-    "stateless": {"consistency": "stateless", "updates": "async"},
+    "stateless": {"consistency": "stateless", "updates": "async"},  # staleness sum, the paper's
+    # The ways a restarted stateless PS takes in the outage's work, side by side (preset merge).
+    "stateless-weighted": {"consistency": "stateless", "updates": "async", "stateless": {"staleness": "weighted"}},
+    "stateless-average": {"consistency": "stateless", "updates": "async", "stateless": {"staleness": "average"}},
+    "stateless-outer": {"consistency": "stateless", "updates": "async", "stateless": {"merge": "outer"}},
 }
+# The paper's modes: what a matrix runs unless it names its variants.
+MODE_VARIANTS = ["checkpoint-sync", "checkpoint-async", "chain-sync", "chain-async", "stateless"]
 
 # The paper's setup (CNN on Fashion-MNIST, SGD) at a pace this 2-core machine sustains.
 BASE_SPEC: dict[str, Any] = {
@@ -49,9 +53,20 @@ BASE_SPEC: dict[str, Any] = {
 }
 
 
+class FailureRate(SpecModel):
+    """Failures drawn at random (the TrainingJob's spec.randomChaos, seeded by the run's
+    seed): a Poisson process with this mean time between failures, each one a target
+    picked from `targets`."""
+
+    mean_time_between_failures: PositiveSeconds
+    targets: list[str] = Field(default_factory=lambda: ["ps-head"], min_length=1)
+
+
 class Scenario(SpecModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     kills: list[NonNegativeSeconds] = []  # PS-head kills, seconds after the first update
+    outage: NonNegativeSeconds | None = None  # this scenario's outage (default: the matrix's)
+    failure_rate: FailureRate | None = None  # random failures, beside `kills`
 
 
 class Pricing(SpecModel):
@@ -60,7 +75,7 @@ class Pricing(SpecModel):
 
 
 class Matrix(SpecModel):
-    variants: list[Literal[tuple(VARIANTS)]] = Field(default_factory=lambda: list(VARIANTS), min_length=1)  # type: ignore[valid-type]
+    variants: list[Literal[tuple(VARIANTS)]] = Field(default_factory=lambda: list(MODE_VARIANTS), min_length=1)  # type: ignore[valid-type]
     scenarios: list[Scenario] = Field(min_length=1)
     workers: list[Annotated[int, Field(ge=1, le=16)]] = [2]
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [1], min_length=1)
@@ -120,6 +135,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scenarios": _scenarios(10, (10, 20)), "workers": [1, 4], "seeds": [1, 2, 3, 4, 5],
         "budget": 40, "maxDuration": 120, "outage": 20,
     },  # fmt: skip
+    # The stateless PS's ways to take in an outage's work (the paper's sum, weighted,
+    # average, and the outer optimizer over local progress) at outages of 5, 20 and 60 s:
+    # one kill 5 s after the first update, 5 seeds (about an hour here).
+    "merge": {
+        "variants": ["stateless", "stateless-weighted", "stateless-average", "stateless-outer"],
+        "scenarios": [
+            {"name": "no-failure", "kills": []},
+            *({"name": f"outage-{s}s", "kills": [5], "outage": s} for s in (5, 20, 60)),
+        ],
+        "seeds": [1, 2, 3, 4, 5], "budget": 20, "maxDuration": 90, "outage": 5,
+    },  # fmt: skip
+    # Goodput against the failure rate: every mode under PS failures drawn at random with
+    # a mean time between failures of 10 to 80 s, in 60 s runs, 5 seeds (about 2 hours here).
+    "failure-rate": {
+        "variants": [*MODE_VARIANTS, "stateless-outer"],
+        "scenarios": [
+            {"name": "no-failure", "kills": []},
+            *({"name": f"mtbf-{m}s", "failureRate": {"meanTimeBetweenFailures": m}} for m in (10, 20, 40, 80)),
+        ],
+        "seeds": [1, 2, 3, 4, 5], "budget": 60, "maxDuration": 0, "outage": 5,
+    },  # fmt: skip
 }
 
 
@@ -154,6 +190,11 @@ class RunPlan:
         return f"{self.variant}/{self.scenario.name}/w{self.workers}"
 
     @property
+    def outage(self) -> float:
+        """How long a killed PS stays down before it restarts, in this run."""
+        return self.matrix.outage if self.scenario.outage is None else self.scenario.outage
+
+    @property
     def run_id(self) -> str:
         return f"{self.variant}-{self.scenario.name}-w{self.workers}-s{self.seed}"
 
@@ -169,6 +210,13 @@ class RunPlan:
             "minDuration": duration_json(matrix.budget),
         }
         spec["chaos"] = [{"target": "ps-head", "at": duration_json(at)} for at in self.scenario.kills]
+        rate = self.scenario.failure_rate
+        if rate is not None:
+            spec["randomChaos"] = {
+                "meanTimeBetweenFailures": duration_json(rate.mean_time_between_failures),
+                "targets": list(rate.targets),
+                "seed": self.seed,
+            }
         name = f"bench-{self.run_id}"[:63].rstrip("-")
         return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
 

@@ -30,7 +30,7 @@ def document(plan: RunPlan) -> dict[str, Any]:
     """The plan's TrainingJob as a resource; the matrix's outage becomes the PS restart
     delay (the local runtime gets it as an override)."""
     body = dump_job(plan.job)
-    body["spec"]["parameterServer"]["restartDelay"] = duration_json(plan.matrix.outage)
+    body["spec"]["parameterServer"]["restartDelay"] = duration_json(plan.outage)
     body["metadata"] = {"name": plan.job.metadata.name}
     return body
 

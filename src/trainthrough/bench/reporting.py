@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainthrough.bench import claims, figures
+from trainthrough.bench import claims, figures, sweeps
 from trainthrough.bench.aggregating import BASELINE, Cell, Stat, baseline_of, cells, label, ratio
 
 CSV_COLUMNS = [
@@ -159,6 +159,9 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
             f"{_acc(cell.stat('final_accuracy'))} | {_stat(cell.stat('lost_updates'))} | "
             f"{_stat(cell.stat('ettr'), '{:.1f}%', 100)} | {_stat(cell.stat('idle_fraction'), '{:.1f}%', 100)} |"
         )
+    lines += ["", *sweeps.merge_section(all_cells, _acc, lambda stat: _seconds(stat, limit), target)]
+    lines += [*sweeps.goodput_section(all_cells, out_dir, lambda stat: _stat(stat, "{:.1f}%", 100))]
+    lines += [*sweeps.advice_section(all_cells)]
     lines += ["", "## Accuracy before -> after each kill (the paper's table)", ""]
     lines += ["| variant | scenario | kill 1: before -> after | kill 2: before -> after |", "|---|---|---|---|"]
     for cell in (c for c in all_cells if c.scenario != BASELINE):
@@ -179,7 +182,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     outage = float(matrix.get("outage", 0.0))
     for cell in (c for c in all_cells if c.scenario != BASELINE):
         restarts = not cell.variant.startswith("chain")
-        beyond = Stat.of([k["phases"]["restore"] - outage for r in cell.ok for k in r.get("kills", []) if "restore" in k["phases"]])
+        beyond = Stat.of([k["phases"]["restore"] - r.get("outage", outage) for r in cell.ok for k in r.get("kills", []) if "restore" in k["phases"]])
         lines.append(
             f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(cell.phase_stat('detect'))} | "
             f"{_seconds(cell.phase_stat('restore'))} | {_seconds(beyond) if restarts else '-'} | "

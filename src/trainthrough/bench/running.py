@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from trainthrough.bench.matrix import Matrix, RunPlan, expand
 from trainthrough.bench.metrics import cost, cpu_cores, run_metrics
+from trainthrough.control.schedule import planned_kills
 from trainthrough.control.state import MasterState
 from trainthrough.control.supervising import Progress, Supervisor
 from trainthrough.events import EventLog, read_events
@@ -59,14 +60,16 @@ def run_plan(
         "cell": plan.cell,
         "variant": plan.variant,
         "scenario": plan.scenario.name,
-        "kills_planned": list(plan.scenario.kills),
         "workers": plan.workers,
+        "outage": plan.outage,
+        "mtbf": plan.scenario.failure_rate.mean_time_between_failures if plan.scenario.failure_rate else None,
         "seed": plan.seed,
         "run_dir": str(run_dir),
         "runtime": "standin" if cluster is not None else "local",
     }
     job = plan.job
     result["mode"], result["updates"] = job.spec.consistency, job.spec.updates
+    result["kills_planned"] = [kill.at for kill in planned_kills(job.spec)]  # drawn ones too
     try:
         if cluster is not None:
             status, reason, events_path = run_on_cluster(plan, run_dir, cluster, on_progress)
@@ -83,6 +86,7 @@ def run_plan(
         spec = job.spec
         pods = [(cpu_cores(spec.workers.resources.cpu), spec.workers.resources.gpu)] * spec.workers.replicas
         pods += [(cpu_cores(spec.parameter_server.resources.cpu), 0)] * spec.parameter_server.replicas
+        result["pods"] = len(pods)
         result["cost"] = cost(result["wall_seconds"], pods, matrix.pricing.cpu_hour, matrix.pricing.gpu_hour)
     except (ValueError, KeyError, OSError) as error:
         result["status"] = "failed"
@@ -109,7 +113,7 @@ def _run_locally(
             runtime,
             events,
             metrics or create_metrics(CollectorRegistry()),
-            restart_delay=plan.matrix.outage,
+            restart_delay=plan.outage,
             on_progress=on_progress,
             until=until,
         ).run()
