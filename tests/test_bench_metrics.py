@@ -20,15 +20,16 @@ Covered:
   killed_at falling back on `t`;
 - worker_time: two workers, one restarted: lifetimes from each worker_started to its
   worker_stopped, idle summed, idle clamped to the time alive;
-- ettr: idle and lost updates (time per step at the run's own pace), zero alive is None,
-  no steps, clamped at 0; sync updates: each worker's lost push costs its step;
+- goodput (the account itself is tests/test_goodput.py): worker lives read from
+  worker_started (booted_at, else its own time) and worker_stopped (idle intervals, else its
+  idle seconds unplaced); sync updates: each worker's lost push costs its step;
 - resource_use: CPU summed and peak memory max per role (ps vs workers), null values;
 - cpu_cores: "2", "500m", "0.5", a number; bad input is a ValueError; other
   quantities that the TrainingJob spec accepts for resources.cpu;
 - cost: pods x cores and GPUs x prices x wall hours;
 - run_metrics end to end on one complete checkpoint-mode log (a kill, a recovery with
-  phases and lost updates, evaluations before and after, worker_stopped with idle_seconds
-  and steps, process_exited with cpu/memory, run_end with version); a log without run_end
+  phases and lost updates, evaluations before and after, worker_stopped with idle_seconds,
+  idle intervals in the recovery's phases and steps, the goodput split, process_exited with cpu/memory, run_end with version); a log without run_end
   (wall time from the last event, no updates_applied); replayed gradients summed.
 """
 
@@ -44,14 +45,16 @@ from trainthrough.bench.metrics import (
     accuracy_curve,
     cost,
     cpu_cores,
-    ettr,
+    goodput,
     kills,
     resource_use,
     run_metrics,
     time_to_accuracy,
     training_start,
+    worker_lives,
     worker_time,
 )
+from trainthrough.goodput import BadputKind, WorkerLife
 
 T = 1_700_000_000.0  # Unix seconds of training_started in every log here
 MiB = 2**20
@@ -105,9 +108,14 @@ def worker_started(t: float, rank: int) -> dict[str, Any]:
     return ev(t, "worker_started", f"worker-{rank}", rank=rank, device="cpu", ps="127.0.0.1:50051", metrics_port=0)
 
 
-def worker_stopped(t: float, rank: int, idle: float, steps: int) -> dict[str, Any]:
-    return ev(t, "worker_stopped", f"worker-{rank}", rank=rank, idle_seconds=idle, dropped_gradients=0,
-              steps=steps, acked_pushes=steps, duplicate_acks=0, nan_gradients=0, local_steps=0, rejoins=0)  # fmt: skip
+def worker_stopped(
+    t: float, rank: int, idle: float, steps: int, intervals: list[tuple[float, float]] | None = None, dropped: int = 0
+) -> dict[str, Any]:
+    """`intervals`: when it waited (relative to T), as the worker writes them; None: a log
+    from before they were written."""
+    waits = {} if intervals is None else {"idle_intervals": [[T + a, T + b] for a, b in intervals]}
+    return ev(t, "worker_stopped", f"worker-{rank}", rank=rank, idle_seconds=idle, dropped_gradients=dropped,
+              steps=steps, acked_pushes=steps, duplicate_acks=0, nan_gradients=0, local_steps=0, rejoins=0, **waits)  # fmt: skip
 
 
 def exited(t: float, process: str, cpu: float | None, rss: int | None, code: int | None = 0) -> dict[str, Any]:
@@ -302,29 +310,35 @@ def test_worker_time_without_workers_is_zero() -> None:
     assert worker_time([started(0.0)]) == (0.0, 0.0)
 
 
-def test_ettr_with_idle_and_lost_updates() -> None:
-    # busy = 100 - 20 = 80 worker-seconds for 400 steps: 0.2 s a step;
-    # 50 lost updates cost 50 x 0.2 = 10 s; productive 80 - 10 = 70; ETTR 70 / 100 = 0.7.
-    assert ettr(alive=100.0, idle=20.0, steps=400, lost_updates=50) == pytest.approx(0.7)
-    # No lost updates: 80 / 100.
-    assert ettr(alive=100.0, idle=20.0, steps=400, lost_updates=0) == pytest.approx(0.8)
-    # No idle, nothing lost: 1.
-    assert ettr(alive=100.0, idle=0.0, steps=400, lost_updates=0) == 1.0
+def test_worker_lives_from_the_log() -> None:
+    # worker-0 booted 2 s before its loop started (booted_at), worker-1's log has no
+    # booted_at (its own start then) and no idle intervals (its idle unplaced); worker-1
+    # restarted at 20 s, after training started at 0: ready at its own start.
+    events = [
+        worker_started(-3.0, 0) | {"booted_at": T - 5.0},
+        worker_started(-1.0, 1),
+        started(0.0),
+        worker_stopped(10.0, 1, idle=1.5, steps=30),
+        worker_started(20.0, 1),
+        worker_stopped(30.0, 0, idle=2.0, steps=100, intervals=[(4.0, 5.0), (6.0, 7.0)]),
+        worker_stopped(30.0, 1, idle=0.0, steps=40, intervals=[]),
+        worker_stopped(40.0, 2, idle=0.0, steps=5),  # never started: no life
+    ]
+    assert worker_lives(events, T) == [
+        WorkerLife(booted_at=T - 1.0, ready_at=T, stopped_at=T + 10.0, steps=30, unplaced_idle=1.5),
+        WorkerLife(booted_at=T - 5.0, ready_at=T, stopped_at=T + 30.0, idle=((T + 4.0, T + 5.0), (T + 6.0, T + 7.0)), steps=100),
+        WorkerLife(booted_at=T + 20.0, ready_at=T + 20.0, stopped_at=T + 30.0, steps=40),
+    ]
 
 
-def test_ettr_of_no_time_alive_is_none() -> None:
-    assert ettr(alive=0.0, idle=0.0, steps=0, lost_updates=0) is None
-    assert ettr(alive=0.0, idle=0.0, steps=10, lost_updates=5) is None
-
-
-def test_ettr_without_steps_counts_only_idle() -> None:
-    # No step was made, so lost updates cannot be priced: (50 - 10) / 50 = 0.8.
-    assert ettr(alive=50.0, idle=10.0, steps=0, lost_updates=7) == pytest.approx(0.8)
-
-
-def test_ettr_is_clamped_at_zero() -> None:
-    # busy 10 for 10 steps (1 s a step); 30 lost updates cost 30 s > busy: 0, not negative.
-    assert ettr(alive=20.0, idle=10.0, steps=10, lost_updates=30) == 0.0
+def test_goodput_prices_lost_updates_and_dropped_gradients_as_redo() -> None:
+    # One worker, 0 to 10 s, no startup, no wait; 100 steps in 10 s (0.1 s a step):
+    # 3 lost updates (ps_changed) + 2 dropped gradients = 5 steps redone = 0.5 s.
+    events = [worker_started(0.0, 0), started(0.0), ps_changed(5.0, 0, lost=3),
+              worker_stopped(10.0, 0, idle=0.0, steps=100, intervals=[], dropped=2)]  # fmt: skip
+    account = goodput(events, T)
+    assert account.badput[BadputKind.REDO] == pytest.approx(0.5)
+    assert account.ettr == pytest.approx(0.95)
 
 
 def test_ettr_of_sync_updates_prices_each_lost_push_at_one_step() -> None:
@@ -341,15 +355,18 @@ def test_ettr_of_sync_updates_prices_each_lost_push_at_one_step() -> None:
                  version_before=60, version_restored=50),  # fmt: skip
         ps_changed(31.0, 0, lost=10),
         ps_changed(31.0, 1, lost=10),
-        worker_stopped(59.0, 0, idle=10.0, steps=100),
-        worker_stopped(59.0, 1, idle=10.0, steps=100),
+        worker_stopped(59.0, 0, idle=10.0, steps=100, intervals=[(10.0, 20.0)]),
+        worker_stopped(59.0, 1, idle=10.0, steps=100, intervals=[(10.0, 20.0)]),
         ev(60.0, "run_end", version=90),
     ]
     m = run_metrics(events, target=0.9, budget=60.0)
-    # alive 2 x 60 = 120, idle 20, busy 100 worker-seconds for 200 steps: 0.5 s a step.
-    # 10 lost rounds = 20 lost pushes = 20 steps = 10 worker-seconds.
-    # ETTR = (100 - 10) / 120 = 0.75.
-    assert m["ettr"] == pytest.approx(0.75)
+    # alive 2 x 60 = 120 from -1 s, startup 2 x 1 = 2, idle 2 x 10 = 20 (detect 0.25 and
+    # waiting 9.75 each), busy 98 worker-seconds for 200 steps: 0.49 s a step.
+    # 10 lost rounds = 20 lost pushes = 20 steps = 9.8 worker-seconds.
+    # ETTR = (98 - 9.8) / 120 = 0.735.
+    assert m["ettr"] == pytest.approx(0.735)
+    assert m["goodput"]["redo"] == pytest.approx(9.8)
+    assert (m["goodput"]["detect"], m["goodput"]["waiting"]) == (0.5, 19.5)
 
 
 # -- resources and cost ---------------------------------------------------------------------------
@@ -443,8 +460,8 @@ def checkpoint_run() -> list[dict[str, Any]]:
         evaluation(31.0, 0.58),
         evaluation(34.0, 0.72),
         evaluation(40.0, 0.75, final=True),
-        worker_stopped(41.0, 0, idle=20.0, steps=300),
-        worker_stopped(41.0, 1, idle=21.0, steps=264),
+        worker_stopped(41.0, 0, idle=20.0, steps=300, intervals=[(8.0, 28.0)]),
+        worker_stopped(41.0, 1, idle=21.0, steps=264, intervals=[(8.0, 29.0)]),
         exited(41.5, "worker-0", cpu=40.0, rss=500 * MiB),
         exited(41.5, "worker-1", cpu=38.5, rss=520 * MiB),
         ev(41.75, "ps_stopped", "ps-0", version=400),
@@ -458,9 +475,12 @@ def checkpoint_run() -> list[dict[str, Any]]:
 def test_run_metrics_end_to_end() -> None:
     m = run_metrics(checkpoint_run(), target=0.7, budget=36.0)
     curve = [(-1.0, 0.10), (2.0, 0.40), (4.0, 0.55), (6.0, 0.62), (10.0, 0.61), (31.0, 0.58), (34.0, 0.72), (40.0, 0.75)]
-    # Worker time: both alive from -3 to 41 s: 2 x 44 = 88; idle 20 + 21 = 41;
-    # busy 88 - 41 = 47 worker-seconds for 300 + 264 = 564 steps (1/12 s a step);
-    # 60 lost updates cost 60 / 12 = 5 s; ETTR (47 - 5) / 88 = 42 / 88.
+    # Worker time: both alive from -3 to 41 s: 2 x 44 = 88; idle 20 + 21 = 41.
+    # Goodput: startup 2 x 3 = 6 (-3 s to the first update at 0); worker-0 waited 8-28 s,
+    # worker-1 8-29 s: detect 2 x 0.25 (8-8.25), waiting 19.75 + 20 (8.25-28, 8.25-28.25:
+    # the restart delay), restore 0.75 (worker-1's 28.25-29); busy 88 - 6 - 41 = 41
+    # worker-seconds for 564 steps; 60 lost updates cost 60 x 41 / 564 s of redo.
+    redo = 60 * 41 / 564
     assert m == {
         "wall_seconds": 42.5,  # run_end at 42.5 s
         "time_to_target": 34.0,  # 0.72 >= 0.7 at 34 s (0.62 at 6 s and 0.58 at 31 s are below)
@@ -480,7 +500,17 @@ def test_run_metrics_end_to_end() -> None:
         "recovery_seconds": 21.0,  # median of the one total
         "lost_updates": 60,
         "idle_fraction": pytest.approx(41 / 88),
-        "ettr": pytest.approx(42 / 88),
+        "goodput": {
+            "productive": pytest.approx(41 - redo),
+            "startup": 6.0,
+            "detect": 0.5,
+            "waiting": 39.75,
+            "restore": 0.75,
+            "redo": pytest.approx(redo, abs=1e-6),
+            "total": 88.0,
+            "ettr": pytest.approx((41 - redo) / 88),
+        },
+        "ettr": pytest.approx((41 - redo) / 88),
         "worker_seconds": 88.0,
         "worker_idle_seconds": 41.0,
         "gradients_processed": 564,
@@ -538,5 +568,6 @@ def test_run_metrics_of_a_run_without_failures() -> None:
     ]
     m = run_metrics(events, target=0.7, budget=10.0)
     assert (m["kills"], m["recovery_seconds"], m["lost_updates"]) == ([], None, 0)
-    # alive 9 - -1 = 10, nothing idle or lost: ETTR 1, idle fraction 0.
-    assert (m["worker_seconds"], m["ettr"], m["idle_fraction"]) == (10.0, 1.0, 0.0)
+    # alive 9 - -1 = 10, nothing idle or lost: idle fraction 0; the second before the
+    # first update is startup: ETTR 9 / 10.
+    assert (m["worker_seconds"], m["ettr"], m["idle_fraction"]) == (10.0, 0.9, 0.0)

@@ -83,6 +83,7 @@ class Metrics:
     recovery_seconds: Histogram
     recoveries: Counter
     lost_updates: Counter
+    job_seconds: Counter
     # chaos (the local master's kills, or the chaos Job on Kubernetes)
     chaos_injections: Counter
     chaos_last_injection: Gauge
@@ -141,6 +142,12 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         recoveries=counter("recoveries", "Recoveries completed after a PS failure.", MASTER_LABELS),
         lost_updates=counter("lost_updates", "Acknowledged updates lost across recoveries.", MASTER_LABELS),
+        job_seconds=counter(
+            "job_seconds",
+            "The job's active seconds as its master measured them, by kind (goodput.py): productive, or the badput of "
+            "startup, detect, waiting (restart delay), restore (replacement to first update), redo (lost updates at the job's pace).",
+            MASTER_LABELS + ("kind",),
+        ),
         chaos_injections=counter(
             "chaos_injections", "Faults injected (process killed or pod deleted), by target.", MASTER_LABELS + ("target",)
         ),

@@ -13,9 +13,10 @@ Definitions:
 - time to target: the first evaluation at or above the target accuracy.
 - final accuracy: the last evaluation at or before the budget.
 - idle fraction: worker time spent waiting for an unavailable PS / worker time.
-- ETTR (effective training time ratio): productive worker time / worker time, where
-  unproductive time is waiting plus the time it took to compute the updates that were lost
-  (rolled back), at the run's own pace.
+- goodput: worker time (each worker process from its start to its stop) split into
+  productive training and each kind of badput (startup, detect, waiting, restore, redo),
+  every one measured: see goodput.py and docs/goodput.md. ETTR (effective training time
+  ratio) = productive / total.
 - cost: pods reserved for the wall time (workers + PS replicas) x their CPU and GPU
   requests x the price per CPU-hour and GPU-hour.
 """
@@ -28,6 +29,7 @@ from typing import Any, Iterable
 from kubernetes.utils import parse_quantity
 
 from trainthrough.control.vocabulary import EventName
+from trainthrough.goodput import Goodput, Phases, WorkerLife, worker_account
 from trainthrough.names import is_ps
 
 Event = dict[str, Any]
@@ -109,14 +111,41 @@ def worker_time(events: list[Event]) -> tuple[float, float]:
     return alive, min(idle, alive)
 
 
-def ettr(alive: float, idle: float, steps: int, lost_updates: int) -> float | None:
-    """Productive / total worker time; lost updates (acknowledged pushes, one worker step
-    each, in sync mode too) cost the time it took to make them."""
-    if alive <= 0:
-        return None
-    busy = alive - idle
-    lost_time = lost_updates * busy / steps if steps > 0 else 0.0
-    return max(0.0, min(1.0, (busy - lost_time) / alive))
+def worker_lives(events: list[Event], t0: float) -> list[WorkerLife]:
+    """Every worker process that stopped: from its start (the process's, `booted_at`) to
+    its stop, ready to train at the job's first update (t0) or its own start if later,
+    with the intervals it waited for the PS."""
+    started: dict[str, list[Event]] = {}
+    for e in of(events, "worker_started"):
+        started.setdefault(e["source"], []).append(e)
+    lives = []
+    for e in of(events, "worker_stopped"):
+        starts = [s for s in started.get(e["source"], []) if s["t"] <= e["t"]]
+        if not starts:
+            continue
+        start = max(starts, key=lambda s: s["t"])
+        intervals = tuple((a, b) for a, b in e.get("idle_intervals", ()))
+        lives.append(
+            WorkerLife(
+                booted_at=min(start.get("booted_at") or start["t"], start["t"]),
+                ready_at=max(t0, start["t"]),
+                stopped_at=e["t"],
+                idle=intervals,
+                steps=e.get("steps", 0),
+                # a log from before idle intervals were written: its waits are not placed
+                unplaced_idle=0.0 if "idle_intervals" in e else e.get("idle_seconds", 0.0),
+            )
+        )
+    return lives
+
+
+def goodput(events: list[Event], t0: float) -> Goodput:
+    """The run's worker time split (goodput.worker_account): the recoveries the master
+    completed, the updates the workers measured lost and the gradients they dropped."""
+    recoveries = [Phases.of(r) for r in of(events, EventName.RECOVERY) if r.get("first_update_at") is not None]
+    lost = sum(c.get("lost_updates", 0) for c in of(events, "ps_changed"))
+    dropped = sum(e.get("dropped_gradients", 0) for e in of(events, "worker_stopped"))
+    return worker_account(worker_lives(events, t0), recoveries, redo_steps=lost + dropped)
 
 
 def resource_use(events: list[Event]) -> dict[str, dict[str, float]]:
@@ -159,6 +188,7 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
     killed = kills(events, t0)
     lost = sum(k["lost_updates"] for k in killed)
     totals = [k["phases"]["total"] for k in killed if "total" in k["phases"]]
+    account = goodput(events, t0)
     return {
         "wall_seconds": wall,
         "time_to_target": time_to_accuracy(curve, target),
@@ -168,7 +198,8 @@ def run_metrics(events: list[Event], *, target: float, budget: float) -> dict[st
         "recovery_seconds": statistics.median(totals) if totals else None,
         "lost_updates": lost,
         "idle_fraction": idle / alive if alive > 0 else None,
-        "ettr": ettr(alive, idle, steps, lost),
+        "goodput": account.as_dict(),  # seconds per kind, productive, total, ettr
+        "ettr": account.ettr,
         "worker_seconds": alive,
         "worker_idle_seconds": idle,
         "gradients_processed": steps,

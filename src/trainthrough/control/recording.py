@@ -1,6 +1,8 @@
 """The metrics of one TrainingJob that the drivers record, each the same way on both
 runtimes: every completed recovery (its phases, the count, lost updates; the local driver
-and the operator) and every fault injected (the local driver and the chaos Job).
+and the operator), the job's time split into productive and each kind of badput (the
+master's live goodput account, goodput.JobAccount: `observe` after each decision) and
+every fault injected (the local driver and the chaos Job).
 
 Both carry the job's `namespace` themselves (metrics.MASTER_LABELS): the operator and the
 local master serve jobs from outside them, from one endpoint. The chaos Job's pod is a
@@ -8,6 +10,7 @@ pod of the job: its scrape supplies the namespace (`exports_namespace=False`).
 
     >>> recorder = RecoveryMetrics(create_metrics(CollectorRegistry()), job)
     >>> recorder.record(done)            # a RecoveryDone action of the master
+    >>> recorder.observe(master.state, now=time.time())
     >>> chaos = InjectionMetrics(create_metrics(CollectorRegistry()), job, [ChaosKill(target="ps-head", at=5)], exports_namespace=True)
     >>> chaos.record("ps-head", at=1700000000.0)
 """
@@ -15,6 +18,8 @@ pod of the job: its scrape supplies the namespace (`exports_namespace=False`).
 from __future__ import annotations
 
 from trainthrough.control.messages import RecoveryDone, UpdatesLost
+from trainthrough.control.state import MasterState
+from trainthrough.goodput import PRODUCTIVE, BadputKind, JobAccount, Phases
 from trainthrough.metrics import MASTER_LABELS, RECOVERY_PHASES, Metrics
 from trainthrough.spec import ChaosKill, TrainingJob
 
@@ -33,14 +38,39 @@ class RecoveryMetrics:
         self._phases = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in RECOVERY_PHASES}
         self._count = metrics.recoveries.labels(**labels)  # exported at 0 from the start
         self._lost = metrics.lost_updates.labels(**labels)
+        self._account = JobAccount()
+        self._kinds = (PRODUCTIVE, *BadputKind)
+        self._seconds = {k: metrics.job_seconds.labels(kind=k, **labels) for k in self._kinds}  # at 0 from the start
+        self._exported = dict.fromkeys(self._kinds, 0.0)
 
     def record(self, done: RecoveryDone | UpdatesLost) -> None:
         if isinstance(done, UpdatesLost):
             self._lost.inc(done.count)
+            self._account.lost_updates = done.total
             return
+        if done.recovery.get("first_update_at") is not None:
+            self._account.recovery(Phases.of(done.recovery))
         for phase, seconds in done.phases.items():
             self._phases[phase].observe(seconds)
         self._count.inc()
+
+    def observe(self, state: MasterState, now: float) -> None:
+        """Bring trainthrough_job_seconds_total up to `now`. A counter never goes down: a
+        kind whose share shrank (productive, when a recovery settles the time it held)
+        waits until its figure passes what was exported."""
+        if not state.started or (state.phase.halted and state.stopped_at is None):
+            return  # suspended: the job's time stands still
+        if state.stopped_at is not None:
+            now = min(now, state.stopped_at)
+        trained = 0.0 if state.training_started_at is None else max(0.0, now - state.training_started_at)
+        losses = [k.killed_at for k in state.kills.values()]
+        losses += [r.killed_at if r.killed_at is not None else r.detected_at for r in state.recoveries]
+        unsettled = max(0.0, now - min(losses)) if losses else 0.0
+        split = self._account.at(state.active(now), trained, state.progress.steps, unsettled).seconds()
+        for kind in self._kinds:
+            if split[kind] > self._exported[kind]:
+                self._seconds[kind].inc(split[kind] - self._exported[kind])
+                self._exported[kind] = split[kind]
 
     def remove(self) -> None:
         """Stop exporting the job's series (it was deleted): an operator that runs for
@@ -49,6 +79,8 @@ class RecoveryMetrics:
             self._metrics.recovery_seconds.remove(*self._values, phase)
         self._metrics.recoveries.remove(*self._values)
         self._metrics.lost_updates.remove(*self._values)
+        for kind in self._kinds:
+            self._metrics.job_seconds.remove(*self._values, kind)
 
 
 class InjectionMetrics:

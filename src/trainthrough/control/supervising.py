@@ -137,6 +137,7 @@ class Supervisor:
             if reason:
                 self._apply(master.stop(reason, time.time()))
         self._apply(master.tick(time.time()))
+        self._recoveries.observe(master.state, time.time())  # the goodput split, live
 
     def _probe(self, name: str) -> None:
         """Read a PS's health; a call that fails is an observation too (the liveness check)."""
@@ -238,6 +239,7 @@ class Supervisor:
                 self._observe(self._exited(death))
         for death in self.runtime.deaths(timeout=0.05):
             self._observe(self._exited(death))
+        self._recoveries.observe(self.master.state, time.time())
         state = self.master.state
         progress = self._progress()
         summary = RunSummary(

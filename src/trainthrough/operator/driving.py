@@ -123,6 +123,7 @@ def _drive(body: dict[str, Any], job: TrainingJob, status: dict[str, Any], confi
         config.api.patch_job_status(namespace, name, patch)
     for done in recoveries:
         config.recovery_metrics(job).record(done)
+    config.recovery_metrics(job).observe(master.state, time.time())  # the goodput split, live
     for record in records:
         _emit(config, body, record)
 

@@ -29,6 +29,7 @@ T = TypeVar("T")
 HEALTH_TIMEOUT = 0.5
 BACKOFF_START = 0.01
 BACKOFF_MAX = 0.2
+IDLE_MERGE_GAP = 0.5  # seconds: the pause loop's rejoin attempts between its waits are waiting too
 
 
 class Stopped(TrainthroughError):
@@ -89,6 +90,9 @@ class PSClient:
         # it has seen as a retry, so a restarted worker must not start again from zero.
         self.push_id = time.time_ns() // 1000
         self.idle_seconds = 0.0
+        # When it waited (Unix seconds, [start, end]): goodput.py places each wait in the
+        # recovery phase it fell in. Waits less than IDLE_MERGE_GAP apart are one.
+        self.idle_intervals: list[list[float]] = []
 
     def _connection(self, address: str) -> Connection:
         return self._pool.get(address)
@@ -259,6 +263,16 @@ class PSClient:
         except TrainthroughError:
             pass
 
+    def idled(self, started: float) -> None:
+        """This worker waited for the PS from `started` (time.monotonic()) until now."""
+        now, wall = time.monotonic(), time.time()
+        self.idle_seconds += now - started
+        begun = wall - (now - started)
+        if self.idle_intervals and begun - self.idle_intervals[-1][1] <= IDLE_MERGE_GAP:
+            self.idle_intervals[-1][1] = wall
+        else:
+            self.idle_intervals.append([begun, wall])
+
     def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool) -> T:
         """Retry `call` through temporary failures until it succeeds; counts idle time
         from the start of the first attempt that failed (a hung PS costs its whole deadline)."""
@@ -272,7 +286,7 @@ class PSClient:
                 if started is None:
                     started = attempt
                 if stop.is_set():
-                    self.idle_seconds += time.monotonic() - started
+                    self.idled(started)
                     raise Stopped("stopped while waiting for the parameter server") from None
                 if chain:
                     self.discover()
@@ -280,5 +294,5 @@ class PSClient:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if started is not None:
-                self.idle_seconds += time.monotonic() - started
+                self.idled(started)
             return result

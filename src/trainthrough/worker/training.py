@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -141,7 +142,10 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> WorkerStats:
-        self.events.emit("worker_started", rank=self.rank, device=str(self.device), ps=self.client.address, metrics_port=self.metrics_port)
+        self.events.emit(
+            "worker_started", rank=self.rank, device=str(self.device), ps=self.client.address, metrics_port=self.metrics_port,
+            booted_at=psutil.Process().create_time(),  # the process start: its boot is startup time (goodput.py)
+        )  # fmt: skip
         try:
             self._initial_sync()
             limit = self.spec.stop.steps
@@ -160,6 +164,7 @@ class Worker:
                 "worker_stopped",
                 rank=self.rank,
                 idle_seconds=round(self.client.idle_seconds, 6),
+                idle_intervals=[[round(a, 6), round(b, 6)] for a, b in self.client.idle_intervals],
                 dropped_gradients=self.buffer.dropped,
                 **vars(self.stats),
             )
@@ -333,7 +338,7 @@ class Worker:
                 return
             started = time.monotonic()
             self.stop.wait(REJOIN_EVERY)
-            self.client.idle_seconds += time.monotonic() - started
+            self.client.idled(started)
         self.m_buffered.set(self.buffer.gradients)
         self.m_entries.set(len(self.buffer))
         assert self.local_optimizer is not None
