@@ -61,6 +61,8 @@ import trainthrough
 from helm_chart import ALL_ON, render
 from trainthrough.control.messages import RecoveryDone, UpdatesLost
 from trainthrough.control.recording import InjectionMetrics, RecoveryMetrics
+from trainthrough.control.state import MasterState, Progress
+from trainthrough.control.vocabulary import JobPhase
 from trainthrough.control.supervising import Supervisor
 from trainthrough.events import EventLog, read_events
 from trainthrough.metrics import RECOVERY_PHASES, Metrics, create_metrics, process_registry
@@ -497,6 +499,9 @@ class OtherTeamsJob:
             phases = {phase: OTHER_RECOVERY_SECONDS / 4 for phase in RECOVERY_PHASES[:-1]} | {"total": OTHER_RECOVERY_SECONDS}
             self.recoveries.record(RecoveryDone(recovery={}, phases=phases))
         self.recoveries.record(UpdatesLost(count=0, total=0))
+        # Its goodput split: created 20 s ago, training for the last 15 (5 s of startup).
+        state = MasterState(phase=JobPhase.RUNNING, created_at=at - 20, active_since=at - 20, training_started_at=at - 15)
+        self.recoveries.observe(state.model_copy(update={"progress": Progress(steps=OTHER_STEPS)}), now=at)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -661,6 +666,13 @@ def test_dashboard_and_rules_return_each_namespaces_data_for_a_run_with_a_ps_kil
     assert mean == pytest.approx(recovery["phases"]["total"], abs=SCRAPE_INTERVAL)
     other_mean = prom.value(f'namespace_trainingjob_phase:trainthrough_recovery_seconds:mean1h{{{other_job}, phase="total"}}', end)
     assert other_mean == pytest.approx(OTHER_RECOVERY_SECONDS)
+    # The goodput split: the run's recovery phases (detect, waiting, restore) add up to its
+    # recovery, kill to first update; the other team's ETTR is its own 15 of 20 s.
+    phases = prom.value(f'sum(max_over_time(trainthrough_job_seconds_total{{{job}, kind=~"detect|waiting|restore"}}[{window}]))', end)
+    assert phases == pytest.approx(recovery["phases"]["total"], abs=0.01)
+    ettr = "namespace_trainingjob:trainthrough_job_seconds:productive_ratio"
+    assert prom.value(f"max_over_time({ettr}{{{other_job}}}[{window}])", end) == pytest.approx(0.75)
+    assert 0 < prom.value(f"max_over_time({ettr}{{{job}}}[{window}])", end) < 1
 
     # Every process of the run exported its build info; the PS and the workers their
     # process_* series too (the master here serves a plain registry).
