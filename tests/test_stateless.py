@@ -47,7 +47,8 @@ from trainthrough.events import read_events
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
 from trainthrough.ps.state import ParameterState
-from trainthrough.ps.stateless import StatelessMode, pseudo_gradient
+from trainthrough.ps.rejoins import pseudo_gradient
+from trainthrough.ps.stateless import StatelessMode
 from trainthrough.spec import OptimizerSpec, OuterOptimizerSpec, StatelessMerge, StatelessSpec
 from trainthrough.worker.buffer import BufferedGradient
 
