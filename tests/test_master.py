@@ -44,6 +44,7 @@ from typing import Any
 
 import pytest
 
+from trainthrough.names import PSStart
 from trainthrough.control.messages import (
     Action,
     Disrupted,
@@ -89,7 +90,7 @@ def kinds(actions: list[Action]) -> list[Any]:
     out: list[Any] = []
     for a in actions:
         if isinstance(a, Start):
-            out.append(("start", a.process, a.join) if not a.process.startswith("worker-") else ("start", a.process, a.ps))
+            out.append(("start", a.process, a.start is PSStart.JOIN) if not a.process.startswith("worker-") else ("start", a.process, a.ps))
         elif isinstance(a, Stop):
             out.append(("stop", a.process))
         elif isinstance(a, Terminate):

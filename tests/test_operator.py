@@ -59,6 +59,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from trainthrough.names import PSStart
 from trainthrough.kubeapi import KubeApi
 from trainthrough.metrics import create_metrics
 from trainthrough.operator.chaos_policy import ChaosPolicy
@@ -311,7 +312,7 @@ def test_every_manifest_passes_kubernetes_validate(tmp_path: Path, version: str)
         job = load_job(example)
         gpu = job.model_copy(update={"spec": job.spec.model_copy(update={"workers": job.spec.workers.model_copy(update={"resources": job.spec.workers.resources.model_copy(update={"gpu": 1})})})})
         operator_pods = ("trainthrough-system", {"app.kubernetes.io/name": "trainthrough-operator"})
-        documents += manifests.manifests(job, operator_pods=operator_pods) + [manifests.ps_pod(job, "ps-7", join=True)] + manifests.manifests(gpu)[-1:]
+        documents += manifests.manifests(job, operator_pods=operator_pods) + [manifests.ps_pod(job, "ps-7", start=PSStart.JOIN)] + manifests.manifests(gpu)[-1:]
     path = tmp_path / "manifests.yaml"
     path.write_text(yaml.safe_dump_all(documents))
     result = subprocess.run(

@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
+from trainthrough.names import PSStart
 from trainthrough import crd, data, pod_templates
 from trainthrough.errors import CONFIG_EXIT_CODE, PermanentError, SpecError
 from trainthrough.pod_templates import merge_pod, merge_template, node_path
@@ -175,7 +176,7 @@ def test_maps_merge_keyed_lists_merge_by_key_other_lists_and_scalars_replace() -
 
 def test_every_pod_the_operator_builds_carries_its_roles_template() -> None:
     job = parse_job(document(consistency="chain", parameterServer={"replicas": 3, "template": copy.deepcopy(PS_TEMPLATE)}))
-    objects = manifests.manifests(job) + [manifests.ps_pod(job, "ps-3", join=True)]
+    objects = manifests.manifests(job) + [manifests.ps_pod(job, "ps-3", start=PSStart.JOIN)]
     pods = [o for o in objects if o["kind"] == "Pod"]
     [chaos] = [o for o in objects if o["kind"] == "Job"]
     assert len(pods) == 3 + 2 + 1
@@ -372,7 +373,7 @@ def test_pods_from_rich_templates_pass_kubernetes_validate(tmp_path: Path, versi
     documents: list[dict[str, Any]] = []
     for mode, ps in (("checkpoint", {}), ("chain", {"replicas": 2}), ("stateless", {})):
         job = parse_job(document(f"rich-{mode}", consistency=mode, parameterServer={**ps, "template": copy.deepcopy(PS_TEMPLATE)}))
-        documents += [o for o in manifests.manifests(job) if o["kind"] in ("Pod", "Job")] + [manifests.ps_pod(job, "ps-5", join=True)]
+        documents += [o for o in manifests.manifests(job) if o["kind"] in ("Pod", "Job")] + [manifests.ps_pod(job, "ps-5", start=PSStart.JOIN)]
     airgapped = parse_job(yaml.safe_load((ROOT / "examples" / "airgapped.yaml").read_text()))
     documents += [o for o in manifests.manifests(airgapped) if o["kind"] in ("Pod", "Job")]
     path = tmp_path / "pods.yaml"

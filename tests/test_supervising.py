@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from trainthrough.names import PSStart
 from trainthrough.control.supervising import Supervisor
 from trainthrough.control.runtime import Death
 from trainthrough.events import EventLog, read_events
@@ -30,7 +31,7 @@ class FakeRuntime:
     def __init__(self, alive: set[str]) -> None:
         self.alive, self.killed = set(alive), []
 
-    def start_ps(self, name: str, *, join: bool = False) -> str:
+    def start_ps(self, name: str, *, start: PSStart = PSStart.FRESH) -> str:
         return NOWHERE
 
     def start_worker(self, rank: int, ps: list[str]) -> None:

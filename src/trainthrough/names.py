@@ -18,6 +18,19 @@ NAME_PATTERN = r"(ps|worker)-(0|[1-9][0-9]{0,8})"  # ASCII only: compile with re
 _NAME = re.compile(NAME_PATTERN, re.ASCII)
 
 
+class PSStart(StrEnum):
+    """How a PS process begins: where its first state comes from."""
+
+    FRESH = "fresh"  # its mode's own: the seed, a checkpoint, or a stateless rejoin window
+    JOIN = "join"  # a chain replacement: a state transfer from the tail
+    REBUILD = "rebuild"  # a hybrid chain that lost every replica: the workers' rejoins
+
+    @property
+    def args(self) -> list[str]:
+        """The PS command line's flag for it (`trainthrough ps`)."""
+        return [] if self is PSStart.FRESH else [f"--{self.value}"]
+
+
 class ProcessKind(StrEnum):
     PS = "ps"
     WORKER = "worker"

@@ -75,7 +75,7 @@ class Applier:
         if parsed is not None and parsed[0] is names.ProcessKind.WORKER:
             self.runtime.start_worker(parsed[1], list(start.ps))
         else:
-            self.runtime.start_ps(start.process, join=start.join)
+            self.runtime.start_ps(start.process, start=start.start)
         return []
 
     def _terminate(self, terminate: Terminate) -> list[Action]:

@@ -40,10 +40,11 @@ from trainthrough.control.messages import (
     UpdatesLost,
 )
 from trainthrough.control.recovery import Decision, Remedy, decide
+from trainthrough.control.schedule import planned_kills
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.errors import CONFIG_EXIT_CODE
-from trainthrough.names import is_worker, ps_name, worker_names
+from trainthrough.names import PSStart, is_worker, ps_name, worker_names
 from trainthrough.spec import CleanPodPolicy, Mode, TrainingJob
 
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
@@ -236,7 +237,7 @@ class Master:
                 replacement.name = ps_name(len(s.ps))
                 replacement.started_at = now
                 s.ps.append(replacement.name)
-                out.append(self._start(replacement.name, now, join=True))
+                out.append(self._start(replacement.name, now, start=PSStart.JOIN))
         if s.phase is JobPhase.RUNNING:
             out += self._scale_workers(now)
         chain = s.chain
@@ -691,14 +692,14 @@ class Master:
         return Record(EventName.REPLICA_JOIN_INCOMPLETE, fields, Reason.REPLICA_JOIN_INCOMPLETE, message, warning=True)
 
     # -- helpers ---------------------------------------------------------------------------------------
-    def _start(self, process: str, now: float, *, join: bool = False) -> Start:
+    def _start(self, process: str, now: float, *, start: PSStart = PSStart.FRESH) -> Start:
         s = self.state
         if process not in s.up:
             s.up.append(process)
         if is_worker(process):
             s.seen_workers[process] = WorkerSeen(changed_at=now)
         ps = tuple(self.chain_order()) if is_worker(process) else ()
-        return Start(process, join=join, ps=ps)
+        return Start(process, start=start, ps=ps)
 
     def _publish(self, now: float) -> PublishChain:
         chain = self.state.chain

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 from trainthrough.control.runtime import Death
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason
+from trainthrough.names import PSStart
 from trainthrough.proto import ps_pb2
 
 # -- observations --------------------------------------------------------------------------
@@ -136,11 +137,11 @@ Observation = Union[Exited, Disrupted, Health, Unanswered, Published]
 
 @dataclass(frozen=True)
 class Start:
-    """Start `process` (a PS, a chain replacement that `join`s, or a worker that reaches
-    the PS processes `ps`, head first). A PS keeps its address across restarts."""
+    """Start `process` (a PS, `start` saying where its state comes from, or a worker that
+    reaches the PS processes `ps`, head first). A PS keeps its address across restarts."""
 
     process: str
-    join: bool = False
+    start: PSStart = PSStart.FRESH
     ps: tuple[str, ...] = ()
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trainthrough.auth import Credentials
+from trainthrough.names import PSStart
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Runtime(Protocol):
     # certificate: trainthrough.auth); None: nothing.
     credentials: Credentials | None
 
-    def start_ps(self, name: str, *, join: bool = False) -> str:
+    def start_ps(self, name: str, *, start: PSStart = PSStart.FRESH) -> str:
         """Start (or restart, same address) a PS process; returns its gRPC address."""
 
     def start_worker(self, rank: int, ps: list[str]) -> None:

@@ -17,6 +17,7 @@ from trainthrough.auth import Credentials
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
 from trainthrough.model import build_model, flatten_params, model_size
+from trainthrough.names import PSStart
 from trainthrough.process import start_process
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.checkpointing import CheckpointMode
@@ -32,9 +33,11 @@ from trainthrough.spec import TrainingJob
 
 
 def build_mode(
-    job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, join: bool, credentials: Credentials | None = None
+    job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, start: PSStart = PSStart.FRESH,
+    credentials: Credentials | None = None,
 ) -> Mode:
-    """`credentials`: what a chain replica presents to its successor (the job's)."""
+    """`start`: where the PS's first state comes from; `credentials`: what a chain replica
+    presents to its successor (the job's)."""
     spec = job.spec
 
     def initial_state() -> ParameterState:
@@ -54,7 +57,7 @@ def build_mode(
             replicate_every=spec.chain.replicate_every,
             optimizer=spec.optimizer,
             initial_state=initial_state,
-            join=join,
+            join=start is PSStart.JOIN,
             numel=model_size(spec.model),
             credentials=credentials,
         )
@@ -76,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--events", default=None, help="JSONL event log (default: stderr)")
     parser.add_argument("--checkpoint-dir", default=None)
-    parser.add_argument("--join", action="store_true", help="chain: a replacement that waits for a state transfer")
+    starts = parser.add_mutually_exclusive_group()
+    starts.add_argument("--join", action="store_const", dest="start", const=PSStart.JOIN, help="chain: a replacement that waits for a state transfer")
+    starts.add_argument("--rebuild", action="store_const", dest="start", const=PSStart.REBUILD, help="hybrid: a chain rebuilt from the workers' rejoins")
+    parser.set_defaults(start=PSStart.FRESH)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--health-port", type=int, default=None, help="also serve grpc.health.v1 alone, in plaintext, here (probes)")
     auth.add_arguments(parser)
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         trainingjob=job.metadata.name,
     )
     credentials = auth.from_arguments(args, job)
-    mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, join=args.join, credentials=credentials)
+    mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, start=args.start, credentials=credentials)
     health = PSHealth(mode)
     server, port = create_server(mode, f"{args.host}:{args.port}", credentials=credentials, health=health)
     servers = [server]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from trainthrough import auth
 from trainthrough.control.runtime import Death
-from trainthrough.names import is_ps, is_worker, worker_name
+from trainthrough.names import PSStart, is_ps, is_worker, worker_name
 from trainthrough.spec import TrainingJob, dump_job, local_job
 
 HOST = "127.0.0.1"
@@ -80,13 +80,11 @@ class LocalRuntime:
             self._write_targets()
 
     # -- Runtime interface -----------------------------------------------------------------
-    def start_ps(self, name: str, *, join: bool = False) -> str:
+    def start_ps(self, name: str, *, start: PSStart = PSStart.FRESH) -> str:
         address = self._addresses.get(name) or f"{HOST}:{free_port()}"
         self._addresses[name] = address
         port = address.rsplit(":", 1)[1]
-        args = ["ps", "--name", name, "--port", port, "--checkpoint-dir", str(self.checkpoint_dir)]
-        if join:
-            args.append("--join")
+        args = ["ps", "--name", name, "--port", port, "--checkpoint-dir", str(self.checkpoint_dir), *start.args]
         self._spawn(name, args)
         return address
 

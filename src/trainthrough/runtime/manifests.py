@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainthrough.names import ps_name, worker_name
+from trainthrough.control.schedule import injects_failures
+from trainthrough.names import PSStart, ps_name, worker_name
 from trainthrough.pod_templates import (
     CHECKPOINT_DIR,
     CHECKPOINT_VOLUME,
@@ -219,8 +220,8 @@ def _templated(pod: dict[str, Any], job: TrainingJob, role: Role) -> dict[str, A
     return merge_pod(pod, template.overlay() if template is not None else None, role, TEMPLATE_PATHS[role])
 
 
-def ps_pod(job: TrainingJob, process: str, *, join: bool = False, image: str | None = None) -> dict[str, Any]:
-    """The pod of PS `process` (e.g. `ps-0`); `join`: a chain replacement awaiting state."""
+def ps_pod(job: TrainingJob, process: str, *, start: PSStart = PSStart.FRESH, image: str | None = None) -> dict[str, Any]:
+    """The pod of PS `process` (e.g. `ps-0`); `start`: where its state comes from."""
     config, config_mount = _config_volume(job)
     tmp, tmp_mount = _scratch_volume()
     volumes, mounts = [config, tmp], [config_mount, tmp_mount]

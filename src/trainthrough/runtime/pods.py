@@ -25,7 +25,7 @@ from trainthrough.control.messages import Disrupted
 from trainthrough.control.runtime import Death
 from trainthrough.errors import TemporaryError
 from trainthrough.kubeapi import KubeApi
-from trainthrough.names import worker_name
+from trainthrough.names import PSStart, worker_name
 from trainthrough.runtime import manifests
 from trainthrough.spec import TrainingJob
 
@@ -126,8 +126,8 @@ class PodRuntime:
                 self._pods[process] = pod
 
     # -- Runtime interface -----------------------------------------------------------------
-    def start_ps(self, name: str, *, join: bool = False) -> str:
-        self._create(name, manifests.ps_pod(self.job, name, join=join, image=self.images.get("ps")))
+    def start_ps(self, name: str, *, start: PSStart = PSStart.FRESH) -> str:
+        self._create(name, manifests.ps_pod(self.job, name, start=start, image=self.images.get("ps")))
         return self.address(name)
 
     def start_worker(self, rank: int, ps: list[str]) -> None:
