@@ -14,6 +14,9 @@ Covered:
   total on random inputs; no time is no ETTR;
 - JobAccount: startup until the first update, a completed recovery's phases, redo, the
   unsettled time of a recovery in progress counted in no kind;
+- the worker's PS client times each wait (worker/client.py PSClient.idled): a wait is one
+  interval in Unix seconds as long as its idle seconds; waits less than IDLE_MERGE_GAP
+  apart (the pause loop's) are one interval, waits further apart two;
 - RecoveryMetrics: the counter's values after a recorded recovery and lost updates, a
   recovery in progress holding its time back (counters never go down), a suspended job's
   time standing still, a finished job's time stopping at its end, and the series removed.
@@ -22,6 +25,8 @@ Covered:
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -32,7 +37,9 @@ from trainthrough.control.state import Kill, MasterState, Recovery
 from trainthrough.control.vocabulary import JobPhase
 from trainthrough.goodput import PRODUCTIVE, BadputKind, Goodput, JobAccount, Phases, WorkerLife, worker_account
 from trainthrough.metrics import create_metrics
+from trainthrough.errors import PSUnavailable
 from trainthrough.spec import Mode, parse_job
+from trainthrough.worker.client import IDLE_MERGE_GAP, PSClient
 
 STARTUP, DETECT, WAITING, RESTORE, REDO = BadputKind
 
@@ -140,6 +147,42 @@ def test_the_parts_sum_to_the_total() -> None:
         assert sum(parts.values()) == pytest.approx(account.total)
         assert all(v >= 0 for v in parts.values())
         assert account.ettr is None or 0.0 <= account.ettr <= 1.0
+
+
+# -- the worker's waits ----------------------------------------------------------------------------
+
+
+def test_the_ps_client_times_each_wait() -> None:
+    client = PSClient(["127.0.0.1:1"], worker="worker-0")
+    failures = iter([2, 1])  # the PS refuses twice before it answers; later once
+
+    def call() -> str:
+        failures_left[0] -= 1
+        if failures_left[0] >= 0:
+            time.sleep(0.05)
+            raise PSUnavailable("refused")
+        return "ok"
+
+    try:
+        before = time.time()
+        failures_left = [next(failures)]
+        client.until_done(call, threading.Event(), chain=False)
+        [(begun, ended)] = client.idle_intervals
+        assert before <= begun < ended <= time.time()
+        assert ended - begun == pytest.approx(client.idle_seconds, abs=1e-3)
+        # A wait right after (the pause loop's next one) extends it ...
+        started = time.monotonic()
+        time.sleep(0.05)
+        client.idled(started)
+        assert len(client.idle_intervals) == 1
+        # ... one after a longer break is a wait of its own.
+        time.sleep(IDLE_MERGE_GAP + 0.1)
+        failures_left = [next(failures)]
+        client.until_done(call, threading.Event(), chain=False)
+    finally:
+        client.close()
+    assert len(client.idle_intervals) == 2
+    assert sum(b - a for a, b in client.idle_intervals) == pytest.approx(client.idle_seconds, abs=1e-3)
 
 
 # -- the master's live account --------------------------------------------------------------------
