@@ -460,7 +460,7 @@ def test_rules_between_fields_are_cel_rules_of_the_spec(validator):
     assert schema_errors(validator, document) == []
     assert any(e.startswith("spec.parameterServer.replicas:") for e in parse_errors(document))
     rules = {r["fieldPath"]: r for r in spec_node()["x-kubernetes-validations"] if "fieldPath" in r}
-    assert "self.consistency != 'chain' || self.parameterServer.replicas >= 2" in {
+    assert "!(self.consistency in ['chain', 'hybrid']) || self.parameterServer.replicas >= 2" in {
         r["rule"] for r in spec_node()["x-kubernetes-validations"]
     }
     assert rules[".parameterServer.replicas"]["reason"] == "FieldValueInvalid"
@@ -773,4 +773,4 @@ def test_printer_columns():
         ("Age", ".metadata.creationTimestamp", "date"),
     ]
     # The spec column names a field the schema has (a renamed field would blank the column).
-    assert set(spec_node("consistency")["enum"]) == {"checkpoint", "chain", "stateless"}
+    assert set(spec_node("consistency")["enum"]) == {"checkpoint", "chain", "stateless", "hybrid"}

@@ -14,6 +14,10 @@ Aspects covered, one run per mode:
   from the workers (its version continues, not from zero) and replays exactly the
   buffered gradients the workers handed over; with merge outer it merges every local step
   of the outage as the workers' progress, in one outer step.
+- hybrid (3 replicas): three head kills in a row lose the whole chain; the workers train
+  on, the last replica starts again and seeds from their rejoins, two replacements join
+  back at its tail; the final version accounts for every acknowledged push, the measured
+  lost ones and the replayed ones.
 - a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
   killed, and its replacement starts only after it exited (never two live PS on one
   checkpoint store); training resumes from the checkpoint.
@@ -141,6 +145,45 @@ def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
     # ...and the workers' own measurement across both failovers agrees: nothing lost.
     assert [e["lost_updates"] for e in of(events, "worker_stopped")] == [0, 0]
     assert len(of(events, "ps_changed")) >= 2 and summary.lost_updates == 0
+
+
+def test_hybrid_rebuilds_its_chain_from_the_workers_when_every_replica_is_lost(tmp_path):
+    document = paper_job(
+        "e2e-hybrid",
+        consistency="hybrid",
+        parameterServer={"replicas": 3, "restartDelay": "4s"},
+        # the head three times in a row, faster than a replacement joins: the whole chain
+        chaos=[{"target": "ps-head", "at": at} for at in ("8s", "8.3s", "8.6s")],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    kills = of(events, "kill")
+    assert [k["process"] for k in kills] == ["ps-0", "ps-1", "ps-2"]
+    [rebuilding] = of(events, "chain_rebuilding")
+    assert rebuilding["lost"] == "ps-2"
+    # The workers trained on through the loss and rebuilt the chain's head from their rejoins.
+    offline = [e for e in of(events, "worker_offline") if e["t"] > kills[-1]["t"]]
+    assert sorted(e["rank"] for e in offline) == [0, 1]
+    rejoined = [e for e in of(events, "worker_rejoined") if e["t"] > kills[-1]["t"]]
+    assert sorted(e["rank"] for e in rejoined) == [0, 1] and all(e["local_steps"] > 0 for e in rejoined)
+    [ready] = [e for e in of(events, "ps_ready") if e["t"] > kills[-1]["t"] and e["source"] == "ps-2"]
+    assert ready["restored_from"] == "workers"
+    assert sum(e["count"] for e in of(events, "gradients_replayed")) == sum(e["buffered"] for e in rejoined) > 0
+    rebuilt = [r for r in of(events, "recovery") if r["target"] == "ps-2"]
+    assert len(rebuilt) == 1 and rebuilt[0]["restored_from"] == "workers"
+    # ...and grew back to three replicas.
+    joined = of(events, "replica_joined")
+    assert len(joined) == 2 and len(joined[-1]["chain"]) == 3
+
+    # Every acknowledged push is in the final model unless the workers measured it lost,
+    # plus the updates the rebuild replayed (above the base it seeded from).
+    acknowledged = sum(e["acked_pushes"] for e in of(events, "worker_stopped"))
+    lost = sum(e["lost_updates"] for e in of(events, "worker_stopped"))
+    replayed_updates = ready["version"] - max(e["version"] for e in offline)
+    [end] = of(events, "run_end")
+    assert end["version"] == acknowledged - lost + replayed_updates
+    assert summary.lost_updates == lost
 
 
 @pytest.mark.parametrize("merge", ["replay", "outer"])

@@ -72,7 +72,7 @@ T0 = 1_000.0
 
 def job(consistency: str = "checkpoint", **spec: Any):
     base: dict[str, Any] = {"consistency": consistency, "model": "mlp", "dataset": "synthetic", "workers": {"replicas": 2}}
-    if consistency == "chain":
+    if consistency in ("chain", "hybrid"):
         base["parameterServer"] = {"replicas": 3}
     base.update(spec)
     return parse_job({"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"}, "spec": base})
@@ -276,6 +276,55 @@ def test_losing_every_chain_replica_fails_the_job() -> None:
     actions = m.observe(Exited("ps-1", -9, T0 + 5.5, disrupted=True), T0 + 5.5)
     assert ("finish", JobPhase.FAILED, Reason.CHAIN_LOST) in kinds(actions)
     assert m.state.phase is JobPhase.FAILED and "ps-1 was the last" in m.state.message
+
+
+def test_hybrid_rebuilds_a_lost_chain_from_the_workers_and_grows_it_back() -> None:
+    m = running(Master(job("hybrid", parameterServer={"replicas": 3, "restartDelay": "4s"})))
+    m.observe(health("ps-0", 50), T0 + 4)
+    m.observe(Exited("ps-0", -9, T0 + 5, disrupted=True), T0 + 5)  # promoted away, as in chain mode
+    m.observe(Exited("ps-1", -9, T0 + 5.3, disrupted=True), T0 + 5.3)
+    assert m.chain_order() == ["ps-2"] and len(m.state.replacements) == 2
+    # The last replica with the state: not the job's end, a rebuild.
+    actions = m.observe(Exited("ps-2", -9, T0 + 5.6, disrupted=True), T0 + 5.6)
+    assert kinds(actions) == [EventName.PROCESS_EXITED, EventName.FAILURE_DETECTED, EventName.CHAIN_REBUILDING]
+    assert m.state.phase is JobPhase.RUNNING and m.chain_order() == ["ps-2"] and m.state.chain.epoch == 4
+    rebuild = next(r for r in m.state.recoveries if r.target == "ps-2")
+    assert (rebuild.stage, rebuild.due_at, rebuild.restart) == (RecoveryStage.AWAITING_RESTART, T0 + 9.6, PSStart.REBUILD)
+    # The replacements of ps-0 and ps-1 come due before the rebuilt head: they start, but
+    # are not added (no replica has a state to send them) while the chain is rebuilt.
+    started = m.tick(T0 + 9.35)  # (and the configuration is tried again: ps-2 is still down)
+    assert [k for k in kinds(started) if k[0] == "start"] == [("start", "ps-3", True), ("start", "ps-4", True)]
+    m.observe(Published(4, ("ps-2",)), T0 + 9.35)  # it did not take it
+    assert kinds(m.observe(health("ps-3", 0, state="joining"), T0 + 9.4)) == []
+    assert m.chain_order() == ["ps-2"]
+    [start] = [a for a in m.tick(T0 + 9.6) if isinstance(a, Start)]
+    assert (start.process, start.start) == ("ps-2", PSStart.REBUILD)  # same name, same address: the workers know it
+    # Its first answer (still seeding from the workers' rejoins) gets it the configuration at once.
+    assert kinds(m.observe(health("ps-2", 0, state="seeding"), T0 + 10)) == [("publish", 4, ("ps-2",))]
+    m.observe(Published(4), T0 + 10)
+    seeded = health("ps-2", 330, started=330, ready_at=T0 + 11, restored_from="workers")
+    # (the promotions' recoveries, which no update followed before the chain was lost, end now)
+    assert [k for k in kinds(m.observe(seeded, T0 + 11)) if k[0] == "done"] == [("done", "ps-0"), ("done", "ps-1")]
+    assert rebuild.stage is RecoveryStage.AWAITING_FIRST_UPDATE and rebuild.restored_from == "workers"
+    # Serving again: the replacements join at its tail, one after the other.
+    assert kinds(m.observe(health("ps-3", 0, state="joining"), T0 + 11.1)) == [("publish", 5, ("ps-2", "ps-3"))]
+    assert kinds(m.observe(health("ps-4", 0, state="joining"), T0 + 11.2)) == [("publish", 6, ("ps-2", "ps-3", "ps-4"))]
+    done = m.observe(health("ps-2", 332, started=330, since=2, ready_at=T0 + 11, first_update_at=T0 + 11.5), T0 + 11.6)
+    assert ("done", "ps-2") in kinds(done)
+    [finished] = [a for a in done if isinstance(a, RecoveryDone)]
+    assert finished.phases == pytest.approx({"detect": 0.0, "restore": 5.4, "first_update": 0.5, "total": 5.9})
+
+
+def test_a_hybrid_replica_lost_while_the_chain_is_rebuilt_extends_the_rebuild() -> None:
+    m = running(Master(job("hybrid", parameterServer={"replicas": 2, "restartDelay": "1s"})))
+    m.observe(Exited("ps-0", -9, T0 + 5, disrupted=True), T0 + 5)
+    m.observe(Exited("ps-1", -9, T0 + 5.5, disrupted=True), T0 + 5.5)
+    m.tick(T0 + 6.5)  # ps-1 rebuilding
+    actions = m.observe(Exited("ps-1", 1, T0 + 7), T0 + 7)  # dies before it served
+    assert EventName.CHAIN_REBUILDING in kinds(actions)
+    rebuild = next(r for r in m.state.recoveries if r.target == "ps-1")
+    assert (rebuild.deaths, rebuild.restart, rebuild.due_at) == (2, PSStart.REBUILD, T0 + 8)
+    assert m.state.phase is JobPhase.RUNNING
 
 
 # -- restart limits ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Covered:
   restarted; a process that is no PS of this job is ignored; in chain mode the head, a
   middle and the tail replica (and a chain of one) are promoted away with the role in
   the reason, a replica no longer in the chain is ignored; in checkpoint and stateless
-  mode the PS is restarted; the decision always names the dead process;
+  mode the PS is restarted; the decision always names the dead process; hybrid promotes
+  while a replica holds the state and rebuilds after the last one;
 - Recovery.phases with hand-made timestamps (binary-exact values, answers computed by
   hand): a complete recovery after a chaos kill; an unplanned death (killed_at None:
   detect is 0, total counts from detection); incomplete recoveries (not restored yet,
@@ -91,7 +92,24 @@ def test_checkpoint_and_stateless_ps_death_restarts_the_ps(mode: str, exit_code:
 
 
 def test_remedy_values() -> None:
-    assert {a.value for a in Remedy} == {"restart-ps", "promote", "restart-worker", "finished", "ignore"}
+    assert {a.value for a in Remedy} == {"restart-ps", "promote", "rebuild", "restart-worker", "finished", "ignore"}
+
+
+@pytest.mark.parametrize(
+    ("name", "chain", "serving", "action"),
+    [
+        ("ps-1", CHAIN, CHAIN, Remedy.PROMOTE),  # replicas with the state remain: a failover
+        ("ps-2", ["ps-2"], ["ps-2"], Remedy.REBUILD),  # the last one: rebuilt from the workers
+        # the last one with the state, a replacement still joining behind it: rebuilt too
+        ("ps-2", ["ps-2", "ps-3"], ["ps-2"], Remedy.REBUILD),
+        ("ps-3", ["ps-2", "ps-3"], ["ps-2"], Remedy.PROMOTE),  # a joining replacement (the master handles it)
+    ],
+)
+def test_hybrid_promotes_while_a_replica_holds_the_state_and_rebuilds_after_the_last(name, chain, serving, action) -> None:
+    decision = decide(mode="hybrid", name=name, exit_code=-9, stopping=False, chain=chain, known_ps=KNOWN | {"ps-3"}, serving=serving)
+    assert (decision.action, decision.target) == (action, name)
+    # chain mode never rebuilds: its last replica's loss is promoted away (the job fails)
+    assert decide(mode="chain", name="ps-2", exit_code=-9, stopping=False, chain=["ps-2"], known_ps=KNOWN).action is Remedy.PROMOTE
 
 
 # -- Recovery --------------------------------------------------------------------------------

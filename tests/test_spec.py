@@ -295,7 +295,7 @@ def test_exact_message_for_replicas_below_one():
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ({"consistency": "chian"}, "spec.consistency: must be one of 'checkpoint', 'chain', 'stateless', got 'chian'"),
+        ({"consistency": "chian"}, "spec.consistency: must be one of 'checkpoint', 'chain', 'stateless', 'hybrid', got 'chian'"),
         ({"workers": {"replicas": "two"}}, "spec.workers.replicas: must be an integer, got 'two'"),
         ({"workers": {"replicas": 65}}, "spec.workers.replicas: must be <= 64, got 65"),
         ({"workers": {"replicas": True}}, "spec.workers.replicas: must be an integer, got true"),

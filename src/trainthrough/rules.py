@@ -149,7 +149,7 @@ def _cel_number(value: float) -> str:
 
 # --------------------------------------------------------------------------- the rules
 
-CHECKPOINT, CHAIN, STATELESS = Mode.CHECKPOINT, Mode.CHAIN, Mode.STATELESS
+CHECKPOINT, CHAIN, STATELESS, HYBRID = Mode.CHECKPOINT, Mode.CHAIN, Mode.STATELESS, Mode.HYBRID
 _ASYNC, _ADAM, _TAIL = "async", "adam", "tail"
 _WHY_CHECKPOINT, _WHY_FALLBACK = f"consistency '{CHECKPOINT}'", "stateless.fallbackCheckpoint"
 
@@ -177,14 +177,15 @@ def _ps_single(spec: TrainingJobSpec) -> str | None:
 
 def _ps_chain(spec: TrainingJobSpec) -> str | None:
     replicas = spec.parameter_server.replicas
-    if spec.consistency == CHAIN and replicas < 2:
-        return f"must be >= 2 for consistency '{CHAIN}' (it is the chain length), got {replicas}"
+    if spec.consistency in (CHAIN, HYBRID) and replicas < 2:
+        return f"must be >= 2 for consistency '{spec.consistency}' (it is the chain length), got {replicas}"
     return None
 
 
 def _stateless_async(spec: TrainingJobSpec) -> str | None:
-    if spec.consistency == STATELESS and spec.updates != _ASYNC:
-        return f"consistency '{STATELESS}' trains asynchronously; got '{spec.updates}'"
+    # hybrid too: once its chain is lost its workers train on as stateless ones do
+    if spec.consistency in (STATELESS, HYBRID) and spec.updates != _ASYNC:
+        return f"consistency '{spec.consistency}' trains asynchronously; got '{spec.updates}'"
     return None
 
 
@@ -270,9 +271,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         name="chain-length",
         field="parameterServer.replicas",
-        cel=f"self.consistency != '{CHAIN}' || self.parameterServer.replicas >= 2",
+        cel=f"!(self.consistency in ['{CHAIN}', '{HYBRID}']) || self.parameterServer.replicas >= 2",
         message=_text(
-            f"must be >= 2 for consistency '{CHAIN}' (it is the chain length), got ",
+            "must be >= 2 for consistency '", _Cel("self.consistency"), "' (it is the chain length), got ",
             _Cel("string(self.parameterServer.replicas)"),
         ),
         check=_one("parameterServer.replicas", _ps_chain),
@@ -280,8 +281,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         name="stateless-async",
         field="updates",
-        cel=f"self.consistency != '{STATELESS}' || self.updates == '{_ASYNC}'",
-        message=_text(f"consistency '{STATELESS}' trains asynchronously; got '", _Cel("self.updates"), "'"),
+        cel=f"!(self.consistency in ['{STATELESS}', '{HYBRID}']) || self.updates == '{_ASYNC}'",
+        message=_text("consistency '", _Cel("self.consistency"), "' trains asynchronously; got '", _Cel("self.updates"), "'"),
         check=_one("updates", _stateless_async),
     ),
     Rule(

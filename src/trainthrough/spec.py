@@ -607,6 +607,19 @@ class Mode(StrEnum):
     CHECKPOINT = "checkpoint"
     CHAIN = "chain"
     STATELESS = "stateless"
+    # A chain of replicas for instant failover; when every replica is lost, the workers
+    # train on and rebuild it the stateless way (the chain's head seeds from their rejoins).
+    HYBRID = "hybrid"
+
+    @property
+    def chained(self) -> bool:
+        """Its PS is a chain of replicas (the master promotes and replaces them)."""
+        return self in (Mode.CHAIN, Mode.HYBRID)
+
+    @property
+    def trains_offline(self) -> bool:
+        """Its workers train on while no PS answers, and rejoin with what they did."""
+        return self in (Mode.STATELESS, Mode.HYBRID)
 
 
 class CleanPodPolicy(StrEnum):

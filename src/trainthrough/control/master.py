@@ -165,7 +165,7 @@ class Master:
         s.phase, s.created_at = JobPhase.STARTING, now
         s.starting_since = s.active_since = now
         s.ps = [ps_name(i) for i in range(self.spec.parameter_server.replicas)]
-        if self.mode is Mode.CHAIN:
+        if self.mode.chained:
             s.chain = Chain(members=list(s.ps))
         out: list[Action] = [
             Record(
@@ -231,7 +231,7 @@ class Master:
         for recovery in s.recoveries:
             if recovery.stage is RecoveryStage.AWAITING_RESTART and recovery.due_at is not None and now >= recovery.due_at:
                 recovery.stage, recovery.restarted_at = RecoveryStage.AWAITING_READY, now
-                out.append(self._start(recovery.target, now))
+                out.append(self._start(recovery.target, now, start=recovery.restart))
         for replacement in s.replacements:
             if not replacement.name and now >= replacement.due_at:
                 replacement.name = ps_name(len(s.ps))
@@ -273,6 +273,9 @@ class Master:
         s.versions[name] = health.version
         if name not in s.answered:
             s.answered.append(name)
+            chain = s.chain
+            if chain is not None and name in chain.members and chain.published_epoch < chain.epoch and s.phase is JobPhase.RUNNING:
+                out.append(self._publish(now))  # a restarted replica (hybrid: rebuilt) learns its place at once
         if s.phase is JobPhase.STARTING:
             out += self._advance_start(health, now)
         for replacement in list(s.replacements):
@@ -388,6 +391,7 @@ class Master:
                 stopping=False,
                 chain=self.chain_order() if s.chain is not None else [],
                 known_ps=set(s.ps),
+                serving=self._holding_state(),
             )
         out.append(self._exit_record(exited, decision.action.value, decision.reason, disrupted))
         backoff = self._check_backoff(now)
@@ -407,6 +411,8 @@ class Master:
                 out += self._schedule_restart(exited, kill)
         elif decision.action is Remedy.PROMOTE:
             out += self._promote(exited, kill, now)
+        elif decision.action is Remedy.REBUILD:
+            out += self._rebuild(exited, kill, now)
         return out + self._check_stop(now)
 
     def _on_unanswered(self, unanswered: Unanswered, now: float) -> list[Action]:
@@ -467,7 +473,7 @@ class Master:
         )
         return recovery, record
 
-    def _schedule_restart(self, exited: Exited, kill: Kill | None) -> list[Action]:
+    def _schedule_restart(self, exited: Exited, kill: Kill | None, start: PSStart = PSStart.FRESH) -> list[Action]:
         s = self.state
         due = exited.at + self.restart_delay
         ongoing = next((r for r in s.recoveries if r.target == exited.process), None)
@@ -476,9 +482,10 @@ class Master:
             ongoing.deaths += 1
             ongoing.stage, ongoing.due_at = RecoveryStage.AWAITING_RESTART, due
             ongoing.restarted_at = ongoing.restored_at = None
+            ongoing.restart = start
             return []
         recovery, record = self._new_recovery(exited, kill, RecoveryStage.AWAITING_RESTART)
-        recovery.due_at = due
+        recovery.due_at, recovery.restart = due, start
         s.recoveries.append(recovery)
         return [record]
 
@@ -506,6 +513,35 @@ class Master:
         )
         return [record, self._publish(now), promoted]
 
+    def _holding_state(self) -> list[str]:
+        """The chain's members that hold the state: not replacements still joining."""
+        joining = {r.name for r in self.state.replacements if r.added_epoch is not None}
+        return [m for m in self.chain_order() if m not in joining]
+
+    def _rebuilding(self) -> bool:
+        """Hybrid: a chain that lost every replica is not serving again yet."""
+        return any(r.restart is PSStart.REBUILD and r.restored_at is None for r in self.state.recoveries)
+
+    def _rebuild(self, exited: Exited, kill: Kill | None, now: float) -> list[Action]:
+        """Hybrid, the last replica with the state is lost: it starts again, empty, and
+        seeds from the workers (they train on meanwhile); replacements still joining stay
+        at the tail, to take the rebuilt state from it."""
+        s = self.state
+        assert s.chain is not None
+        chain = s.chain
+        chain.members = [exited.process] + [m for m in chain.members if m != exited.process]
+        chain.epoch += 1
+        out = self._schedule_restart(exited, kill, start=PSStart.REBUILD)
+        rebuilding = Record(
+            EventName.CHAIN_REBUILDING,
+            {"lost": exited.process, "epoch": chain.epoch, "chain": list(chain.members), "restart_in": self.restart_delay},
+            Reason.CHAIN_REBUILDING,
+            f"every replica is lost ({exited.process} was the last): the workers train on, and {exited.process} "
+            f"starts again in {self.restart_delay:g} s to rebuild the chain from them",
+            warning=True,
+        )
+        return out + [rebuilding]
+
     def _advance_recovery(self, recovery: Recovery, health: Health, now: float) -> list[Action]:
         head = self.chain_order()[0] if self.chain_order() else None
         if recovery.stage is RecoveryStage.AWAITING_READY and health.process == recovery.target:
@@ -521,7 +557,7 @@ class Master:
             return []  # its first update is a version above this one
         if recovery.stage is not RecoveryStage.AWAITING_FIRST_UPDATE:
             return []
-        if self.mode is Mode.CHAIN:
+        if self.mode.chained and recovery.restart is not PSStart.REBUILD:
             if health.process != head or health.version <= recovery.version_restored:
                 return []
             recovery.first_update_at = now
@@ -571,6 +607,8 @@ class Master:
         s = self.state
         assert s.chain is not None
         if replacement.added_epoch is None:
+            if self._rebuilding():
+                return []  # no replica holds a state to send it yet: joins once the rebuilt head serves
             s.chain.members.append(replacement.name)
             s.chain.epoch += 1
             replacement.added_epoch = s.chain.epoch
@@ -663,7 +701,7 @@ class Master:
         out: list[Action] = [self._exit_record(exited, decision.action.value, f"{decision.reason}; the job ended first", disrupted)]
         if decision.action is Remedy.FINISHED and name not in s.finished_workers:
             s.finished_workers.append(name)
-        if decision.action in (Remedy.RESTART_PS, Remedy.PROMOTE):
+        if decision.action in (Remedy.RESTART_PS, Remedy.PROMOTE, Remedy.REBUILD):
             recovery, detected = self._new_recovery(exited, kill, RecoveryStage.AWAITING_RESTART)
             incomplete = Record(
                 EventName.RECOVERY_INCOMPLETE, recovery.as_event(), Reason.RECOVERY_INCOMPLETE, f"{name}: the job ended first", warning=True
@@ -816,7 +854,7 @@ class Master:
             return False, "the newest checkpoint (the PS writes one as it stops)"
         if self.mode is Mode.STATELESS and self.spec.stateless.fallback_checkpoint:
             return False, "the fallback checkpoint (the PS writes one as it stops)"
-        holders = "its replicas" if self.mode is Mode.CHAIN else "the PS and its workers"
+        holders = "its replicas" if self.mode.chained else "the PS and its workers"
         return True, f"the initial weights: the state lives only in {holders}, all stopped"
 
     def _resume(self, now: float) -> list[Action]:

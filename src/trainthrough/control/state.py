@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from trainthrough.control.vocabulary import JobPhase, Reason, RecoveryStage
+from trainthrough.names import PSStart
 from trainthrough.spec import Mode
 
 
@@ -39,6 +40,7 @@ class Recovery(StateModel):
     version_restored: int = -1
     restored_from: str = ""
     deaths: int = 1  # a second failure during the recovery extends it
+    restart: PSStart = PSStart.FRESH  # how the restarted process begins (hybrid: rebuild)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -19,6 +19,7 @@ class EventName(StrEnum):
     PROCESS_EXITED = "process_exited"
     FAILURE_DETECTED = "failure_detected"
     CHAIN_PROMOTED = "chain_promoted"
+    CHAIN_REBUILDING = "chain_rebuilding"  # hybrid: every replica lost, rebuilt from the workers
     REPLICA_JOINED = "replica_joined"
     REPLICA_JOIN_FAILED = "replica_join_failed"
     REPLICA_JOIN_INCOMPLETE = "replica_join_incomplete"
@@ -52,6 +53,7 @@ class Reason(StrEnum):
     STARTING = "Starting"
     FAILURE_DETECTED = "FailureDetected"
     CHAIN_RECONFIGURED = "ChainReconfigured"
+    CHAIN_REBUILDING = "ChainRebuilding"
     REPLICA_JOINED = "ReplicaJoined"
     REPLICA_JOIN_FAILED = "ReplicaJoinFailed"
     REPLICA_JOIN_INCOMPLETE = "ReplicaJoinIncomplete"

@@ -25,6 +25,7 @@ from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
 from trainthrough.ps.core import ParameterServerCore
 from trainthrough.ps.mode import Mode
 from trainthrough.ps.health import PSHealth
+from trainthrough.ps.hybrid import HybridReplica
 from trainthrough.ps.service import create_server, health_server
 from trainthrough.ps.state import ParameterState
 from trainthrough.ps.stateless import StatelessMode
@@ -58,6 +59,19 @@ def build_mode(
             optimizer=spec.optimizer,
             initial_state=initial_state,
             join=start is PSStart.JOIN,
+            numel=model_size(spec.model),
+            credentials=credentials,
+        )
+    if spec.consistency == Consistency.HYBRID:
+        return HybridReplica(
+            core,
+            ack=spec.chain.ack,
+            replicate_every=spec.chain.replicate_every,
+            optimizer=spec.optimizer,
+            initial_state=initial_state,
+            join=start is PSStart.JOIN,
+            rebuild=start is PSStart.REBUILD,
+            stateless=spec.stateless,
             numel=model_size(spec.model),
             credentials=credentials,
         )

@@ -20,7 +20,7 @@ import torch
 
 from trainthrough import wire
 from trainthrough.auth import Credentials
-from trainthrough.errors import NotHead, PSUnavailable, TemporaryError, TrainthroughError
+from trainthrough.errors import NotHead, PSUnavailable, RejoinRequired, TemporaryError, TrainthroughError
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
 
@@ -30,6 +30,11 @@ HEALTH_TIMEOUT = 0.5
 BACKOFF_START = 0.01
 BACKOFF_MAX = 0.2
 IDLE_MERGE_GAP = 0.5  # seconds: the pause loop's rejoin attempts between its waits are waiting too
+
+
+class NoReplicaAnswers(TemporaryError):
+    """Hybrid: no replica of the chain this worker knows answers any more (every one is
+    lost): the worker trains on offline until the chain is rebuilt."""
 
 
 class Stopped(TrainthroughError):
@@ -84,6 +89,7 @@ class PSClient:
         self.call_timeout = call_timeout
         self._pool = ConnectionPool(credentials)
         self._known = list(dict.fromkeys(addresses))
+        self.answering = True  # whether some known replica answered the latest discover()
         self._head = self._connection(self._known[0])
         self.epoch = -1
         # Push ids only grow, across restarts of this worker too: the PS treats a push id
@@ -108,6 +114,7 @@ class PSClient:
     def discover(self) -> bool:
         """Point at the head of the newest chain configuration any replica knows."""
         best: ps_pb2.ChainConfig | None = None
+        self.answering = False
         for address in list(self._known):
             try:
                 health = self._connection(address).call(
@@ -115,6 +122,7 @@ class PSClient:
                 )
             except TrainthroughError:
                 continue
+            self.answering = True
             config = health.chain
             if config.members and (best is None or config.epoch > best.epoch):
                 best = config
@@ -273,23 +281,34 @@ class PSClient:
         else:
             self.idle_intervals.append([begun, wall])
 
-    def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool) -> T:
+    def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool, offline_after: float | None = None) -> T:
         """Retry `call` through temporary failures until it succeeds; counts idle time
-        from the start of the first attempt that failed (a hung PS costs its whole deadline)."""
+        from the start of the first attempt that failed (a hung PS costs its whole deadline).
+        `offline_after` (hybrid): raise NoReplicaAnswers once no known replica has answered
+        for that long, and RejoinRequired at once (the worker trains on, or rejoins)."""
         started = None
         delay = BACKOFF_START
+        answered = time.monotonic()  # the last time some replica answered
         while True:
             attempt = time.monotonic()
             try:
                 result = call()
-            except (PSUnavailable, NotHead, TemporaryError):
+            except (PSUnavailable, NotHead, TemporaryError) as error:
                 if started is None:
                     started = attempt
+                if isinstance(error, RejoinRequired) and offline_after is not None:
+                    self.idled(started)
+                    raise
                 if stop.is_set():
                     self.idled(started)
                     raise Stopped("stopped while waiting for the parameter server") from None
                 if chain:
                     self.discover()
+                    if self.answering:
+                        answered = time.monotonic()
+                    elif offline_after is not None and time.monotonic() - answered >= offline_after:
+                        self.idled(started)
+                        raise NoReplicaAnswers("no replica of the chain answers") from None
                 stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue

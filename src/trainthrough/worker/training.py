@@ -4,6 +4,8 @@ the PS's parameters, and behave as the consistency mode says when the PS is down
 - checkpoint, chain: the worker waits for the PS (chain: the new head) and counts that
   idle time; the push is retried with the same push id, so a retry after a failover is
   never applied twice.
+- hybrid: as chain while some replica answers; once none does (every replica lost), as
+  stateless: it trains on, buffers, and rejoins the rebuilt chain's head.
 - stateless: the worker keeps training on its local copy (local SGD with the job's
   optimizer), buffers its gradients (bounded, see worker/buffer.py) and rejoins the
   restarted PS with its base weights and the buffer, then resyncs. With `merge: outer`
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainthrough.data import BatchStream, load_dataset, shard
-from trainthrough.errors import PermanentError, TemporaryError
+from trainthrough.errors import PermanentError, RejoinRequired, TemporaryError
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics
 from trainthrough.model import build_model, flatten_grads, flatten_params, load_flat_params
@@ -35,7 +37,7 @@ from trainthrough.proto import ps_pb2
 from trainthrough.spec import Mode, StatelessMerge, TrainingJob
 from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import BufferedGradient, GradientBuffer
-from trainthrough.worker.client import PSClient, Pulled, Stopped
+from trainthrough.worker.client import NoReplicaAnswers, PSClient, Pulled, Stopped
 from trainthrough.worker.evaluating import Evaluator
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ REJOIN_EVERY = 0.1  # seconds between attempts to reach a restarted stateless PS
 OFFLINE_CALL_TIMEOUT = 1.0
 HANDOVER_TIMEOUT = 120.0  # a worker done while offline waits this long for the PS
 HANDOVER_ON_STOP = 5.0  # the same when asked to stop
+# Hybrid: no replica has answered for this long, the chain is lost: train on offline.
+# (A failover answers at once: the other replicas stay up.)
+CHAIN_LOST_AFTER = 0.5
 
 
 def select_device(requested: str) -> torch.device:
@@ -99,7 +104,7 @@ class Worker:
         self.m_buffered = metrics.buffered_gradients.labels(**labels)
         self.m_entries = metrics.buffer_entries.labels(**labels)
         self.m_dropped = metrics.dropped_gradients.labels(**labels)
-        if self.mode == Mode.STATELESS:  # the only mode that buffers
+        if self.mode.trains_offline:  # the modes that buffer
             metrics.buffer_capacity.labels(**labels).set(spec.stateless.max_buffered)
         # Only rank 0 evaluates: the others export no accuracy rather than a false 0.
         self.m_eval = (metrics.eval_accuracy.labels(**labels), metrics.eval_loss.labels(**labels)) if rank == 0 else None
@@ -175,8 +180,10 @@ class Worker:
         gradient, loss = self._gradient(images, labels)
         if gradient is None:
             return
-        if self.mode == Mode.STATELESS:
+        if self.mode is Mode.STATELESS or (self.mode is Mode.HYBRID and self.offline):
             self._stateless_step(gradient, len(labels))
+        elif self.mode is Mode.HYBRID:
+            self._hybrid_step(gradient, len(labels))
         else:
             self._push_and_follow(gradient, len(labels))
         self.stats.steps += 1
@@ -198,10 +205,10 @@ class Worker:
         return gradient, loss.item()
 
     # -- checkpoint and chain: wait for the PS -------------------------------------------
-    def _push_and_follow(self, gradient: torch.Tensor, samples: int) -> None:
-        chain = self.mode == Mode.CHAIN
+    def _push_and_follow(self, gradient: torch.Tensor, samples: int, offline_after: float | None = None) -> None:
+        chain = self.mode.chained
         timeout = self.spec_push_timeout()
-        reply, pulled = self.client.until_done(lambda: self._push(gradient, samples, timeout), self.stop, chain)
+        reply, pulled = self.client.until_done(lambda: self._push(gradient, samples, timeout), self.stop, chain, offline_after)
         self._count_ack(reply)
         if pulled is None:  # a streamed model: its parameters come by a pull of their own
             self._pull(chain)
@@ -256,7 +263,7 @@ class Worker:
         self.version, self.incarnation, self.applied_pushes = pulled.version, pulled.incarnation, pulled.applied_pushes
 
     def _initial_sync(self) -> None:
-        chain = self.mode == Mode.CHAIN
+        chain = self.mode.chained
         if chain:
             self.client.until_done(self._discover_or_fail, self.stop, chain)
         if self.mode == Mode.STATELESS:
@@ -267,6 +274,24 @@ class Worker:
     def _discover_or_fail(self) -> None:
         if not self.client.discover():
             raise TemporaryError("no chain replica answered with a configuration yet")
+
+    # -- hybrid: a chain, and stateless once it is lost --------------------------------------
+    def _hybrid_step(self, gradient: torch.Tensor, samples: int) -> None:
+        sent = self.client.push_id
+        try:
+            self._push_and_follow(gradient, samples, offline_after=CHAIN_LOST_AFTER)
+        except NoReplicaAnswers as error:
+            # Every replica is lost: as a stateless worker, whether or not the chain took
+            # this push (a rebuilt head skips it on replay if its state holds the push id).
+            self._go_offline(error)
+            self._local_step(gradient, samples, push_id=sent)
+            self.client.push_id = max(self.client.push_id, sent + 1)
+        except RejoinRequired:
+            # A head rebuilt while this worker was not there to rejoin it (restarted, or
+            # slower than the window): rejoin now with nothing buffered (its weights are
+            # those of its last pull), then follow.
+            self.base_params, self.base_applied = flatten_params(self.model).cpu(), dict(self.applied_pushes)
+            self.client.until_done(lambda: self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30), self.stop, True)
 
     # -- stateless: keep training ----------------------------------------------------------
     def _stateless_step(self, gradient: torch.Tensor, samples: int) -> None:
@@ -348,6 +373,8 @@ class Worker:
 
     def _try_rejoin(self) -> bool:
         try:
+            if self.mode.chained and not self.client.discover():
+                return False  # no replica answers with a configuration yet: the chain is being rebuilt
             self.client.health(timeout=0.2)
             self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30)
         except TemporaryError:
