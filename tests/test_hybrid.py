@@ -8,7 +8,8 @@ Covered:
   serves as the head of its new configuration, then hands its state to a replacement at
   its tail, which follows every later update;
 - a replica that was not rebuilt takes a rejoin only as the head (NotHead elsewhere): the
-  worker's buffered gradients go onto the live model and down the chain.
+  worker's buffered gradients go onto the live model and down the chain;
+- the master's REBUILD start reaches the PS command line as --rebuild (pods and processes).
 """
 
 from __future__ import annotations
@@ -91,3 +92,18 @@ def test_only_the_head_of_a_live_chain_takes_a_rejoin(start_ps, ps_client, chain
     assert (reply.version, reply.replayed) == (1, 1)
     assert wait_until(lambda: second.health().version == 1, timeout=10)
     assert torch.equal(second.pull()[1], INITIAL - LR * G)
+
+
+def test_a_rebuilt_replica_is_started_with_rebuild_on_both_runtimes() -> None:
+    from trainthrough.names import PSStart
+    from trainthrough.runtime import manifests
+    from trainthrough.spec import parse_job
+
+    job = parse_job({
+        "apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "h"},
+        "spec": {"consistency": "hybrid", "parameterServer": {"replicas": 3}, "model": "mlp", "dataset": "synthetic"},
+    })  # fmt: skip
+    args = {start: manifests.ps_pod(job, "ps-2", start=start)["spec"]["containers"][0]["args"] for start in PSStart}
+    assert "--rebuild" in args[PSStart.REBUILD] and "--join" not in args[PSStart.REBUILD]
+    assert "--join" in args[PSStart.JOIN] and not {"--join", "--rebuild"} & set(args[PSStart.FRESH])
+    assert PSStart.REBUILD.args == ["--rebuild"]  # what the local runtime appends too
