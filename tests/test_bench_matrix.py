@@ -3,7 +3,7 @@
 Covered:
 - the presets parse and expand: quick 6 runs (3 variants x 2 scenarios), default 45
   (5 x 3 x 3 seeds), full 150 (5 x 3 x 2 worker counts x 5 seeds), merge 80 (4 stateless
-  merges x 4 outages x 5 seeds), failure-rate 150 (6 variants x 5 MTBFs x 5 seeds; each
+  merges x 4 outages x 5 seeds), failure-rate 175 (7 variants x 5 MTBFs x 5 seeds; each
   failure-rate run's spec.randomChaos is seeded by its seed); every variant, scenario, worker
   count and seed appears; runs are ordered seed by seed with each variant's no-failure
   baseline first; each preset's settings are those of its document (read from PRESETS,
@@ -36,7 +36,7 @@ import pytest
 
 from trainthrough.bench.matrix import BASE_SPEC, MODE_VARIANTS, PRESETS, Matrix, expand, load_matrix, parse_matrix, preset
 from trainthrough.control.schedule import drawn_kills
-from trainthrough.spec import API_VERSION, KIND, SpecError, parse_job
+from trainthrough.spec import API_VERSION, KIND, SpecError, parse_duration, parse_job
 
 MODES = {  # variant -> (consistency, updates, PS replicas)
     "checkpoint-sync": ("checkpoint", "sync", 1),
@@ -47,6 +47,7 @@ MODES = {  # variant -> (consistency, updates, PS replicas)
     "stateless-weighted": ("stateless", "async", 1),
     "stateless-average": ("stateless", "async", 1),
     "stateless-outer": ("stateless", "async", 1),
+    "hybrid": ("hybrid", "async", 3),
 }
 MERGES = {"stateless": ("replay", "sum"), "stateless-weighted": ("replay", "weighted"), "stateless-average": ("replay", "average"), "stateless-outer": ("outer", "sum")}
 
@@ -76,8 +77,10 @@ def small(**fields: Any) -> dict[str, Any]:
         # the stateless merges at three outage lengths; goodput against four failure rates
         ("merge", 80, ["stateless", "stateless-weighted", "stateless-average", "stateless-outer"],
          ["no-failure", "outage-5s", "outage-20s", "outage-60s"], [2], [1, 2, 3, 4, 5]),
-        ("failure-rate", 150, [*MODE_VARIANTS, "stateless-outer"],
+        ("failure-rate", 175, [*MODE_VARIANTS, "stateless-outer", "hybrid"],
          ["no-failure", "mtbf-10s", "mtbf-20s", "mtbf-40s", "mtbf-80s"], [2], [1, 2, 3, 4, 5]),
+        # losing the whole chain: chain, hybrid and stateless side by side
+        ("hybrid", 45, ["chain-async", "hybrid", "stateless"], ["no-failure", "one-kill", "chain-lost"], [2], [1, 2, 3, 4, 5]),
     ],
 )
 def test_presets_parse_and_expand(
@@ -103,7 +106,7 @@ def test_preset_settings_come_from_its_document(name: str) -> None:
     assert matrix.max_duration == float(document.get("maxDuration", 0))
     assert matrix.outage == float(document.get("outage", 20))
     assert {s.name: s.kills for s in matrix.scenarios} == {
-        s["name"]: [float(k) for k in s.get("kills", [])] for s in document["scenarios"]
+        s["name"]: [parse_duration(k) for k in s.get("kills", [])] for s in document["scenarios"]
     }
     assert matrix.target_accuracy == 0.70
     # The baseline has no kill and comes first; kills are in order and within the budget
@@ -370,7 +373,7 @@ def test_failure_rate_runs_draw_about_duration_over_mtbf_failures() -> None:
     for plan in expand(matrix):
         if plan.scenario.failure_rate is not None:
             drawn.setdefault(plan.scenario.failure_rate.mean_time_between_failures, []).append(len(drawn_kills(plan.job.spec)))
-    # A Poisson process over the run's 60 s: the mean count over a cell's 30 runs (6
+    # A Poisson process over the run's 60 s: the mean count over a cell's 35 runs (7
     # variants x 5 seeds, the seeds repeat per variant) is near 60 / MTBF; a fixed draw.
     for mtbf, counts in drawn.items():
         assert abs(sum(counts) / len(counts) - matrix.budget / mtbf) <= 0.6 * matrix.budget / mtbf + 0.5, (mtbf, counts)

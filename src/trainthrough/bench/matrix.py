@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "stateless-weighted": {"consistency": "stateless", "updates": "async", "stateless": {"staleness": "weighted"}},
     "stateless-average": {"consistency": "stateless", "updates": "async", "stateless": {"staleness": "average"}},
     "stateless-outer": {"consistency": "stateless", "updates": "async", "stateless": {"merge": "outer"}},
+    "hybrid": {"consistency": "hybrid", "updates": "async", "parameterServer": {"replicas": 3}},
 }
 # The paper's modes: what a matrix runs unless it names its variants.
 MODE_VARIANTS = ["checkpoint-sync", "checkpoint-async", "chain-sync", "chain-async", "stateless"]
@@ -146,10 +147,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "seeds": [1, 2, 3, 4, 5], "budget": 20, "maxDuration": 90, "outage": 5,
     },  # fmt: skip
+    # Losing the whole chain: the head three times in a row, faster than a replacement
+    # joins. Chain fails the job (ChainLost); hybrid rebuilds it from its workers; stateless
+    # beside them. One kill too, where hybrid is a chain. 5 seeds (about 25 minutes here).
+    "hybrid": {
+        "variants": ["chain-async", "hybrid", "stateless"],
+        "scenarios": [
+            {"name": "no-failure", "kills": []},
+            {"name": "one-kill", "kills": [5]},
+            {"name": "chain-lost", "kills": [5, "5.3s", "5.6s"]},
+        ],
+        "seeds": [1, 2, 3, 4, 5], "budget": 20, "maxDuration": 45, "outage": 5,
+    },  # fmt: skip
     # Goodput against the failure rate: every mode under PS failures drawn at random with
-    # a mean time between failures of 10 to 80 s, in 60 s runs, 5 seeds (about 2 hours here).
+    # a mean time between failures of 10 to 80 s, in 60 s runs, 5 seeds (about 3 hours here).
     "failure-rate": {
-        "variants": [*MODE_VARIANTS, "stateless-outer"],
+        "variants": [*MODE_VARIANTS, "stateless-outer", "hybrid"],
         "scenarios": [
             {"name": "no-failure", "kills": []},
             *({"name": f"mtbf-{m}s", "failureRate": {"meanTimeBetweenFailures": m}} for m in (10, 20, 40, 80)),

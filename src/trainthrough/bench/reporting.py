@@ -181,7 +181,7 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     ]
     outage = float(matrix.get("outage", 0.0))
     for cell in (c for c in all_cells if c.scenario != BASELINE):
-        restarts = not cell.variant.startswith("chain")
+        restarts = cell.variant.startswith(("checkpoint", "stateless"))  # a chain (hybrid: mostly) promotes instead
         beyond = Stat.of([k["phases"]["restore"] - r.get("outage", outage) for r in cell.ok for k in r.get("kills", []) if "restore" in k["phases"]])
         lines.append(
             f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(cell.phase_stat('detect'))} | "
