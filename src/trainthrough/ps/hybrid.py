@@ -15,47 +15,30 @@ live model and down the chain like any update.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
 from trainthrough import wire
-from trainthrough.auth import Credentials
 from trainthrough.errors import NotHead, RejoinRequired
 from trainthrough.proto import ps_pb2
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.core import NotServing, ParameterServerCore
 from trainthrough.ps.rejoins import RejoinWindow
-from trainthrough.ps.state import ParameterState
-from trainthrough.spec import OptimizerSpec, StatelessSpec
+from trainthrough.spec import StatelessSpec
 
 
 class HybridReplica(ChainReplica):
     name = "hybrid"
 
-    def __init__(
-        self,
-        core: ParameterServerCore,
-        *,
-        ack: str,
-        replicate_every: int,
-        optimizer: OptimizerSpec,
-        initial_state: Callable[[], ParameterState],
-        join: bool,
-        rebuild: bool,
-        stateless: StatelessSpec,
-        numel: int,
-        credentials: Credentials | None = None,
-    ) -> None:
-        # A rebuilt replica starts empty, as a joining one does: its state comes from the
-        # rejoin window instead of a transfer.
-        super().__init__(
-            core, ack=ack, replicate_every=replicate_every, optimizer=optimizer, initial_state=initial_state,
-            join=join or rebuild, numel=numel, credentials=credentials,
-        )  # fmt: skip
+    def __init__(self, core: ParameterServerCore, *, rebuild: bool, stateless: StatelessSpec, join: bool = False, **chain: Any) -> None:
+        """`chain`: ChainReplica's settings; `rebuild`: this replica starts empty, as a
+        joining one does, and seeds from the rejoin window instead of a transfer."""
+        super().__init__(core, join=join or rebuild, **chain)
         self.rebuild = rebuild
+        initial_state = self.initial_state
         self.rejoins = RejoinWindow(
-            core, spec=stateless, optimizer=optimizer, numel=numel,
+            core, spec=stateless, optimizer=self.optimizer, numel=self.numel,
             without_weights=lambda: (initial_state(), "seed"), open=rebuild,
         )  # fmt: skip
 

@@ -51,30 +51,14 @@ def build_mode(
 
     if spec.consistency == Consistency.CHECKPOINT:
         return CheckpointMode(core, checkpointer=checkpointer(), optimizer=spec.optimizer, initial_state=initial_state)
+    chain = dict(
+        ack=spec.chain.ack, replicate_every=spec.chain.replicate_every, optimizer=spec.optimizer,
+        initial_state=initial_state, join=start is PSStart.JOIN, numel=model_size(spec.model), credentials=credentials,
+    )  # fmt: skip
     if spec.consistency == Consistency.CHAIN:
-        return ChainReplica(
-            core,
-            ack=spec.chain.ack,
-            replicate_every=spec.chain.replicate_every,
-            optimizer=spec.optimizer,
-            initial_state=initial_state,
-            join=start is PSStart.JOIN,
-            numel=model_size(spec.model),
-            credentials=credentials,
-        )
+        return ChainReplica(core, **chain)  # type: ignore[arg-type]
     if spec.consistency == Consistency.HYBRID:
-        return HybridReplica(
-            core,
-            ack=spec.chain.ack,
-            replicate_every=spec.chain.replicate_every,
-            optimizer=spec.optimizer,
-            initial_state=initial_state,
-            join=start is PSStart.JOIN,
-            rebuild=start is PSStart.REBUILD,
-            stateless=spec.stateless,
-            numel=model_size(spec.model),
-            credentials=credentials,
-        )
+        return HybridReplica(core, rebuild=start is PSStart.REBUILD, stateless=spec.stateless, **chain)
     if spec.consistency == Consistency.STATELESS:
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
         return StatelessMode(
