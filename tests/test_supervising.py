@@ -2,11 +2,13 @@
 
 Covered:
 - run_end's kills count only kills that fired: a kill deferred because its target was
-  down, and never fired, is not counted; one that fired is.
+  down, and never fired, is not counted; one that fired is;
+- the local runtime's listening ports come from below the ephemeral range, never twice.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -71,3 +73,15 @@ def test_run_end_counts_only_kills_that_fired(alive: set[str], fired: int, tmp_p
     assert summary.kills == fired
     [end] = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "run_end"]
     assert end["kills"] == fired
+
+
+def test_listening_ports_are_drawn_below_the_ephemeral_range_and_never_twice() -> None:
+    # A process keeps its port across restarts: one in the ephemeral range could be taken
+    # meanwhile as some outgoing connection's source port, and its restart fail to bind.
+    from trainthrough.runtime.local import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(10000 <= p < _ephemeral_low() for p in ports)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports[-1]))  # free indeed

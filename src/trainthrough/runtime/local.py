@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -33,7 +34,39 @@ HOST = "127.0.0.1"
 WORKER_NICENESS = 19
 
 
+LOWEST_PORT = 10000  # listening ports are drawn from here up to the ephemeral range
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as an outgoing connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_draw = random.Random()
+_handed_out: set[int] = set()  # a port is given once per process: one not bound yet probes free
+
+
 def free_port(host: str = HOST) -> int:
+    """A port free to listen on, below the ephemeral range: a process keeps its port across
+    restarts, and a port the kernel may give any outgoing connection as its source port
+    could be taken between a kill and the restart (the restarted process then cannot bind
+    it, again and again). Falls back to the kernel's choice when none is found."""
+    high = _ephemeral_low() - 1
+    for _ in range(64):
+        port = _draw.randint(LOWEST_PORT, high) if high > LOWEST_PORT else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            port = probe.getsockname()[1]
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
