@@ -46,13 +46,15 @@ def job(**spec: Any) -> dict[str, Any]:
 
 def python_problems(document: dict[str, Any]) -> dict[str, str]:
     """parse_job's problems by field path, each reported at its rule's field (a chaos
-    target at ``spec.chaos``, as the CRD's fieldPath has it); the first message a field has."""
+    target at ``spec.chaos``, a drawn one at ``spec.randomChaos.targets``, as the CRD's
+    fieldPath has it); the first message a field has."""
     try:
         parse_job(copy.deepcopy(document))
     except SpecError as error:
         out: dict[str, str] = {}
         for problem in error.errors:
-            out.setdefault(re.sub(r"^spec\.chaos\[\d+\]\.target$", "spec.chaos", problem.path), problem.message)
+            path = re.sub(r"^spec\.chaos\[\d+\]\.target$", "spec.chaos", problem.path)
+            out.setdefault(re.sub(r"^spec\.randomChaos\.targets\[\d+\]$", "spec.randomChaos.targets", path), problem.message)
         return out
     return {}
 
@@ -122,6 +124,27 @@ ROWS = [
         ("chaos-ps-index",),
     ),
     Row("kill-by-position", {**CHAIN, "chaos": [{"target": "ps-tail", "at": 1}, {"target": "random", "at": 2}]}),
+    Row("drawn-worker-beyond", {"randomChaos": {"meanTimeBetweenFailures": "30s", "targets": ["ps-head", "worker-1"]}}, ("random-chaos-worker-index",)),
+    Row(
+        "drawn-ps-beyond",
+        {**CHAIN, "randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-tail", "worker-0", "ps-3", "ps-7"]}},
+        ("random-chaos-ps-index",),
+    ),
+    Row("drawn-every-kind", {**CHAIN, "randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-2", "worker-0", "random", "ps-head"]}}),
+    Row("drawn-null", {"randomChaos": None}),
+    Row("drawn-window-empty", {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "start": "2m", "until": 120}}, ("random-chaos-window",)),
+    Row("drawn-window-reversed", {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "start": " 1e3 ", "until": "10m"}}, ("random-chaos-window",)),
+    Row("drawn-window", {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "start": "59.999s", "until": "1m"}}),
+    Row("drawn-window-from-zero", {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "until": "500ms"}}),
+    Row(
+        "drawn-too-many",
+        {"chaos": [{"target": "ps-head", "at": i} for i in range(3)], "randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "maxKills": 98}},
+        ("random-chaos-room",),
+    ),
+    Row(
+        "drawn-just-enough",
+        {"chaos": [{"target": "ps-head", "at": i} for i in range(3)], "randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"], "maxKills": 97}},
+    ),
     Row(
         "several-at-once",
         {
@@ -203,6 +226,20 @@ CHANGES = [
     Change("backoff", {}, {"runPolicy": {"backoffLimit": 1}}, None),
     Change("more-chaos", {}, {"chaos": [{"target": "ps-head", "at": 5}]}, "chaos"),
     Change("same-chaos", {"chaos": [{"target": "ps-head", "at": 5}]}, {"chaos": [{"target": "ps-head", "at": 5}]}, None),
+    Change("drawn-chaos-set", {}, {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"]}}, "randomChaos"),
+    Change(
+        "drawn-chaos-rate",
+        {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"]}},
+        {"randomChaos": {"meanTimeBetweenFailures": 60, "targets": ["ps-head"]}},
+        "randomChaos",
+    ),
+    Change("drawn-chaos-cleared", {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"]}}, {"randomChaos": None}, "randomChaos"),
+    Change(
+        "same-drawn-chaos",
+        {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"]}},
+        {"randomChaos": {"meanTimeBetweenFailures": 30, "targets": ["ps-head"]}},
+        None,
+    ),
     Change("batch-size", {}, {"batchSize": 64}, None),
     Change("evaluation", {}, {"evaluation": {"interval": 10}}, None),
     Change("checkpoint-cadence", {}, {"checkpoint": {"everyUpdates": 50}}, None),
@@ -263,6 +300,14 @@ def _merge_dicts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_WINDOW_TIMES = [0, 1, 30, "0s", "30s", "1m", "90s", "1m30s", "1.5s", "500ms", "2m", "1e2", " 60 "]
+_RANDOM_CHAOS = st.tuples(
+    st.lists(st.sampled_from(_TARGETS), min_size=1, max_size=3),
+    _optional("start", st.sampled_from(_WINDOW_TIMES)),
+    _optional("until", st.sampled_from([t for t in _WINDOW_TIMES if t not in (0, "0s")])),
+    _optional("maxKills", st.sampled_from([1, 97, 99, 100])),
+).map(lambda p: {"meanTimeBetweenFailures": "20s", "targets": p[0], **p[1], **p[2], **p[3]})
+
 SPECS = st.fixed_dictionaries(
     {
         "consistency": st.sampled_from(["checkpoint", "chain", "stateless"]),
@@ -283,6 +328,7 @@ SPECS = st.fixed_dictionaries(
             lambda n, m: {"name": n, "momentum": m}, st.sampled_from(["sgd", "adam"]), st.sampled_from([0, 0.0, 0.5])
         ),
         "chaos": st.lists(st.builds(lambda t: {"target": t, "at": 1}, st.sampled_from(_TARGETS)), max_size=3),
+        "randomChaos": st.one_of(st.just(None), _RANDOM_CHAOS),
     }
 )
 
@@ -328,6 +374,7 @@ ALL_RULES = _validations(crd_manifest()["spec"]["versions"][0]["schema"]["openAP
 STANDARD = {
     "has", "all", "exists", "exists_one", "map", "filter", "size", "matches", "startsWith", "endsWith",
     "contains", "int", "uint", "double", "string", "bool", "bytes", "type", "duration", "timestamp", "dyn",
+    "getMilliseconds",  # of a duration
 }  # fmt: skip
 
 
@@ -360,7 +407,9 @@ def test_rules_read_only_bounded_lists_and_strings():
     assert chaos["maxItems"] == 100
     assert chaos["items"]["properties"]["target"]["maxLength"] == len("worker-") + 9
     iterated = {m for rule in rules.RULES for m in re.findall(r"self\.([a-zA-Z.]+)\.(?:all|filter|exists)\(", rule.cel + rule.message)}
-    assert iterated == {"chaos"}
+    assert spec["properties"]["randomChaos"]["properties"]["targets"]["maxItems"] == 16
+    assert spec["properties"]["randomChaos"]["properties"]["targets"]["items"]["maxLength"] == len("worker-") + 9
+    assert iterated == {"chaos", "randomChaos.targets"}
 
 
 def test_the_kubernetes_strings_functions():

@@ -411,6 +411,31 @@ def test_the_target_does_not_end_the_job_before_every_planned_kill_fired() -> No
     assert m.state.chaos_fired == 2
 
 
+def test_the_target_waits_for_the_kills_drawn_from_a_failure_rate_too() -> None:
+    """spec.randomChaos's kills are planned kills: the target ends the job only once the
+    fixed one and every drawn one fired."""
+    from trainthrough.control.schedule import planned_kills
+
+    spec = {"chaos": [{"target": "ps-head", "at": "1s"}], "stop": {"targetAccuracy": 0.7, "duration": "60s"}}
+    spec["randomChaos"] = {"meanTimeBetweenFailures": "5s", "targets": ["ps-head"], "until": "40s", "maxKills": 2}
+    m = running(Master(job("checkpoint", **spec)))
+    kills = planned_kills(m.spec)
+    assert len(kills) == 3  # the fixed one and two drawn
+    now = T0
+    for number, kill in enumerate(kills, start=1):
+        now += 5
+        m.observe(health("ps-0", 5 + number, accuracy=0.75), now)
+        m.observe(Disrupted("ps-0", now, target=kill.target, scheduled_at=kill.at), now)
+        m.observe(Exited("ps-0", -9, now), now)
+        m.tick(now)
+        m.observe(health("ps-0", 5 + number, started=5 + number, since=1, ready_at=now + 1, first_update_at=now + 1.5), now + 2)
+        actions = kinds(m.tick(now + 2))
+        if number < len(kills):
+            assert actions == [], number  # recovered and at the target, a planned kill still due
+    assert actions[0] == ("finish", JobPhase.SUCCEEDED, Reason.TARGET_REACHED)
+    assert m.state.chaos_fired == 3
+
+
 def test_stop_duration_ends_the_job_even_with_kills_still_planned() -> None:
     m = running(Master(job("checkpoint", chaos=[{"target": "ps-head", "at": "90s"}], stop={"duration": "30s"})))
     assert kinds(m.tick(T0 + 30))[0] == ("finish", JobPhase.SUCCEEDED, Reason.DURATION_REACHED)

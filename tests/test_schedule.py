@@ -170,3 +170,109 @@ def test_random_draws_any_live_process_repeatably_from_a_seed() -> None:
     assert seen == set(chain + workers)  # every process of the job can be hit
     with pytest.raises(UnknownTarget, match="random: no process is running"):
         resolve_target("random", [], [], random.Random(0))
+
+
+# -- failures drawn from a failure rate (spec.randomChaos) ----------------------------------
+
+from trainthrough.control.schedule import draw_kills, injects_failures, planned_kills  # noqa: E402
+from trainthrough.spec import MAX_KILLS, RandomChaosSpec, SpecError, parse_job  # noqa: E402
+
+
+def _spec(**spec: object):
+    document = {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"}, "spec": spec}
+    return parse_job(document).spec
+
+
+RATE = RandomChaosSpec(mean_time_between_failures=60.0, targets=["ps-head", "worker-0", "worker-1"], start=5.0)
+
+
+def test_a_seed_names_one_schedule_and_a_change_in_the_draw_is_caught() -> None:
+    kills = draw_kills(RATE, 600.0, 7, 100)
+    assert [(k.target, k.at) for k in kills] == [
+        ("worker-1", 28.479), ("worker-1", 38.29), ("worker-0", 101.44), ("ps-head", 105.951), ("ps-head", 152.008),
+        ("ps-head", 179.321), ("worker-1", 182.906), ("ps-head", 225.394), ("worker-0", 227.687), ("worker-0", 261.799),
+        ("ps-head", 266.144), ("worker-1", 271.85), ("ps-head", 305.003), ("worker-1", 410.219), ("worker-0", 418.149),
+        ("worker-1", 433.306), ("worker-1", 492.547),
+    ]  # fmt: skip
+    assert draw_kills(RATE, 600.0, 7, 100) == kills
+    assert draw_kills(RATE, 600.0, 8, 100) != kills
+
+
+def test_the_times_do_not_depend_on_the_targets() -> None:
+    other = RATE.model_copy(update={"targets": ["ps-tail"]})
+    assert [k.at for k in draw_kills(other, 600.0, 7, 100)] == [k.at for k in draw_kills(RATE, 600.0, 7, 100)]
+
+
+def test_the_mean_gap_is_the_mtbf_and_targets_come_from_the_list() -> None:
+    rate = RandomChaosSpec(mean_time_between_failures=10.0, targets=["ps-head", "worker-3", "random"])
+    gaps: list[float] = []
+    seen: dict[str, int] = {}
+    for seed in range(50):
+        kills = draw_kills(rate, None, seed, 100)
+        assert len(kills) == 100  # no horizon: the bound ends the draw
+        times = [0.0] + [k.at for k in kills]
+        gaps += [b - a for a, b in zip(times, times[1:])]
+        for k in kills:
+            seen[k.target] = seen.get(k.target, 0) + 1
+    mean = sum(gaps) / len(gaps)  # 5,000 exponential gaps: the standard error is 1.4% of the mean
+    assert 9.5 < mean < 10.5, mean
+    assert min(gaps) >= 0
+    assert set(seen) == {"ps-head", "worker-3", "random"}
+    assert all(1500 < n < 1830 for n in seen.values()), seen  # uniform: about 1,667 each
+
+
+def test_start_until_and_max_kills_bound_the_draw() -> None:
+    rate = RandomChaosSpec(mean_time_between_failures=1.0, targets=["ps-head"], start=30.0, grace_period=2.0)
+    kills = draw_kills(rate, 40.0, 3, 100)
+    assert kills and all(30.0 < k.at < 40.0 for k in kills)
+    assert all(k.grace_period == 2.0 for k in kills)
+    assert len(draw_kills(rate, None, 3, 4)) == 4
+    assert draw_kills(rate, 30.0, 3, 100) == []
+
+
+def test_the_spec_resolves_seed_horizon_and_bound() -> None:
+    drawn = {"meanTimeBetweenFailures": "5s", "targets": ["ps-head"]}
+    by_duration = planned_kills(_spec(seed=3, stop={"duration": "60s"}, randomChaos=drawn))
+    assert by_duration and max(k.at for k in by_duration) < 60.0
+    assert by_duration == planned_kills(_spec(stop={"duration": "60s"}, randomChaos={**drawn, "seed": 3}))
+    assert by_duration != planned_kills(_spec(seed=4, stop={"duration": "60s"}, randomChaos=drawn))
+    until = planned_kills(_spec(seed=3, stop={"duration": "60s"}, randomChaos={**drawn, "until": "20s"}))
+    assert until == [k for k in by_duration if k.at < 20.0]
+    fixed = [{"target": "worker-0", "at": i} for i in range(90)]
+    unbounded = _spec(stop={"steps": 10}, chaos=fixed, randomChaos=drawn)
+    assert len(planned_kills(unbounded)) == MAX_KILLS  # 90 fixed, 10 drawn
+    assert len(planned_kills(_spec(stop={"steps": 10}, randomChaos={**drawn, "maxKills": 7}))) == 7
+
+
+def test_planned_kills_merge_the_fixed_and_the_drawn_by_time() -> None:
+    spec = _spec(
+        seed=7, stop={"duration": "2m"}, chaos=[{"target": "worker-0", "at": "1m"}, {"target": "ps-head", "at": 0}],
+        randomChaos={"meanTimeBetweenFailures": "20s", "targets": ["ps-tail"]},
+    )  # fmt: skip
+    kills = planned_kills(spec)
+    assert [k.at for k in kills] == sorted(k.at for k in kills)
+    assert {str(k) for k in spec.chaos} <= {str(k) for k in kills}
+    assert {k.target for k in kills} == {"worker-0", "ps-head", "ps-tail"}
+    assert len(kills) > 2
+    schedule = KillSchedule.of(kills)
+    assert schedule.due(1e9) == kills
+    assert injects_failures(spec) and not injects_failures(_spec())
+    assert planned_kills(_spec()) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        ({"randomChaos": {"targets": ["ps-head"]}}, "spec.randomChaos.meanTimeBetweenFailures", "required"),
+        ({"randomChaos": {"meanTimeBetweenFailures": "0s", "targets": ["ps-head"]}}, "spec.randomChaos.meanTimeBetweenFailures", "must be > 0, got '0s'"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": []}}, "spec.randomChaos.targets", "list should have at least 1 item after validation, not 0, got a list"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head", "node-1"]}}, "spec.randomChaos.targets[1]", "must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'node-1'"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head", "worker-4"]}}, "spec.randomChaos.targets[1]", "no worker 4: workers.replicas is 1 (indexes 0..0), got 'worker-4'"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head"], "start": "1m", "until": "30s"}}, "spec.randomChaos.until", "must be later than start (no failure could be drawn)"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head"], "maxKills": 101}}, "spec.randomChaos.maxKills", "must be <= 100, got 101"),
+    ],
+)
+def test_an_invalid_random_chaos_is_refused_at_its_path(spec: dict, path: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        _spec(**spec)
+    assert {(e.path, e.message) for e in info.value.errors} == {(path, message)}

@@ -34,7 +34,7 @@ from typing import Any
 
 from trainthrough import names
 from trainthrough.errors import FieldError
-from trainthrough.spec import Mode, TrainingJobSpec, kill_problems
+from trainthrough.spec import MAX_KILLS, ChaosKill, Mode, TrainingJobSpec, kill_problems
 
 __all__ = [
     "IMMUTABLE",
@@ -218,26 +218,89 @@ def _kills_of(kind: names.ProcessKind) -> Callable[[TrainingJobSpec], list[Field
     return check
 
 
-def _kill_rule(kind: names.ProcessKind, section: str) -> Rule:
-    """A chaos target's index must be one of the job's replicas (``worker-3`` needs 4
-    workers). The CEL message names the first such target, as the Python check's first
-    problem does (it reports each one, at its index)."""
+def _drawn_targets_of(kind: names.ProcessKind) -> Callable[[TrainingJobSpec], list[FieldError]]:
+    def check(spec: TrainingJobSpec) -> list[FieldError]:
+        if spec.random_chaos is None:
+            return []
+        # A target is checked as a kill of it is (kill_problems reads its role and index).
+        kills = [(f"randomChaos.targets[{i}]", ChaosKill(target=t, at=0.0)) for i, t in enumerate(spec.random_chaos.targets)]
+        return kill_problems(spec, [(path, kill) for path, kill in kills if kill.role == kind])
+
+    return check
+
+
+def _index_rule(
+    kind: names.ProcessKind, section: str, *, name: str, field: str, target: str, check: Callable[[TrainingJobSpec], list[FieldError]], guard: str = ""
+) -> Rule:
+    """A target's index must be one of the job's replicas (``worker-3`` needs 4 workers),
+    for each element ``k`` of the list at ``field`` (``target``: the element's target). The
+    CEL message names the first such target, as the Python check's first problem does (it
+    reports each one, at its index)."""
     prefix = f"{kind}-"
-    numbered = f"k.target.matches('^{prefix}[0-9]+$')"
-    index = f"int(k.target.substring({len(prefix)}))"
+    numbered = f"{target}.matches('^{prefix}[0-9]+$')"
+    index = f"int({target}.substring({len(prefix)}))"
     limit = f"self.{section}.replicas"
-    beyond = f"self.chaos.filter(k, {numbered} && {index} >= {limit})[0].target"
+    beyond = f"self.{field}.filter(k, {numbered} && {index} >= {limit})[0]"
+    beyond_target = beyond + target.removeprefix("k")
     return Rule(
-        name=f"chaos-{kind}-index",
-        field="chaos",
-        cel=f"self.chaos.all(k, !{numbered} || {index} < {limit})",
+        name=name,
+        field=field,
+        cel=f"{guard}self.{field}.all(k, !{numbered} || {index} < {limit})",
         message=_text(
-            f"no {kind} ", _Cel(f"{beyond}.substring({len(prefix)})"),
+            f"no {kind} ", _Cel(f"{beyond_target}.substring({len(prefix)})"),
             f": {section}.replicas is ", _Cel(f"string({limit})"),
-            " (indexes 0..", _Cel(f"string({limit} - 1)"), "), got '", _Cel(beyond), "'",
+            " (indexes 0..", _Cel(f"string({limit} - 1)"), "), got '", _Cel(beyond_target), "'",
         ),  # fmt: skip
-        check=_kills_of(kind),
+        check=check,
     )
+
+
+def _kill_rule(kind: names.ProcessKind, section: str) -> Rule:
+    """chaos[].target's index is one of the job's replicas."""
+    return _index_rule(kind, section, name=f"chaos-{kind}-index", field="chaos", target="k.target", check=_kills_of(kind))
+
+
+def _drawn_target_rule(kind: names.ProcessKind, section: str) -> Rule:
+    """randomChaos.targets[]'s index is one of the job's replicas."""
+    return _index_rule(
+        kind, section, name=f"random-chaos-{kind}-index", field="randomChaos.targets", target="k",
+        check=_drawn_targets_of(kind), guard=f"!{_set('randomChaos')} || ",
+    )  # fmt: skip
+
+
+# A number of seconds as a string ("30", "1e3"), as spec.parse_duration reads one.
+_SECONDS_TEXT = r"^[+-]?(?:[0-9]+(?:[.][0-9]*)?|[.][0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+def _cel_seconds(path: str) -> str:
+    """CEL: the duration at ``self.PATH`` (int-or-string: whole seconds, a number as a
+    string, or a duration string such as "1m30s", which CEL's duration() reads as Go does)
+    in seconds, to the millisecond."""
+    x = f"self.{path}"
+    return (
+        f"(type({x}) == int ? double({x}) : {x}.trim().matches('{_SECONDS_TEXT}') ? double({x}.trim())"
+        f" : double(duration({x}.trim()).getMilliseconds()) / 1000.0)"
+    )
+
+
+def _random_window(spec: TrainingJobSpec) -> str | None:
+    random_chaos = spec.random_chaos
+    if random_chaos is not None and random_chaos.until is not None and random_chaos.start >= random_chaos.until:
+        return "must be later than start (no failure could be drawn)"
+    return None
+
+
+def _random_room(spec: TrainingJobSpec) -> str | None:
+    random_chaos = spec.random_chaos
+    if random_chaos is None or random_chaos.max_kills is None:
+        return None
+    room = MAX_KILLS - len(spec.chaos)
+    if random_chaos.max_kills > room:
+        return (
+            f"must be at most {room}: a job plans at most {MAX_KILLS} kills and chaos holds {len(spec.chaos)}, "
+            f"got {random_chaos.max_kills}"
+        )
+    return None
 
 
 RULES: tuple[Rule, ...] = (
@@ -314,6 +377,29 @@ RULES: tuple[Rule, ...] = (
     ),
     _kill_rule(names.ProcessKind.WORKER, "workers"),
     _kill_rule(names.ProcessKind.PS, "parameterServer"),
+    _drawn_target_rule(names.ProcessKind.WORKER, "workers"),
+    _drawn_target_rule(names.ProcessKind.PS, "parameterServer"),
+    Rule(
+        name="random-chaos-window",
+        field="randomChaos.until",
+        cel=(
+            f"!{_set('randomChaos')} || !{_set('randomChaos.until')}"
+            f" || {_cel_seconds('randomChaos.start')} < {_cel_seconds('randomChaos.until')}"
+        ),
+        message=_text("must be later than start (no failure could be drawn)"),
+        check=_one("randomChaos.until", _random_window),
+    ),
+    Rule(
+        name="random-chaos-room",
+        field="randomChaos.maxKills",
+        cel=f"!{_set('randomChaos')} || !{_set('randomChaos.maxKills')} || size(self.chaos) + self.randomChaos.maxKills <= {MAX_KILLS}",
+        message=_text(
+            "must be at most ", _Cel(f"string({MAX_KILLS} - size(self.chaos))"),
+            f": a job plans at most {MAX_KILLS} kills and chaos holds ", _Cel("string(size(self.chaos))"),
+            ", got ", _Cel("string(self.randomChaos.maxKills)"),
+        ),  # fmt: skip
+        check=_one("randomChaos.maxKills", _random_room),
+    ),
 )
 
 IMMUTABLE: tuple[Immutable, ...] = (
@@ -327,6 +413,7 @@ IMMUTABLE: tuple[Immutable, ...] = (
     Immutable("chain", "every replica of a chain must run with the same ack and replicateEvery, or ack 'tail' no longer holds"),
     Immutable("checkpoint.volumeClaim", "a restarted PS would look for its checkpoints on another volume and lose its state"),
     Immutable("chaos", "the chaos Job reads its schedule once, when the job starts, and the master waits for every kill of spec.chaos before the target ends the job: a changed schedule would never fire, and the job would run to stop.duration"),
+    Immutable("randomChaos", "the chaos Job draws its schedule once, when the job starts, and the master waits for every drawn kill before the target ends the job: a changed draw would not be the one injected"),
     Immutable("security", "processes started after the change could not talk to those started before it (TLS on one side only, a token one side does not send)"),
 )
 

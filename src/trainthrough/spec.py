@@ -86,6 +86,7 @@ __all__ = [
     "NonNegativeSeconds",
     "OptimizerSpec",
     "PSTemplate",
+    "RandomChaosSpec",
     "ParameterServerSpec",
     "PodSpecTemplate",
     "PodTemplate",
@@ -1060,6 +1061,54 @@ class ChaosKill(SpecModel):
         return f"{self.target}@{format_duration(self.at)}"
 
 
+MAX_RANDOM_TARGETS = 16  # randomChaos.targets: a bound for the CRD's CEL cost estimate
+
+
+class RandomChaosSpec(SpecModel):
+    """Failures drawn from a failure rate: a Poisson process of kills (exponential times
+    between them, of mean ``meanTimeBetweenFailures``), each at a target picked uniformly
+    from ``targets``. The draw is a pure function of the spec and its seed
+    (control/schedule.py, ``planned_kills``): both runtimes inject the same kills at the
+    same times, beside those of ``chaos``."""
+
+    mean_time_between_failures: PositiveSeconds = Field(
+        description=(
+            "The mean of the exponential times between two drawn failures (the mean time "
+            "between failures, MTBF; the failure rate is its inverse)"
+        ),
+    )
+    targets: list[_Target] = Field(
+        min_length=1,
+        max_length=MAX_RANDOM_TARGETS,
+        description=(
+            "What a drawn failure kills, one picked uniformly per failure (a target listed twice "
+            "is picked twice as often); targets as chaos[].target spells them, resolved when the "
+            "kill fires."
+        ),
+    )
+    seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] | None = Field(
+        None, description="The seed of the draw (Python's random.Random, a Mersenne Twister); unset: spec.seed."
+    )
+    start: NonNegativeSeconds = Field(
+        0.0, description="No failure is drawn before this time (counted, as chaos[].at, from the start of training)"
+    )
+    until: PositiveSeconds | None = Field(
+        None,
+        description=(
+            "No failure is drawn at or after this time; unset: stop.duration; with neither, "
+            "the draw stops at maxKills"
+        ),
+    )
+    max_kills: Annotated[_Int, Field(ge=1, le=MAX_KILLS)] | None = Field(
+        None,
+        description=(
+            f"The most failures drawn; unset, and at most: {MAX_KILLS} (the most kills a job plans) "
+            "less the kills of chaos."
+        ),
+    )
+    grace_period: NonNegativeSeconds = Field(0.0, description="As chaos[].gracePeriod, for every drawn kill")
+
+
 class TlsSpec(SpecModel):
     """Mutual TLS on every channel to the job's parameter servers (workers, chain peers, the
     master, the chaos Job): on while a secretName is given."""
@@ -1113,6 +1162,7 @@ class TrainingJobSpec(SpecModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: Annotated[_Int, Field(ge=0, le=2**32 - 1)] = 0  # numpy seeds must fit 32 bits
     chaos: list[ChaosKill] = Field(default_factory=list, max_length=MAX_KILLS)
+    random_chaos: RandomChaosSpec | None = Field(None, description="Failures drawn from a failure rate, beside the fixed chaos list.")
     chaos_template: ChaosTemplate | None = Field(
         None,
         description=(

@@ -2,7 +2,8 @@
 
     trainthrough chaos --trainingjob NAME [--namespace NS] [--kill ps-head@30s ...]
 
-Without --kill, the TrainingJob's own `spec.chaos` is the schedule. Serves its metrics
+Without --kill, the TrainingJob's own schedule is injected: `spec.chaos` and the kills
+`spec.randomChaos` draws (control/schedule.py, `planned_kills`). Serves its metrics
 (injections and their timestamps) on --metrics-port and keeps serving them for --linger
 after the last kill, so that Prometheus scrapes the final values before the pod ends.
 """
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default="default")
     parser.add_argument(
         "--kill", action="append", default=None, type=flags.kill, metavar="TARGET@TIME",
-        help="instead of spec.chaos (repeatable)",
+        help="instead of the job's schedule (spec.chaos, spec.randomChaos; repeatable)",
     )  # fmt: skip
     parser.add_argument(
         "--grace-period", default=0.0, type=flags.duration, help="deletion grace for --kill kills (default 0s: a crash)"

@@ -1,8 +1,9 @@
 """Chaos on Kubernetes: delete a TrainingJob's pods on its chaos schedule.
 
 `trainthrough chaos --trainingjob NAME` runs as the Job the operator creates for a
-TrainingJob with a `chaos` section (runtime/manifests.py, `chaos_job`), or by hand with
-`--kill TARGET@TIME`. Like the local master (control/supervising.py) it
+TrainingJob with kills planned (`chaos`, `randomChaos`: control/schedule.py's
+`planned_kills`; runtime/manifests.py, `chaos_job`), or by hand with `--kill TARGET@TIME`.
+Like the local master (control/supervising.py) it
 
 - starts the clock when training starts (the job's status shows a model version above 0),
   so `at` means the same thing on both runtimes;
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 from trainthrough.control.master import Master
 from trainthrough.control.recording import InjectionMetrics
-from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills, resolve_target
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
@@ -86,8 +87,9 @@ class PodChaos:
         self.credentials = credentials
         body = self._job_body()
         self.job = self._parse(body)
-        # The spec's schedule unless kills are given (by hand, on the command line).
-        self.schedule = KillSchedule.of(list(kills) if kills is not None else list(self.job.spec.chaos))
+        # The spec's schedule (spec.chaos and randomChaos's draw) unless kills are given
+        # (by hand, on the command line).
+        self.schedule = KillSchedule.of(list(kills) if kills is not None else planned_kills(self.job.spec))
         self.rng = random.Random(self.job.spec.seed)
         self.injections: list[Injection] = []
         self.skipped: list[tuple[ChaosKill, str]] = []

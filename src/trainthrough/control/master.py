@@ -778,14 +778,15 @@ class Master:
             return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_DONE, "every worker reached stop.steps", now)
         if stop.duration is not None and elapsed >= stop.duration:
             return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached", now)
-        # The target ends a job only once every kill of spec.chaos has fired and between
-        # recoveries (chain replacements included), so that a run has the failures it
-        # plans and each is measured to its end; stop.duration binds regardless.
+        # The target ends a job only once every planned kill has fired (spec.chaos and
+        # randomChaos's draw: control/schedule.py) and between recoveries (chain
+        # replacements included), so that a run has the failures it plans and each is
+        # measured to its end; stop.duration binds regardless. The draw is made last, only
+        # once the rest holds.
         target = stop.target_accuracy
-        chaos_pending = s.chaos_fired < len(self.spec.chaos)
         if (
             target is not None and s.progress.best_accuracy >= target and elapsed >= stop.min_duration
-            and not s.recovering and not chaos_pending
+            and not s.recovering and s.chaos_fired >= len(planned_kills(self.spec))
         ):  # fmt: skip
             return self._finish(
                 JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})", now

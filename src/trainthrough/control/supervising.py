@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from trainthrough.control.recording import InjectionMetrics
-from trainthrough.control.schedule import KillSchedule, UnknownTarget, resolve_target
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills, resolve_target
 from trainthrough.control.applying import Applier
 from trainthrough.control.messages import Action, Disrupted, Exited, Health, Observation, Record, Stop, Unanswered
 from trainthrough.control.master import Master
@@ -82,7 +82,7 @@ class Supervisor:
         self.runtime = runtime
         self.events = events
         self.master = Master(job, restart_delay=restart_delay)
-        self.schedule = KillSchedule.of(list(job.spec.chaos) + list(kills or []))
+        self.schedule = KillSchedule.of(planned_kills(job.spec) + list(kills or []))  # spec.chaos, randomChaos's draw, --kill
         self.on_progress = on_progress
         self.until = until  # an extra stop condition (a benchmark that waits for its recoveries)
         self._recoveries = RecoveryMetrics(metrics, job)

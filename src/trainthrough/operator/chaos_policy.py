@@ -1,7 +1,7 @@
 """Whether this operator lets a TrainingJob inject failures: chaos is opt-in per cluster.
 
-A `spec.chaos` schedule deletes the job's own pods, and any TrainingJob author can write
-one; on a shared GPU cluster that is the platform team's decision, not the author's. The
+A `spec.chaos` schedule (or a `spec.randomChaos` failure rate) deletes the job's own pods,
+and any TrainingJob author can write one; on a shared GPU cluster that is the platform team's decision, not the author's. The
 operator allows chaos only when started with ``--allow-chaos`` (the chart's
 ``chaos.enabled``), and then in every namespace or only those named by
 ``--chaos-namespace`` (``chaos.namespaces``). A job whose chaos is not allowed is refused
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from trainthrough.control.schedule import injects_failures
 from trainthrough.errors import FieldError, SpecError
 from trainthrough.spec import TrainingJob
 
@@ -29,7 +30,7 @@ class ChaosPolicy:
 
     def refusal(self, job: TrainingJob) -> SpecError | None:
         """Why `job` may not run here, or None when it has no chaos or its chaos is allowed."""
-        if not job.spec.chaos:
+        if not injects_failures(job.spec):
             return None
         namespace = job.metadata.namespace
         source = f"TrainingJob {namespace}/{job.metadata.name}"
@@ -40,4 +41,5 @@ class ChaosPolicy:
             why = f"chaos is not allowed in namespace {namespace!r} (allowed: {allowed}; chart value chaos.namespaces)"
         else:
             return None
-        return SpecError([FieldError("spec.chaos", why)], source)
+        field = "spec.chaos" if job.spec.chaos else "spec.randomChaos"
+        return SpecError([FieldError(field, why)], source)

@@ -13,7 +13,7 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
 - Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index) and
   `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
   decides each recovery, as the local runtime's supervisor does.
-- With a `chaos` section: Job `NAME-chaos` running `trainthrough chaos` under its own
+- With a `chaos` or `randomChaos` section: Job `NAME-chaos` running `trainthrough chaos` under its own
   ServiceAccount, Role and RoleBinding `NAME-chaos` (read the job, read and delete
   its pods, write Events: nothing else).
 - NetworkPolicy `NAME-ps` (when the operator is told to): the PS gRPC port is open to the
@@ -234,8 +234,7 @@ def ps_pod(job: TrainingJob, process: str, *, start: PSStart = PSStart.FRESH, im
         volumes.append({"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}})
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_DIR})
         args += ["--checkpoint-dir", CHECKPOINT_DIR]
-    if join:
-        args.append("--join")
+    args += start.args
     r = job.spec.parameter_server.resources
     extra = {"hostname": pod_name(job, process), "subdomain": job.metadata.name}
     pod = _pod(job, process, "ps", image or DEFAULT_IMAGES["ps"], args, _resources(r.cpu, r.memory, 0), volumes, mounts, extra)
@@ -311,7 +310,7 @@ def chaos_role_binding(job: TrainingJob) -> dict[str, Any]:
 def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
     """The Job that deletes the job's pods on the spec's chaos schedule (`trainthrough chaos`)."""
     name = chaos_name(job)
-    # The schedule is read from the TrainingJob itself (spec.chaos), grace periods included.
+    # The schedule is read from the TrainingJob itself (spec.chaos, spec.randomChaos), grace periods included.
     args = ["--trainingjob", job.metadata.name, "--namespace", job.metadata.namespace, "--host", POD_IP, "--metrics-port", str(METRICS_PORT)]
     tmp, tmp_mount = _scratch_volume()
     chaos = {
@@ -378,7 +377,7 @@ def supporting_objects(
         objects.append(checkpoint_claim(job))
     if operator_pods is not None:
         objects.append(ps_network_policy(job, *operator_pods))
-    if job.spec.chaos:
+    if injects_failures(job.spec):  # spec.chaos or spec.randomChaos
         objects += [chaos_service_account(job), chaos_role(job), chaos_role_binding(job), chaos_job(job, (images or {}).get("chaos"))]
     return objects
 
