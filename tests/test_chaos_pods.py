@@ -12,6 +12,9 @@ operator's driver would. Covered:
   past the wait timeout is skipped with a `ChaosSkipped` Event;
 - a job that finishes first ends the run, the remaining kills skipped;
 - `random` deletes one of the job's pods, the same one for the same seed;
+- a job with `randomChaos` injects its drawn kills beside spec.chaos (the schedule is
+  control/schedule.py's planned_kills), gets its chaos Job, and is refused whole by an
+  operator that does not allow chaos, at spec.randomChaos;
 - `trainthrough chaos` (the chaos image's entrypoint) logs in through a kubeconfig,
   deletes the pod and exits 0; a missing TrainingJob is a clear error (exit 2).
 """
@@ -42,12 +45,17 @@ from trainthrough.spec import ChaosKill
 JOB = "tj"
 
 
-def make_job(kube: KubeEmulator, consistency: str = "chain", chaos: list[dict[str, Any]] | None = None, replicas: int = 3) -> None:
+def make_job(
+    kube: KubeEmulator, consistency: str = "chain", chaos: list[dict[str, Any]] | None = None, replicas: int = 3,
+    random_chaos: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     spec = {
         "model": "mlp", "dataset": "synthetic", "consistency": consistency, "stop": {"steps": 100},
         "workers": {"replicas": 2}, "parameterServer": {"replicas": replicas if consistency == "chain" else 1},
         "chaos": chaos or [],
     }  # fmt: skip
+    if random_chaos is not None:
+        spec["randomChaos"] = random_chaos
     kube.create(TRAININGJOBS, {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": JOB}, "spec": spec})
     ps = [f"ps-{i}" for i in range(replicas if consistency == "chain" else 1)]
     state = MasterState(phase=JobPhase.STARTING, ps=ps, up=ps + ["worker-0", "worker-1"])
@@ -189,6 +197,29 @@ def test_random_deletes_one_pod_of_the_job_the_same_for_the_same_seed(kube: Kube
     runner.run()
     assert [i.pod for i in runner.injections] == [f"{JOB}-{process}"]
     assert len(live_pods(kube)) == 2
+
+
+def test_drawn_kills_are_injected_beside_the_fixed_ones(kube: KubeEmulator) -> None:
+    from trainthrough.control.schedule import planned_kills
+    from trainthrough.operator.chaos_policy import ChaosPolicy
+
+    drawn = {"meanTimeBetweenFailures": "200ms", "targets": ["worker-1"], "maxKills": 1, "seed": 3}
+    make_job(kube, consistency="checkpoint", chaos=[{"target": "worker-0", "at": 0}], random_chaos=drawn)
+    runner, _ = chaos(kube)
+    kills = planned_kills(runner.job.spec)
+    assert [k.target for k in kills] == ["worker-0", "worker-1"] and kills[1].at > 0
+    assert runner.schedule.pending == kills
+    start_training(kube)
+    runner.run()
+    assert [(i.pod, i.scheduled_at) for i in runner.injections] == [(f"{JOB}-worker-0", 0.0), (f"{JOB}-worker-1", kills[1].at)]
+    assert live_pods(kube) == {f"{JOB}-ps-0"}
+    kinds = [o["kind"] for o in manifests.supporting_objects(runner.job)]
+    assert kinds.count("Job") == 1  # the chaos Job
+    only_drawn = runner.job.model_copy(update={"spec": runner.job.spec.model_copy(update={"chaos": []})})
+    refusal = ChaosPolicy().refusal(only_drawn)
+    assert refusal is not None and [e.path for e in refusal.errors] == ["spec.randomChaos"]
+    assert ChaosPolicy.allowing().refusal(only_drawn) is None
+    assert "Job" not in [o["kind"] for o in manifests.supporting_objects(only_drawn.model_copy(update={"spec": only_drawn.spec.model_copy(update={"random_chaos": None})}))]
 
 
 def test_the_chaos_command_deletes_the_pod_through_a_kubeconfig(kube: KubeEmulator, tmp_path: Path) -> None:
