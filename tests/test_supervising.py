@@ -3,7 +3,8 @@
 Covered:
 - run_end's kills count only kills that fired: a kill deferred because its target was
   down, and never fired, is not counted; one that fired is;
-- the local runtime's listening ports come from below the ephemeral range, never twice.
+- the local runtime's listening ports come from below the ephemeral range, never twice;
+- the schedule is spec.chaos, the kills spec.randomChaos draws and --kill, by time.
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ def test_run_end_counts_only_kills_that_fired(alive: set[str], fired: int, tmp_p
     assert summary.kills == fired
     [end] = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "run_end"]
     assert end["kills"] == fired
+
+
+def test_the_local_driver_injects_the_kills_drawn_from_a_failure_rate(tmp_path: Path) -> None:
+    from trainthrough.control.schedule import planned_kills
+    from trainthrough.spec import ChaosKill
+
+    job = parse_job({
+        "apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"},
+        "spec": {
+            "consistency": "checkpoint", "model": "mlp", "dataset": "synthetic", "stop": {"duration": "30s"},
+            "randomChaos": {"meanTimeBetweenFailures": "4s", "targets": ["ps-head", "worker-0"], "seed": 11},
+        },
+    })  # fmt: skip
+    by_hand = ChaosKill(target="worker-0", at=29.0)
+    runtime = FakeRuntime({"ps-0", "worker-0"})
+    events = EventLog(str(tmp_path / "events.jsonl"), source="master")
+    supervisor = Supervisor(job, runtime, events, create_metrics(CollectorRegistry()), kills=[by_hand])
+    planned = planned_kills(job.spec)
+    assert len(planned) > 3 and {k.target for k in planned} == {"ps-head", "worker-0"}
+    assert supervisor.schedule.pending == sorted([*planned, by_hand], key=lambda k: k.at)
+    supervisor._apply(supervisor.master.start(time.time()))
+    for kill in supervisor.schedule.due(30.0):
+        supervisor._inject(kill)
+    events.close()
+    # The first drawn kill fires (the PS is up); the rest wait for it to recover, which a
+    # fake runtime never does.
+    assert planned[0].target == "ps-head"
+    assert runtime.killed == ["ps-0"]
+    assert supervisor.master.state.chaos_fired == 1
 
 
 def test_listening_ports_are_drawn_below_the_ephemeral_range_and_never_twice() -> None:
