@@ -110,6 +110,8 @@ def ok_run(
         "lost_updates": sum(k["lost_updates"] for k in kills),
         "idle_fraction": idle,
         "ettr": ettr,
+        "goodput": {"productive": 120.0 * ettr, "startup": 120.0 * (1 - ettr), "detect": 0.0, "waiting": 0.0,
+                    "restore": 0.0, "redo": 0.0, "total": 120.0, "ettr": ettr},  # fmt: skip
         "worker_seconds": 120.0,
         "worker_idle_seconds": 120.0 * idle,
         "gradients_processed": gradients,

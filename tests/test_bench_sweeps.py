@@ -37,6 +37,7 @@ def run(variant: str, scenario: str, seed: int, *, ettr: float, kills: int = 0, 
         "kills": [{"at": 5.0 * i, "phases": {}, "accuracy_after": accuracy} for i in range(kills)], "kills_planned": [5.0] * kills,
         "pods": pods, "updates_applied": updates, "final_accuracy": accuracy, "time_to_target": 20.0,
         "curve": [(1.0, 0.5), (20.0, accuracy)],
+        "goodput": {"productive": 100.0 * ettr, "startup": 2.0, "restore": 100.0 * (1 - ettr) - 2.0, "total": 100.0, "ettr": ettr},
     }  # fmt: skip
 
 
@@ -112,6 +113,7 @@ def test_the_report_has_the_sweep_sections_only_for_the_sweeps(tmp_path: Path) -
     assert "## The stateless merges" not in text
     assert "## Goodput against the failure rate" in text and (tmp_path / "rate" / "ettr_vs_mtbf.png").exists()
     assert "| checkpoint-async | 95.0%" in text and "MTBF 10 s" in text
+    assert "Where the time went at MTBF 10 s" in text and "| variant | productive | startup | restore |" in text
     assert "## Which mode to choose" in text and "Choose **" in text
 
 

@@ -18,6 +18,7 @@ from trainthrough.bench.aggregating import BASELINE, Cell, Stat, label
 from trainthrough.bench.goodput_model import PUBLISHED_MTTF_HOURS, failure_costs
 
 Format = Callable[[Stat], str]
+GOODPUT_TOTALS = ("total", "ettr")  # a run's goodput dict holds these beside its seconds per kind
 
 
 def _outage(cell: Cell) -> float | None:
@@ -98,17 +99,17 @@ def goodput_section(all_cells: list[Cell], out_dir: Path, pct: Format) -> list[s
 def _badput_table(swept: list[Cell], rate: float) -> list[str]:
     """The goodput split at the highest failure rate, median seconds per run."""
     at_rate = [c for c in swept if _mtbf(c) == rate]
-    kinds = list(dict.fromkeys(k for c in at_rate for r in c.ok for k in (r.get("goodput") or {}).get("seconds", {})))
+    kinds = list(dict.fromkeys(k for c in at_rate for r in c.ok for k in (r.get("goodput") or {}) if k not in GOODPUT_TOTALS))
     if not kinds:
         return []
     lines = [
-        f"Where the time went at MTBF {rate:g} s (median seconds per run, worker time averaged over workers):",
+        f"Where the time went at MTBF {rate:g} s (median worker seconds per run, all workers; `docs/goodput.md`):",
         "",
         "| variant | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
     ]
     for cell in at_rate:
-        values = [Stat.of([(r.get("goodput") or {}).get("seconds", {}).get(k) for r in cell.ok]) for k in kinds]
+        values = [Stat.of([(r.get("goodput") or {}).get(k) for r in cell.ok]) for k in kinds]
         lines.append(f"| {cell.variant} | " + " | ".join("-" if v.median is None else f"{v.median:.1f}" for v in values) + " |")
     return lines + [""]
 
