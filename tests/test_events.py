@@ -140,7 +140,7 @@ def test_every_metric_has_the_prefix_and_base_units() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     families = _families(registry)
-    assert len(families) == len(metrics.__dataclass_fields__) == 22
+    assert len(families) == len(metrics.__dataclass_fields__) == 23
     for name, family in families.items():
         assert name.startswith("trainthrough_"), name
         for unit in ("milliseconds", "_ms", "minutes", "hours", "kilobytes", "megabytes", "percent"):
@@ -154,7 +154,7 @@ def test_every_metric_has_the_prefix_and_base_units() -> None:
 def test_labels_are_the_bounded_set() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    allowed = {"namespace", "trainingjob", "mode", "role", "phase", "reason", "target"}
+    allowed = {"namespace", "trainingjob", "mode", "role", "phase", "reason", "target", "kind"}
     operator_wide = {"reconciles": {"result"}, "reconcile_seconds": set(), "build_info": set()}
     for field in metrics.__dataclass_fields__:
         labelnames = set(getattr(metrics, field)._labelnames)
@@ -163,9 +163,10 @@ def test_labels_are_the_bounded_set() -> None:
             continue
         assert {"trainingjob", "mode"} <= labelnames <= allowed, field
     assert metrics.recovery_seconds._labelnames == ("namespace", "trainingjob", "mode", "phase")
+    assert metrics.job_seconds._labelnames == ("namespace", "trainingjob", "mode", "kind")  # kind: goodput.py's bounded set
     # Only the series a master exports for the jobs it serves carry the namespace; a pod's
     # scrape adds it to the others.
-    masters = {"recovery_seconds", "recoveries", "lost_updates", "chaos_injections", "chaos_last_injection"}
+    masters = {"recovery_seconds", "recoveries", "lost_updates", "chaos_injections", "chaos_last_injection", "job_seconds"}
     for field in set(metrics.__dataclass_fields__) - set(operator_wide):
         assert ("namespace" in getattr(metrics, field)._labelnames) == (field in masters), field
     assert metrics.rejected_pushes._labelnames == ("trainingjob", "mode", "role", "reason")
