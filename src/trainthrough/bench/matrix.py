@@ -160,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [1, 2, 3, 4, 5], "budget": 20, "maxDuration": 45, "outage": 5,
     },  # fmt: skip
     # Goodput against the failure rate: every mode under PS failures drawn at random with
-    # a mean time between failures of 10 to 80 s, in 60 s runs, 5 seeds (about 3 hours here).
+    # a mean time between failures of 10 to 80 s, in 60 s runs, 5 seeds (about 3.5 hours here).
     "failure-rate": {
         "variants": [*MODE_VARIANTS, "stateless-outer", "hybrid"],
         "scenarios": [
