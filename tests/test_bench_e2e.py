@@ -88,6 +88,17 @@ def test_bench_writes_results_and_report_and_report_rerenders(tmp_path: Path) ->
     rerender = trainthrough("report", str(out / "results.json"))
     assert rerender.returncode == 0, rerender.stderr
     assert (out / "report.md").read_text() == first
+
+    # --remeasure computes the metrics again from each run's events: results whose metrics
+    # were written by other definitions (here: wiped) come back as the run measured them.
+    wiped = json.loads((out / "results.json").read_text())
+    for run in wiped["runs"]:
+        run.update(kills=[], final_accuracy=None, goodput={}, ettr=None)
+    (out / "results.json").write_text(json.dumps(wiped))
+    remeasured = trainthrough("report", "--remeasure", str(out / "results.json"))
+    assert remeasured.returncode == 0, remeasured.stderr
+    assert "4 of 4 runs measured again" in remeasured.stdout
+    assert json.loads((out / "results.json").read_text())["runs"] == runs
     if url:
         assert_read_back_matches_the_event_log(out)
 

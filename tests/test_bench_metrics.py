@@ -218,6 +218,7 @@ def test_kill_with_its_recovery_reads_accuracy_around_it() -> None:
         "accuracy_before": 0.62,
         "accuracy_after": 0.58,
         "recovered": True,
+        "restored_from": "checkpoint",
         # detect 8.25-8 = 0.25; restore 28.5-8.25 = 20.25; first update 29-28.5 = 0.5; total 29-8 = 21
         "phases": {"detect": 0.25, "restore": 20.25, "first_update": 0.5, "total": 21.0},
         "lost_updates": 60,  # 35 + 25, as the workers measured
@@ -240,6 +241,7 @@ def test_kill_without_recovery() -> None:
         "accuracy_before": 0.40,
         "accuracy_after": 0.45,
         "recovered": False,
+        "restored_from": "",
         "phases": {},
         "lost_updates": 0,
     }
@@ -493,6 +495,7 @@ def test_run_metrics_end_to_end() -> None:
                 "accuracy_before": 0.62,  # 6 s
                 "accuracy_after": 0.58,  # 31 s, the first after the first update at 29 s
                 "recovered": True,
+                "restored_from": "checkpoint",
                 "phases": {"detect": 0.25, "restore": 20.25, "first_update": 0.5, "total": 21.0},
                 "lost_updates": 60,  # 35 + 25
             }

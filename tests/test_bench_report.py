@@ -426,6 +426,30 @@ def test_cells_that_differ_in_workers_are_told_apart(tmp_path: Path) -> None:
     assert len(set(rows)) == 4
 
 
+def test_a_cell_whose_kills_recovered_in_two_ways_has_a_recovery_row_per_way(tmp_path: Path) -> None:
+    """Hybrid losing its whole chain: two promotions (restored from chain, no outage), then
+    the chain rebuilt from its workers after the 20 s outage. Pooled, the median would be
+    a promotion's and hide the rebuild."""
+
+    def hybrid_kills(rebuild_restore: float) -> list[dict[str, Any]]:
+        promoted = [{**kill(at, 0.6, 0.6, 0.1, 0.05, 0.05, 0), "restored_from": "chain"} for at in (3.0, 3.3)]
+        rebuilt = {**kill(3.6, 0.6, 0.62, 0.2, rebuild_restore, 0.3, 0), "restored_from": "workers"}
+        return [*promoted, rebuilt]
+
+    runs = [
+        ok_run("hybrid", "chain-lost", seed, ttt=10.0, final=0.75, ettr=0.8, idle=0.2, gradients=100, ps_cpu=1.0,
+               worker_cpu=2.0, ps_mib=10, worker_mib=20, cost=0.001, kills=hybrid_kills(restore))
+        for seed, restore in ((1, 21.0), (2, 23.0))
+    ]  # fmt: skip
+    text = render(tmp_path, MATRIX, runs).read_text()
+    assert table(text, "Recovery time per kill") == [
+        # four promotions: 0.1 + 0.05 + 0.05; a promotion has no outage to subtract
+        "| hybrid | chain-lost, from chain | 0.1 s [0.1-0.1] | 0.1 s [0.1-0.1] | - | 0.1 s [0.1-0.1] | 0.2 s [0.2-0.2] |",
+        # two rebuilds: restore 21 and 23 (1 and 3 s beyond the 20 s outage); total 21.5 and 23.5
+        "| hybrid | chain-lost, from workers | 0.2 s [0.2-0.2] | 22.0 s [21.0-23.0] | 2.0 s [1.0-3.0] | 0.3 s [0.3-0.3] | 22.5 s [21.5-23.5] |",
+    ]
+
+
 # -- results.json ---------------------------------------------------------------------------------------
 
 

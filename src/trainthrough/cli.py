@@ -143,9 +143,14 @@ def _advise(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainthrough.bench.reporting import load_results, render
+    from trainthrough.bench.reporting import load_results, render, save_results
+    from trainthrough.bench.running import remeasure
 
     matrix, results = load_results(Path(args.results))
+    if args.remeasure:
+        count = remeasure(matrix, results)
+        save_results(Path(args.results), matrix, results)
+        print(f"trainthrough: {count} of {len(results)} runs measured again from their events")
     report = render(Path(args.out) if args.out else Path(args.results).parent, matrix, results)
     print(f"trainthrough: report in {report}")
     return 0
@@ -278,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="re-render the report from results.json")
     report.add_argument("results", help="results.json of a bench run")
     report.add_argument("--out", default=None, help="folder for the report (default: beside results.json)")
+    report.add_argument(
+        "--remeasure", action="store_true",
+        help="first compute every run's metrics again from its events (runs/<id>/events.jsonl) and rewrite results.json",
+    )  # fmt: skip
     report.set_defaults(handler=_report)
     advise = commands.add_parser("advise", help="which mode gives the most trained model per unit of cost, from a failure-rate sweep's results")
     advise.add_argument("results", help="results.json of `trainthrough bench --preset failure-rate` (or any matrix with failureRate scenarios)")

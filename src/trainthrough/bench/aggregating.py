@@ -69,9 +69,21 @@ class Cell:
         values = [r["kills"][index].get(key) for r in self.ok if len(r.get("kills", [])) > index]
         return Stat.of(values)
 
-    def phase_stat(self, phase: str) -> Stat:
-        values = [k["phases"].get(phase) for r in self.ok for k in r.get("kills", []) if k["phases"]]
-        return Stat.of(values)
+    def recovered_kills(self, restored_from: str | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(run, kill) of every kill that has recovery phases; only those restored from
+        `restored_from` where given."""
+        return [
+            (r, k) for r in self.ok for k in r.get("kills", [])
+            if k["phases"] and restored_from in (None, k.get("restored_from", ""))
+        ]  # fmt: skip
+
+    def phase_stat(self, phase: str, restored_from: str | None = None) -> Stat:
+        return Stat.of([k["phases"].get(phase) for _, k in self.recovered_kills(restored_from)])
+
+    @property
+    def restored_from(self) -> list[str]:
+        """The ways its kills recovered (what the PS served from after each), in order seen."""
+        return list(dict.fromkeys(k.get("restored_from", "") for _, k in self.recovered_kills()))
 
     @property
     def kill_count(self) -> int:

@@ -90,6 +90,9 @@ def kills(events: list[Event], t0: float) -> list[dict[str, Any]]:
                 "accuracy_before": accuracy_at(curve, killed_at - t0),
                 "accuracy_after": accuracy_after(curve, (resumed if resumed else killed_at) - t0),
                 "recovered": recovery is not None,
+                # what the PS serves from after it: checkpoint, chain (a promotion), workers
+                # (a stateless seed; hybrid: the chain rebuilt), seed (nothing to restore)
+                "restored_from": recovery.get("restored_from", "") if recovery else "",
                 "phases": dict(recovery["phases"]) if recovery else {},
                 "lost_updates": lost,
             }

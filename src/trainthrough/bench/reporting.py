@@ -181,19 +181,26 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     ]
     outage = float(matrix.get("outage", 0.0))
     for cell in (c for c in all_cells if c.scenario != BASELINE):
-        restarts = cell.variant.startswith(("checkpoint", "stateless"))  # a chain (hybrid: mostly) promotes instead
-        beyond = Stat.of([k["phases"]["restore"] - r.get("outage", outage) for r in cell.ok for k in r.get("kills", []) if "restore" in k["phases"]])
-        lines.append(
-            f"| {label(cell, all_cells)} | {cell.scenario} | {_seconds(cell.phase_stat('detect'))} | "
-            f"{_seconds(cell.phase_stat('restore'))} | {_seconds(beyond) if restarts else '-'} | "
-            f"{_seconds(cell.phase_stat('first_update'))} | {_seconds(cell.phase_stat('total'))} |"
-        )
+        # A cell whose kills recovered in several ways (hybrid: promotions, then the chain
+        # rebuilt) gets a row per way: pooled, a median would describe neither.
+        ways: list[str | None] = cell.restored_from if len(cell.restored_from) > 1 else [None]
+        for way in ways:
+            restarted = _restarted(cell, way)
+            beyond = Stat.of([k["phases"]["restore"] - r.get("outage", outage) for r, k in cell.recovered_kills(way) if "restore" in k["phases"]])
+            scenario = cell.scenario if way is None else f"{cell.scenario}, from {way or 'nothing'}"
+            lines.append(
+                f"| {label(cell, all_cells)} | {scenario} | {_seconds(cell.phase_stat('detect', way))} | "
+                f"{_seconds(cell.phase_stat('restore', way))} | {_seconds(beyond) if restarted else '-'} | "
+                f"{_seconds(cell.phase_stat('first_update', way))} | {_seconds(cell.phase_stat('total', way))} |"
+            )
     lines += [
         "",
-        "Restore includes the configured outage for modes that restart the PS (checkpoint, "
-        "stateless); restore - outage is what the restarted PS itself took (its boot, the "
-        "checkpoint load or the workers' rejoin and replay). A chain promotes the next replica "
-        "at once and only its replacement waits.",
+        "Restore includes the configured outage where the PS restarts (checkpoint, stateless, "
+        "and a hybrid chain rebuilt from its workers); restore - outage is what the restarted "
+        "PS itself took (its boot, the checkpoint load or the workers' rejoin and replay). A "
+        "chain promotes the next replica at once (restored from chain) and only its "
+        "replacement waits. Where one cell's kills recovered in more than one way, each way "
+        "has its own row.",
         "",
         "## Effective training time and worker time",
         "",
@@ -230,6 +237,14 @@ def render(out_dir: Path, matrix: dict[str, Any], results: list[dict[str, Any]])
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _restarted(cell: Cell, way: str | None) -> bool:
+    """Whether the PS restarted (after the outage) in these recoveries, or a chain promoted."""
+    source = way if way is not None else (cell.restored_from[0] if len(cell.restored_from) == 1 else "")
+    if source:
+        return source != "chain"
+    return cell.variant.startswith(("checkpoint", "stateless"))  # results from before restored_from
 
 
 def _findings(all_cells: list[Cell], target: float, limit: float) -> list[str]:

@@ -94,6 +94,23 @@ def run_plan(
     return result
 
 
+def remeasure(matrix: dict[str, Any], results: list[dict[str, Any]]) -> int:
+    """Every metric of bench/metrics.py again, from each run's own events (its folder's
+    events.jsonl), for results written before a definition changed; the plan, status and
+    cost stay. Returns how many runs were measured again; a run whose folder is gone keeps
+    what it had."""
+    target = matrix.get("targetAccuracy", matrix.get("target_accuracy", 0.70))
+    budget = matrix.get("budget", 60.0)
+    again = 0
+    for result in results:
+        events_path = Path(result.get("run_dir", "")) / "events.jsonl"
+        if result.get("status") != "ok" or not events_path.is_file():
+            continue
+        result.update(run_metrics(read_events(events_path), target=target, budget=budget))
+        again += 1
+    return again
+
+
 def _run_locally(
     plan: RunPlan,
     run_dir: Path,
