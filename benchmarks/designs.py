@@ -10,6 +10,9 @@ and a worker loop, run in separate processes.
   the wire, float32 master weights on the PS).
 - `trainthrough-unary`: the same with streaming off: every tensor in one message (by
   default tensors above 64 MB stream in chunks).
+- `trainthrough-shm`: the same PS offering shared memory (shared_memory.py), as every PS
+  does on a host that has it: the worker negotiates it over gRPC and the gradient and the
+  parameters move through its segment, gRPC carrying the rest.
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -147,7 +150,7 @@ def serve_mode(mode, control: Connection, credentials=None) -> None:
     serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
 
 
-def trainthrough_server(numel: int, workers: int, control: Connection, credentials=None) -> None:
+def trainthrough_server(numel: int, workers: int, control: Connection, credentials=None, shared_memory: bool = False) -> None:
     prepare_process()
     from trainthrough.ps.checkpointing import CheckpointMode
     from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
@@ -164,6 +167,10 @@ def trainthrough_server(numel: int, workers: int, control: Connection, credentia
         core, checkpointer=checkpointer, optimizer=optimizer,
         initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
     )  # fmt: skip
+    if shared_memory:
+        from trainthrough.shared_memory import SharedMemoryServer
+
+        mode.shared = SharedMemoryServer()
     serve_mode(mode, control, credentials)
 
 

@@ -42,7 +42,7 @@ from trainthrough import auth, tls
 SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 # Steps per worker per window: about a second of work at each size on a small machine.
 STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
-DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "torch-rpc", "allreduce")
+DESIGNS = ("echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "trainthrough-shm", "torch-rpc", "allreduce")
 SECURE_DESIGNS = ("trainthrough-token", "trainthrough-mtls")  # only when asked for (--designs)
 SETUP_TIMEOUT = 120.0
 
@@ -70,7 +70,7 @@ def worker_main(design: str, port: int, numel: int, rank: int, workers: int, win
             step, done = designs.trainthrough_worker(port, numel, rank, credentials=credentials), lambda: None
         elif design == "echo":
             step, done = designs.echo_worker(port, numel), lambda: None
-        elif design == "trainthrough":
+        elif design in ("trainthrough", "trainthrough-shm"):  # the server decides whether it offers shared memory
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
         elif design == "trainthrough-bf16":
             step, done = designs.trainthrough_worker(port, numel, rank, transfer_dtype="bfloat16"), lambda: None
@@ -115,6 +115,8 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
     else:
         target = designs.echo_server if design == "echo" else designs.trainthrough_server  # either trainthrough
         extra = (credentials,) if credentials is not None else ()
+        if design == "trainthrough-shm":
+            extra = (None, True)  # no credentials, shared memory offered
         server = ctx.Process(target=target, args=(numel, workers, server_end, *extra), daemon=True)
     if server is not None:
         server.start()

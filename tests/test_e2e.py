@@ -5,7 +5,9 @@ Aspects covered, one run per mode:
 - checkpoint: survives a PS kill and reaches 70% test accuracy; the restarted PS resumes
   from the newest checkpoint written before the kill (rollback <= the interval); workers
   count the time they waited; every acknowledged push is in the final model unless the
-  workers measured it lost (by push id), and what they measured is what the job reports.
+  workers measured it lost (by push id), and what they measured is what the job reports;
+  the tensors went through shared memory with both PS processes (PS and workers share
+  the host), each with its own segment.
 - chain (3 replicas, ack: tail): two head kills in a row; zero acknowledged updates lost
   (every push a worker saw acknowledged is in the final model version, and the workers'
   own measurement by push id says 0); training resumes
@@ -115,6 +117,12 @@ def test_checkpoint_mode_resumes_from_newest_checkpoint(tmp_path):
     assert end["version"] == acknowledged - lost, (end["version"], acknowledged, lost)
     assert lost == sum(e["lost_updates"] for e in of(events, "ps_changed")) <= interval + 2
     assert summary.lost_updates == lost
+    # The PS and its workers share this host: every worker's tensors went through shared
+    # memory with the PS before the kill and, with a new segment, with the restarted one
+    # (the exact count above holds on that path).
+    for rank in range(2):
+        mapped = [e["t"] for e in of(events, "shared_memory_mapped", worker=f"worker-{rank}")]
+        assert min(mapped) < kill["t"] < max(mapped), (rank, mapped)
 
 
 def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):

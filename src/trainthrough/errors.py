@@ -72,6 +72,11 @@ class RejoinRequired(TemporaryError):
     """A stateless PS restarted (new incarnation): the worker must rejoin before pushing."""
 
 
+class SharedSegmentGone(TemporaryError):
+    """The PS cannot open the shared-memory segment a request names (the PS restarted and
+    the segment's name is gone): the worker makes a new one, or sends over gRPC."""
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One problem in a document: where (camelCase path, e.g. ``spec.chaos[2].target``, or

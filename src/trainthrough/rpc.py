@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 import grpc
 
 from trainthrough.auth import Credentials
-from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, TrainthroughError
+from trainthrough.errors import NotHead, PermanentError, PSUnavailable, RejoinRequired, SharedSegmentGone, TrainthroughError
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.wire import FramedCalls
 
@@ -107,6 +107,8 @@ def translate(error: grpc.RpcError, address: str) -> TrainthroughError:
         return NotHead(where)
     if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("RejoinRequired"):
         return RejoinRequired(where)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("SharedSegmentGone"):
+        return SharedSegmentGone(where)
     if code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,

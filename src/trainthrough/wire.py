@@ -59,6 +59,20 @@ def tensor_bytes(tensor: torch.Tensor, dtype: str = "float32") -> bytes:
     return _wire_view(tensor, dtype).numpy().tobytes()
 
 
+def copy_into(target: memoryview, tensor: torch.Tensor, dtype: str = "float32") -> None:
+    """`tensor` flat, cast to `dtype`, into the writable bytes `target` (exactly its wire
+    size): one copy, no intermediate bytes."""
+    wire_dtype = check_dtype(dtype)
+    flat = tensor.detach().reshape(-1)
+    if len(target) != flat.numel() * wire_dtype.itemsize:
+        raise ValueError(f"{len(target)} bytes cannot hold {flat.numel()} {dtype} elements")
+    if not len(target):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (a writable buffer: no warning expected)
+        torch.frombuffer(target, dtype=wire_dtype).copy_(flat)
+
+
 def fill_bytes(target: ps_pb2.Tensor, raw: bytes, shape: list[int], dtype: str = "float32") -> None:
     """Write already-encoded bytes (e.g. a snapshot of the PS's parameters) into `target`."""
     target.dtype = dtype

@@ -7,24 +7,46 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data")
+    __slots__ = ("dtype", "shape", "data", "shared")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    shared: SharedRegion
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., shared: _Optional[_Union[SharedRegion, _Mapping]] = ...) -> None: ...
+
+class SharedRegion(_message.Message):
+    __slots__ = ("segment", "offset", "length")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    offset: int
+    length: int
+    def __init__(self, segment: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryOffer(_message.Message):
+    __slots__ = ("probe_segment", "nonce")
+    PROBE_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    probe_segment: str
+    nonce: bytes
+    def __init__(self, probe_segment: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("worker", "have_version", "dtype")
+    __slots__ = ("worker", "have_version", "dtype", "into")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INTO_FIELD_NUMBER: _ClassVar[int]
     worker: str
     have_version: int
     dtype: str
-    def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    into: SharedRegion
+    def __init__(self, worker: _Optional[str] = ..., have_version: _Optional[int] = ..., dtype: _Optional[str] = ..., into: _Optional[_Union[SharedRegion, _Mapping]] = ...) -> None: ...
 
 class PullReply(_message.Message):
     __slots__ = ("version", "params", "incarnation", "applied_pushes", "started_push_id", "chain")
@@ -50,20 +72,22 @@ class PullReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Tensor, _Mapping]] = ..., incarnation: _Optional[str] = ..., applied_pushes: _Optional[_Mapping[str, int]] = ..., started_push_id: _Optional[int] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype")
+    __slots__ = ("worker", "push_id", "base_version", "gradient", "samples", "pull_dtype", "pull_into")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     PULL_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PULL_INTO_FIELD_NUMBER: _ClassVar[int]
     worker: str
     push_id: int
     base_version: int
     gradient: Tensor
     samples: int
     pull_dtype: str
-    def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ...) -> None: ...
+    pull_into: SharedRegion
+    def __init__(self, worker: _Optional[str] = ..., push_id: _Optional[int] = ..., base_version: _Optional[int] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., pull_dtype: _Optional[str] = ..., pull_into: _Optional[_Union[SharedRegion, _Mapping]] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("version", "duplicate", "incarnation", "params", "params_version", "applied_pushes", "started_push_id", "chain")
@@ -137,7 +161,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates", "workers")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates", "workers", "shared_memory")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +178,7 @@ class HealthReply(_message.Message):
     FIRST_UPDATE_AT_FIELD_NUMBER: _ClassVar[int]
     LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -170,7 +195,8 @@ class HealthReply(_message.Message):
     first_update_at: float
     lost_updates: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerProgress]
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
+    shared_memory: SharedMemoryOffer
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
     __slots__ = ("worker", "steps", "accuracy", "lost_updates", "evaluation")

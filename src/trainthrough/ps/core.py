@@ -159,14 +159,20 @@ class ParameterServerCore:
         return self.state.version if self.state is not None else -1
 
     # -- pull ------------------------------------------------------------------------
-    def pull(self, have_version: int, dtype: str = "float32") -> tuple[int, bytes | None, dict[str, int]]:
+    def pull(
+        self, have_version: int, dtype: str = "float32", into: Callable[[torch.Tensor], None] | None = None
+    ) -> tuple[int, bytes | None, dict[str, int]]:
         """(version, the parameters' bytes or None when `have_version` is current, the
-        newest push id per worker that they hold), all of one moment."""
+        newest push id per worker that they hold), all of one moment. `into`: write the
+        parameters there instead (shared memory; the bytes returned are then empty)."""
         state = self.require_state()
         with self.state_lock:
             applied = dict(state.last_push)
             if have_version == state.version:
                 return state.version, None, applied
+            if into is not None:
+                into(state.param.detach())
+                return state.version, b"", applied
             return state.version, state.params_bytes(dtype), applied
 
     # -- push ------------------------------------------------------------------------

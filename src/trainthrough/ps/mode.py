@@ -16,6 +16,7 @@ from trainthrough.errors import PermanentError, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.ps import requests
 from trainthrough.ps.core import ParameterServerCore
+from trainthrough.shared_memory import SharedMemoryServer
 
 
 class Unsupported(PermanentError):
@@ -24,6 +25,9 @@ class Unsupported(PermanentError):
 
 class Mode:
     name = "base"
+    # Tensors through shared memory with workers on this host (serving.py offers it where
+    # the host has it); None: gRPC only.
+    shared: SharedMemoryServer | None = None
 
     def __init__(self, core: ParameterServerCore) -> None:
         self.core = core
@@ -47,6 +51,8 @@ class Mode:
         `gradient`: the gradient already assembled from a stream, with its largest magnitude."""
         check_push(request)
         if gradient is None:
+            if request.gradient.HasField("shared"):
+                data = self._shared_bytes(request.worker, request.gradient, data, "gradient")
             gradient = wire.decode_bounded(request.gradient, self.core.numel, what="gradient", data=data)
         started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
         version, duplicate = self.core.push(request.worker, request.push_id, *gradient)
@@ -54,18 +60,39 @@ class Mode:
         self.describe(reply)
         return reply
 
+    def _shared_bytes(self, worker: str, header: ps_pb2.Tensor, data: bytes | memoryview | None, what: str) -> memoryview:
+        """A private copy of the bytes a tensor names in shared memory (then checked as any)."""
+        if self.shared is None:
+            raise WireError(f"{what}.shared: this PS does not take tensors through shared memory")
+        if header.data or (data is not None and len(data)):
+            raise WireError(f"{what}: both shared and data are set")
+        return self.shared.copy_out(worker, header, what)
+
     def describe(self, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> None:
         """Add what this mode tells every worker in every reply (chain: its configuration)."""
 
     def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview) -> wire.Framed:
         """A push and, when the request asks (pull_dtype), the parameters after it beside
         the reply: the pull that follows every push, in the same call."""
+        # The pull's fields are checked before the push is applied: a push is applied whole
+        # with its reply, or not at all.
         if request.pull_dtype:
-            wire.check_dtype(request.pull_dtype, "pull_dtype")  # before the push is applied
+            wire.check_dtype(request.pull_dtype, "pull_dtype")
+        elif request.HasField("pull_into"):
+            raise WireError("pull_into: needs pull_dtype")
+        if request.HasField("pull_into"):
+            if self.shared is None:
+                raise WireError("pull_into: this PS does not send tensors through shared memory")
+            requests.worker(request.worker)
+            nbytes = self.core.numel * wire.itemsize(request.pull_dtype)
+            self.shared.check_region(request.worker, request.pull_into, nbytes, "pull_into")
         reply = self.push(request, data)
         if not request.pull_dtype:
             return wire.Framed(reply)
-        pulled = self.pull(ps_pb2.PullRequest(worker=request.worker, have_version=-1, dtype=request.pull_dtype))
+        pull = ps_pb2.PullRequest(worker=request.worker, have_version=-1, dtype=request.pull_dtype)
+        if request.HasField("pull_into"):
+            pull.into.CopyFrom(request.pull_into)
+        pulled = self.pull(pull)
         reply.params_version = pulled.message.version
         reply.params.CopyFrom(pulled.message.params)
         reply.applied_pushes.update(pulled.message.applied_pushes)
@@ -76,7 +103,14 @@ class Mode:
         dtype = request.dtype or "float32"
         wire.check_dtype(dtype)  # also when the pull sends no parameters
         requests.version(request.have_version, "have_version")
-        version, data, applied = self.core.pull(request.have_version, dtype)
+        into = None
+        if request.HasField("into"):
+            if self.shared is None:
+                raise WireError("into: this PS does not send tensors through shared memory")
+            requests.worker(request.worker)  # its segment is found by its name
+            shared = self.shared
+            into = lambda params: shared.write(request.worker, request.into, params, dtype, "into")  # noqa: E731
+        version, data, applied = self.core.pull(request.have_version, dtype, into)
         reply = ps_pb2.PullReply(
             version=version, incarnation=self.core.incarnation, applied_pushes=applied,
             started_push_id=self.core.started_pushes.get(request.worker, -1),
@@ -86,6 +120,9 @@ class Mode:
             return wire.Framed(reply)
         reply.params.dtype = dtype
         reply.params.shape.append(self.core.numel)
+        if into is not None:
+            reply.params.shared.CopyFrom(request.into)
+            return wire.Framed(reply)
         return wire.Framed(reply, data)
 
     def push_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.PushReply:
@@ -126,6 +163,7 @@ class Mode:
             ready_at=core.ready_at,
             first_update_at=core.first_update_at,
             workers=core.worker_progress(),
+            shared_memory=self.shared.offer() if self.shared is not None else None,
         )
 
     def serving_state(self) -> str:

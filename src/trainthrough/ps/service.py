@@ -33,7 +33,9 @@ import grpc
 
 from trainthrough import wire
 from trainthrough.auth import Credentials
-from trainthrough.errors import InvalidField, NotHead, PermanentError, RejectReason, RejoinRequired, TemporaryError, WireError
+from trainthrough.errors import (
+    InvalidField, NotHead, PermanentError, RejectReason, RejoinRequired, SharedSegmentGone, TemporaryError, WireError,
+)  # fmt: skip
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
 from trainthrough.ps.core import NotServing
 from trainthrough.ps.health import PSHealth
@@ -155,7 +157,7 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         except WireError as error:
             self.mode.core.count_rejected(_reason(error))
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
-        except (NotHead, RejoinRequired) as error:
+        except (NotHead, RejoinRequired, SharedSegmentGone) as error:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
         except StreamsExhausted as error:
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))

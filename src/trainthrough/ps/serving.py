@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainthrough import auth
+from trainthrough import auth, shared_memory
 from trainthrough.auth import Credentials
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     credentials = auth.from_arguments(args, job)
     mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, start=args.start, credentials=credentials)
+    if shared_memory.available():  # workers on this host take it
+        mode.shared = shared_memory.SharedMemoryServer(
+            on_mapped=lambda worker, size: events.emit("shared_memory_mapped", worker=worker, bytes=size)
+        )
     health = PSHealth(mode)
     server, port = create_server(mode, f"{args.host}:{args.port}", credentials=credentials, health=health)
     servers = [server]
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     health.stop()
     mode.stop()
+    if mode.shared is not None:
+        mode.shared.close()
     core.mark_down()
     for each in servers:
         each.stop(grace=1.0).wait()

@@ -20,9 +20,11 @@ import torch
 
 from trainthrough import wire
 from trainthrough.auth import Credentials
-from trainthrough.errors import NotHead, PSUnavailable, RejoinRequired, TemporaryError, TrainthroughError
+from trainthrough.errors import NotHead, PSUnavailable, RejoinRequired, SharedSegmentGone, TemporaryError, TrainthroughError, WireError
 from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
+from trainthrough.shared_memory import SharedChannel, WorkerSegment
+from trainthrough.shared_memory import available as shared_memory_available
 
 T = TypeVar("T")
 
@@ -78,6 +80,7 @@ class PSClient:
         transfer_dtype: str = "float32",
         stream_above_bytes: int = STREAM_ABOVE_BYTES,
         credentials: Credentials | None = None,  # the job's (token, certificates), on every call
+        shared_memory: bool = True,  # take a PS's offer of shared memory (False: gRPC only)
     ) -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
@@ -86,6 +89,7 @@ class PSClient:
         # Tensors larger than this travel in chunks (PushStream, PullStream).
         self.stream_above_bytes = stream_above_bytes
         self._numel: int | None = None  # the model's size, learnt from the first pull
+        self._shared = SharedChannel() if shared_memory and shared_memory_available() else None
         self.call_timeout = call_timeout
         self._pool = ConnectionPool(credentials)
         self._known = list(dict.fromkeys(addresses))
@@ -108,7 +112,31 @@ class PSClient:
         return self._head.address
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
         self._pool.close()
+
+    def _segment(self, head: Connection, numel: int) -> WorkerSegment | None:
+        """The shared-memory segment for a call to `head` moving `numel` elements, or None
+        (gRPC) where the PS offers none that this worker can reach."""
+        if self._shared is None or numel != self._numel:
+            return None
+        health = lambda: head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=HEALTH_TIMEOUT)  # noqa: E731
+        return self._shared.segment_for(head.address, numel * wire.itemsize(self.transfer_dtype), health)
+
+    def _over_shared_memory(self, head: Connection, numel: int, call: Callable[[WorkerSegment], T]) -> T | None:
+        """`call` through the segment for `head`, or None where there is none. A PS that
+        restarted no longer has the segment's name: negotiate again, once."""
+        for _ in range(2):
+            segment = self._segment(head, numel)
+            if segment is None:
+                return None
+            try:
+                return call(segment)
+            except SharedSegmentGone:  # nothing was applied: the PS refused before reading
+                assert self._shared is not None
+                self._shared.forget(head.address)
+        return None
 
     # -- discovery ---------------------------------------------------------------------
     def discover(self) -> bool:
@@ -165,7 +193,10 @@ class PSClient:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
         head, pulled = self._head, None
         timeout = self._deadline(timeout, gradient.numel() + ((self._numel or 0) if pull else 0))
-        if self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
+        shared = self._over_shared_memory(head, gradient.numel(), lambda segment: self._push_shared(head, segment, request, gradient, pull, timeout))
+        if shared is not None:
+            reply, pulled = shared
+        elif self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
             def stream() -> Iterator[wire.Framed]:  # a fresh one for each attempt
@@ -185,6 +216,22 @@ class PSClient:
         self.adopt(reply.chain)
         return reply, pulled
 
+    def _push_shared(
+        self, head: Connection, segment: WorkerSegment, request: ps_pb2.PushRequest, gradient: torch.Tensor, pull: bool, timeout: float
+    ) -> tuple[ps_pb2.PushReply, Pulled | None]:
+        """The push with its gradient (and the parameters after it) in the segment."""
+        shared = ps_pb2.PushRequest()
+        shared.CopyFrom(request)
+        segment.write_gradient(shared.gradient, gradient, self.transfer_dtype)
+        if pull:
+            shared.pull_dtype = self.transfer_dtype
+            shared.pull_into.CopyFrom(segment.params)
+        framed = head.call(lambda s, t: head.framed.push(wire.Framed(shared), timeout=t), timeout=timeout)
+        reply = framed.message
+        if not pull:
+            return reply, None
+        return reply, self._pulled(reply.params_version, reply.params if reply.HasField("params") else None, framed.data, reply, segment)
+
     def _deadline(self, timeout: float | None, elements: int) -> float:
         """The caller's timeout (else the default) plus the time to move `elements` at the
         slowest rate expected (SLOWEST_TRANSFER_BYTES_PER_S)."""
@@ -198,7 +245,10 @@ class PSClient:
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
-        if self._streams(self._numel):
+        shared = self._over_shared_memory(head, self._numel or 0, lambda segment: self._pull_shared(head, segment, request, timeout))
+        if shared is not None:
+            pulled, reply = shared
+        elif self._streams(self._numel):
             reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
             pulled = self._learn_size(reply.version, params, reply)
         else:
@@ -209,10 +259,28 @@ class PSClient:
         self.adopt(reply.chain)
         return pulled
 
+    def _pull_shared(self, head: Connection, segment: WorkerSegment, request: ps_pb2.PullRequest, timeout: float) -> tuple[Pulled, ps_pb2.PullReply]:
+        shared = ps_pb2.PullRequest()
+        shared.CopyFrom(request)
+        shared.into.CopyFrom(segment.params)
+        framed = head.call(lambda s, t: head.framed.pull(shared, timeout=t), timeout=timeout)
+        reply = framed.message
+        params = reply.params if reply.HasField("params") else None
+        return self._pulled(reply.version, params, framed.data, reply, segment), reply
+
     def _pulled(
-        self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, reply: ps_pb2.PullReply | ps_pb2.PushReply
+        self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, reply: ps_pb2.PullReply | ps_pb2.PushReply,
+        segment: WorkerSegment | None = None,
     ) -> Pulled:
-        params = None if header is None else wire.decode(header, what="params", data=data)
+        """`segment`: where the parameters are when the header says they are in shared memory."""
+        if header is None:
+            params = None
+        elif header.HasField("shared"):
+            if segment is None:
+                raise WireError("params.shared: parameters in shared memory that this worker did not ask for")
+            params = segment.read_params(header)
+        else:
+            params = wire.decode(header, what="params", data=data)
         return self._learn_size(version, params, reply)
 
     def _learn_size(self, version: int, params: torch.Tensor | None, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> Pulled:
