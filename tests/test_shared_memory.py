@@ -8,7 +8,8 @@ Covered:
   pull in one call, a pull at the current version without parameters; the PS removes the
   segment's name once it mapped it, and nothing of either end is left in /dev/shm after;
 - a PS that offers nothing, or an offer this process cannot verify (a probe it cannot
-  open, a nonce that differs), is spoken to over gRPC, with the same results;
+  open, a nonce that differs), is spoken to over gRPC, with the same results; so is one
+  when /dev/shm has no room for the worker's segment (it fails when made, not later);
 - every check of the gRPC path holds: a NaN gradient in shared memory is refused and
   counted, and nothing is applied; a retried push id is a duplicate;
 - hostile regions are INVALID_ARGUMENT and change nothing: a segment name that is not one
@@ -156,6 +157,22 @@ def test_without_an_offer_it_can_verify_the_worker_speaks_grpc(start_ps, ps_clie
     if offer != "none":
         assert not transfers_through_shared_memory(ps, client.worker)
         ps.mode.shared.close()
+
+
+def test_a_worker_without_room_in_dev_shm_speaks_grpc(shared_ps, ps_client, monkeypatch) -> None:
+    """A container's /dev/shm is often 64 MiB: a segment that cannot be backed fails when it
+    is made (not as a SIGBUS at the first write), and the worker keeps to gRPC."""
+    client = ps_client([shared_ps.address])
+    client.pull(-1)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    grad = torch.arange(N, dtype=torch.float32)
+    _, pulled = client.push_and_pull(grad, base_version=0, samples=32)
+    assert torch.equal(pulled.params, -LR * grad)
+    assert not transfers_through_shared_memory(shared_ps, client.worker)
 
 
 # -- every check of every channel -----------------------------------------------------------------

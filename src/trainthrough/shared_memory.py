@@ -93,7 +93,9 @@ class Segment:
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
         fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Reserve the pages now: a full /dev/shm (a container's is often 64 MiB) must
+            # fail here, not as a SIGBUS at the first write into a page it cannot back.
+            os.posix_fallocate(fd, 0, size)
             return cls(name, size, mmap.mmap(fd, size))
         except BaseException:
             os.unlink(SHM_DIR / name)
@@ -292,7 +294,11 @@ class SharedChannel:
             if not (offer.HasField("shared_memory") and shares_memory_with(offer.shared_memory)):
                 self._refused.add(address)
                 return None
-            self._address, self._segment = address, WorkerSegment(nbytes)
+            try:
+                self._address, self._segment = address, WorkerSegment(nbytes)
+            except OSError:  # no room in /dev/shm for the model twice: gRPC it is
+                self._refused.add(address)
+                return None
         return self._segment
 
     def forget(self, address: str) -> None:
