@@ -2,7 +2,10 @@
 and a worker loop, run in separate processes.
 
 - `echo`: a raw gRPC unary call that sends the gradient's bytes and gets the same number
-  of bytes back (no protobuf, no tensors): the transport limit for push + pull.
+  of bytes back (no protobuf, no tensors): the gRPC limit for push + pull.
+- `tcp`: the same round trip over a plain loopback TCP socket (`sendall` of a memoryview,
+  `recv_into` a preallocated buffer, a thread per worker): what this machine's TCP moves,
+  the limit of any channel that crosses it.
 - `trainthrough`: the product's PS (ps/core.py, ps/service.py, async updates, SGD) and its
   client (worker/client.py): push the gradient and get the new parameters back, in one
   call (a streamed model: a push, then a pull).
@@ -107,6 +110,64 @@ def echo_server(numel: int, workers: int, control: Connection) -> None:
     server.start()
     control.send(port)
     serve_until_told(control, lambda: server.stop(0).wait())
+
+
+def tcp_server(numel: int, workers: int, control: Connection) -> None:
+    prepare_process()
+    control.send(server_stats())
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    nbytes = numel * 4
+
+    def serve(connection: socket.socket) -> None:
+        buffer = memoryview(bytearray(nbytes))  # one per worker, reused
+        with connection:
+            while _recv_exactly(connection, buffer):
+                connection.sendall(buffer)
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the benchmark is done
+                return
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    control.send(listener.getsockname()[1])
+    serve_until_told(control, listener.close)
+
+
+def _recv_exactly(connection, buffer: memoryview) -> bool:
+    """Fill `buffer` from `connection`; False if the peer closed first."""
+    filled = 0
+    while filled < len(buffer):
+        got = connection.recv_into(buffer[filled:])
+        if not got:
+            return False
+        filled += got
+    return True
+
+
+def tcp_worker(port: int, numel: int) -> Callable[[], None]:
+    import socket
+
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = memoryview(torch.randn(numel).numpy().tobytes())
+    back = memoryview(bytearray(len(payload)))
+
+    def step() -> None:
+        # Send and receive at once: a round trip of this size would fill both socket
+        # buffers if the worker sent everything before it read (as gRPC's streams do not).
+        sender = threading.Thread(target=connection.sendall, args=(payload,))
+        sender.start()
+        assert _recv_exactly(connection, back)
+        sender.join()
+
+    return step
 
 
 def echo_worker(port: int, numel: int) -> Callable[[], None]:
