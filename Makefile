@@ -50,7 +50,8 @@ cluster-demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/trainthrough bench --full --out bench-results-full
 
-# The PS's failure-free path against a raw gRPC echo, PyTorch's RPC parameter server and a
+# The PS's failure-free path (over gRPC and shared memory) against a raw TCP round trip, a raw
+# gRPC echo, PyTorch's RPC parameter server and a
 # gloo all-reduce, side by side (about 10 minutes): bench-results-ps/ps_bench.{json,md}.
 bench-ps: $(STAMP)
 	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps

@@ -13,6 +13,9 @@ and a worker loop, run in separate processes.
   the wire, float32 master weights on the PS).
 - `trainthrough-unary`: the same with streaming off: every tensor in one message (by
   default tensors above 64 MB stream in chunks).
+- `trainthrough-stateless`, `trainthrough-chain`: the same over gRPC with a stateless PS
+  (its workers rejoin first) and with a chain of two replicas (`ack: tail`: every update
+  reaches the tail before it is acknowledged): the failure-free cost of each mode.
 - `trainthrough-shm`: the same PS offering shared memory (shared_memory.py), as every PS
   does on a host that has it: the worker negotiates it over gRPC and the gradient and the
   parameters move through its segment, gRPC carrying the rest.
@@ -211,34 +214,64 @@ def serve_mode(mode, control: Connection, credentials=None) -> None:
     serve_until_told(control, lambda: (mode.stop(), server.stop(0).wait()))
 
 
-def trainthrough_server(numel: int, workers: int, control: Connection, credentials=None, shared_memory: bool = False) -> None:
+def trainthrough_server(
+    numel: int, workers: int, control: Connection, credentials=None, shared_memory: bool = False, mode: str = "checkpoint",
+    name: str = "ps-0",
+) -> None:
+    """The product's PS in `mode`: checkpoint (checkpoints far apart: this measures the
+    update path, not the disk), stateless (its rejoin window first), or one replica of a
+    chain (`ack: tail`, configured by the benchmark once every replica is up)."""
     prepare_process()
+    from trainthrough.ps.chain import ChainReplica
     from trainthrough.ps.checkpointing import CheckpointMode
     from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
     from trainthrough.ps.state import ParameterState
-    from trainthrough.spec import OptimizerSpec
+    from trainthrough.ps.stateless import StatelessMode
+    from trainthrough.spec import OptimizerSpec, StatelessSpec
 
     control.send(server_stats())
-    core = ps_core("ps-0", "checkpoint", workers)
+    core = ps_core(name, mode, workers)
     optimizer = OptimizerSpec(name="sgd", lr=LR)
-    # Checkpoints far apart: this measures the update path, not the disk.
-    store = CheckpointStore(tempfile.mkdtemp(prefix="bench-checkpoints-"), keep=1)
-    checkpointer = PeriodicCheckpointer(core, store, every_updates=10**9, every_seconds=None)
-    mode = CheckpointMode(
-        core, checkpointer=checkpointer, optimizer=optimizer,
-        initial_state=lambda: ParameterState(torch.zeros(numel), optimizer, copy=False),
-    )  # fmt: skip
+
+    def initial_state() -> ParameterState:
+        return ParameterState(torch.zeros(numel), optimizer, copy=False)
+
+    if mode == "stateless":
+        served = StatelessMode(core, spec=StatelessSpec(), optimizer=optimizer, initial_state=initial_state, numel=numel, fallback=None)
+    elif mode == "chain":
+        served = ChainReplica(
+            core, ack="tail", replicate_every=1, optimizer=optimizer, initial_state=initial_state, join=False, numel=numel
+        )  # fmt: skip
+    else:
+        store = CheckpointStore(tempfile.mkdtemp(prefix="bench-checkpoints-"), keep=1)
+        checkpointer = PeriodicCheckpointer(core, store, every_updates=10**9, every_seconds=None)
+        served = CheckpointMode(core, checkpointer=checkpointer, optimizer=optimizer, initial_state=initial_state)
     if shared_memory:
         from trainthrough.shared_memory import SharedMemoryServer
 
-        mode.shared = SharedMemoryServer()
-    serve_mode(mode, control, credentials)
+        served.shared = SharedMemoryServer()
+    serve_mode(served, control, credentials)
 
 
-def trainthrough_worker(port: int, numel: int, rank: int, **options) -> Callable[[], None]:
+def configure_chain(ports: list[int]) -> None:
+    """What the master does once a chain's replicas are up: publish the configuration
+    (head first) to each of them."""
+    from trainthrough.proto import ps_pb2, ps_pb2_grpc
+
+    members = [ps_pb2.ChainMember(name=f"ps-{i}", address=f"127.0.0.1:{port}") for i, port in enumerate(ports)]
+    config = ps_pb2.ChainConfig(epoch=1, members=members)
+    for port in ports:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ps_pb2_grpc.ParameterServerStub(channel).Reconfigure(config, timeout=30)
+
+
+def trainthrough_worker(port: int, numel: int, rank: int, rejoin: bool = False, **options) -> Callable[[], None]:
+    """`rejoin`: first join a stateless PS's window, as a worker does (with no weights)."""
     from trainthrough.worker.client import PSClient
 
     client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, **options)
+    if rejoin:
+        client.rejoin(base_version=-1, base_params=None, buffered=[], timeout=120)
     gradient = torch.randn(numel) * 1e-3
     version = [-1]
 
