@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     credentials = auth.from_arguments(args, job)
     mode = build_mode(job, core, checkpoint_dir=args.checkpoint_dir, start=args.start, credentials=credentials)
     if shared_memory.available():  # workers on this host take it
-        mode.shared = shared_memory.SharedMemoryServer(
-            on_mapped=lambda worker, size: events.emit("shared_memory_mapped", worker=worker, bytes=size)
-        )
+        try:
+            mode.shared = shared_memory.SharedMemoryServer(
+                on_mapped=lambda worker, size: events.emit("shared_memory_mapped", worker=worker, bytes=size)
+            )
+        except OSError as error:  # a /dev/shm it cannot write: gRPC alone, as on another host
+            events.emit("shared_memory_unavailable", error=f"{type(error).__name__}: {error}")
     health = PSHealth(mode)
     server, port = create_server(mode, f"{args.host}:{args.port}", credentials=credentials, health=health)
     servers = [server]
