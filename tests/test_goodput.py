@@ -13,11 +13,15 @@ Covered:
   lost steps as redo at the run's pace, redo at most the busy time; parts summing to the
   total on random inputs; no time is no ETTR;
 - JobAccount: startup until the first update, a completed recovery's phases, redo, the
-  unsettled time of a recovery in progress counted in no kind;
+  unsettled time of a recovery in progress counted in no kind; where the workers train
+  offline (stateless, hybrid), their reported waits instead of the outage, as restore,
+  nothing held back, at most the time trained;
 - the worker's PS client times each wait (worker/client.py PSClient.idled): a wait is one
   interval in Unix seconds as long as its idle seconds; waits less than IDLE_MERGE_GAP
-  apart (the pause loop's) are one interval, waits further apart two;
-- RecoveryMetrics: the counter's values after a recorded recovery and lost updates, a
+  apart (the pause loop's) are one interval, waits further apart two; waits before the
+  first acknowledged push are not reported as waits while training;
+- RecoveryMetrics: a stateless job's counter from its workers' reported waits (job
+  seconds: per worker); the counter's values after a recorded recovery and lost updates, a
   recovery in progress holding its time back (counters never go down), a suspended job's
   time standing still, a finished job's time stopping at its end, and the series removed.
 """
@@ -182,6 +186,7 @@ def test_the_ps_client_times_each_wait() -> None:
     finally:
         client.close()
     assert len(client.idle_intervals) == 2
+    assert client.idle_while_training == 0.0  # no push acknowledged yet: every wait was the start-up's
     assert sum(b - a for a, b in client.idle_intervals) == pytest.approx(client.idle_seconds, abs=1e-3)
 
 
@@ -201,6 +206,22 @@ def test_job_account_splits_the_jobs_time() -> None:
     assert split.seconds() == {PRODUCTIVE: 16.0, "startup": 3.0, "detect": 0.5, "waiting": 0.5, "restore": 2.0, "redo": 1.0}
     # A recovery in progress for 2 s: its time waits, counted in no kind yet.
     assert account.at(active=25.0, trained=22.0, steps=340, unsettled=2.0).total == 23.0
+
+
+def test_job_account_of_workers_that_train_offline_counts_their_waits_not_the_outage() -> None:
+    """Stateless: the same recovery (an outage of 3 s), but the workers trained on through
+    it and waited 1.5 s each (the rejoin): that, not the outage, is its cost."""
+    account = JobAccount(trains_offline=True)
+    account.recovery(Phases(lost_at=10.0, detected_at=10.5, restarted_at=11.0, first_update_at=13.0))
+    account.lost_updates = 20
+    # 23 active, 20 trained: startup 3; restore 1.5 (the waits); busy 23 - 4.5 = 18.5 for
+    # 370 steps (0.05 s each): redo 1; productive 17.5.
+    split = account.at(active=23.0, trained=20.0, steps=370, idle=1.5)
+    assert split.seconds() == {PRODUCTIVE: 17.5, "startup": 3.0, "detect": 0.0, "waiting": 0.0, "restore": 1.5, "redo": 1.0}
+    # Nothing waits to settle (the workers' waits are known as they happen), and waits
+    # cannot exceed the time trained.
+    assert account.at(active=25.0, trained=22.0, steps=370, unsettled=2.0, idle=1.5).total == 25.0
+    assert account.at(active=5.0, trained=1.0, steps=0, idle=30.0).badput[RESTORE] == 1.0
 
 
 def job_state(**fields) -> MasterState:
@@ -253,6 +274,26 @@ def test_the_live_metric_after_a_recorded_recovery(job) -> None:
         {PRODUCTIVE: 11.4, "startup": 4.0, "detect": 0.5, "waiting": 0.5, "restore": 3.0, "redo": 0.6}
     )
     assert registry.get_sample_value("trainthrough_recoveries_total", {"namespace": "team-a", "trainingjob": "demo", "mode": "checkpoint"}) == 1
+
+
+def test_the_live_metric_of_a_stateless_job_counts_its_workers_waits() -> None:
+    stateless = parse_job(
+        {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "demo", "namespace": "team-a"},
+         "spec": {"consistency": "stateless", "workers": {"replicas": 2}}}  # fmt: skip
+    )
+    registry = CollectorRegistry()
+    recorder = RecoveryMetrics(create_metrics(registry), stateless)
+    state = job_state()
+    state.progress.steps = 100
+    # A 3 s outage the two workers trained through, waiting 0.5 and 1.5 s (1 s each, as job
+    # seconds): not held back while it lasts, and only the waits are badput.
+    state.recoveries.append(Recovery(target="ps-0", mode=Mode.STATELESS, killed_at=1012.0, detected_at=1012.5))
+    state.progress.idle_seconds = 2.0
+    recorder.observe(state, now=1020.0)
+    labels = {"namespace": "team-a", "trainingjob": "demo", "mode": "stateless"}
+    seconds = {k: registry.get_sample_value("trainthrough_job_seconds_total", {**labels, "kind": k}) for k in (PRODUCTIVE, *BadputKind)}
+    # 20 active, 16 trained: startup 4, restore 1, productive 15.
+    assert seconds == {PRODUCTIVE: 15.0, "startup": 4.0, "detect": 0.0, "waiting": 0.0, "restore": 1.0, "redo": 0.0}
 
 
 def test_the_live_metric_stands_still_while_suspended_and_stops_at_the_end(job) -> None:

@@ -476,6 +476,24 @@ def test_lost_updates_are_what_the_workers_measured_and_reported_through_the_hea
     assert MasterState.load(json.loads(json.dumps(m.state.dump()))).completed.lost_updates == 7
 
 
+def test_the_workers_reported_waits_are_read_from_the_serving_head_and_never_go_down() -> None:
+    m = running(Master(job("stateless")))
+
+    def waited(process: str, state: str = "serving", **idle: float) -> Health:
+        workers = tuple(WorkerReport(name.replace("_", "-"), steps=10, idle_seconds=s) for name, s in idle.items())
+        return Health(process, state, 10, 0, 10, "", 0.0, 0.0, workers)
+
+    m.observe(waited("ps-0", worker_0=0.5, worker_1=1.0, worker_9=50.0), T0 + 1)  # worker-9 is no member
+    assert m.state.progress.idle_seconds == 1.5
+    m.observe(waited("ps-0", "seeding", worker_0=4.0, worker_1=4.0), T0 + 2)  # not serving: not read
+    assert m.state.progress.idle_seconds == 1.5
+    # A restarted PS has heard from one worker so far: the sum it holds is smaller.
+    m.observe(waited("ps-0", worker_0=0.75), T0 + 3)
+    assert m.state.progress.idle_seconds == 1.5
+    m.observe(waited("ps-0", worker_0=0.75, worker_1=1.5), T0 + 4)
+    assert m.state.progress.idle_seconds == 2.25
+
+
 # -- stuck workers -------------------------------------------------------------------------------
 
 

@@ -182,7 +182,8 @@ def test_a_rejoin_may_not_declare_more_buffered_gradients_than_a_worker_keeps(st
     "report",
     [dict(worker="intruder", accuracy=1.0), dict(worker="worker-64", accuracy=1.0), dict(worker="worker-01", accuracy=1.0),
      dict(accuracy=math.nan), dict(accuracy=math.inf), dict(accuracy=1.5), dict(accuracy=-0.5), dict(loss=math.nan),
-     dict(loss=-3.0), dict(steps=-1), dict(steps=INT64_MAX), dict(lost_updates=-1)],
+     dict(loss=-3.0), dict(steps=-1), dict(steps=INT64_MAX), dict(lost_updates=-1), dict(idle_seconds=-1.0),
+     dict(idle_seconds=math.nan), dict(idle_seconds=math.inf)],
 )  # fmt: skip
 def test_a_progress_report_that_cannot_be_true_is_refused(start_ps, tmp_path, report) -> None:
     ps = checkpoint_ps(start_ps, tmp_path)
@@ -198,18 +199,22 @@ def test_the_master_judges_progress_on_its_own_workers_only() -> None:
         WorkerReport("worker-1", steps=30, accuracy=0.10, evaluation=2),
         WorkerReport("worker-7", steps=10**9, accuracy=1.0, lost_updates=10**6, evaluation=3),  # scaled away, or not a member
     )
+    reports = tuple(
+        WorkerReport(r.worker, r.steps, r.accuracy, r.lost_updates, r.evaluation, idle_seconds=i) for r, i in zip(reports, (0.5, 0.25, 99.0))
+    )  # fmt: skip
     health = Health("ps-0", "serving", 70, 0, 70, "seed", 1.0, 2.0, reports)
     progress = health.progress_of(["worker-0", "worker-1"])
-    assert (progress.steps, progress.accuracy, progress.lost_updates) == (70, 0.10, 0)
+    assert (progress.steps, progress.accuracy, progress.lost_updates, progress.idle_seconds) == (70, 0.10, 0, 0.75)
     assert health.progress_of([]).accuracy == -1
 
 
 def test_health_lists_each_workers_latest_report(start_ps, tmp_path) -> None:
     ps = checkpoint_ps(start_ps, tmp_path)
-    for worker, steps, accuracy in [("worker-0", 5, 0.2), ("worker-1", 7, 0.3), ("worker-0", 9, -1.0)]:
-        ps.stub.ReportProgress(ps_pb2.ProgressReport(worker=worker, steps=steps, accuracy=accuracy, loss=0.5), timeout=5)
-    listed = {w.worker: (w.steps, round(w.accuracy, 6), w.evaluation) for w in ps.health().workers}
-    assert listed == {"worker-0": (9, 0.2, 1), "worker-1": (7, 0.3, 2)}
+    for worker, steps, accuracy, idle in [("worker-0", 5, 0.2, 0.5), ("worker-1", 7, 0.3, 0.0), ("worker-0", 9, -1.0, 1.25)]:
+        report = ps_pb2.ProgressReport(worker=worker, steps=steps, accuracy=accuracy, loss=0.5, idle_seconds=idle)
+        ps.stub.ReportProgress(report, timeout=5)
+    listed = {w.worker: (w.steps, round(w.accuracy, 6), w.evaluation, w.idle_seconds) for w in ps.health().workers}
+    assert listed == {"worker-0": (9, 0.2, 1, 1.25), "worker-1": (7, 0.3, 2, 0.0)}
 
 
 # -- explosive gradients ---------------------------------------------------------------------------

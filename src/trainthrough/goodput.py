@@ -165,20 +165,31 @@ class JobAccount:
 
     recovered: dict[BadputKind, float] = field(default_factory=lambda: dict.fromkeys(BadputKind, 0.0))
     lost_updates: int = 0
+    # Stateless, hybrid: the workers train on through an outage, so what a recovery costs is
+    # their own waits for a PS (mostly the rejoin), not the outage's length.
+    trains_offline: bool = False
 
     def recovery(self, phases: Phases) -> None:
         for kind, a, b in phases.intervals():
             self.recovered[kind] += max(0.0, b - a)
 
-    def at(self, active: float, trained: float, steps: int, unsettled: float = 0.0) -> Goodput:
+    def at(self, active: float, trained: float, steps: int, unsettled: float = 0.0, idle: float = 0.0) -> Goodput:
         """The split after `active` seconds of the job (suspensions excluded), `trained` of
         them on its training clock (since the first update), `steps` taken by its workers
         (the job's pace); `unsettled`: seconds of a recovery still in progress, counted in
-        no kind until it completes (then in its phases)."""
-        badput = dict(self.recovered)
-        badput[BadputKind.STARTUP] = max(0.0, active - trained)  # before the first update (and each resume's)
+        no kind until it completes (then in its phases). `idle`: the workers' waits for a
+        PS since they trained, in job seconds (per worker): where they train offline, the
+        cost of every recovery, as restore, instead of its phases (and nothing waits to
+        settle: the workers' waits are known as they happen)."""
+        total = max(0.0, active - (0.0 if self.trains_offline else unsettled))
+        startup = max(0.0, active - trained)  # before the first update (and each resume's)
+        if self.trains_offline:
+            badput = dict.fromkeys(BadputKind, 0.0)
+            badput[BadputKind.RESTORE] = min(idle, max(0.0, total - startup))
+        else:
+            badput = dict(self.recovered)
+        badput[BadputKind.STARTUP] = startup
         badput[BadputKind.REDO] = 0.0
-        total = max(0.0, active - unsettled)
         busy = max(0.0, total - sum(badput.values()))
         if steps > 0:
             badput[BadputKind.REDO] = min(busy, self.lost_updates * busy / steps)

@@ -259,6 +259,7 @@ class Master:
             p.serving = f"{name} {health.state}"
             if health.state == "serving":
                 p.steps = max(p.steps, reported.steps)
+                p.idle_seconds = max(p.idle_seconds, reported.idle_seconds)
                 p.version = health.version
                 if reported.accuracy >= 0:
                     p.accuracy = reported.accuracy

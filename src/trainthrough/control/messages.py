@@ -54,10 +54,11 @@ class WorkerReport:
     accuracy: float = -1.0  # its latest evaluation; -1: none yet
     lost_updates: int = 0  # measured by the worker against the state it follows
     evaluation: int = 0  # orders the workers' evaluations: the largest is the newest
+    idle_seconds: float = 0.0  # the worker waited for a PS this long (its process's life)
 
     @classmethod
     def of(cls, message: ps_pb2.WorkerProgress) -> WorkerReport:
-        return cls(message.worker, message.steps, message.accuracy, message.lost_updates, message.evaluation)
+        return cls(message.worker, message.steps, message.accuracy, message.lost_updates, message.evaluation, message.idle_seconds)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class MemberProgress:
     steps: int
     accuracy: float  # the newest evaluation among them; -1: none yet
     lost_updates: int
+    idle_seconds: float = 0.0  # summed over the workers
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Health:
             steps=sum(r.steps for r in reports),
             accuracy=newest.accuracy if newest is not None else -1.0,
             lost_updates=sum(r.lost_updates for r in reports),
+            idle_seconds=sum(r.idle_seconds for r in reports),
         )
 
     @classmethod

@@ -38,7 +38,8 @@ class RecoveryMetrics:
         self._phases = {p: metrics.recovery_seconds.labels(phase=p, **labels) for p in RECOVERY_PHASES}
         self._count = metrics.recoveries.labels(**labels)  # exported at 0 from the start
         self._lost = metrics.lost_updates.labels(**labels)
-        self._account = JobAccount()
+        self._account = JobAccount(trains_offline=job.spec.consistency.trains_offline)
+        self._workers = job.spec.workers.replicas
         self._kinds = (PRODUCTIVE, *BadputKind)
         self._seconds = {k: metrics.job_seconds.labels(kind=k, **labels) for k in self._kinds}  # at 0 from the start
         self._exported = dict.fromkeys(self._kinds, 0.0)
@@ -66,7 +67,8 @@ class RecoveryMetrics:
         losses = [k.killed_at for k in state.kills.values()]
         losses += [r.killed_at if r.killed_at is not None else r.detected_at for r in state.recoveries]
         unsettled = max(0.0, now - min(losses)) if losses else 0.0
-        split = self._account.at(state.active(now), trained, state.progress.steps, unsettled).seconds()
+        idle = state.progress.idle_seconds / max(1, self._workers)  # job seconds: the workers wait side by side
+        split = self._account.at(state.active(now), trained, state.progress.steps, unsettled, idle).seconds()
         for kind in self._kinds:
             if split[kind] > self._exported[kind]:
                 self._seconds[kind].inc(split[kind] - self._exported[kind])

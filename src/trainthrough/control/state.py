@@ -117,6 +117,7 @@ class Progress(StateModel):
     version: int = -1
     accuracy: float = -1.0
     best_accuracy: float = -1.0  # the target counts as reached once any evaluation hit it
+    idle_seconds: float = 0.0  # the workers' waits for a PS, summed, as they reported them
     observed_at: float | None = None
     serving: str = ""  # the PS progress was last read from, and its state
 

@@ -199,18 +199,20 @@ class HealthReply(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
-    __slots__ = ("worker", "steps", "accuracy", "lost_updates", "evaluation")
+    __slots__ = ("worker", "steps", "accuracy", "lost_updates", "evaluation", "idle_seconds")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     worker: str
     steps: int
     accuracy: float
     lost_updates: int
     evaluation: int
-    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., lost_updates: _Optional[int] = ..., evaluation: _Optional[int] = ...) -> None: ...
+    idle_seconds: float
+    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., lost_updates: _Optional[int] = ..., evaluation: _Optional[int] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("seq", "gradient", "workers", "push_ids")
@@ -336,18 +338,20 @@ class RejoinReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., replayed: _Optional[int] = ..., seeded_from: _Optional[str] = ..., replayed_seq: _Optional[int] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
-    __slots__ = ("worker", "steps", "accuracy", "loss", "lost_updates")
+    __slots__ = ("worker", "steps", "accuracy", "loss", "lost_updates", "idle_seconds")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     worker: str
     steps: int
     accuracy: float
     loss: float
     lost_updates: int
-    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., lost_updates: _Optional[int] = ...) -> None: ...
+    idle_seconds: float
+    def __init__(self, worker: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., lost_updates: _Optional[int] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
 
 class ProgressReply(_message.Message):
     __slots__ = ()

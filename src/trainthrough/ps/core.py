@@ -102,6 +102,7 @@ class ParameterServerCore:
         self.progress: dict[str, tuple[int, float, int]] = {}  # worker -> (steps, accuracy, evaluation)
         self._evaluations = 0  # evaluations received: orders the workers' latest ones
         self.lost: dict[str, int] = {}  # worker -> acknowledged updates it measured lost
+        self.idle: dict[str, float] = {}  # worker -> seconds it waited for a PS (its latest report)
         # worker -> newest push id in the state this PS started serving from as the head
         self.started_pushes: dict[str, int] = {}
         self.accuracy = -1.0
@@ -291,11 +292,12 @@ class ParameterServerCore:
             round_.done.set()
 
     # -- progress ----------------------------------------------------------------------
-    def report_progress(self, worker: str, steps: int, accuracy: float, lost_updates: int = 0) -> None:
+    def report_progress(self, worker: str, steps: int, accuracy: float, lost_updates: int = 0, idle_seconds: float = 0.0) -> None:
         """A worker's report (its fields checked by the caller: ps/requests.py)."""
         with self.state_lock:
             _, previous, evaluation = self.progress.get(worker, (0, -1.0, 0))
             self.lost[worker] = max(self.lost.get(worker, 0), lost_updates)
+            self.idle[worker] = idle_seconds
             if accuracy >= 0:
                 self._evaluations += 1
                 previous, evaluation = accuracy, self._evaluations
@@ -306,7 +308,10 @@ class ParameterServerCore:
         """Each worker's latest report, for the master to judge its own members on."""
         with self.state_lock:
             return [
-                ps_pb2.WorkerProgress(worker=w, steps=steps, accuracy=acc, lost_updates=self.lost.get(w, 0), evaluation=evaluation)
+                ps_pb2.WorkerProgress(
+                    worker=w, steps=steps, accuracy=acc, lost_updates=self.lost.get(w, 0), evaluation=evaluation,
+                    idle_seconds=self.idle.get(w, 0.0),
+                )  # fmt: skip
                 for w, (steps, acc, evaluation) in sorted(self.progress.items())
             ]
 

@@ -141,7 +141,8 @@ class Mode:
         requests.accuracy(request.accuracy)
         requests.loss(request.loss)
         requests.counter(request.lost_updates, "lost_updates")
-        self.core.report_progress(request.worker, request.steps, request.accuracy, request.lost_updates)
+        requests.seconds(request.idle_seconds, "idle_seconds")
+        self.core.report_progress(request.worker, request.steps, request.accuracy, request.lost_updates, request.idle_seconds)
         return ps_pb2.ProgressReply()
 
     def health(self) -> ps_pb2.HealthReply:

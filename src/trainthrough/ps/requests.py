@@ -64,6 +64,13 @@ def loss(value: float, what: str = "loss") -> float:
     raise InvalidField(f"{what}: {value!r} is not a finite loss >= 0 (or -1 for none)")
 
 
+def seconds(value: float, what: str) -> float:
+    """A duration: finite and >= 0."""
+    if math.isfinite(value) and value >= 0.0:
+        return value
+    raise InvalidField(f"{what}: {value!r} is not a finite number of seconds >= 0")
+
+
 def shown(name: str, limit: int = 64) -> str:
     """A name as an error message may show it: quoted, escaped and bounded."""
     text = repr(name)

@@ -100,6 +100,7 @@ class PSClient:
         # it has seen as a retry, so a restarted worker must not start again from zero.
         self.push_id = time.time_ns() // 1000
         self.idle_seconds = 0.0
+        self._idle_before_training: float | None = None  # waited before the first acknowledged push
         # When it waited (Unix seconds, [start, end]): goodput.py places each wait in the
         # recovery phase it fell in. Waits less than IDLE_MERGE_GAP apart are one.
         self.idle_intervals: list[list[float]] = []
@@ -213,6 +214,8 @@ class PSClient:
                 params = reply.params if reply.HasField("params") else None
                 pulled = self._pulled(reply.params_version, params, framed.data, reply)
         self.push_id += 1
+        if self._idle_before_training is None:
+            self._idle_before_training = self.idle_seconds
         self.adopt(reply.chain)
         return reply, pulled
 
@@ -333,11 +336,20 @@ class PSClient:
 
     def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0) -> None:
         """Best effort: progress is advisory, training never waits for it."""
-        report = ps_pb2.ProgressReport(worker=self.worker, steps=steps, accuracy=accuracy, loss=loss, lost_updates=lost_updates)
+        report = ps_pb2.ProgressReport(
+            worker=self.worker, steps=steps, accuracy=accuracy, loss=loss, lost_updates=lost_updates,
+            idle_seconds=self.idle_while_training,
+        )  # fmt: skip
         try:
             self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=0.2)
         except TrainthroughError:
             pass
+
+    @property
+    def idle_while_training(self) -> float:
+        """Seconds waited for a PS since the first acknowledged push (waits before it are
+        the job's start-up, counted as such)."""
+        return self.idle_seconds - (self.idle_seconds if self._idle_before_training is None else self._idle_before_training)
 
     def idled(self, started: float) -> None:
         """This worker waited for the PS from `started` (time.monotonic()) until now."""
