@@ -29,7 +29,8 @@ Aspects covered:
   annotation sits at the kill, the stat panel counts each job's own kills and recoveries,
   the ParameterServerDown and BufferedGradientsNearBound expressions hold during team-a's
   outage although team-b's PS is up, the recovery time Prometheus reports matches the
-  run's event log, and every process of the run exported trainthrough_build_info (the PS
+  run's event log, the goodput split counts the stateless workers' own waits, not the
+  outage they trained through, and every process of the run exported trainthrough_build_info (the PS
   and the workers their process_* series too);
 - end to end (e2e): the chart's ServiceMonitor and PodMonitor, rendered by helm and turned
   into Prometheus scrape configs as the Prometheus operator does, give the operator's
@@ -666,10 +667,13 @@ def test_dashboard_and_rules_return_each_namespaces_data_for_a_run_with_a_ps_kil
     assert mean == pytest.approx(recovery["phases"]["total"], abs=SCRAPE_INTERVAL)
     other_mean = prom.value(f'namespace_trainingjob_phase:trainthrough_recovery_seconds:mean1h{{{other_job}, phase="total"}}', end)
     assert other_mean == pytest.approx(OTHER_RECOVERY_SECONDS)
-    # The goodput split: the run's recovery phases (detect, waiting, restore) add up to its
-    # recovery, kill to first update; the other team's ETTR is its own 15 of 20 s.
+    # The goodput split. The workers trained through the outage (stateless): what the
+    # recovery cost is their own waits for a PS (per worker), at most what they logged
+    # waiting and far less than the outage, not its length; the other team's ETTR is its
+    # own 15 of 20 s.
     phases = prom.value(f'sum(max_over_time(trainthrough_job_seconds_total{{{job}, kind=~"detect|waiting|restore"}}[{window}]))', end)
-    assert phases == pytest.approx(recovery["phases"]["total"], abs=0.01)
+    waited = sum(e["idle_seconds"] for e in events if e["event"] == "worker_stopped") / 2
+    assert phases <= waited + 0.01 and phases < recovery["phases"]["total"] / 2, (phases, waited, recovery["phases"])
     ettr = "namespace_trainingjob:trainthrough_job_seconds:productive_ratio"
     assert prom.value(f"max_over_time({ettr}{{{other_job}}}[{window}])", end) == pytest.approx(0.75)
     assert 0 < prom.value(f"max_over_time({ettr}{{{job}}}[{window}])", end) < 1
