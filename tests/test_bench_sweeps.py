@@ -8,7 +8,9 @@ Covered:
   a variant without a no-failure baseline or without failures gets no fit;
 - the advice ranks by gradients kept per unit of money: cheap pods and rare failures pick
   the mode with the fewest pods; frequent failures pick the mode whose failures cost least;
-  a mode that loses more accuracy than the user accepts is ruled out, and said so;
+  a mode that loses more accuracy than the user accepts is ruled out, and said so; so is
+  one whose runs failed outright at the measured failure rate nearest the user's (and the
+  goodput table says how many failed);
 - the report renders the merge table (variants x outages) and the goodput sections only
   for results that hold those sweeps, and `trainthrough advise` prints the advice.
 """
@@ -95,6 +97,24 @@ def test_a_mode_losing_too_much_accuracy_is_ruled_out() -> None:
     text = "\n".join(advise(cells(runs), Profile("lab", 2.0, 0.5, 8 * 3600)))
     assert "Choose **chain-async**" in text
     assert "Ruled out for accuracy: checkpoint-async (-10.0 points)" in text
+
+
+def test_a_mode_whose_jobs_failed_at_the_users_failure_rate_is_ruled_out_and_said_so(tmp_path: Path) -> None:
+    """Chain's failures cost least, but at MTBF 10 s two of its three runs lost every
+    replica: its fit (from the survivor) would flatter it."""
+    runs = results()
+    for r in runs:
+        if r["variant"] == "chain-async" and r["mtbf"] == 10.0 and r["seed"] in (1, 2):
+            r.update(status="failed", reason="every chain replica is lost (ps-2 was the last)")
+    text = "\n".join(advise(cells(runs), Profile("fleet", 2.0, 40.0, 10.0)))
+    assert "Choose **checkpoint-async**" in text
+    assert "Ruled out, its jobs failed at the nearest measured failure rate: chain-async (2 of 3 runs)." in text
+    # At a rate where its runs survived it is weighed again (and loses on its pods there).
+    calmer = "\n".join(advise(cells(runs), Profile("fleet", 2.0, 40.0, 40.0)))
+    assert "- chain-async: 70% of its value per dollar" in calmer and "Ruled out" not in calmer
+    report = render(tmp_path, {"budget": 60, "outage": 5}, runs).read_text()
+    [chain_row] = [line for line in report.splitlines() if line.startswith("| chain-async | 95.0%")]
+    assert "; 2 of 3 runs failed" in chain_row
 
 
 def test_the_report_has_the_sweep_sections_only_for_the_sweeps(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ For each mode the sweep measured (bench/goodput_model.py):
 - its pace without failures: gradients applied per second of the no-failure runs;
 - its accuracy under failures: the median final accuracy of its runs at the measured
   failure rate nearest the user's, against the best no-failure accuracy of any mode;
-- its price: its pods (workers + PS replicas) x the price per pod-hour.
+- its price: its pods (workers + PS replicas) x the price per pod-hour;
+- whether its jobs survived: runs at that nearest failure rate that failed outright (a
+  chain that lost every replica). Its fit is made from the runs that survived, so such a
+  mode is ruled out at that rate, and said so.
 Value = pace x ETTR / price per hour: gradients kept per unit of money. Modes that lose more
-accuracy than the user accepts are ruled out; the one of most value among the rest wins.
+accuracy than the user accepts, or whose jobs failed, are ruled out; the one of most value
+among the rest wins.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Option:
     accuracy_loss: float | None  # points, None: not measured
     pods: int
     value: float  # gradients kept per unit of money
+    failed: tuple[int, int] = (0, 0)  # (runs that failed, runs) at the measured MTBF nearest the user's
 
     @property
     def per_hour(self) -> float:
@@ -60,22 +65,33 @@ def options(cells: list[Cell], profile: Profile) -> list[Option]:
             continue
         ettr = fit.ettr_at(profile.mtbf_seconds)
         value = statistics.median(pace) * ettr * 3600 / (pods * profile.price_per_pod_hour) if profile.price_per_pod_hour > 0 else float("inf")
-        out.append(Option(variant, ettr, statistics.median(pace), _accuracy_loss(cells, variant, profile, best_accuracy), pods, value))
+        loss = _accuracy_loss(cells, variant, profile, best_accuracy)
+        out.append(Option(variant, ettr, statistics.median(pace), loss, pods, value, _failed(cells, variant, profile)))
     return sorted(out, key=lambda o: o.value, reverse=True)
+
+
+def _nearest(cells: list[Cell], variant: str, profile: Profile) -> Cell | None:
+    """The variant's cell at the measured MTBF nearest the user's."""
+    swept = [c for c in cells if c.variant == variant and c.scenario != BASELINE and any(r.get("mtbf") for r in c.runs)]
+    return min(swept, key=lambda c: abs(_mtbf(c) - profile.mtbf_seconds)) if swept else None
+
+
+def _failed(cells: list[Cell], variant: str, profile: Profile) -> tuple[int, int]:
+    nearest = _nearest(cells, variant, profile)
+    return (len(nearest.runs) - len(nearest.ok), len(nearest.runs)) if nearest is not None else (0, 0)
 
 
 def _accuracy_loss(cells: list[Cell], variant: str, profile: Profile, best: float | None) -> float | None:
     """Points below the best no-failure accuracy at the measured MTBF nearest the user's."""
-    swept = [c for c in cells if c.variant == variant and c.scenario != BASELINE and any(r.get("mtbf") for r in c.ok)]
-    if best is None or not swept:
+    nearest = _nearest(cells, variant, profile)
+    if best is None or nearest is None:
         return None
-    nearest = min(swept, key=lambda c: abs(_mtbf(c) - profile.mtbf_seconds))
     finals = [r["final_accuracy"] for r in nearest.ok if r.get("final_accuracy") is not None]
     return (best - statistics.median(finals)) * 100 if finals else None
 
 
 def _mtbf(cell: Cell) -> float:
-    return float(next(r["mtbf"] for r in cell.ok if r.get("mtbf")))
+    return float(next(r["mtbf"] for r in cell.runs if r.get("mtbf")))
 
 
 def advise(cells: list[Cell], profile: Profile) -> list[str]:
@@ -84,10 +100,12 @@ def advise(cells: list[Cell], profile: Profile) -> list[str]:
     if not ranked:
         return [f"- {profile.name}: no advice, the results have no failure-rate sweep with a no-failure baseline (run `trainthrough bench --preset failure-rate`)."]
     fits = {c.variant: c for c in failure_costs(cells)}
-    allowed = [o for o in ranked if o.accuracy_loss is None or o.accuracy_loss <= profile.max_accuracy_loss]
+    allowed = [o for o in ranked if not o.failed[0] and (o.accuracy_loss is None or o.accuracy_loss <= profile.max_accuracy_loss)]
     lines = [f"**{profile.name}** (MTBF {_hours(profile.mtbf_seconds)}, ${profile.price_per_pod_hour:g} per pod-hour, up to {profile.max_accuracy_loss:g} points of accuracy lost):", ""]
     if not allowed:
-        lines.append(f"- No mode stays within {profile.max_accuracy_loss:g} points at this failure rate; the closest is {min(ranked, key=lambda o: o.accuracy_loss or 0).variant}.")
+        survivors = [o for o in ranked if not o.failed[0]] or ranked
+        closest = min(survivors, key=lambda o: o.accuracy_loss or 0).variant
+        lines.append(f"- No mode's jobs both survive and stay within {profile.max_accuracy_loss:g} points at this failure rate; the closest is {closest}.")
         return lines
     best = allowed[0]
     lines.append(
@@ -96,9 +114,15 @@ def advise(cells: list[Cell], profile: Profile) -> list[str]:
     )
     for other in allowed[1:3]:
         lines.append(f"- {other.variant}: {other.value / best.value:.0%} of its value per dollar (ETTR {other.ettr:.1%}, {other.pods} pods).")
-    ruled_out = [o for o in ranked if o not in allowed]
-    if ruled_out:
-        lines.append("- Ruled out for accuracy: " + ", ".join(f"{o.variant} (-{o.accuracy_loss:.1f} points)" for o in ruled_out) + ".")
+    failed = [o for o in ranked if o.failed[0]]
+    if failed:
+        lines.append(
+            "- Ruled out, its jobs failed at the nearest measured failure rate: "
+            + ", ".join(f"{o.variant} ({o.failed[0]} of {o.failed[1]} runs)" for o in failed) + "."
+        )  # fmt: skip
+    inaccurate = [o for o in ranked if o not in allowed and o not in failed]
+    if inaccurate:
+        lines.append("- Ruled out for accuracy: " + ", ".join(f"{o.variant} (-{o.accuracy_loss:.1f} points)" for o in inaccurate) + ".")
     return lines
 
 

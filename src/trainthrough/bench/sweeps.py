@@ -64,7 +64,7 @@ def _mtbf(cell: Cell) -> float | None:
 
 def goodput_section(all_cells: list[Cell], out_dir: Path, pct: Format) -> list[str]:
     """ETTR against the mean time between failures, per mode (the `failure-rate` preset)."""
-    swept = [c for c in all_cells if _mtbf(c) is not None]
+    swept = [c for c in all_cells if _mtbf(c) is not None]  # cells with an ok run
     if not swept:
         return []
     fits = failure_costs(all_cells)
@@ -90,10 +90,24 @@ def goodput_section(all_cells: list[Cell], out_dir: Path, pct: Format) -> list[s
         for rate in rates:
             cell = next((c for c in swept if c.variant == variant and _mtbf(c) == rate), None)
             fired = Stat.of([float(len(r.get("kills", []))) for r in cell.ok]) if cell else None
-            row.append(f"{pct(cell.stat('ettr'))}, {fired.median:.0f} kills" if cell and fired and fired.median is not None else "-")
+            shown = f"{pct(cell.stat('ettr'))}, {fired.median:.0f} kills" if cell and fired and fired.median is not None else "-"
+            failed = _failed_at(all_cells, variant, rate)
+            row.append(shown + (f"; {failed[0]} of {failed[1]} runs failed" if failed[0] else ""))
         lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "A run that failed outright (a chain that lost every replica: kills faster than a "
+        "replacement joins) has no ETTR; the medians and the fit below are of the runs that "
+        "survived, and the advice rules a mode out at a rate where its runs failed.",
+    ]
     lines += ["", *_badput_table(swept, rates[-1]), *_model_lines(fits), ""]
     return lines
+
+
+def _failed_at(all_cells: list[Cell], variant: str, rate: float) -> tuple[int, int]:
+    """(runs that failed, runs) of the variant at this MTBF."""
+    runs = [r for c in all_cells if c.variant == variant for r in c.runs if r.get("mtbf") == rate]
+    return sum(r["status"] != "ok" for r in runs), len(runs)
 
 
 def _badput_table(swept: list[Cell], rate: float) -> list[str]:
