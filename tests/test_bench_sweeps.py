@@ -99,6 +99,12 @@ def test_a_mode_losing_too_much_accuracy_is_ruled_out() -> None:
     assert "Ruled out for accuracy: checkpoint-async (-10.0 points)" in text
 
 
+def test_when_no_mode_is_within_the_accuracy_the_closest_is_named_with_its_loss() -> None:
+    runs = sweep("checkpoint-async", 6.0, pods=3, accuracy_under_failures=0.70) + sweep("chain-async", 0.5, pods=5, accuracy_under_failures=0.78)
+    text = "\n".join(advise(cells(runs), Profile("strict", 0.5, 0.5, 8 * 3600)))
+    assert "closest is chain-async (2.0 points below the best)." in text and "Choose" not in text
+
+
 def test_a_mode_whose_jobs_failed_at_the_users_failure_rate_is_ruled_out_and_said_so(tmp_path: Path) -> None:
     """Chain's failures cost least, but at MTBF 10 s two of its three runs lost every
     replica: its fit (from the survivor) would flatter it."""

@@ -104,8 +104,12 @@ def advise(cells: list[Cell], profile: Profile) -> list[str]:
     lines = [f"**{profile.name}** (MTBF {_hours(profile.mtbf_seconds)}, ${profile.price_per_pod_hour:g} per pod-hour, up to {profile.max_accuracy_loss:g} points of accuracy lost):", ""]
     if not allowed:
         survivors = [o for o in ranked if not o.failed[0]] or ranked
-        closest = min(survivors, key=lambda o: o.accuracy_loss or 0).variant
-        lines.append(f"- No mode's jobs both survive and stay within {profile.max_accuracy_loss:g} points at this failure rate; the closest is {closest}.")
+        closest = min(survivors, key=lambda o: o.accuracy_loss or 0)
+        loss = "" if closest.accuracy_loss is None else f" ({closest.accuracy_loss:.1f} points below the best)"
+        lines.append(
+            f"- No mode's jobs both survive and stay within {profile.max_accuracy_loss:g} points at this failure rate; "
+            f"the closest is {closest.variant}{loss}."
+        )  # fmt: skip
         return lines
     best = allowed[0]
     lines.append(
