@@ -200,12 +200,13 @@ class SharedMemoryServer:
             segment = self._mapped.get(worker)
             return segment.name if segment is not None else None
 
-    def check_region(self, worker: str, region: ps_pb2.SharedRegion, nbytes: int, what: str) -> None:
-        """WireError unless `region` is `nbytes` inside the worker's segment: checked before
-        a push is applied whose parameters will be written there."""
+    def check_region(self, worker: str, region: ps_pb2.SharedRegion, nbytes: int, what: str) -> memoryview:
+        """The bytes of `region`, WireError unless they are `nbytes` inside the worker's
+        segment: checked before a push is applied whose parameters will be written there."""
         target = self._segment(worker, region.segment, what).region(region, what)
         if len(target) != nbytes:
             raise WireError(f"{what}: a region of {len(target)} bytes for {nbytes} bytes of parameters")
+        return target
 
     def copy_out(self, worker: str, tensor: ps_pb2.Tensor, what: str) -> memoryview:
         """A private copy of the bytes `tensor.shared` names (then checked as any data)."""
@@ -215,9 +216,7 @@ class SharedMemoryServer:
     def write(self, worker: str, region: ps_pb2.SharedRegion, tensor: torch.Tensor, dtype: str, what: str) -> None:
         """`tensor` (the parameters it asked for), cast to `dtype`, into `region` of the
         worker's segment: one copy."""
-        nbytes = tensor.numel() * wire.itemsize(dtype)
-        self.check_region(worker, region, nbytes, what)
-        wire.copy_into(self._segment(worker, region.segment, what).region(region, what), tensor, dtype)
+        wire.copy_into(self.check_region(worker, region, tensor.numel() * wire.itemsize(dtype), what), tensor, dtype)
 
     def close(self) -> None:
         self._probe.unlink()

@@ -60,13 +60,18 @@ class Mode:
         self.describe(reply)
         return reply
 
+    def _shared_memory(self, what: str) -> SharedMemoryServer:
+        """The PS's shared memory; WireError naming `what` where it offers none."""
+        if self.shared is None:
+            raise WireError(f"{what}: this PS does not move tensors through shared memory")
+        return self.shared
+
     def _shared_bytes(self, worker: str, header: ps_pb2.Tensor, data: bytes | memoryview | None, what: str) -> memoryview:
         """A private copy of the bytes a tensor names in shared memory (then checked as any)."""
-        if self.shared is None:
-            raise WireError(f"{what}.shared: this PS does not take tensors through shared memory")
+        shared = self._shared_memory(f"{what}.shared")
         if header.data or (data is not None and len(data)):
             raise WireError(f"{what}: both shared and data are set")
-        return self.shared.copy_out(worker, header, what)
+        return shared.copy_out(worker, header, what)
 
     def describe(self, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> None:
         """Add what this mode tells every worker in every reply (chain: its configuration)."""
@@ -81,11 +86,9 @@ class Mode:
         elif request.HasField("pull_into"):
             raise WireError("pull_into: needs pull_dtype")
         if request.HasField("pull_into"):
-            if self.shared is None:
-                raise WireError("pull_into: this PS does not send tensors through shared memory")
+            shared = self._shared_memory("pull_into")
             requests.worker(request.worker)
-            nbytes = self.core.numel * wire.itemsize(request.pull_dtype)
-            self.shared.check_region(request.worker, request.pull_into, nbytes, "pull_into")
+            shared.check_region(request.worker, request.pull_into, self.core.numel * wire.itemsize(request.pull_dtype), "pull_into")
         reply = self.push(request, data)
         if not request.pull_dtype:
             return wire.Framed(reply)
@@ -105,10 +108,8 @@ class Mode:
         requests.version(request.have_version, "have_version")
         into = None
         if request.HasField("into"):
-            if self.shared is None:
-                raise WireError("into: this PS does not send tensors through shared memory")
+            shared = self._shared_memory("into")
             requests.worker(request.worker)  # its segment is found by its name
-            shared = self.shared
             into = lambda params: shared.write(request.worker, request.into, params, dtype, "into")  # noqa: E731
         version, data, applied = self.core.pull(request.have_version, dtype, into)
         reply = ps_pb2.PullReply(

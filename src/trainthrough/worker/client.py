@@ -122,8 +122,7 @@ class PSClient:
         (gRPC) where the PS offers none that this worker can reach."""
         if self._shared is None or numel != self._numel:
             return None
-        health = lambda: head.call(lambda s, t: s.Health(ps_pb2.HealthRequest(), timeout=t), timeout=HEALTH_TIMEOUT)  # noqa: E731
-        return self._shared.segment_for(head.address, numel * wire.itemsize(self.transfer_dtype), health)
+        return self._shared.segment_for(head.address, numel * wire.itemsize(self.transfer_dtype), self.health)  # head is self._head
 
     def _over_shared_memory(self, head: Connection, numel: int, call: Callable[[WorkerSegment], T]) -> T | None:
         """`call` through the segment for `head`, or None where there is none. A PS that
@@ -349,7 +348,9 @@ class PSClient:
     def idle_while_training(self) -> float:
         """Seconds waited for a PS since the first acknowledged push (waits before it are
         the job's start-up, counted as such)."""
-        return self.idle_seconds - (self.idle_seconds if self._idle_before_training is None else self._idle_before_training)
+        if self._idle_before_training is None:
+            return 0.0
+        return self.idle_seconds - self._idle_before_training
 
     def idled(self, started: float) -> None:
         """This worker waited for the PS from `started` (time.monotonic()) until now."""
