@@ -81,7 +81,7 @@ def _nearest(cells: list[Cell], variant: str, profile: Profile) -> Cell | None:
 
 def _failed(cells: list[Cell], variant: str, profile: Profile) -> tuple[int, int]:
     nearest = _nearest(cells, variant, profile)
-    return (len(nearest.runs) - len(nearest.ok), len(nearest.runs)) if nearest is not None else (0, 0)
+    return nearest.failures if nearest is not None else (0, 0)
 
 
 def _accuracy_loss(cells: list[Cell], variant: str, profile: Profile, best: float | None) -> float | None:

@@ -62,6 +62,11 @@ class Cell:
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.runs if r["status"] == "ok"]
 
+    @property
+    def failures(self) -> tuple[int, int]:
+        """(runs that failed outright, runs)."""
+        return len(self.runs) - len(self.ok), len(self.runs)
+
     def stat(self, key: str, missing_is_infinite: bool = False) -> Stat:
         return Stat.of([r.get(key) for r in self.ok], missing_is_infinite)
 

@@ -106,8 +106,8 @@ def goodput_section(all_cells: list[Cell], out_dir: Path, pct: Format) -> list[s
 
 def _failed_at(all_cells: list[Cell], variant: str, rate: float) -> tuple[int, int]:
     """(runs that failed, runs) of the variant at this MTBF."""
-    runs = [r for c in all_cells if c.variant == variant for r in c.runs if r.get("mtbf") == rate]
-    return sum(r["status"] != "ok" for r in runs), len(runs)
+    cell = next((c for c in all_cells if c.variant == variant and any(r.get("mtbf") == rate for r in c.runs)), None)
+    return cell.failures if cell is not None else (0, 0)
 
 
 def _badput_table(swept: list[Cell], rate: float) -> list[str]:
