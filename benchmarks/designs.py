@@ -19,6 +19,9 @@ and a worker loop, run in separate processes.
 - `trainthrough-shm`: the same PS offering shared memory (shared_memory.py), as every PS
   does on a host that has it: the worker negotiates it over gRPC and the gradient and the
   parameters move through its segment, gRPC carrying the rest.
+- `trainthrough-tcp`: the same PS offering its TCP data channel (tcp_channel.py), as every
+  PS pod does for workers on other hosts: the tensors move over a plain TCP stream read
+  into buffers allocated once, gRPC carrying the rest.
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -52,13 +55,16 @@ class ServerStats:
     cpu_seconds: float
     peak_rss_bytes: int
     rss_bytes: int
+    shared_rss_bytes: int  # of the resident bytes, those of shared memory (the workers' segments)
 
 
 def server_stats() -> ServerStats:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with open("/proc/self/statm") as statm:
         rss_pages = int(statm.read().split()[1])
-    return ServerStats(usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, rss_pages * os.sysconf("SC_PAGE_SIZE"))
+    with open("/proc/self/status") as status:
+        shmem_kb = next((int(line.split()[1]) for line in status if line.startswith("RssShmem:")), 0)
+    return ServerStats(usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, rss_pages * os.sysconf("SC_PAGE_SIZE"), shmem_kb * 1024)
 
 
 def prepare_process() -> None:
@@ -215,12 +221,13 @@ def serve_mode(mode, control: Connection, credentials=None) -> None:
 
 
 def trainthrough_server(
-    numel: int, workers: int, control: Connection, credentials=None, shared_memory: bool = False, mode: str = "checkpoint",
+    numel: int, workers: int, control: Connection, credentials=None, channel: str = "grpc", mode: str = "checkpoint",
     name: str = "ps-0",
 ) -> None:
     """The product's PS in `mode`: checkpoint (checkpoints far apart: this measures the
     update path, not the disk), stateless (its rejoin window first), or one replica of a
-    chain (`ack: tail`, configured by the benchmark once every replica is up)."""
+    chain (`ack: tail`, configured by the benchmark once every replica is up). `channel`:
+    what it offers beside gRPC (`shm`: shared memory, `tcp`: its TCP data channel)."""
     prepare_process()
     from trainthrough.ps.chain import ChainReplica
     from trainthrough.ps.checkpointing import CheckpointMode
@@ -246,10 +253,15 @@ def trainthrough_server(
         store = CheckpointStore(tempfile.mkdtemp(prefix="bench-checkpoints-"), keep=1)
         checkpointer = PeriodicCheckpointer(core, store, every_updates=10**9, every_seconds=None)
         served = CheckpointMode(core, checkpointer=checkpointer, optimizer=optimizer, initial_state=initial_state)
-    if shared_memory:
+    if channel == "shm":
         from trainthrough.shared_memory import SharedMemoryServer
 
         served.shared = SharedMemoryServer()
+    elif channel == "tcp":
+        from trainthrough.ps.service import create_data_channel
+
+        served.data_channel = create_data_channel(served, ("127.0.0.1", 0), numel, credentials=credentials)
+        served.data_channel.start()
     serve_mode(served, control, credentials)
 
 

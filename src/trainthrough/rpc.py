@@ -102,6 +102,12 @@ class ConnectionPool:
 def translate(error: grpc.RpcError, address: str) -> TrainthroughError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else "") or ""
+    return translate_status(code, details, address)
+
+
+def translate_status(code: grpc.StatusCode, details: str, address: str) -> TrainthroughError:
+    """A PS's answer `code` (with its `details`) as the error kind callers act on; the
+    same on every channel (gRPC, the TCP data channel)."""
     where = f"{address}: {details}"
     if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("NotHead"):
         return NotHead(where)

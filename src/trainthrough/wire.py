@@ -59,6 +59,12 @@ def tensor_bytes(tensor: torch.Tensor, dtype: str = "float32") -> bytes:
     return _wire_view(tensor, dtype).numpy().tobytes()
 
 
+def tensor_view(tensor: torch.Tensor, dtype: str = "float32") -> memoryview:
+    """The flat little-endian bytes of `tensor` cast to `dtype`, in the tensor's own memory
+    when no cast is needed (a socket sends them from there); valid while `tensor` is."""
+    return memoryview(_wire_view(tensor, dtype).numpy()).cast("B")
+
+
 def copy_into(target: memoryview, tensor: torch.Tensor, dtype: str = "float32") -> None:
     """`tensor` flat, cast to `dtype`, into the writable bytes `target` (exactly its wire
     size): one copy, no intermediate bytes."""

@@ -36,6 +36,20 @@ class SharedMemoryOffer(_message.Message):
     nonce: bytes
     def __init__(self, probe_segment: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
+class DataChannelOffer(_message.Message):
+    __slots__ = ("port",)
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    def __init__(self, port: _Optional[int] = ...) -> None: ...
+
+class DataHello(_message.Message):
+    __slots__ = ("worker", "token")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    token: str
+    def __init__(self, worker: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
 class PullRequest(_message.Message):
     __slots__ = ("worker", "have_version", "dtype", "into")
     WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -161,7 +175,7 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChainMember, _Mapping]]] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates", "workers", "shared_memory")
+    __slots__ = ("name", "mode", "state", "version", "updates_since_start", "started_version", "restored_from", "chain", "applied_seq", "accuracy", "worker_steps", "incarnation", "ready_at", "first_update_at", "lost_updates", "workers", "shared_memory", "data_channel")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +193,7 @@ class HealthReply(_message.Message):
     LOST_UPDATES_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    DATA_CHANNEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     state: str
@@ -196,7 +211,8 @@ class HealthReply(_message.Message):
     lost_updates: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerProgress]
     shared_memory: SharedMemoryOffer
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ...) -> None: ...
+    data_channel: DataChannelOffer
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[int] = ..., updates_since_start: _Optional[int] = ..., started_version: _Optional[int] = ..., restored_from: _Optional[str] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., applied_seq: _Optional[int] = ..., accuracy: _Optional[float] = ..., worker_steps: _Optional[int] = ..., incarnation: _Optional[str] = ..., ready_at: _Optional[float] = ..., first_update_at: _Optional[float] = ..., lost_updates: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., data_channel: _Optional[_Union[DataChannelOffer, _Mapping]] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
     __slots__ = ("worker", "steps", "accuracy", "lost_updates", "evaluation", "idle_seconds")

@@ -60,6 +60,7 @@ class NotPredecessor(PermanentError):
 
 class ChainReplica(Mode):
     name = "chain"
+    keeps_gradients = True  # each record's gradient stays in the log until the tail has it
 
     def __init__(
         self,

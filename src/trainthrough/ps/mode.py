@@ -17,6 +17,7 @@ from trainthrough.proto import ps_pb2
 from trainthrough.ps import requests
 from trainthrough.ps.core import ParameterServerCore
 from trainthrough.shared_memory import SharedMemoryServer
+from trainthrough.tcp_channel import TcpChannelServer
 
 
 class Unsupported(PermanentError):
@@ -28,6 +29,11 @@ class Mode:
     # Tensors through shared memory with workers on this host (serving.py offers it where
     # the host has it); None: gRPC only.
     shared: SharedMemoryServer | None = None
+    # A TCP data port for workers on other hosts (serving.py); None: not offered.
+    data_channel: TcpChannelServer | None = None
+    # Whether a pushed gradient is kept after its push returned (the chain's log): then a
+    # channel must not reuse the memory it received the gradient in.
+    keeps_gradients = False
 
     def __init__(self, core: ParameterServerCore) -> None:
         self.core = core
@@ -166,6 +172,7 @@ class Mode:
             first_update_at=core.first_update_at,
             workers=core.worker_progress(),
             shared_memory=self.shared.offer() if self.shared is not None else None,
+            data_channel=self.data_channel.offer() if self.data_channel is not None else None,
         )
 
     def serving_state(self) -> str:

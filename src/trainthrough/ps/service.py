@@ -37,10 +37,11 @@ from trainthrough.errors import (
     InvalidField, NotHead, PermanentError, RejectReason, RejoinRequired, SharedSegmentGone, TemporaryError, WireError,
 )  # fmt: skip
 from trainthrough.proto import ps_pb2, ps_pb2_grpc
-from trainthrough.ps.core import NotServing
+from trainthrough.ps.core import NotServing, ParameterServerCore
 from trainthrough.ps.health import PSHealth
 from trainthrough.ps.mode import Mode, Unsupported
 from trainthrough.rpc import MESSAGE_OPTIONS
+from trainthrough.tcp_channel import Kind, TcpChannelServer
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +155,10 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
     def _call(self, context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except WireError as error:
-            self.mode.core.count_rejected(_reason(error))
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {error}")
-        except (NotHead, RejoinRequired, SharedSegmentGone) as error:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}")
-        except StreamsExhausted as error:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except (NotServing, TemporaryError) as error:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, f"{method}: {error}")
-        except Unsupported as error:
-            _abort(context, grpc.StatusCode.UNIMPLEMENTED, str(error))
-        except PermanentError as error:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {error}")
         except grpc.RpcError:  # the stream was cancelled (stalled, or the client went away)
             _abort(context, grpc.StatusCode.CANCELLED, f"{method}: the stream was cancelled")
-        except Exception as error:  # a bug: report it to the caller, keep serving
-            log.exception("%s failed", method)
-            _abort(context, grpc.StatusCode.INTERNAL, f"{method}: {type(error).__name__}: {error}")
+        except Exception as error:
+            _abort(context, *status_of(error, method, self.mode.core))
         raise AssertionError("unreachable: context.abort raises")
 
     def _unary(self, context: grpc.ServicerContext, method: str, request, fn: Callable[[Any], T]) -> T:
@@ -219,10 +206,35 @@ class ParameterServerServicer(ps_pb2_grpc.ParameterServerServicer):
         return self._stream(context, "RejoinStream", request_iterator, self.mode.rejoin_stream)
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+def status_of(error: Exception, method: str, core: ParameterServerCore) -> tuple[grpc.StatusCode, str]:
+    """The status a call that raised `error` answers, on every channel (gRPC here, the TCP
+    data channel): a malformed request is counted as rejected, a bug is logged."""
+    if isinstance(error, WireError):
+        core.count_rejected(_reason(error))
+        return grpc.StatusCode.INVALID_ARGUMENT, bounded(f"{method}: {error}")
+    if isinstance(error, (NotHead, RejoinRequired, SharedSegmentGone)):
+        return grpc.StatusCode.FAILED_PRECONDITION, bounded(f"{type(error).__name__}: {error}")
+    if isinstance(error, StreamsExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, bounded(str(error))
+    if isinstance(error, (NotServing, TemporaryError)):
+        return grpc.StatusCode.UNAVAILABLE, bounded(f"{method}: {error}")
+    if isinstance(error, Unsupported):
+        return grpc.StatusCode.UNIMPLEMENTED, bounded(str(error))
+    if isinstance(error, PermanentError):
+        return grpc.StatusCode.FAILED_PRECONDITION, bounded(f"{method}: {error}")
+    log.exception("%s failed", method)  # a bug: report it to the caller, keep serving
+    return grpc.StatusCode.INTERNAL, bounded(f"{method}: {type(error).__name__}: {error}")
+
+
+def bounded(details: str) -> str:
+    """At most MAX_DETAILS characters (an error that quotes a huge input stays small)."""
     if len(details) > MAX_DETAILS:
-        details = f"{details[: MAX_DETAILS - 40]}... ({len(details)} characters in all)"
-    context.abort(code, details)
+        return f"{details[: MAX_DETAILS - 40]}... ({len(details)} characters in all)"
+    return details
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    context.abort(code, bounded(details))
 
 
 def _pull_chunks(framed: wire.Framed) -> Iterator[wire.Framed]:
@@ -326,3 +338,18 @@ def health_server(health: PSHealth, address: str) -> tuple[grpc.Server, int]:
     if port == 0:
         raise OSError(f"cannot bind the health service to {address}")
     return server, port
+
+
+def create_data_channel(mode: Mode, address: tuple[str, int], numel: int, *, credentials: Credentials | None = None) -> TcpChannelServer:
+    """The TCP data channel beside the gRPC server (tcp_channel.py), not yet started: the
+    same handlers behind it, the same statuses out of it, the same credentials required.
+    `numel`: the model's size (no request carries more than its float32 bytes)."""
+
+    def handle(kind: Kind, request, data: memoryview) -> wire.Framed:
+        return mode.push_then_pull(request, data) if kind is Kind.PUSH else mode.pull(request)
+
+    return TcpChannelServer(
+        address, handle=handle, status_of=lambda error, method: status_of(error, method, mode.core),
+        max_data_bytes=numel * wire.itemsize("float32"), credentials=credentials, refused=mode.core.count_rejected,
+        own_buffers=mode.keeps_gradients,
+    )  # fmt: skip

@@ -4,7 +4,8 @@ Started by the local runtime (a process on 127.0.0.1) and by the PS pod's entryp
 Kubernetes. Builds the mode's server over one ParameterServerCore, serves gRPC and
 Prometheus metrics, and stops gracefully on SIGTERM (a SIGKILL is the failure we test).
 With `--token-file` / `--tls-dir` only callers with the job's credentials are served
-(trainthrough.auth); `--health-port` serves grpc.health.v1 alone, in plaintext, for probes.
+(trainthrough.auth); `--health-port` serves grpc.health.v1 alone, in plaintext, for probes;
+`--data-port` opens the TCP data channel for workers on other hosts (tcp_channel.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from trainthrough.ps.core import ParameterServerCore
 from trainthrough.ps.mode import Mode
 from trainthrough.ps.health import PSHealth
 from trainthrough.ps.hybrid import HybridReplica
-from trainthrough.ps.service import create_server, health_server
+from trainthrough.ps.service import create_data_channel, create_server, health_server
 from trainthrough.ps.state import ParameterState
 from trainthrough.ps.stateless import StatelessMode
 from trainthrough.spec import Mode as Consistency  # ps.mode.Mode is the PS side of a mode
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(start=PSStart.FRESH)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--health-port", type=int, default=None, help="also serve grpc.health.v1 alone, in plaintext, here (probes)")
+    parser.add_argument("--data-port", type=int, default=None, help="also take tensors over a TCP data channel here (0: any free port)")
     auth.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -113,15 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     servers = [server]
     if args.health_port is not None:
         servers.append(health_server(health, f"{args.host}:{args.health_port}")[0])
+    if args.data_port is not None:  # workers on other hosts take it (cluster pods)
+        mode.data_channel = create_data_channel(mode, (args.host, args.data_port), model_size(job.spec.model), credentials=credentials)
+        mode.data_channel.start()
     for each in servers:
         each.start()
-    events.emit("ps_started", address=f"{args.host}:{port}", metrics_port=metrics_port, pid=os.getpid())
+    data_port = mode.data_channel.port if mode.data_channel is not None else None
+    events.emit("ps_started", address=f"{args.host}:{port}", metrics_port=metrics_port, data_port=data_port, pid=os.getpid())
     mode.start()
     stop.wait()
     health.stop()
     mode.stop()
     if mode.shared is not None:
         mode.shared.close()
+    if mode.data_channel is not None:
+        mode.data_channel.close()
     core.mark_down()
     for each in servers:
         each.stop(grace=1.0).wait()

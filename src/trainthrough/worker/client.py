@@ -25,6 +25,7 @@ from trainthrough.proto import ps_pb2
 from trainthrough.rpc import Connection, ConnectionPool
 from trainthrough.shared_memory import SharedChannel, WorkerSegment
 from trainthrough.shared_memory import available as shared_memory_available
+from trainthrough.tcp_channel import ChannelBroken, Kind, TcpChannel, TcpConnection
 
 T = TypeVar("T")
 
@@ -80,7 +81,8 @@ class PSClient:
         transfer_dtype: str = "float32",
         stream_above_bytes: int = STREAM_ABOVE_BYTES,
         credentials: Credentials | None = None,  # the job's (token, certificates), on every call
-        shared_memory: bool = True,  # take a PS's offer of shared memory (False: gRPC only)
+        shared_memory: bool = True,  # take a PS's offer of shared memory (same host)
+        tcp_channel: bool = True,  # take a PS's offer of a TCP data channel (another host)
     ) -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
@@ -89,7 +91,10 @@ class PSClient:
         # Tensors larger than this travel in chunks (PushStream, PullStream).
         self.stream_above_bytes = stream_above_bytes
         self._numel: int | None = None  # the model's size, learnt from the first pull
+        # The fastest channel the PS offers that this worker reaches carries the tensors:
+        # shared memory, then the TCP data channel, then gRPC (which carries all the rest).
         self._shared = SharedChannel() if shared_memory and shared_memory_available() else None
+        self._tcp = TcpChannel(worker, credentials) if tcp_channel else None
         self.call_timeout = call_timeout
         self._pool = ConnectionPool(credentials)
         self._known = list(dict.fromkeys(addresses))
@@ -115,6 +120,8 @@ class PSClient:
     def close(self) -> None:
         if self._shared is not None:
             self._shared.close()
+        if self._tcp is not None:
+            self._tcp.close()
         self._pool.close()
 
     def _segment(self, head: Connection, numel: int) -> WorkerSegment | None:
@@ -137,6 +144,20 @@ class PSClient:
                 assert self._shared is not None
                 self._shared.forget(head.address)
         return None
+
+    def _over_tcp(self, head: Connection, timeout: float, call: Callable[[TcpConnection], T]) -> T | None:
+        """`call` over the data channel to `head`, or None where it offers none that this
+        worker reaches. Same-host workers take shared memory first (`_over_shared_memory`)."""
+        if self._tcp is None:
+            return None
+        connection = self._tcp.connection_for(head.address, self.health, timeout)
+        if connection is None:
+            return None
+        try:
+            return call(connection)
+        except ChannelBroken:  # the next call connects again (to a restarted PS, say)
+            self._tcp.forget(head.address)
+            raise
 
     # -- discovery ---------------------------------------------------------------------
     def discover(self) -> bool:
@@ -193,9 +214,11 @@ class PSClient:
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
         head, pulled = self._head, None
         timeout = self._deadline(timeout, gradient.numel() + ((self._numel or 0) if pull else 0))
-        shared = self._over_shared_memory(head, gradient.numel(), lambda segment: self._push_shared(head, segment, request, gradient, pull, timeout))
-        if shared is not None:
-            reply, pulled = shared
+        routed = self._over_shared_memory(head, gradient.numel(), lambda segment: self._push_shared(head, segment, request, gradient, pull, timeout))
+        if routed is None:
+            routed = self._over_tcp(head, timeout, lambda connection: self._push_tcp(connection, request, gradient, pull, timeout))
+        if routed is not None:
+            reply, pulled = routed
         elif self._streams(gradient.numel()) or (pull and self._streams(self._numel)):
             wire.fill_bytes(request.gradient, b"", list(gradient.shape), self.transfer_dtype)
 
@@ -234,6 +257,20 @@ class PSClient:
             return reply, None
         return reply, self._pulled(reply.params_version, reply.params if reply.HasField("params") else None, framed.data, reply, segment)
 
+    def _push_tcp(
+        self, connection: TcpConnection, request: ps_pb2.PushRequest, gradient: torch.Tensor, pull: bool, timeout: float
+    ) -> tuple[ps_pb2.PushReply, Pulled | None]:
+        """The push with its gradient (and the parameters after it) over the data channel."""
+        framed = ps_pb2.PushRequest()
+        framed.CopyFrom(request)
+        wire.fill_bytes(framed.gradient, b"", list(gradient.shape), self.transfer_dtype)
+        if pull:
+            framed.pull_dtype = self.transfer_dtype
+        reply, data = connection.call(Kind.PUSH, framed, wire.tensor_view(gradient, self.transfer_dtype), timeout)
+        if not pull:
+            return reply, None
+        return reply, self._pulled(reply.params_version, reply.params if reply.HasField("params") else None, data, reply)
+
     def _deadline(self, timeout: float | None, elements: int) -> float:
         """The caller's timeout (else the default) plus the time to move `elements` at the
         slowest rate expected (SLOWEST_TRANSFER_BYTES_PER_S)."""
@@ -247,9 +284,11 @@ class PSClient:
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
-        shared = self._over_shared_memory(head, self._numel or 0, lambda segment: self._pull_shared(head, segment, request, timeout))
-        if shared is not None:
-            pulled, reply = shared
+        routed = self._over_shared_memory(head, self._numel or 0, lambda segment: self._pull_shared(head, segment, request, timeout))
+        if routed is None:
+            routed = self._over_tcp(head, timeout, lambda connection: self._pull_tcp(connection, request, timeout))
+        if routed is not None:
+            pulled, reply = routed
         elif self._streams(self._numel):
             reply, params = head.call(lambda s, t: _assemble(head.framed.pull_stream(request, timeout=t)), timeout=timeout)
             pulled = self._learn_size(reply.version, params, reply)
@@ -269,6 +308,10 @@ class PSClient:
         reply = framed.message
         params = reply.params if reply.HasField("params") else None
         return self._pulled(reply.version, params, framed.data, reply, segment), reply
+
+    def _pull_tcp(self, connection: TcpConnection, request: ps_pb2.PullRequest, timeout: float) -> tuple[Pulled, ps_pb2.PullReply]:
+        reply, data = connection.call(Kind.PULL, request, b"", timeout)
+        return self._pulled(reply.version, reply.params if reply.HasField("params") else None, data, reply), reply
 
     def _pulled(
         self, version: int, header: ps_pb2.Tensor | None, data: bytes | memoryview, reply: ps_pb2.PullReply | ps_pb2.PushReply,
