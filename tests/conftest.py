@@ -26,6 +26,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from trainthrough import wire
+from trainthrough.auth import Credentials
 from trainthrough.control.chain_master import ChainMaster
 from trainthrough.events import EventLog
 from trainthrough.metrics import Metrics, create_metrics
@@ -158,7 +159,7 @@ StartPS = Callable[..., RunningPS]
 
 @pytest.fixture
 def start_ps(metrics: Metrics, events_path: Path) -> Iterator[StartPS]:
-    """start_ps(build, name=, mode=, updates=, expected_workers=, sync_timeout=, start_mode=)
+    """start_ps(build, name=, mode=, updates=, expected_workers=, sync_timeout=, start_mode=, credentials=)
 
     `build(core) -> Mode` makes the mode object; the server is started before the mode, as
     in ps/serving.py. With start_mode=False the test calls `ps.start_mode()` itself.
@@ -174,6 +175,7 @@ def start_ps(metrics: Metrics, events_path: Path) -> Iterator[StartPS]:
         expected_workers: int = 1,
         sync_timeout: float = 10.0,
         start_mode: bool = True,
+        credentials: Credentials | None = None,
     ) -> RunningPS:
         events = EventLog(events_path, source=name)
         core = ParameterServerCore(
@@ -187,7 +189,7 @@ def start_ps(metrics: Metrics, events_path: Path) -> Iterator[StartPS]:
             sync_timeout=sync_timeout,
         )
         mode_obj = build(core)
-        server, port = create_server(mode_obj, "127.0.0.1:0", max_workers=16)
+        server, port = create_server(mode_obj, "127.0.0.1:0", max_workers=16, credentials=credentials)
         server.start()
         ps = RunningPS(name, core, mode_obj, server, f"127.0.0.1:{port}", events)
         running.append(ps)

@@ -44,6 +44,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_DIR",
     "CONTAINER_LIST_KEYS",
+    "DATA_PORT",
     "METRICS_PORT",
     "OPERATOR_PREFIX",
     "OWNED_POD_FIELDS",
@@ -78,6 +79,7 @@ CONFIG_DIR = "/etc/trainthrough"
 CHECKPOINT_DIR = "/var/lib/trainthrough/checkpoints"
 SCRATCH_DIR = "/tmp"
 HEALTH_PORT = 50052  # grpc.health.v1 alone, in plaintext, for the kubelet's probes (runtime/security.py)
+DATA_PORT = 50053  # the PS's TCP data channel, for workers on other nodes (tcp_channel.py)
 SECRETS_DIR = "/var/run/secrets/trainthrough"  # the job's token and certificates (runtime/security.py), beneath
 TOKEN_DIR, TLS_DIR = f"{SECRETS_DIR}/token", f"{SECRETS_DIR}/tls"
 CONFIG_VOLUME, SCRATCH_VOLUME, CHECKPOINT_VOLUME = "job", "tmp", "checkpoints"
@@ -85,7 +87,7 @@ TOKEN_VOLUME, TLS_VOLUME = "token", "tls"
 RESERVED_ENV = frozenset({"POD_IP", "HOME", "XDG_CACHE_HOME"})
 RESERVED_VOLUMES = frozenset({CONFIG_VOLUME, SCRATCH_VOLUME, CHECKPOINT_VOLUME, TOKEN_VOLUME, TLS_VOLUME})
 RESERVED_MOUNT_PATHS = frozenset({CONFIG_DIR, SCRATCH_DIR, CHECKPOINT_DIR, SECRETS_DIR})  # and what is beneath SECRETS_DIR
-RESERVED_PORTS = {"metrics": METRICS_PORT, "grpc": PS_PORT, "grpc-health": HEALTH_PORT}  # name -> containerPort
+RESERVED_PORTS = {"metrics": METRICS_PORT, "grpc": PS_PORT, "grpc-health": HEALTH_PORT, "data": DATA_PORT}  # name -> containerPort
 OPERATOR_PREFIX = "trainthrough.io/"  # the operator's labels and annotations
 
 # Pod fields the operator sets, by role.

@@ -192,7 +192,7 @@ class TcpChannelServer:
 
     def close(self) -> None:
         self._closed.set()
-        self._listener.close()
+        _close(self._listener)  # the shutdown wakes the thread blocked in accept()
         with self._lock:
             for sock in list(self._open):
                 _close(sock)
@@ -203,7 +203,7 @@ class TcpChannelServer:
                 sock, _ = self._listener.accept()
             except OSError:  # closed
                 return
-            if not self._slots.acquire(blocking=False):
+            if self._closed.is_set() or not self._slots.acquire(blocking=False):
                 _close(sock)
                 continue
             threading.Thread(target=self._serve, args=(sock,), name="data-connection", daemon=True).start()

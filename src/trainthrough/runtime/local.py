@@ -117,7 +117,8 @@ class LocalRuntime:
         address = self._addresses.get(name) or f"{HOST}:{free_port()}"
         self._addresses[name] = address
         port = address.rsplit(":", 1)[1]
-        args = ["ps", "--name", name, "--port", port, "--checkpoint-dir", str(self.checkpoint_dir), *start.args]
+        # A data port too: where /dev/shm is missing (macOS), workers take it rather than gRPC.
+        args = ["ps", "--name", name, "--port", port, "--data-port", "0", "--checkpoint-dir", str(self.checkpoint_dir), *start.args]
         self._spawn(name, args)
         return address
 

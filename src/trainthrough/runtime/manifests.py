@@ -17,7 +17,8 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
   ServiceAccount, Role and RoleBinding `NAME-chaos` (read the job, read and delete
   its pods, write Events: nothing else).
 - NetworkPolicy `NAME-ps` (when the operator is told to): the PS gRPC port is open to the
-  job's own pods and the operator only; metrics stay open to any scraper.
+  job's own pods and the operator only, its data port (the TCP data channel) to the job's
+  own pods only; metrics stay open to any scraper.
 
 Every pod (PS, chain replacement, worker, the chaos Job's pod template) gets its role's pod
 template last (`spec.parameterServer.template`, `spec.workers.template`,
@@ -37,6 +38,7 @@ from trainthrough.pod_templates import (
     CHECKPOINT_VOLUME,
     CONFIG_DIR,
     CONFIG_VOLUME,
+    DATA_PORT,
     METRICS_PORT,
     PS_PORT,
     SCRATCH_DIR,
@@ -175,7 +177,11 @@ def _pod_spec(
                 "image": image,
                 "args": args,
                 "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
-                + ([{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}] if role == "ps" else []),
+                + (
+                    [{"name": "grpc", "containerPort": PS_PORT, "protocol": "TCP"}, {"name": "data", "containerPort": DATA_PORT, "protocol": "TCP"}]
+                    if role == "ps"
+                    else []
+                ),
                 "resources": resources,
                 # The root filesystem is read-only: caches (the dataset) go to /tmp. POD_IP (the
                 # downward API): the address the process binds, `--host $(POD_IP)`.
@@ -228,7 +234,7 @@ def ps_pod(job: TrainingJob, process: str, *, start: PSStart = PSStart.FRESH, im
     # The image's entrypoint is `trainthrough ps` (ps_image/Dockerfile): options only.
     args = [
         "--job", f"{CONFIG_DIR}/job.json", "--name", process, "--host", POD_IP,
-        "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT),
+        "--port", str(PS_PORT), "--metrics-port", str(METRICS_PORT), "--data-port", str(DATA_PORT),
     ]  # fmt: skip
     if needs_volume(job):
         volumes.append({"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job)}})
@@ -337,8 +343,10 @@ def chaos_job(job: TrainingJob, image: str | None = None) -> dict[str, Any]:
 
 def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels: dict[str, str]) -> dict[str, Any]:
     """The PS's gRPC port accepts the job's own pods (workers, chain peers) and the operator
-    (chain configuration, health); its metrics port any scraper."""
+    (chain configuration, health), its data port the job's own pods; its metrics port any
+    scraper."""
     grpc = [{"protocol": "TCP", "port": PS_PORT}]
+    data = [{"protocol": "TCP", "port": DATA_PORT}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -347,7 +355,7 @@ def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels
             "podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name, LABEL_ROLE: "ps"}},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}}], "ports": grpc},
+                {"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}}], "ports": grpc + data},
                 {
                     "from": [
                         {
