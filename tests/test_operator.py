@@ -181,13 +181,17 @@ def test_a_chaos_section_gets_a_chaos_job_with_its_own_least_privilege_role(kube
     assert granted == {("trainthrough.io", "trainingjobs", "get"), ("", "pods", "get"), ("", "pods", "patch"),
                        ("", "pods", "delete"), ("", "events", "create")}  # fmt: skip
     assert [r.get("resourceNames") for r in role["rules"] if r["resources"] == ["trainingjobs"]] == [["tj"]]
-    # The PS port: the job's own pods and the operator; nobody else.
-    grpc_from = [rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"] == [{"protocol": "TCP", "port": 50051}]]
-    assert grpc_from == [
-        [{"podSelector": {"matchLabels": {manifests.LABEL_JOB: "tj"}}}],
+    # The PS port: the job's own pods and the operator; its data port the job's own pods; nobody else.
+    def allowed(port: int) -> list:
+        return [rule["from"] for rule in policy["spec"]["ingress"] if {"protocol": "TCP", "port": port} in rule["ports"]]
+
+    job_pods = [{"podSelector": {"matchLabels": {manifests.LABEL_JOB: "tj"}}}]
+    assert allowed(50051) == [
+        job_pods,
         [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "trainthrough-system"}},
           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainthrough-operator"}}}],
     ]  # fmt: skip
+    assert allowed(50053) == [job_pods]
     # The chaos pod is not one of the job's processes: losing it is no failure to recover.
     template_labels = job["spec"]["template"]["metadata"]["labels"]
     assert manifests.LABEL_PROCESS not in template_labels and template_labels[manifests.LABEL_JOB] == "tj"
