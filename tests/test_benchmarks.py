@@ -27,7 +27,7 @@ def test_ps_throughput_measures_every_design_side_by_side(tmp_path: Path) -> Non
     cells = json.loads((tmp_path / "ps_bench.json").read_text())["cells"]
     assert [c["design"] for c in cells] == [
         "tcp", "echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "trainthrough-stateless",
-        "trainthrough-chain", "trainthrough-shm", "torch-rpc", "allreduce",
+        "trainthrough-chain", "trainthrough-shm", "trainthrough-tcp", "torch-rpc", "allreduce",
     ]  # fmt: skip
     for cell in cells:
         assert cell["status"] == "ok" and cell["updates_per_second"] > 0 and cell["steps"] == 2 * 40

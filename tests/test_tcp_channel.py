@@ -17,20 +17,27 @@ Covered:
 - with the job's token the channel requires it (a wrong one is UNAUTHENTICATED and
   counted); with TLS the worker presents the job's certificate and the push goes through;
 - a data port that stops answering sends the worker back to gRPC, where it goes on;
+- the PS process (`trainthrough ps --data-port 0`) offers it and logs each worker's
+  connection (`data_channel_opened`);
 - a mode that keeps gradients after their push (the chain's log) gets each request in
-  memory of its own; any other mode's connection reuses one buffer.
+  memory of its own; any other mode's connection reuses one buffer; each connection is
+  announced once (the PS's `data_channel_opened`).
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import RunningPS, StartPS, rejected
+from conftest import RunningPS, StartPS, rejected, wait_until
 from trainthrough import auth, tcp_channel, tls, wire
 from trainthrough.errors import PermanentError, PSUnavailable
 from trainthrough.proto import ps_pb2
@@ -39,9 +46,13 @@ from trainthrough.ps.checkpointing import CheckpointMode
 from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
 from trainthrough.ps.service import create_data_channel
 from trainthrough.ps.state import ParameterState
-from trainthrough.spec import OptimizerSpec
+from trainthrough.events import read_events
+from trainthrough.model import model_size
+from trainthrough.runtime.local import free_port
+from trainthrough.spec import OptimizerSpec, dump_job, load_job
 from trainthrough.tcp_channel import FRAME, MAGIC, Kind, TcpChannelServer
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LR = 0.25  # a power of two: -LR * small integers is exact in float32
 N = 12
 
@@ -300,6 +311,7 @@ def test_with_tls_the_worker_presents_the_jobs_certificate_over_the_data_channel
 @pytest.mark.parametrize("own_buffers", [False, True])
 def test_a_mode_that_keeps_gradients_gets_each_in_memory_of_its_own(own_buffers: bool) -> None:
     kept: list[memoryview] = []
+    opened: list[str] = []
 
     def handle(kind, request, data):
         kept.append(data)
@@ -307,7 +319,7 @@ def test_a_mode_that_keeps_gradients_gets_each_in_memory_of_its_own(own_buffers:
 
     server = TcpChannelServer(
         ("127.0.0.1", 0), handle=handle, status_of=lambda error, method: (None, str(error)), max_data_bytes=4 * N,
-        own_buffers=own_buffers,
+        own_buffers=own_buffers, on_opened=opened.append,
     )  # fmt: skip
     server.start()
     try:
@@ -318,6 +330,36 @@ def test_a_mode_that_keeps_gradients_gets_each_in_memory_of_its_own(own_buffers:
                 assert reply(sock)[0] == 0
         first = torch.frombuffer(bytearray(kept[0]), dtype=torch.float32)
         assert torch.equal(first, torch.full((N,), 1.0 if own_buffers else 2.0))
+        assert opened == ["worker-0"]  # once per connection (the PS logs data_channel_opened)
     finally:
         server.close()
     assert ChainReplica.keeps_gradients and not CheckpointMode.keeps_gradients
+
+
+# -- the PS process ------------------------------------------------------------------------------
+def test_the_ps_process_offers_its_data_port_and_logs_each_worker_that_takes_it(tmp_path, ps_client) -> None:
+    """`trainthrough ps --data-port 0` (as the local runtime starts it; pods get 50053)."""
+    job = load_job(EXAMPLES / "checkpoint.yaml")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(dump_job(job)))
+    credentials = auth.Credentials(auth.job_identity(job), auth.new_token())  # the example asks for a token
+    (tmp_path / "token").write_text(credentials.token)
+    events = tmp_path / "events.jsonl"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainthrough.cli", "ps", "--job", str(job_file), "--name", "ps-0", "--port", str(port),
+         "--data-port", "0", "--events", str(events), "--checkpoint-dir", str(tmp_path / "ckpt"),
+         "--token-file", str(tmp_path / "token")],
+    )  # fmt: skip
+    try:
+        client = ps_client([f"127.0.0.1:{port}"], shared_memory=False, credentials=credentials)
+        pulled = client.until_done(lambda: client.pull(-1), threading.Event(), chain=False)
+        assert pulled.params.numel() == model_size(job.spec.model)
+        gradient = torch.zeros(pulled.params.numel())
+        assert client.push(gradient, base_version=pulled.version, samples=32).version == pulled.version + 1
+        started = [e for e in read_events(events) if e["event"] == "ps_started"]
+        assert started and started[0]["data_port"] == client.health().data_channel.port > 0
+        assert wait_until(lambda: any(e["event"] == "data_channel_opened" and e["worker"] == "worker-0" for e in read_events(events)))
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0

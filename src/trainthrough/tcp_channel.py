@@ -157,12 +157,13 @@ class TcpChannelServer:
 
     `handle(kind, request, data)` answers a request (the mode's push_then_pull or pull);
     `status_of(error, method)` is the status an error answers (the gRPC server's);
-    `max_data_bytes` bounds a request's tensor (the model's bytes in float32)."""
+    `max_data_bytes` bounds a request's tensor (the model's bytes in float32);
+    `on_opened(worker)`: a worker's connection was accepted (its tensors come this way)."""
 
     def __init__(
         self, address: tuple[str, int], *, handle: Handler, status_of: StatusOf, max_data_bytes: int,
         credentials: Credentials | None = None, refused: Callable[[RejectReason], None] = lambda reason: None,
-        own_buffers: bool = False,
+        own_buffers: bool = False, on_opened: Callable[[str], None] = lambda worker: None,
     ) -> None:
         self._handle, self._status_of, self._max_data_bytes = handle, status_of, max_data_bytes
         self._token = credentials.token if credentials is not None else None
@@ -170,6 +171,7 @@ class TcpChannelServer:
         self._tls = ssl_context(credentials.tls, server=True) if credentials is not None and credentials.tls is not None else None
         self._refused = refused
         self._own_buffers = own_buffers
+        self._on_opened = on_opened
         self._listener = socket.create_server(address, reuse_port=False)
         self.port = self._listener.getsockname()[1]
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -220,6 +222,7 @@ class TcpChannelServer:
             if worker is not None:
                 with self._lock:
                     self._workers[id(sock)] = worker
+                self._on_opened(worker)
                 self._requests(sock, worker)
         except (OSError, ssl.SSLError, TrainthroughError) as error:
             log.debug("data connection closed: %s", error)

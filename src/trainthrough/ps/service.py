@@ -340,7 +340,10 @@ def health_server(health: PSHealth, address: str) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def create_data_channel(mode: Mode, address: tuple[str, int], numel: int, *, credentials: Credentials | None = None) -> TcpChannelServer:
+def create_data_channel(
+    mode: Mode, address: tuple[str, int], numel: int, *, credentials: Credentials | None = None,
+    on_opened: Callable[[str], None] = lambda worker: None,
+) -> TcpChannelServer:
     """The TCP data channel beside the gRPC server (tcp_channel.py), not yet started: the
     same handlers behind it, the same statuses out of it, the same credentials required.
     `numel`: the model's size (no request carries more than its float32 bytes)."""
@@ -351,5 +354,5 @@ def create_data_channel(mode: Mode, address: tuple[str, int], numel: int, *, cre
     return TcpChannelServer(
         address, handle=handle, status_of=lambda error, method: status_of(error, method, mode.core),
         max_data_bytes=numel * wire.itemsize("float32"), credentials=credentials, refused=mode.core.count_rejected,
-        own_buffers=mode.keeps_gradients,
+        own_buffers=mode.keeps_gradients, on_opened=on_opened,
     )  # fmt: skip

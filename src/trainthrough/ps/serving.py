@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.health_port is not None:
         servers.append(health_server(health, f"{args.host}:{args.health_port}")[0])
     if args.data_port is not None:  # workers on other hosts take it (cluster pods)
-        mode.data_channel = create_data_channel(mode, (args.host, args.data_port), model_size(job.spec.model), credentials=credentials)
+        mode.data_channel = create_data_channel(
+            mode, (args.host, args.data_port), model_size(job.spec.model), credentials=credentials,
+            on_opened=lambda worker: events.emit("data_channel_opened", worker=worker),
+        )  # fmt: skip
         mode.data_channel.start()
     for each in servers:
         each.start()
