@@ -1,4 +1,4 @@
-"""The four designs `ps_throughput.py` measures side by side, each as a server (or rank 0)
+"""The designs `ps_throughput.py` measures side by side, each as a server (or rank 0)
 and a worker loop, run in separate processes.
 
 - `echo`: a raw gRPC unary call that sends the gradient's bytes and gets the same number
@@ -22,6 +22,9 @@ and a worker loop, run in separate processes.
 - `trainthrough-tcp`: the same PS offering its TCP data channel (tcp_channel.py), as every
   PS pod does for workers on other hosts: the tensors move over a plain TCP stream read
   into buffers allocated once, gRPC carrying the rest.
+- `trainthrough-tcp-2-shards`, `trainthrough-tcp-4-shards`: the model cut into 2 or 4
+  equal parts, each served by its own PS process over the TCP data channel, every worker
+  pushing and pulling all of them at once (a client per shard, on threads).
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -291,6 +294,25 @@ def trainthrough_worker(port: int, numel: int, rank: int, rejoin: bool = False, 
         reply, pulled = client.push_and_pull(gradient, base_version=version[0], samples=32)  # as the worker does
         version[0], params, _, _, _ = pulled or client.pull(version[0])
         assert params is not None and params.numel() == numel and reply.version >= 1
+
+    return step
+
+
+def shard_sizes(numel: int, shards: int) -> list[int]:
+    """A flat vector cut into `shards` parts as equal as bytes allow (the first ones one
+    element longer where it does not divide)."""
+    return [numel // shards + (1 if shard < numel % shards else 0) for shard in range(shards)]
+
+
+def sharded_worker(ports: list[int], sizes: list[int], rank: int, **options) -> Callable[[], None]:
+    """One worker of a sharded PS: a client per shard, every shard's push and pull at once
+    (each on its own thread; the sockets release the GIL while they move the bytes)."""
+    steps = [trainthrough_worker(port, numel, rank, **options) for port, numel in zip(ports, sizes)]
+    pool = futures.ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="shard")
+
+    def step() -> None:
+        for done in [pool.submit(shard_step) for shard_step in steps]:
+            done.result()
 
     return step
 

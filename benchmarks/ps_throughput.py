@@ -15,10 +15,11 @@ multiple of the model's size), each also as a ratio to the raw gRPC echo of the 
 
 The cost of securing the channels (trainthrough.auth), beside plaintext in one run:
 
-    python benchmarks/ps_throughput.py --designs trainthrough,trainthrough-token,trainthrough-mtls
+    python benchmarks/ps_throughput.py --designs trainthrough,trainthrough-token,trainthrough-mtls,trainthrough-tcp,trainthrough-tcp-mtls
 
 `trainthrough-token`: every call carries the job's token and the PS checks it;
-`trainthrough-mtls`: the token over mutual TLS (the job's certificate at both ends).
+`trainthrough-mtls`: the token over mutual TLS (the job's certificate at both ends);
+`trainthrough-tcp-mtls`: the same over the TCP data channel (TLS on its socket).
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ SIZES = {"0.1M": 100_000, "1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 STEPS = {100_000: 40, 1_000_000: 12, 10_000_000: 3, 50_000_000: 1}
 DESIGNS = (
     "tcp", "echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "trainthrough-stateless", "trainthrough-chain",
-    "trainthrough-shm", "trainthrough-tcp", "torch-rpc", "allreduce",
+    "trainthrough-shm", "trainthrough-tcp", "trainthrough-tcp-2-shards", "trainthrough-tcp-4-shards", "torch-rpc", "allreduce",
 )  # fmt: skip
-CHANNEL_DESIGNS = {"trainthrough-shm": "shm", "trainthrough-tcp": "tcp"}  # what the PS offers beside gRPC
+# The model cut into N parts, a PS process each, over the TCP data channel: (shards).
+SHARD_DESIGNS = {"trainthrough-tcp-2-shards": 2, "trainthrough-tcp-4-shards": 4}
+CHANNEL_DESIGNS = {  # what the PS offers beside gRPC
+    "trainthrough-shm": "shm", "trainthrough-tcp": "tcp", "trainthrough-tcp-mtls": "tcp", **dict.fromkeys(SHARD_DESIGNS, "tcp"),
+}  # fmt: skip
 # The product's PS in each mode (over gRPC): (mode, replicas).
 MODE_DESIGNS = {"trainthrough-stateless": ("stateless", 1), "trainthrough-chain": ("chain", 2)}
-SECURE_DESIGNS = ("trainthrough-token", "trainthrough-mtls")  # only when asked for (--designs)
+SECURE_DESIGNS = ("trainthrough-token", "trainthrough-mtls", "trainthrough-tcp-mtls")  # only when asked for (--designs)
 SETUP_TIMEOUT = 120.0
 
 
@@ -64,12 +69,12 @@ def credentials_of(design: str) -> auth.Credentials | None:
     identity = tls.identity("default", "bench")
     if design == "trainthrough-token":
         return auth.Credentials(identity, auth.new_token())
-    if design == "trainthrough-mtls":
+    if design in ("trainthrough-mtls", "trainthrough-tcp-mtls"):
         return auth.Credentials(identity, auth.new_token(), tls.generate([identity]))
     return None
 
 
-def worker_main(design: str, port: int, numel: int, rank: int, workers: int, windows: int, steps: int, barrier, results, credentials=None) -> None:
+def worker_main(design: str, port: int | list[int], numel: int, rank: int, workers: int, windows: int, steps: int, barrier, results, credentials=None) -> None:
     designs.prepare_process()
     try:
         if design in SECURE_DESIGNS:
@@ -78,6 +83,9 @@ def worker_main(design: str, port: int, numel: int, rank: int, workers: int, win
             step, done = designs.echo_worker(port, numel), lambda: None
         elif design == "tcp":
             step, done = designs.tcp_worker(port, numel), lambda: None
+        elif design in SHARD_DESIGNS:
+            assert isinstance(port, list)
+            step, done = designs.sharded_worker(port, designs.shard_sizes(numel, len(port)), rank), lambda: None
         elif design in ("trainthrough", "trainthrough-shm", "trainthrough-tcp", "trainthrough-chain"):  # the server decides the channel
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
         elif design == "trainthrough-stateless":
@@ -116,6 +124,8 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
     control, server_end = ctx.Pipe()
     server = None
     others: list[tuple[Any, Any]] = []  # a chain's replicas after its head: (process, control)
+    shards: list[tuple[Any, Any]] = []  # a sharded PS's processes after the first: (process, control)
+    sizes = designs.shard_sizes(numel, SHARD_DESIGNS.get(design, 1))
     baseline = None
     credentials = credentials_of(design)
     if design == "allreduce":
@@ -129,7 +139,12 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
         options: dict[str, Any] = {}
         if target is designs.trainthrough_server:
             options = dict(credentials=credentials, channel=CHANNEL_DESIGNS.get(design, "grpc"), mode=mode)
-        server = ctx.Process(target=target, args=(numel, workers, server_end), kwargs=options, daemon=True)
+        server = ctx.Process(target=target, args=(sizes[0], workers, server_end), kwargs=options, daemon=True)
+        for index, shard_numel in enumerate(sizes[1:], start=1):
+            mine, theirs = ctx.Pipe()
+            shard = ctx.Process(target=target, args=(shard_numel, workers, theirs), kwargs={**options, "name": f"ps-{index}"}, daemon=True)
+            shard.start()
+            shards.append((shard, mine))
         for index in range(1, replicas):
             mine, theirs = ctx.Pipe()
             replica = ctx.Process(target=target, args=(numel, workers, theirs), kwargs={**options, "name": f"ps-{index}"}, daemon=True)
@@ -143,6 +158,9 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
             port = control.recv()
         if others:
             designs.configure_chain([port, *(replica_control.recv() for _, replica_control in others)])
+        if shards:
+            baselines = [baseline, *(shard_control.recv() for _, shard_control in shards)]
+            port = [port, *(shard_control.recv() for _, shard_control in shards)]
     procs = [
         ctx.Process(target=worker_main, args=(design, port, numel, rank, workers, windows, steps, barrier, results, credentials), daemon=True)
         for rank in range(workers)
@@ -153,17 +171,15 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
         control.recv()
     before = None
     if server is not None:
-        control.send("stats")
-        before = control.recv()
+        before = stats_of([control, *(c for _, c in shards)])
     outcomes = [results.get(timeout=SETUP_TIMEOUT + windows * 300) for _ in procs]
     after = None
     if server is not None:
-        control.send("stats")
-        after = control.recv()
+        after = stats_of([control, *(c for _, c in shards)])
         control.send("stop")
         control.recv()
         server.join(30)
-    for replica, replica_control in others:
+    for replica, replica_control in others + shards:
         replica_control.send("stop")
         replica_control.recv()
         replica.join(30)
@@ -172,7 +188,28 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
     errors = [e for *_, e in outcomes if e]
     if errors:
         return {"status": "failed", "reason": errors[0]}
-    return summarize(numel, workers, steps, windows, outcomes, baseline, before, after)
+    if shards:  # the PS processes together; the busiest shard's CPU bounds it on N cores
+        assert before is not None and after is not None
+        busiest = max(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before))
+        baseline, before, after = total(baselines), total(before), total(after)
+    elif before is not None and after is not None:
+        before, after = before[0], after[0]
+    cell = summarize(numel, workers, steps, windows, outcomes, baseline, before, after)
+    if shards:
+        cell["shards"] = len(sizes)
+        cell["busiest_shard_cpu_ms_per_update"] = 1e3 * busiest / (workers * steps * windows)
+    return cell
+
+
+def stats_of(controls: list[Any]) -> list[designs.ServerStats]:
+    for control in controls:  # asked of all at once, then read: the same moment for each
+        control.send("stats")
+    return [control.recv() for control in controls]
+
+
+def total(stats: list[designs.ServerStats]) -> designs.ServerStats:
+    """Several PS processes' figures as one (summed: the memory and CPU of the job's PS)."""
+    return designs.ServerStats(*(sum(getattr(s, field) for s in stats) for field in ("cpu_seconds", "peak_rss_bytes", "rss_bytes", "shared_rss_bytes")))
 
 
 def summarize(numel, workers, steps, windows, outcomes, baseline, before, after) -> dict[str, Any]:
@@ -274,7 +311,49 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{ratio(size, workers, 'trainthrough-stateless', 'trainthrough')} | "
             f"{ratio(size, workers, 'trainthrough-chain', 'trainthrough')} |"
         )
+    lines += shards_table(by_key)
     return "\n".join(lines) + "\n"
+
+
+def shards_table(by_key: dict[tuple[str, int, str], dict[str, Any]]) -> list[str]:
+    """1, 2 and 4 shards side by side. On a machine with fewer free cores than processes the
+    shards share cores, so beside what they did here: what the PS side allows on N cores of
+    its own (1 / the busiest shard's CPU per update) against one shard's, the scaling a
+    machine with the cores would show where the PS is the bound (target >= 0.8 N)."""
+    one = "trainthrough-tcp"
+    keys = sorted({(size, workers) for size, workers, design in by_key if design in SHARD_DESIGNS}, key=lambda k: (SIZES[k[0]], k[1]))
+    if not keys:
+        return []
+    lines = [
+        "", "## Shards", "",
+        "Each shard its own PS process over the TCP data channel, every worker pushing and pulling all "
+        "of them at once. `PS CPU ms/update`: one shard's, then the busiest shard's of 2 and of 4. "
+        "`on N cores`: 1 / the busiest shard's CPU per update, over one shard's (>= 0.8 N where the PS bounds).",
+        "",
+        "| size | workers | updates/s: 1 / 2 / 4 shards | 2 / 1 here | 4 / 1 here | PS CPU ms/update: 1 / 2 / 4 "
+        "| on 2 cores (>= 1.6) | on 4 cores (>= 3.2) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+
+    def cpu(cell: dict[str, Any] | None) -> float | None:
+        if cell is None:
+            return None
+        return cell.get("busiest_shard_cpu_ms_per_update", cell.get("server_cpu_ms_per_update"))
+
+    def shown(value: float | None, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for size, workers in keys:
+        cells = [by_key.get((size, workers, design)) for design in (one, *SHARD_DESIGNS)]
+        rates = [c["updates_per_second"] if c else None for c in cells]
+        cpus = [cpu(c) for c in cells]
+        here = [r / rates[0] if r and rates[0] else None for r in rates[1:]]
+        cores = [cpus[0] / c if c and cpus[0] else None for c in cpus[1:]]
+        lines.append(
+            f"| {size} | {workers} | {' / '.join(shown(r) for r in rates)} | {shown(here[0], 2)} | {shown(here[1], 2)} | "
+            f"{' / '.join(shown(c, 2) for c in cpus)} | {shown(cores[0], 2)} | {shown(cores[1], 2)} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

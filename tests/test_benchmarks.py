@@ -27,15 +27,19 @@ def test_ps_throughput_measures_every_design_side_by_side(tmp_path: Path) -> Non
     cells = json.loads((tmp_path / "ps_bench.json").read_text())["cells"]
     assert [c["design"] for c in cells] == [
         "tcp", "echo", "trainthrough", "trainthrough-bf16", "trainthrough-unary", "trainthrough-stateless",
-        "trainthrough-chain", "trainthrough-shm", "trainthrough-tcp", "torch-rpc", "allreduce",
+        "trainthrough-chain", "trainthrough-shm", "trainthrough-tcp", "trainthrough-tcp-2-shards", "trainthrough-tcp-4-shards",
+        "torch-rpc", "allreduce",
     ]  # fmt: skip
     for cell in cells:
         assert cell["status"] == "ok" and cell["updates_per_second"] > 0 and cell["steps"] == 2 * 40
         assert cell["vs_echo"]["throughput"] > 0
     ours = next(c for c in cells if c["design"] == "trainthrough")
     assert ours["server_cpu_ms_per_update"] > 0 and ours["server_peak_bytes_above_idle"] > 0
+    sharded = next(c for c in cells if c["design"] == "trainthrough-tcp-4-shards")
+    assert sharded["shards"] == 4 and 0 < sharded["busiest_shard_cpu_ms_per_update"] < sharded["server_cpu_ms_per_update"]
     report = (tmp_path / "ps_bench.md").read_text()
     assert "## Targets" in report and "| 0.1M | 2 | " in report.split("## Targets")[1]
+    assert "| 0.1M | 2 | " in report.split("## Shards")[1]
 
 
 def test_recovery_measures_each_mode_against_its_limit_and_end_to_end(tmp_path: Path) -> None:
