@@ -313,7 +313,7 @@ def test_a_mode_that_keeps_gradients_gets_each_in_memory_of_its_own(own_buffers:
     kept: list[memoryview] = []
     opened: list[str] = []
 
-    def handle(kind, request, data):
+    def handle(kind, request, data, params_into):
         kept.append(data)
         return wire.Framed(ps_pb2.PushReply(version=len(kept)))
 

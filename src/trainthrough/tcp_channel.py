@@ -146,16 +146,18 @@ def _peer_names(sock: ssl.SSLSocket) -> list[str]:
 
 
 # -- the PS side -------------------------------------------------------------------------------
-Handler = Callable[[Kind, Message, memoryview], wire.Framed]
+Handler = Callable[[Kind, Message, memoryview, memoryview], wire.Framed]
 StatusOf = Callable[[Exception, str], tuple[grpc.StatusCode, str]]
 
 
 class TcpChannelServer:
     """A PS's data port: a thread per connection, each reading its requests into a buffer
     of its own, allocated once and reused (`own_buffers`: a fresh one per request instead,
-    for a mode that keeps a gradient after its push returned: the chain's log).
+    for a mode that keeps a gradient after its push returned: the chain's log), and
+    sending its replies' parameters from a second one (written by the pull, sent, reused).
 
-    `handle(kind, request, data)` answers a request (the mode's push_then_pull or pull);
+    `handle(kind, request, data, params_into)` answers a request (the mode's push_then_pull
+    or pull), the parameters written into `params_into` (max_data_bytes, writable);
     `status_of(error, method)` is the status an error answers (the gRPC server's);
     `max_data_bytes` bounds a request's tensor (the model's bytes in float32);
     `on_opened(worker)`: a worker's connection was accepted (its tensors come this way)."""
@@ -263,6 +265,7 @@ class TcpChannelServer:
 
     def _requests(self, sock: socket.socket, worker: str) -> None:
         buffer: torch.Tensor | None = None  # this connection's, reused by every request
+        params: torch.Tensor | None = None  # the replies' parameters, likewise
         while not self._closed.is_set():
             sock.settimeout(None)  # between requests a worker computes: as long as it likes
             header = read_header(sock)
@@ -290,7 +293,9 @@ class TcpChannelServer:
                     raise WireError(f"the request does not parse as {method}'s message ({type(error).__name__})") from None
                 if request.worker != worker:
                     raise WireError(f"worker: {request.worker[:64]!r} on a connection of {worker!r}")
-                framed = self._handle(header.kind, request, data)
+                if params is None:
+                    params = torch.empty(self._max_data_bytes, dtype=torch.uint8)
+                framed = self._handle(header.kind, request, data, memoryview(params.numpy()))
             except Exception as error:
                 code, details = self._status_of(error, method)
                 send_frame(sock, Kind.REPLY, details.encode(), status=code.value[0])

@@ -82,9 +82,10 @@ class Mode:
     def describe(self, reply: ps_pb2.PullReply | ps_pb2.PushReply) -> None:
         """Add what this mode tells every worker in every reply (chain: its configuration)."""
 
-    def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview) -> wire.Framed:
+    def push_then_pull(self, request: ps_pb2.PushRequest, data: bytes | memoryview, *, params_into: memoryview | None = None) -> wire.Framed:
         """A push and, when the request asks (pull_dtype), the parameters after it beside
-        the reply: the pull that follows every push, in the same call."""
+        the reply: the pull that follows every push, in the same call. `params_into`: as
+        for pull."""
         # The pull's fields are checked before the push is applied: a push is applied whole
         # with its reply, or not at all.
         if request.pull_dtype:
@@ -101,22 +102,28 @@ class Mode:
         pull = ps_pb2.PullRequest(worker=request.worker, have_version=-1, dtype=request.pull_dtype)
         if request.HasField("pull_into"):
             pull.into.CopyFrom(request.pull_into)
-        pulled = self.pull(pull)
+        pulled = self.pull(pull, params_into=params_into)
         reply.params_version = pulled.message.version
         reply.params.CopyFrom(pulled.message.params)
         reply.applied_pushes.update(pulled.message.applied_pushes)
         return wire.Framed(reply, pulled.data)
 
-    def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
-        """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer)."""
+    def pull(self, request: ps_pb2.PullRequest, *, params_into: memoryview | None = None) -> wire.Framed:
+        """The reply, its parameters' bytes beside it (serialized by wire.framed_serializer).
+        `params_into`: writable bytes of at least the parameters' size that the caller
+        sends from (a data channel's buffer, reused by each reply): the snapshot is written
+        there, not into bytes of its own."""
         dtype = request.dtype or "float32"
         wire.check_dtype(dtype)  # also when the pull sends no parameters
         requests.version(request.have_version, "have_version")
-        into = None
+        into, target = None, None
         if request.HasField("into"):
             shared = self._shared_memory("into")
             requests.worker(request.worker)  # its segment is found by its name
             into = lambda params: shared.write(request.worker, request.into, params, dtype, "into")  # noqa: E731
+        elif params_into is not None:
+            target = params_into[: self.core.numel * wire.itemsize(dtype)]
+            into = lambda params: wire.copy_into(target, params, dtype)  # noqa: E731
         version, data, applied = self.core.pull(request.have_version, dtype, into)
         reply = ps_pb2.PullReply(
             version=version, incarnation=self.core.incarnation, applied_pushes=applied,
@@ -127,10 +134,10 @@ class Mode:
             return wire.Framed(reply)
         reply.params.dtype = dtype
         reply.params.shape.append(self.core.numel)
-        if into is not None:
+        if request.HasField("into"):
             reply.params.shared.CopyFrom(request.into)
             return wire.Framed(reply)
-        return wire.Framed(reply, data)
+        return wire.Framed(reply, data if target is None else target)
 
     def push_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.PushReply:
         """A push whose gradient arrives in chunks: each is checked and copied into place as

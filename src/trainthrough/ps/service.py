@@ -348,8 +348,10 @@ def create_data_channel(
     same handlers behind it, the same statuses out of it, the same credentials required.
     `numel`: the model's size (no request carries more than its float32 bytes)."""
 
-    def handle(kind: Kind, request, data: memoryview) -> wire.Framed:
-        return mode.push_then_pull(request, data) if kind is Kind.PUSH else mode.pull(request)
+    def handle(kind: Kind, request, data: memoryview, params_into: memoryview) -> wire.Framed:
+        if kind is Kind.PUSH:
+            return mode.push_then_pull(request, data, params_into=params_into)
+        return mode.pull(request, params_into=params_into)
 
     return TcpChannelServer(
         address, handle=handle, status_of=lambda error, method: status_of(error, method, mode.core),

@@ -81,10 +81,10 @@ class StatelessMode(Mode):
             raise RejoinRequired(f"{request.worker} has not rejoined PS incarnation {self.core.incarnation}")
         return super().push(request, data, **payload)
 
-    def pull(self, request: ps_pb2.PullRequest) -> wire.Framed:
+    def pull(self, request: ps_pb2.PullRequest, **options) -> wire.Framed:
         if not self.rejoins.seeded.is_set():
             raise NotServing(f"{self.core.name} is seeding from the workers")
-        return super().pull(request)
+        return super().pull(request, **options)
 
     def rejoin_stream(self, chunks: Iterable[wire.Framed]) -> ps_pb2.RejoinReply:
         return self.rejoins.rejoin_stream(chunks)
