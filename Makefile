@@ -50,10 +50,10 @@ cluster-demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/trainthrough bench --full --out bench-results-full
 
-# The PS's failure-free path (over gRPC and shared memory; checkpoint, stateless, chain)
-# against a raw TCP round trip, a raw gRPC echo, PyTorch's RPC parameter server and a gloo
-# all-reduce, side by side: bench-results-ps/ps_bench.{json,md}. (About 10 minutes with the
-# six designs it had before; the ten it has now were not run in full yet.)
+# The PS's failure-free path (over gRPC, shared memory and the TCP data channel; checkpoint,
+# stateless, chain; 1, 2 and 4 shards) against a raw TCP round trip, a raw gRPC echo,
+# PyTorch's RPC parameter server and a gloo all-reduce, side by side:
+# bench-results-ps/ps_bench.{json,md} (about 18 minutes here).
 bench-ps: $(STAMP)
 	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps
 
