@@ -259,7 +259,7 @@ def trainthrough_server(
     if channel == "shm":
         from trainthrough.shared_memory import SharedMemoryServer
 
-        served.shared = SharedMemoryServer()
+        served.shared = SharedMemoryServer(reuse_copies=not served.keeps_gradients)
     elif channel == "tcp":
         from trainthrough.ps.service import create_data_channel
 
@@ -287,6 +287,10 @@ def trainthrough_worker(port: int, numel: int, rank: int, rejoin: bool = False, 
     client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, **options)
     if rejoin:
         client.rejoin(base_version=-1, base_params=None, buffered=[], timeout=120)
+    # As a worker starts: the model from the PS (streamed over gRPC, its size then known,
+    # so that the steps take the channel they would in training: a shared-memory segment
+    # is sized by the model).
+    client.pull(-1)
     gradient = torch.randn(numel) * 1e-3
     version = [-1]
 

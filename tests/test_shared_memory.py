@@ -17,6 +17,8 @@ Covered:
   both set, shared memory to a PS that takes none, a pull region of the wrong size;
 - the PS copies a gradient out of the segment before it checks it: what the writer does
   to the segment afterwards changes nothing;
+- a worker's copies reuse one buffer of its own, except for a call racing another of the
+  same worker (fresh memory) and in a mode that keeps gradients (always fresh);
 - a PS that restarted (no longer holding the segment) is answered SharedSegmentGone, and
   the worker negotiates a new segment and pushes once, applied once;
 - `sweep` removes the segments of processes that are gone, and only those.
@@ -73,7 +75,7 @@ def checkpoint_ps(start_ps: StartPS, tmp_path: Path, *, shared: bool = True) -> 
 
     ps = start_ps(build, mode="checkpoint")
     if shared:
-        ps.mode.shared = SharedMemoryServer()
+        ps.mode.shared = SharedMemoryServer(reuse_copies=True)  # as a checkpoint PS process has it
     return ps
 
 
@@ -246,11 +248,32 @@ def test_the_ps_checks_and_applies_its_own_copy_of_the_gradient(shared_ps) -> No
     try:
         header = ps_pb2.Tensor()
         worker.write_gradient(header, torch.ones(N), "float32")
-        copy = shared_ps.mode.shared.copy_out("worker-0", header, "gradient")
-        worker.segment.view[: 4 * N] = tensor_msg(torch.full((N,), float("nan"))).data  # the writer goes on
-        assert torch.equal(torch.frombuffer(copy, dtype=torch.float32), torch.ones(N))
+        with shared_ps.mode.shared.copy_out("worker-0", header, "gradient") as copy:
+            worker.segment.view[: 4 * N] = tensor_msg(torch.full((N,), float("nan"))).data  # the writer goes on
+            assert torch.equal(torch.frombuffer(copy, dtype=torch.float32), torch.ones(N))
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_workers_gradients_are_copied_into_one_buffer_unless_a_call_still_holds_it_or_the_mode_keeps_them(reuse: bool) -> None:
+    shared = SharedMemoryServer(reuse_copies=reuse)  # False: a chain's PS (its log keeps each gradient)
+    worker = WorkerSegment(4 * N)
+    try:
+        header = ps_pb2.Tensor()
+        worker.write_gradient(header, torch.ones(N), "float32")
+        with shared.copy_out("worker-0", header, "gradient") as first:
+            address = torch.frombuffer(first, dtype=torch.uint8).data_ptr()
+            # A retry racing the call it retries (the first still holds the buffer): fresh memory.
+            with shared.copy_out("worker-0", header, "gradient") as racing:
+                assert torch.frombuffer(racing, dtype=torch.uint8).data_ptr() != address
+        worker.write_gradient(header, torch.full((N,), 2.0), "float32")
+        with shared.copy_out("worker-0", header, "gradient") as second:
+            assert (torch.frombuffer(second, dtype=torch.uint8).data_ptr() == address) == reuse  # its next push: the same buffer
+            assert torch.equal(torch.frombuffer(second, dtype=torch.float32), torch.full((N,), 2.0))
+    finally:
+        worker.close()
+        shared.close()
 
 
 def test_a_restarted_ps_gets_a_new_segment_and_the_push_is_applied_once(shared_ps, ps_client) -> None:

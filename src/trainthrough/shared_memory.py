@@ -31,8 +31,9 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -145,25 +146,39 @@ class Segment:
             pass
 
 
-def _private_copy(source: memoryview) -> memoryview:
-    """The bytes of `source` in memory of this process's own: one pass, no zeroing first
-    (a bytearray of the model's size costs three times the copy), from the allocator's
-    warm pages (process.tune_allocator)."""
-    copy = torch.empty(len(source), dtype=torch.uint8)
+def _private_copy(source: memoryview, into: torch.Tensor | None = None) -> memoryview:
+    """The bytes of `source` in memory of this process's own (`into`, when it is large
+    enough): one pass, no zeroing first (a bytearray of the model's size costs three
+    times the copy), from the allocator's warm pages (process.tune_allocator)."""
+    copy = torch.empty(len(source), dtype=torch.uint8) if into is None else into[: len(source)]
     if len(source):
         copy.copy_(torch.frombuffer(source, dtype=torch.uint8))
     return memoryview(copy.numpy())
+
+
+class _WorkerCopy:
+    """The memory one worker's gradients are copied into, reused by its next push."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.busy = threading.Lock()  # held while a push of this worker uses the buffer
 
 
 # -- the PS side -------------------------------------------------------------------------------
 class SharedMemoryServer:
     """A PS's end: the probe it offers, and the segments of the workers that use them."""
 
-    def __init__(self, on_mapped: Callable[[str, int], None] = lambda worker, size: None) -> None:
+    def __init__(self, on_mapped: Callable[[str, int], None] = lambda worker, size: None, *, reuse_copies: bool = False) -> None:
         """`on_mapped(worker, bytes)`: a worker's segment was mapped (its transfers go
-        through shared memory from now on)."""
+        through shared memory from now on). `reuse_copies`: each worker's gradients are
+        copied into one buffer of its own, reused by its next push (a mode that keeps a
+        gradient after its push returned, the chain's log, gets a fresh copy each time).
+        Fresh buffers of the model's size, freed and taken again around the small
+        allocations between them, fragment the heap: the PS grows by a model now and then."""
         sweep()
         self._on_mapped = on_mapped
+        self._reuse_copies = reuse_copies
+        self._copies: dict[str, _WorkerCopy] = {}
         self._nonce = secrets.token_bytes(NONCE_BYTES)
         self._probe = Segment.create(NONCE_BYTES)
         self._probe.view[:] = self._nonce
@@ -185,7 +200,9 @@ class SharedMemoryServer:
                 known.close()
             self._mapped[worker] = segment
             while len(self._mapped) > MAX_MAPPED:
-                self._mapped.popitem(last=False)[1].close()
+                evicted, oldest = self._mapped.popitem(last=False)
+                oldest.close()
+                self._copies.pop(evicted, None)
         self._on_mapped(worker, segment.size)
         return segment
 
@@ -208,10 +225,28 @@ class SharedMemoryServer:
             raise WireError(f"{what}: a region of {len(target)} bytes for {nbytes} bytes of parameters")
         return target
 
-    def copy_out(self, worker: str, tensor: ps_pb2.Tensor, what: str) -> memoryview:
-        """A private copy of the bytes `tensor.shared` names (then checked as any data)."""
+    @contextmanager
+    def copy_out(self, worker: str, tensor: ps_pb2.Tensor, what: str) -> Iterator[memoryview]:
+        """A private copy of the bytes `tensor.shared` names (then checked as any data),
+        valid until the block ends: in the worker's reused buffer when the server reuses
+        them and no other call of the same worker holds it (a retry racing the call it
+        retries gets a fresh copy)."""
         segment = self._segment(worker, tensor.shared.segment, f"{what}.shared")
-        return _private_copy(segment.region(tensor.shared, f"{what}.shared"))
+        source = segment.region(tensor.shared, f"{what}.shared")
+        if not self._reuse_copies:
+            yield _private_copy(source)
+            return
+        with self._lock:
+            mine = self._copies.setdefault(worker, _WorkerCopy())
+        if not mine.busy.acquire(blocking=False):
+            yield _private_copy(source)
+            return
+        try:
+            if mine.buffer is None or mine.buffer.numel() < len(source):
+                mine.buffer = torch.empty(len(source), dtype=torch.uint8)
+            yield _private_copy(source, mine.buffer)
+        finally:
+            mine.busy.release()
 
     def write(self, worker: str, region: ps_pb2.SharedRegion, tensor: torch.Tensor, dtype: str, what: str) -> None:
         """`tensor` (the parameters it asked for), cast to `dtype`, into `region` of the

@@ -7,7 +7,8 @@ modules never import each other.
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import ExitStack
+from typing import ContextManager, Iterable
 
 import torch
 
@@ -56,12 +57,13 @@ class Mode:
         """Apply a push; `data`: the gradient's bytes when they travelled beside the request,
         `gradient`: the gradient already assembled from a stream, with its largest magnitude."""
         check_push(request)
-        if gradient is None:
-            if request.gradient.HasField("shared"):
-                data = self._shared_bytes(request.worker, request.gradient, data, "gradient")
-            gradient = wire.decode_bounded(request.gradient, self.core.numel, what="gradient", data=data)
-        started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
-        version, duplicate = self.core.push(request.worker, request.push_id, *gradient)
+        with ExitStack() as held:  # a gradient copied out of shared memory: until applied
+            if gradient is None:
+                if request.gradient.HasField("shared"):
+                    data = held.enter_context(self._shared_bytes(request.worker, request.gradient, data, "gradient"))
+                gradient = wire.decode_bounded(request.gradient, self.core.numel, what="gradient", data=data)
+            started = self.core.started_pushes.get(request.worker, -1)  # before this push counts
+            version, duplicate = self.core.push(request.worker, request.push_id, *gradient)
         reply = ps_pb2.PushReply(version=version, duplicate=duplicate, incarnation=self.core.incarnation, started_push_id=started)
         self.describe(reply)
         return reply
@@ -72,8 +74,9 @@ class Mode:
             raise WireError(f"{what}: this PS does not move tensors through shared memory")
         return self.shared
 
-    def _shared_bytes(self, worker: str, header: ps_pb2.Tensor, data: bytes | memoryview | None, what: str) -> memoryview:
-        """A private copy of the bytes a tensor names in shared memory (then checked as any)."""
+    def _shared_bytes(self, worker: str, header: ps_pb2.Tensor, data: bytes | memoryview | None, what: str) -> ContextManager[memoryview]:
+        """A private copy of the bytes a tensor names in shared memory (then checked as
+        any), valid inside the block."""
         shared = self._shared_memory(f"{what}.shared")
         if header.data or (data is not None and len(data)):
             raise WireError(f"{what}: both shared and data are set")

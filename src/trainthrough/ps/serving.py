@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if shared_memory.available():  # workers on this host take it
         try:
             mode.shared = shared_memory.SharedMemoryServer(
-                on_mapped=lambda worker, size: events.emit("shared_memory_mapped", worker=worker, bytes=size)
+                on_mapped=lambda worker, size: events.emit("shared_memory_mapped", worker=worker, bytes=size),
+                reuse_copies=not mode.keeps_gradients,
             )
         except OSError as error:  # a /dev/shm it cannot write: gRPC alone, as on another host
             events.emit("shared_memory_unavailable", error=f"{type(error).__name__}: {error}")
