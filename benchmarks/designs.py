@@ -303,9 +303,11 @@ def trainthrough_worker(port: int, numel: int, rank: int, rejoin: bool = False, 
 
 
 def shard_sizes(numel: int, shards: int) -> list[int]:
-    """A flat vector cut into `shards` parts as equal as bytes allow (the first ones one
-    element longer where it does not divide)."""
-    return [numel // shards + (1 if shard < numel % shards else 0) for shard in range(shards)]
+    """A flat vector of one parameter cut into `shards` parts as the product cuts a model
+    (trainthrough.shards: balanced by bytes)."""
+    from trainthrough.shards import partition
+
+    return [shard.numel for shard in partition([numel], shards)]
 
 
 def sharded_worker(ports: list[int], sizes: list[int], rank: int, **options) -> Callable[[], None]:

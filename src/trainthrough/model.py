@@ -111,9 +111,15 @@ def model_size(name: str) -> int:
     >>> model_size("mlp-1m")
     1068810
     """
+    return sum(parameter_sizes(name))
+
+
+def parameter_sizes(name: str) -> list[int]:
+    """The elements of each of model `name`'s parameters, in the order of its flat vector
+    (what shards.partition cuts), without allocating them."""
     factory = _factory(name)
     with torch.device("meta"):
-        return param_count(factory())
+        return [p.numel() for p in factory().parameters()]
 
 
 def _factory(name: str) -> Callable[[], nn.Module]:
