@@ -194,6 +194,13 @@ def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(
     assert kill["target"] == "ps-head" and kill["process"] == "ps-0" and recovery["killed_at"] == kill["killed_at"]
     assert f"deleted pod {name}-ps-0 (ps-head" in injected["message"]
 
+    # Pods share no memory (each its own /dev/shm, as on a node): the worker's tensors took
+    # the head's TCP data channel, and the new head's after the recovery.
+    heads = ["ps-0", "ps-1"] if mode == "chain" else ["ps-0"]
+    opened = [e for head in heads for e in pod_events(cluster, f"{name}-{head}") if e["event"] == "data_channel_opened"]
+    assert [e["worker"] for e in opened] == ["worker-0"] * 2, opened
+    assert not [e for head in heads for e in pod_events(cluster, f"{name}-{head}") if e["event"] == "shared_memory_mapped"]
+
     # The milestones are the PS's own, from its pod's log.
     if mode == "chain":
         assert recovery["restored_from"] == "chain" and recovery["new_head"] == "ps-1"

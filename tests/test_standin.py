@@ -338,6 +338,9 @@ def test_downward_api_env_and_var_expansion(cluster: StandInCluster, monkeypatch
     assert seen["KUBECONFIG"] == str(cluster.kubeconfig) and seen["PYTHONUNBUFFERED"] == "1"
     assert seen["OMP_NUM_THREADS"] == "2" and seen["PATH"] == os.environ["PATH"]
     assert "STANDIN_TEST_PARENT_ONLY" not in seen
+    # A /dev/shm of the pod's own, as on a node: pods share no memory (trainthrough.shared_memory).
+    assert seen["TRAINTHROUGH_SHM_DIR"] == str(cluster.pod_dir("env") / "dev-shm")
+    assert (cluster.pod_dir("env") / "dev-shm").is_dir()
 
     # What the stand-in cannot give a container is reported as a kubelet reports it.
     secret = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]

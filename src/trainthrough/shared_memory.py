@@ -41,7 +41,11 @@ from trainthrough import wire
 from trainthrough.errors import SharedSegmentGone, WireError
 from trainthrough.proto import ps_pb2
 
-SHM_DIR = Path("/dev/shm")
+# Where POSIX shared memory lives as files. A pod on a node has a /dev/shm of its own; the
+# cluster stand-in, whose pods are processes of one host, gives each pod a folder of its
+# own through this variable, so that pods never share memory there either.
+SHM_DIR_ENV = "TRAINTHROUGH_SHM_DIR"
+SHM_DIR = Path(os.environ.get(SHM_DIR_ENV) or "/dev/shm")
 PREFIX = "trainthrough-"
 # What a segment's name may be: the prefix, the pid of the process that made it and a
 # random suffix; nothing that could name another file (no separators, no dots).

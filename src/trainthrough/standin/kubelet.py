@@ -21,8 +21,10 @@ scheduler would) and those bound to it, and for each:
   SUBCOMMAND`), then its args, `$(VAR)` expanded; env `value` and `valueFrom.fieldRef`.
   Every process also gets PATH (this one's), KUBECONFIG (the emulator's, so the chaos
   Job reaches the API through trainthrough.kubeapi.load_api_client), PYTHONUNBUFFERED=1,
-  OMP_NUM_THREADS=1, HOSTNAME and the `env` given to the kubelet; the container's env
-  wins. Nothing else of this process's environment is passed on. Resources, probes,
+  OMP_NUM_THREADS=1, HOSTNAME, TRAINTHROUGH_SHM_DIR (a folder of the pod's own: each pod
+  on a node has a /dev/shm of its own, so PS and worker pods share no memory here either,
+  and the workers' tensors take the PS's TCP data channel, as between a cluster's pods)
+  and the `env` given to the kubelet; the container's env wins. Nothing else of this process's environment is passed on. Resources, probes,
   security contexts and image pulls are not emulated.
 - Volumes, each a directory under the work dir: `emptyDir` (the pod directory's
   `volumes/NAME`, wiped when a new pod of that name starts), `configMap` (its keys as
@@ -74,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from trainthrough.runtime.manifests import LABEL_ROLE
+from trainthrough.shared_memory import SHM_DIR_ENV
 from trainthrough.standin.addresses import AddressPool
 from trainthrough.standin.client import Api, core_path, pod_path
 from trainthrough.standin.containers import ContainerConfigError, command_line, default_entrypoints
@@ -290,6 +293,7 @@ class Kubelet:
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
             "HOSTNAME": spec.get("hostname") or run.name,
+            SHM_DIR_ENV: str(self._own_shared_memory(run)),
             **self.env,
         }
         argv, env = command_line(
@@ -419,6 +423,11 @@ class Kubelet:
             task.cancel()
 
     # -- volumes -----------------------------------------------------------------------
+    def _own_shared_memory(self, run: _Pod) -> Path:
+        """The pod's /dev/shm: a folder in its pod directory (made afresh with it)."""
+        folder = self.pod_dir(run.namespace, run.name) / "dev-shm"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
 
     async def _volumes(self, run: _Pod, container: Mapping[str, Any]) -> dict[str, str] | None:
         """Materialize the pod's volumes: mountPath -> directory (None: deleted first)."""
