@@ -62,7 +62,7 @@ from trainthrough.control.messages import (
     UpdatesLost,
     WorkerReport,
 )
-from trainthrough.control.master import Master
+from trainthrough.control.master import FINAL_PROGRESS_WAIT, Master
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.spec import parse_job
@@ -364,11 +364,28 @@ def test_workers_finish_fail_and_scale() -> None:
     assert [a.fields["action"] for a in actions if isinstance(a, Record)] == ["ignore"]
 
 
-def test_every_worker_finished_ends_the_job() -> None:
+def finished(actions: list[Action]) -> bool:
+    return any(isinstance(a, Finish) for a in actions)
+
+
+def test_every_worker_finished_ends_the_job_at_the_heads_next_read_with_their_last_progress() -> None:
     m = running(Master(job("stateless")))
     m.observe(Exited("worker-0", 0, T0 + 3), T0 + 3)
-    actions = m.observe(Exited("worker-1", 0, T0 + 4), T0 + 4)
+    # The last worker reported its steps before it exited: the job ends once the head's
+    # Health (which holds them) is read, so that the status shows the final progress.
+    assert not finished(m.observe(Exited("worker-1", 0, T0 + 4), T0 + 4))
+    assert not finished(m.tick(T0 + 4.5)) and not m.done
+    m.observe(health("ps-0", 300), T0 + 5)
+    actions = m.tick(T0 + 5)
     assert kinds(actions)[-2:] == [("finish", JobPhase.SUCCEEDED, Reason.STEPS_DONE), ("stop", "ps-0")]
+    assert m.state.progress.steps == 300
+
+
+def test_every_worker_finished_ends_the_job_without_a_read_after_a_while() -> None:
+    m = running(Master(job("checkpoint", workers={"replicas": 1})))
+    assert not finished(m.observe(Exited("worker-0", 0, T0 + 3), T0 + 3))
+    assert not finished(m.tick(T0 + 3 + FINAL_PROGRESS_WAIT - 0.1))
+    assert finished(m.tick(T0 + 3 + FINAL_PROGRESS_WAIT)) and m.state.reason is Reason.STEPS_DONE
 
 
 # -- stop ---------------------------------------------------------------------------------------------

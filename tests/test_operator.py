@@ -508,14 +508,14 @@ def test_a_checkpoint_job_recovers_lost_pods_once_and_follows_its_worker_count(c
         lost = pods(kube, name)["ck-worker-0"]["metadata"]["uid"]
         kube.delete("pods", "ck-worker-0")
         wait_for(
-            lambda: (p := pods(kube, name).get("ck-worker-0")) and p["metadata"]["uid"] != lost and p["status"].get("phase") == "Running",
+            lambda: (p := pods(kube, name).get("ck-worker-0")) and p["metadata"]["uid"] != lost and p.get("status", {}).get("phase") == "Running",
             timeout=JOB_TIMEOUT, interval=0.2, what="worker 0 again",
         )  # fmt: skip
 
         # Workers follow spec.workers.replicas, up and down (the ConfigMap too).
         kube.patch(TRAININGJOBS, name, {"spec": {"workers": {"replicas": 2}}})
         wait_for(
-            lambda: (p := pods(kube, name).get("ck-worker-1")) and p["status"].get("phase") == "Running",
+            lambda: (p := pods(kube, name).get("ck-worker-1")) and p.get("status", {}).get("phase") == "Running",
             timeout=JOB_TIMEOUT, interval=0.2, what="a second worker running",
         )  # fmt: skip
         assert json.loads(kube.get("configmaps", "ck-job")["data"]["job.json"])["spec"]["workers"]["replicas"] == 2

@@ -61,6 +61,9 @@ LIVENESS_DEADLINE = 10.0
 # boots on a loaded machine, or waits for sync rounds that time out, still reports.
 STUCK_WORKER_DEADLINE = 30.0
 RESTART_GRACE = 5.0  # a stuck worker is asked to stop first: it reports its idle time
+# Once every worker finished, the job ends at the head's next Health read (the workers'
+# final progress is in it, so the status shows it) or after this long without one.
+FINAL_PROGRESS_WAIT = 5.0
 
 
 def expires_at(finished_at: float | None, ttl: int | None) -> float | None:
@@ -776,6 +779,10 @@ class Master:
         stop = self.spec.stop
         elapsed = self.elapsed(now)
         if set(self.workers) <= set(s.finished_workers):
+            if s.workers_done_at is None:
+                s.workers_done_at = now
+            if not self._final_progress_read(now):
+                return []
             return self._finish(JobPhase.SUCCEEDED, Reason.STEPS_DONE, "every worker reached stop.steps", now)
         if stop.duration is not None and elapsed >= stop.duration:
             return self._finish(JobPhase.SUCCEEDED, Reason.DURATION_REACHED, f"stop.duration {stop.duration:g}s reached", now)
@@ -793,6 +800,19 @@ class Master:
                 JobPhase.SUCCEEDED, Reason.TARGET_REACHED, f"stop.targetAccuracy {target:g} reached ({s.progress.best_accuracy:.4f})", now
             )
         return []
+
+    def _final_progress_read(self, now: float) -> bool:
+        """Whether the head's progress was read after the last worker finished (a worker
+        reports its last steps before it exits), or no such read is coming: the head is not
+        up, or FINAL_PROGRESS_WAIT passed without one."""
+        s = self.state
+        assert s.workers_done_at is not None
+        head = next(iter(self.chain_order()), None)
+        read = s.progress.observed_at
+        return (
+            head is None or head not in s.up or (read is not None and read > s.workers_done_at)
+            or now - s.workers_done_at >= FINAL_PROGRESS_WAIT
+        )  # fmt: skip
 
     def _finish(self, phase: JobPhase, reason: Reason, message: str, now: float) -> list[Action]:
         s = self.state

@@ -157,6 +157,7 @@ class MasterState(StateModel):
     answered: list[str] = Field(default_factory=list)  # PS processes that answered since start
     workers_started: bool = False
     finished_workers: list[str] = Field(default_factory=list)
+    workers_done_at: float | None = None  # when the last worker finished (stop.steps)
     chain: Chain | None = None
     recoveries: list[Recovery] = Field(default_factory=list)  # in flight
     replacements: list[Replacement] = Field(default_factory=list)  # chain, not joined yet

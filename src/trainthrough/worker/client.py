@@ -376,14 +376,15 @@ class PSClient:
             wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
-    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0) -> None:
-        """Best effort: progress is advisory, training never waits for it."""
+    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = 0.2) -> None:
+        """Best effort: progress is advisory, training never waits for it (the last report,
+        after training, may wait longer: `timeout`)."""
         report = ps_pb2.ProgressReport(
             worker=self.worker, steps=steps, accuracy=accuracy, loss=loss, lost_updates=lost_updates,
             idle_seconds=self.idle_while_training,
         )  # fmt: skip
         try:
-            self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=0.2)
+            self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=timeout)
         except TrainthroughError:
             pass
 

@@ -43,6 +43,7 @@ from trainthrough.worker.evaluating import Evaluator
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 1.0  # seconds between progress reports to the PS
+FINAL_REPORT_TIMEOUT = 2.0  # seconds the last report (after training) may take: no step waits on it
 REJOIN_EVERY = 0.1  # seconds between attempts to reach a restarted stateless PS
 OFFLINE_CALL_TIMEOUT = 1.0
 HANDOVER_TIMEOUT = 120.0  # a worker done while offline waits this long for the PS
@@ -164,7 +165,7 @@ class Worker:
             self._account_idle()
             if self.evaluator is not None:
                 self.evaluator.final(self.model, self.stats.steps, self.version, self.offline)
-            self._report()
+            self._report(timeout=FINAL_REPORT_TIMEOUT)  # the job's status shows it: worth a wait
             self.events.emit(
                 "worker_stopped",
                 rank=self.rank,
@@ -459,8 +460,8 @@ class Worker:
         if not offline:
             self.client.report(step, accuracy, loss, self.stats.lost_updates)
 
-    def _report(self) -> None:
-        self.client.report(self.stats.steps, self.accuracy, lost_updates=self.stats.lost_updates)
+    def _report(self, timeout: float = 0.2) -> None:
+        self.client.report(self.stats.steps, self.accuracy, lost_updates=self.stats.lost_updates, timeout=timeout)
 
 
 class LocalProgress:
