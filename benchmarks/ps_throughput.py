@@ -32,7 +32,7 @@ import socket
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +140,18 @@ def run_cell(design: str, numel: int, workers: int, windows: int) -> dict[str, A
         if target is designs.trainthrough_server:
             options = dict(credentials=credentials, channel=CHANNEL_DESIGNS.get(design, "grpc"), mode=mode)
         server = ctx.Process(target=target, args=(sizes[0], workers, server_end), kwargs=options, daemon=True)
-        for index, shard_numel in enumerate(sizes[1:], start=1):
+
+        def spawn(elements: int, index: int) -> tuple[Any, Any]:
+            """A PS process beside the first (a shard, or a chain replica): (process, control)."""
             mine, theirs = ctx.Pipe()
-            shard = ctx.Process(target=target, args=(shard_numel, workers, theirs), kwargs={**options, "name": f"ps-{index}"}, daemon=True)
-            shard.start()
-            shards.append((shard, mine))
+            process = ctx.Process(target=target, args=(elements, workers, theirs), kwargs={**options, "name": f"ps-{index}"}, daemon=True)
+            process.start()
+            return process, mine
+
+        shards = [spawn(elements, index) for index, elements in enumerate(sizes[1:], start=1)]
         for index in range(1, replicas):
-            mine, theirs = ctx.Pipe()
-            replica = ctx.Process(target=target, args=(numel, workers, theirs), kwargs={**options, "name": f"ps-{index}"}, daemon=True)
-            replica.start()
-            mine.recv()  # its idle footprint
-            others.append((replica, mine))
+            others.append(spawn(numel, index))
+            others[-1][1].recv()  # its idle footprint
     if server is not None:
         server.start()
         baseline = control.recv()
@@ -209,7 +210,7 @@ def stats_of(controls: list[Any]) -> list[designs.ServerStats]:
 
 def total(stats: list[designs.ServerStats]) -> designs.ServerStats:
     """Several PS processes' figures as one (summed: the memory and CPU of the job's PS)."""
-    return designs.ServerStats(*(sum(getattr(s, field) for s in stats) for field in ("cpu_seconds", "peak_rss_bytes", "rss_bytes", "shared_rss_bytes")))
+    return designs.ServerStats(**{f.name: sum(getattr(s, f.name) for s in stats) for f in fields(designs.ServerStats)})
 
 
 def summarize(numel, workers, steps, windows, outcomes, baseline, before, after) -> dict[str, Any]:

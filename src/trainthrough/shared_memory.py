@@ -264,6 +264,7 @@ class SharedMemoryServer:
             for segment in self._mapped.values():
                 segment.close()
             self._mapped.clear()
+            self._copies.clear()
 
 
 # -- the worker side ---------------------------------------------------------------------------

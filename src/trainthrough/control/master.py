@@ -807,10 +807,10 @@ class Master:
         up, or FINAL_PROGRESS_WAIT passed without one."""
         s = self.state
         assert s.workers_done_at is not None
-        head = next(iter(self.chain_order()), None)
+        order = self.chain_order()
         read = s.progress.observed_at
         return (
-            head is None or head not in s.up or (read is not None and read > s.workers_done_at)
+            not order or order[0] not in s.up or (read is not None and read > s.workers_done_at)
             or now - s.workers_done_at >= FINAL_PROGRESS_WAIT
         )  # fmt: skip
 

@@ -24,8 +24,9 @@ scheduler would) and those bound to it, and for each:
   OMP_NUM_THREADS=1, HOSTNAME, TRAINTHROUGH_SHM_DIR (a folder of the pod's own: each pod
   on a node has a /dev/shm of its own, so PS and worker pods share no memory here either,
   and the workers' tensors take the PS's TCP data channel, as between a cluster's pods)
-  and the `env` given to the kubelet; the container's env wins. Nothing else of this process's environment is passed on. Resources, probes,
-  security contexts and image pulls are not emulated.
+  and the `env` given to the kubelet; the container's env wins. Nothing else of this
+  process's environment is passed on. Resources, probes, security contexts and image
+  pulls are not emulated.
 - Volumes, each a directory under the work dir: `emptyDir` (the pod directory's
   `volumes/NAME`, wiped when a new pod of that name starts), `configMap` (its keys as
   files, written when the pod starts, not resynced; the pod waits while the ConfigMap is
@@ -423,6 +424,7 @@ class Kubelet:
             task.cancel()
 
     # -- volumes -----------------------------------------------------------------------
+
     def _own_shared_memory(self, run: _Pod) -> Path:
         """The pod's /dev/shm: a folder in its pod directory (made afresh with it)."""
         folder = self.pod_dir(run.namespace, run.name) / "dev-shm"

@@ -30,6 +30,7 @@ from trainthrough.tcp_channel import ChannelBroken, Kind, TcpChannel, TcpConnect
 T = TypeVar("T")
 
 HEALTH_TIMEOUT = 0.5
+REPORT_TIMEOUT = 0.2  # a progress report during training: best effort, never a wait
 BACKOFF_START = 0.01
 BACKOFF_MAX = 0.2
 IDLE_MERGE_GAP = 0.5  # seconds: the pause loop's rejoin attempts between its waits are waiting too
@@ -376,7 +377,7 @@ class PSClient:
             wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
-    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = 0.2) -> None:
+    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = REPORT_TIMEOUT) -> None:
         """Best effort: progress is advisory, training never waits for it (the last report,
         after training, may wait longer: `timeout`)."""
         report = ps_pb2.ProgressReport(

@@ -37,7 +37,7 @@ from trainthrough.proto import ps_pb2
 from trainthrough.spec import Mode, StatelessMerge, TrainingJob
 from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import BufferedGradient, GradientBuffer
-from trainthrough.worker.client import NoReplicaAnswers, PSClient, Pulled, Stopped
+from trainthrough.worker.client import REPORT_TIMEOUT, NoReplicaAnswers, PSClient, Pulled, Stopped
 from trainthrough.worker.evaluating import Evaluator
 
 log = logging.getLogger(__name__)
@@ -460,7 +460,7 @@ class Worker:
         if not offline:
             self.client.report(step, accuracy, loss, self.stats.lost_updates)
 
-    def _report(self, timeout: float = 0.2) -> None:
+    def _report(self, timeout: float = REPORT_TIMEOUT) -> None:
         self.client.report(self.stats.steps, self.accuracy, lost_updates=self.stats.lost_updates, timeout=timeout)
 
 
