@@ -579,10 +579,15 @@ def test_dashboard_and_rules_return_each_namespaces_data_for_a_run_with_a_ps_kil
                 lambda: wait_for("Prometheus did not scrape the masters", scraped_at_zero, timeout=30))  # fmt: skip
         other_killed_at = time.time()
         other.kill_and_recover(at=other_killed_at)
+        # The recoveries and each job's kill time (the dashboard's annotation) scraped.
         wait_for(
-            "Prometheus did not scrape the recoveries",
+            "Prometheus did not scrape the recoveries and the kills",
             lambda: prom.value(f"sum(trainthrough_recoveries_total{{{job}}})", time.time()) == 1
-            and prom.value(f"sum(trainthrough_recoveries_total{{{other_job}}})", time.time()) == OTHER_RECOVERIES,
+            and prom.value(f"sum(trainthrough_recoveries_total{{{other_job}}})", time.time()) == OTHER_RECOVERIES
+            and all(
+                prom.value(f"max(trainthrough_chaos_last_injection_timestamp_seconds{{{selector}}})", time.time()) is not None
+                for selector in (job, other_job)
+            ),
             timeout=20,
         )
         quantile = "namespace_trainingjob_phase_quantile:trainthrough_recovery_seconds:histogram_quantile_1h"

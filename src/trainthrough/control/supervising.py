@@ -34,6 +34,7 @@ from trainthrough.spec import ChaosKill, TrainingJob
 
 LOOP_INTERVAL = 0.01  # seconds; the resolution of recovery milestones
 PROGRESS_INTERVAL = 0.5
+FINAL_READ_TIMEOUT = 5.0  # the head's Health read once the workers stopped: the final progress, worth a wait
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Supervisor:
         with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
             list(pool.map(lambda s: self.runtime.stop(s.process, timeout=s.grace), workers))
         for name in self.master.chain_order()[:1]:
-            health = self._health(name)
+            health = self._health(name, timeout=FINAL_READ_TIMEOUT)
             if health is not None:
                 self._observe(Health.of(name, health))
         for stop in stops:
