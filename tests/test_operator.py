@@ -350,8 +350,9 @@ def test_the_operator_command_serves_metrics_and_liveness(kube: KubeEmulator, tm
                 return None
 
         assert wait_for(lambda: fetch(liveness_port, "/healthz"), timeout=20, what="liveness") is not None
-        text = wait_for(lambda: fetch(metrics_port, "/metrics"), timeout=10, what="metrics")
-        assert 'trainthrough_operator_reconciles_total{result="ok"}' in text
+        # The counter moves once a reconcile has ended (after its pods were made): wait for it.
+        ok = 'trainthrough_operator_reconciles_total{result="ok"}'
+        wait_for(lambda: ok in (fetch(metrics_port, "/metrics") or ""), timeout=30, what="a reconcile counted in the metrics")
     finally:
         process.terminate()
         process.wait(20)
