@@ -60,7 +60,7 @@ def make_job(
     ps = [f"ps-{i}" for i in range(replicas if consistency == "chain" else 1)]
     state = MasterState(phase=JobPhase.STARTING, ps=ps, up=ps + ["worker-0", "worker-1"])
     if consistency == "chain":
-        state.chain = Chain(members=ps)
+        state.chains = [Chain(members=ps)]
     write_master(kube, state)
     for process in ps + ["worker-0", "worker-1"]:
         run_pod(kube, process)
@@ -117,7 +117,7 @@ def test_kills_wait_for_training_then_follow_the_chain_and_are_recorded(kube: Ku
     runner, registry = chaos(kube)  # the spec's own schedule
     # The operator has already promoted ps-1 (ps-0 lost earlier): ps-head means ps-1 now.
     state = master_state(kube)
-    state.chain = Chain(epoch=2, members=["ps-1", "ps-2"])
+    state.chains = [Chain(epoch=2, members=["ps-1", "ps-2"])]
     write_master(kube, state)
     thread = in_background(runner)
     time.sleep(0.6)

@@ -300,7 +300,7 @@ def pod_spec(role: str, job) -> dict:
     if role == "ps":
         return manifests.ps_pod(job, "ps-0")["spec"]
     if role == "worker":
-        return manifests.worker_pod(job, 0, ["ps-0"])["spec"]
+        return manifests.worker_pod(job, 0, [["ps-0"]])["spec"]
     if role == "chaos":
         return manifests.chaos_job(job)["spec"]["template"]["spec"]
     raise AssertionError(role)

@@ -90,7 +90,7 @@ def kinds(actions: list[Action]) -> list[Any]:
     out: list[Any] = []
     for a in actions:
         if isinstance(a, Start):
-            out.append(("start", a.process, a.start is PSStart.JOIN) if not a.process.startswith("worker-") else ("start", a.process, a.ps))
+            out.append(("start", a.process, a.start is PSStart.JOIN) if not a.process.startswith("worker-") else ("start", a.process, a.ps[0] if len(a.ps) == 1 else a.ps))
         elif isinstance(a, Stop):
             out.append(("stop", a.process))
         elif isinstance(a, Terminate):
@@ -156,7 +156,7 @@ def test_a_chain_replica_restarted_during_start_up_gets_the_configuration_again(
         for action in m.observe(health(p, 0), T0):
             if isinstance(action, PublishChain):
                 m.observe(Published(action.epoch), T0)
-    assert m.state.chain is not None and m.state.chain.published_epoch == 1
+    assert m.state.chains and m.state.chains[0].published_epoch == 1
     assert kinds(m.observe(Exited("ps-1", 1, T0 + 1), T0 + 1))[-1] == ("start", "ps-1", False)
     assert kinds(m.tick(T0 + 2)) == []  # not before it answers
     assert kinds(m.observe(health("ps-1", 0), T0 + 3)) == [("publish", 1, ("ps-0", "ps-1", "ps-2"))]
@@ -287,7 +287,7 @@ def test_hybrid_rebuilds_a_lost_chain_from_the_workers_and_grows_it_back() -> No
     # The last replica with the state: not the job's end, a rebuild.
     actions = m.observe(Exited("ps-2", -9, T0 + 5.6, disrupted=True), T0 + 5.6)
     assert kinds(actions) == [EventName.PROCESS_EXITED, EventName.FAILURE_DETECTED, EventName.CHAIN_REBUILDING]
-    assert m.state.phase is JobPhase.RUNNING and m.chain_order() == ["ps-2"] and m.state.chain.epoch == 4
+    assert m.state.phase is JobPhase.RUNNING and m.chain_order() == ["ps-2"] and m.state.chains[0].epoch == 4
     rebuild = next(r for r in m.state.recoveries if r.target == "ps-2")
     assert (rebuild.stage, rebuild.due_at, rebuild.restart) == (RecoveryStage.AWAITING_RESTART, T0 + 9.6, PSStart.REBUILD)
     # The replacements of ps-0 and ps-1 come due before the rebuilt head: they start, but
@@ -471,7 +471,7 @@ def test_the_state_read_back_from_a_status_resumes_a_chain_recovery_where_it_sto
     m.observe(Exited("ps-0", -9, T0 + 5, disrupted=True), T0 + 5)
     m.tick(T0 + 7)  # the replacement ps-3 is started
     written = json.loads(json.dumps(m.state.dump()))  # through the API server and back
-    assert written["recoveries"][0]["stage"] == "awaiting-promoted" and written["chain"]["members"] == ["ps-1", "ps-2"]
+    assert written["recoveries"][0]["stage"] == "awaiting-promoted" and written["chains"][0]["members"] == ["ps-1", "ps-2"]
     resumed = Master(job("chain", parameterServer={"replicas": 3, "restartDelay": "2s"}), MasterState.load(written))
     assert resumed.watched() == ["ps-1", "ps-2", "ps-3"]
     assert kinds(resumed.observe(health("ps-3", 0, state="joining"), T0 + 8)) == [("publish", 3, ("ps-1", "ps-2", "ps-3"))]

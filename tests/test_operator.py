@@ -280,7 +280,7 @@ def test_the_pod_runtime_removes_the_pod_an_ended_process_left(kube: KubeEmulato
     here: nothing else touches it); a process that left no pod is nothing to do."""
     owner = kube.create(TRAININGJOBS, trainingjob("ended"))
     job = parse_resource(owner)
-    pod = manifests.worker_pod(job, 0, ["ps-0"])
+    pod = manifests.worker_pod(job, 0, [["ps-0"]])
     kube.create("pods", pod)
     kube.patch_status("pods", pod["metadata"]["name"], {"phase": "Succeeded"})
     runtime = PodRuntime(KubeApi(kube.api_client()), job, owner=owner, images={})

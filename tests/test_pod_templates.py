@@ -206,7 +206,7 @@ def test_every_pod_the_operator_builds_carries_its_roles_template() -> None:
 
 def test_without_a_template_the_gpu_toleration_is_the_default() -> None:
     job = parse_job(document(workers={"resources": {"gpu": 1}}, parameterServer={}, chaosTemplate=None))
-    worker = manifests.worker_pod(job, 0, ["ps-0"])
+    worker = manifests.worker_pod(job, 0, [["ps-0"]])
     assert worker["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert "nodeSelector" not in worker["spec"] and "imagePullSecrets" not in worker["spec"]
 
@@ -291,7 +291,7 @@ def test_what_is_owned_for_one_role_is_free_for_another() -> None:
     job = parse_job(doc)
     assert admission_fields(doc) == []
     assert admission_fields(document()) == []  # the rich templates too
-    assert manifests.worker_pod(job, 0, ["ps-0"])["spec"]["hostname"] == "w"
+    assert manifests.worker_pod(job, 0, [["ps-0"]])["spec"]["hostname"] == "w"
     assert manifests.ps_pod(job, "ps-0")["spec"]["serviceAccountName"] == "ps"
 
 
@@ -299,7 +299,7 @@ def test_merge_pod_refuses_what_the_generated_pod_holds() -> None:
     """An entry the operator adds that no RESERVED_* set names is owned as well: merge_pod
     checks the pod it is given, and fails permanently (the operator fails the job)."""
     job = parse_job(document(workers={"template": {"spec": {"containers": [{"name": "worker"}]}}}))
-    pod = manifests.worker_pod(job, 0, ["ps-0"])
+    pod = manifests.worker_pod(job, 0, [["ps-0"]])
     assert any(v["name"] == "token" for v in pod["spec"]["volumes"])  # the job's token (spec.security.token)
     pod["spec"]["volumes"].append({"name": "extra", "emptyDir": {}})
     main = containers(pod["spec"])["worker"]

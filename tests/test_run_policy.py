@@ -143,7 +143,7 @@ def test_a_resumed_chain_starts_from_the_seed_and_says_what_it_lost() -> None:
     m = running(Master(job("chain")), T0)
     m.observe(health("ps-0", 300), T0 + 10)
     m.observe(Exited("ps-2", 1, T0 + 11), T0 + 11)  # the tail lost: its replacement not joined yet
-    assert m.state.chain is not None and m.state.chain.members == ["ps-0", "ps-1"] and m.state.replacements
+    assert m.state.chains and m.state.chains[0].members == ["ps-0", "ps-1"] and m.state.replacements
     m = respec(m, runPolicy={"suspend": True})
     actions = m.tick(T0 + 12)
     [suspended] = records(actions, EventName.SUSPENDED)
@@ -155,8 +155,8 @@ def test_a_resumed_chain_starts_from_the_seed_and_says_what_it_lost() -> None:
     resumed = m.tick(T0 + 20)
     # The two members left and a new one: the chain's length again, as a new configuration.
     assert kinds(resumed) == [EventName.RESUMED, ("start", "ps-0", False), ("start", "ps-1", False), ("start", "ps-3", False)]
-    assert m.state.chain is not None
-    assert (m.state.chain.members, m.state.chain.epoch, m.state.chain.published_epoch) == (["ps-0", "ps-1", "ps-3"], 3, 1)
+    assert m.state.chains
+    assert (m.state.chains[0].members, m.state.chains[0].epoch, m.state.chains[0].published_epoch) == (["ps-0", "ps-1", "ps-3"], 3, 1)
     out: list[Action] = []
     for p in ("ps-0", "ps-1", "ps-3"):
         out += m.observe(health(p, 0, started=0, restored_from="seed"), T0 + 21)

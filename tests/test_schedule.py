@@ -100,17 +100,17 @@ WORKERS = ["worker-0", "worker-1"]
     ],
 )
 def test_resolve_target(target: str, expected: str) -> None:
-    assert resolve_target(target, CHAIN, WORKERS) == expected
+    assert resolve_target(target, [CHAIN], WORKERS) == expected
 
 
 def test_workers_are_resolved_by_position() -> None:
     # worker-1 finished and left the list: worker-1 now names the next worker.
-    assert resolve_target("worker-1", CHAIN, ["worker-0", "worker-2"]) == "worker-2"
+    assert resolve_target("worker-1", [CHAIN], ["worker-0", "worker-2"]) == "worker-2"
 
 
 def test_head_and_tail_are_the_same_single_ps() -> None:
-    assert resolve_target("ps-head", ["ps-0"], WORKERS) == "ps-0"
-    assert resolve_target("ps-tail", ["ps-0"], WORKERS) == "ps-0"
+    assert resolve_target("ps-head", [["ps-0"]], WORKERS) == "ps-0"
+    assert resolve_target("ps-tail", [["ps-0"]], WORKERS) == "ps-0"
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_head_and_tail_are_the_same_single_ps() -> None:
 )
 def test_out_of_range_targets(target: str, ps_chain: list[str], workers: list[str], message: str) -> None:
     with pytest.raises(UnknownTarget) as info:
-        resolve_target(target, ps_chain, workers)
+        resolve_target(target, [ps_chain], workers)
     assert str(info.value) == message
 
 
@@ -152,7 +152,7 @@ def test_out_of_range_targets(target: str, ps_chain: list[str], workers: list[st
 )
 def test_malformed_targets(target: str) -> None:
     with pytest.raises(UnknownTarget) as info:
-        resolve_target(target, CHAIN, WORKERS)
+        resolve_target(target, [CHAIN], WORKERS)
     assert str(info.value) == f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i> or random"
 
 
@@ -164,12 +164,12 @@ def test_random_draws_any_live_process_repeatably_from_a_seed() -> None:
     import random
 
     chain, workers = ["ps-1", "ps-2"], ["worker-0", "worker-1"]
-    draws = [resolve_target("random", chain, workers, random.Random(7)) for _ in range(3)]
+    draws = [resolve_target("random", [chain], workers, random.Random(7)) for _ in range(3)]
     assert len(set(draws)) == 1  # the same seed, the same draw
-    seen = {resolve_target("random", chain, workers, rng) for rng in [random.Random(7)] for _ in range(200)}
+    seen = {resolve_target("random", [chain], workers, rng) for rng in [random.Random(7)] for _ in range(200)}
     assert seen == set(chain + workers)  # every process of the job can be hit
     with pytest.raises(UnknownTarget, match="random: no process is running"):
-        resolve_target("random", [], [], random.Random(0))
+        resolve_target("random", [[]], [], random.Random(0))
 
 
 # -- failures drawn from a failure rate (spec.randomChaos) ----------------------------------

@@ -115,6 +115,17 @@ class ChainStatus(StatusModel):
     joining: list[str] = Field(default_factory=list)  # replacements not joined yet
 
 
+class ShardStatus(StatusModel):
+    """A sharded job's shard: its slice of the flat parameter vector and who serves it."""
+
+    index: int
+    start: int  # its elements of the flat parameter vector: [start, stop)
+    stop: int
+    head: str | None = None  # the PS that serves it (chain: its chain's head)
+    version: int | None = None  # the head's model version, as last read
+    chain: ChainStatus | None = None  # chain mode: its chain
+
+
 class Resume(StatusModel):
     """What a resumed job started from, measured: the model version the master last read
     before the suspension against the version the resumed parameter server started at."""
@@ -145,7 +156,8 @@ class TrainingJobStatus(StatusModel):
     ps: list[str] | None = None  # every parameter-server process of the job, in creation order
     progress: Progress | None = None
     recoveries: Recoveries | None = None
-    chain: ChainStatus | None = None
+    chain: ChainStatus | None = None  # an unsharded job's chain (a sharded job's are under shards)
+    shards: list[ShardStatus] | None = None  # parameterServer.shards > 1: each shard
     suspension: Suspension | None = None
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
+from trainthrough.shards import Shard, partition
+
 __all__ = [
     "MODELS",
     "PaperCNN",
@@ -112,6 +114,12 @@ def model_size(name: str) -> int:
     1068810
     """
     return sum(parameter_sizes(name))
+
+
+def model_shards(name: str, shards: int) -> list[Shard]:
+    """Where a job with `shards` PS shards cuts model `name` (the PS, the worker and the
+    master all take it from here)."""
+    return partition(parameter_sizes(name), shards)
 
 
 def parameter_sizes(name: str) -> list[int]:

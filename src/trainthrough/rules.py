@@ -182,6 +182,15 @@ def _ps_chain(spec: TrainingJobSpec) -> str | None:
     return None
 
 
+def _shards_mode(spec: TrainingJobSpec) -> str | None:
+    # A stateless shard would rebuild from the workers' slices of their base weights and
+    # buffers; that rejoin is not built yet, so such a job is refused, not run unsafely.
+    shards = spec.parameter_server.shards
+    if spec.consistency in (STATELESS, HYBRID) and shards != 1:
+        return f"must be 1 for consistency '{spec.consistency}' (sharding is built for '{CHECKPOINT}' and '{CHAIN}'), got {shards}"
+    return None
+
+
 def _stateless_async(spec: TrainingJobSpec) -> str | None:
     # hybrid too: once its chain is lost its workers train on as stateless ones do
     if spec.consistency in (STATELESS, HYBRID) and spec.updates != _ASYNC:
@@ -342,6 +351,16 @@ RULES: tuple[Rule, ...] = (
         check=_one("parameterServer.replicas", _ps_chain),
     ),
     Rule(
+        name="shards-mode",
+        field="parameterServer.shards",
+        cel=f"!(self.consistency in ['{STATELESS}', '{HYBRID}']) || self.parameterServer.shards == 1",
+        message=_text(
+            "must be 1 for consistency '", _Cel("self.consistency"),
+            f"' (sharding is built for '{CHECKPOINT}' and '{CHAIN}'), got ", _Cel("string(self.parameterServer.shards)"),
+        ),  # fmt: skip
+        check=_one("parameterServer.shards", _shards_mode),
+    ),
+    Rule(
         name="stateless-async",
         field="updates",
         cel=f"!(self.consistency in ['{STATELESS}', '{HYBRID}']) || self.updates == '{_ASYNC}'",
@@ -409,6 +428,7 @@ IMMUTABLE: tuple[Immutable, ...] = (
     Immutable("dataset", "a restarted worker would train on other data than its peers and report another test set's accuracy"),
     Immutable("optimizer", "a restarted or replacement PS would apply updates unlike its predecessors (chain replicas must apply every update alike; checkpoints hold the old optimizer's state)"),
     Immutable("parameterServer.replicas", "the master owns the chain's membership; a new length would recreate or orphan replicas mid-recovery"),
+    Immutable("parameterServer.shards", "every shard's state (checkpoints, chain replicas) holds the old partition's slice of the model"),
     Immutable("parameterServer.port", "the PS Services and the running workers address the PS at this port"),
     Immutable("chain", "every replica of a chain must run with the same ack and replicateEvery, or ack 'tail' no longer holds"),
     Immutable("checkpoint.volumeClaim", "a restarted PS would look for its checkpoints on another volume and lose its state"),

@@ -946,6 +946,15 @@ class WorkersSpec(SpecModel):
 
 class ParameterServerSpec(SpecModel):
     replicas: Annotated[_Int, Field(ge=1, le=names.MAX_PS)] = 1  # the chain length in chain mode
+    shards: Annotated[_Int, Field(ge=1, le=names.MAX_SHARDS)] = Field(
+        1,
+        description=(
+            "Split the model into this many parameter-server shards, balanced by bytes "
+            "(trainthrough.shards); each shard is its own PS (chain: its own chain of "
+            "`replicas`, so pods = shards x replicas) and recovers on its own. PS names "
+            "become ps-<shard>-<i>."
+        ),
+    )
     port: Annotated[_Int, Field(ge=1, le=65535)] = 50051
     restart_delay: NonNegativeSeconds = 0.0  # before a killed PS is restarted
     resources: Resources = Field(default_factory=Resources)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from trainthrough.control.master import Master
 from trainthrough.control.recording import InjectionMetrics
-from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills, resolve_target
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import Reason
 from trainthrough.kubeapi import KubeApi
@@ -158,9 +158,8 @@ class PodChaos:
         incarnation, not being recovered: control/master.py's `kill_blocker`, as the local
         driver asks it); whether it was."""
         master = Master(self.job, MasterState.load((body.get("status") or {}).get("master")))
-        finished = set(master.state.finished_workers)
         try:
-            process = resolve_target(kill.target, master.chain_order(), [w for w in master.workers if w not in finished], self.rng)
+            process = master.kill_target(kill.target, self.rng)
         except UnknownTarget as error:
             log.info("%s not resolvable yet: %s", kill.target, error)
             return False

@@ -73,7 +73,7 @@ class Applier:
     def _start(self, start: Start) -> list[Action]:
         parsed = names.parse(start.process)
         if parsed is not None and parsed[0] is names.ProcessKind.WORKER:
-            self.runtime.start_worker(parsed[1], list(start.ps))
+            self.runtime.start_worker(parsed[1], [list(chain) for chain in start.ps])
         else:
             self.runtime.start_ps(start.process, start=start.start)
         return []
@@ -89,7 +89,7 @@ class Applier:
     def _publish(self, publish: PublishChain) -> list[Action]:
         members = [(name, self.runtime.address(name)) for name in publish.members]
         failed = publish_chain(members, publish.epoch, self.pool)
-        return self.master.observe(Published(publish.epoch, tuple(failed)), time.time())
+        return self.master.observe(Published(publish.epoch, tuple(failed), publish.shard), time.time())
 
     def _record_one(self, record: Record) -> list[Action]:
         self._record(record)

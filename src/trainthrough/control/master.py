@@ -21,6 +21,8 @@ Drivers: control/supervising.py (processes on loopback) and operator/driving.py 
 
 from __future__ import annotations
 
+import random
+
 from trainthrough.control.messages import (
     Action,
     Disrupted,
@@ -40,11 +42,11 @@ from trainthrough.control.messages import (
     UpdatesLost,
 )
 from trainthrough.control.recovery import Decision, Remedy, decide
-from trainthrough.control.schedule import planned_kills
+from trainthrough.control.schedule import planned_kills, resolve_target
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.errors import CONFIG_EXIT_CODE
-from trainthrough.names import PSStart, is_worker, ps_name, worker_names
+from trainthrough.names import PSStart, is_worker, ps_name, ps_names, shard_key, shard_of, worker_names
 from trainthrough.spec import CleanPodPolicy, Mode, TrainingJob
 
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
@@ -94,17 +96,30 @@ class Master:
         self.liveness_deadline = liveness_deadline
         self.stuck_after = stuck_after
         self.workers = worker_names(self.spec.workers.replicas)
+        self.shards = self.spec.parameter_server.shards
 
     # -- what the drivers ask ---------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.state.phase.terminal
 
-    def chain_order(self) -> list[str]:
-        """The PS processes head first (the chain's members, else the one PS)."""
-        if self.state.chain is not None:
-            return list(self.state.chain.members)
-        return list(self.state.ps[:1])
+    def chain_order(self, shard: int = 0) -> list[str]:
+        """Shard `shard`'s PS processes head first (its chain's members, else its one PS)."""
+        if self.state.chains:
+            return list(self.state.chains[shard].members)
+        return [p for p in self.state.ps if shard_of(p) == shard][:1]
+
+    def chain_orders(self) -> list[list[str]]:
+        """Every shard's chain_order, in shard order."""
+        return [self.chain_order(k) for k in range(self.shards)]
+
+    def heads(self) -> list[str]:
+        """The head of every shard that has one."""
+        return [order[0] for order in self.chain_orders() if order]
+
+    def chain_of(self, process: str) -> Chain | None:
+        """The chain PS `process` belongs to (its shard's); None outside chain modes."""
+        return self.state.chains[shard_of(process)] if self.state.chains else None
 
     def elapsed(self, now: float) -> float:
         """Seconds on the job's clock (0 until training started)."""
@@ -120,7 +135,7 @@ class Master:
             return []
         # Every member: each one's liveness is checked (a hung middle replica stalls the
         # chain as surely as a hung head).
-        names = self.chain_order()
+        names = [p for order in self.chain_orders() for p in order]
         names += [r.target for r in s.recoveries if r.stage is RecoveryStage.AWAITING_READY]
         names += [r.name for r in s.replacements if r.name]
         return list(dict.fromkeys(n for n in names if n in s.up))
@@ -128,10 +143,18 @@ class Master:
     def acknowledging(self, process: str) -> str:
         """The PS whose version counts as acknowledged when `process` dies: with `ack:
         tail` a push is acknowledged once the tail has it, otherwise once `process` has."""
-        order = self.chain_order()
-        if self.state.chain is not None and self.spec.chain.ack == "tail" and order and process == order[0]:
+        if is_worker(process):
+            return process
+        order = self.chain_order(shard_of(process))
+        if self.state.chains and self.spec.chain.ack == "tail" and order and process == order[0]:
             return order[-1]
         return process
+
+    def kill_target(self, target: str, rng: random.Random | None = None) -> str:
+        """The process chaos target `target` means now (schedule.resolve_target; a worker
+        that finished is no target); UnknownTarget if none."""
+        finished = set(self.state.finished_workers)
+        return resolve_target(target, self.chain_orders(), [w for w in self.workers if w not in finished], rng)
 
     def kill_blocker(self, process: str, live: bool) -> str | None:
         """Why a kill of `process` must wait (None: kill now). A kill hits the first live
@@ -167,9 +190,10 @@ class Master:
             return [Record(EventName.SUSPENDED, {"job": self.job.metadata.name, "started": False}, Reason.SUSPENDED, message)]
         s.phase, s.created_at = JobPhase.STARTING, now
         s.starting_since = s.active_since = now
-        s.ps = [ps_name(i) for i in range(self.spec.parameter_server.replicas)]
+        groups = ps_names(self.shards, self.spec.parameter_server.replicas)
+        s.ps = [p for group in groups for p in group]
         if self.mode.chained:
-            s.chain = Chain(members=list(s.ps))
+            s.chains = [Chain(members=group) for group in groups]
         out: list[Action] = [
             Record(
                 EventName.RUN_START,
@@ -178,7 +202,8 @@ class Master:
                     "mode": self.mode.value,
                     "updates": self.spec.updates,
                     "workers": len(self.workers),
-                    "ps_replicas": len(s.ps),
+                    "ps_replicas": self.spec.parameter_server.replicas,
+                    "shards": self.shards,
                     "restart_delay": self.restart_delay,
                     "backoff_limit": self.spec.run_policy.backoff_limit,
                 },
@@ -237,16 +262,15 @@ class Master:
                 out.append(self._start(recovery.target, now, start=recovery.restart))
         for replacement in s.replacements:
             if not replacement.name and now >= replacement.due_at:
-                replacement.name = ps_name(len(s.ps))
+                replacement.name = self._next_ps(shard_of(replacement.replaces))
                 replacement.started_at = now
-                s.ps.append(replacement.name)
                 out.append(self._start(replacement.name, now, start=PSStart.JOIN))
         if s.phase is JobPhase.RUNNING:
             out += self._scale_workers(now)
-        chain = s.chain
-        if chain is not None and chain.members and chain.published_epoch < chain.epoch and now >= chain.publish_due_at:
-            if s.phase is JobPhase.RUNNING or set(chain.members) <= set(s.answered):
-                out.append(self._publish(now))
+        for shard, chain in enumerate(s.chains):
+            if chain.members and chain.published_epoch < chain.epoch and now >= chain.publish_due_at:
+                if s.phase is JobPhase.RUNNING or set(chain.members) <= set(s.answered):
+                    out.append(self._publish(shard, now))
         return out + self._check_stop(now)
 
     # -- observations ------------------------------------------------------------------------------
@@ -255,21 +279,22 @@ class Master:
         name = health.process
         if name not in s.up:
             return []
-        order = self.chain_order()
+        head = name in self.heads()
         reported = health.progress_of(self.workers)
-        if order and name == order[0]:
+        if head:
+            # Workers report to every shard's head: progress is read from whichever serves.
             p = s.progress
             p.serving = f"{name} {health.state}"
             if health.state == "serving":
                 p.steps = max(p.steps, reported.steps)
                 p.idle_seconds = max(p.idle_seconds, reported.idle_seconds)
-                p.version = health.version
+                p.version = self._job_version(name, health.version)
                 if reported.accuracy >= 0:
                     p.accuracy = reported.accuracy
                     p.best_accuracy = max(p.best_accuracy, reported.accuracy)
                 p.observed_at = now
         out: list[Action] = []
-        if order and name == order[0] and reported.lost_updates > s.completed.lost_updates:
+        if head and reported.lost_updates > s.completed.lost_updates:
             out += self._updates_lost(reported.lost_updates)
         if s.phase.halted:
             return out  # the final progress is still read; nothing is decided any more
@@ -277,9 +302,9 @@ class Master:
         s.versions[name] = health.version
         if name not in s.answered:
             s.answered.append(name)
-            chain = s.chain
+            chain = self.chain_of(name)
             if chain is not None and name in chain.members and chain.published_epoch < chain.epoch and s.phase is JobPhase.RUNNING:
-                out.append(self._publish(now))  # a restarted replica (hybrid: rebuilt) learns its place at once
+                out.append(self._publish(shard_of(name), now))  # a restarted replica (hybrid: rebuilt) learns its place at once
         if s.phase is JobPhase.STARTING:
             out += self._advance_start(health, now)
         for replacement in list(s.replacements):
@@ -291,15 +316,16 @@ class Master:
 
     def _advance_start(self, health: Health, now: float) -> list[Action]:
         s = self.state
-        order = self.chain_order()
+        heads = self.heads()
         out: list[Action] = []
-        if s.suspension.version_before is not None and order and health.process == order[0] and health.state == "serving":
+        first = self.chain_order(0)  # a resume's loss is measured on shard 0's head
+        if s.suspension.version_before is not None and first and health.process == first[0] and health.state == "serving":
             out.append(self._restored(health))
-        if not set(order) <= set(s.answered):
+        if not {p for order in self.chain_orders() for p in order} <= set(s.answered):
             return out
-        if s.chain is not None and s.chain.published_epoch < s.chain.epoch:
-            if now >= s.chain.publish_due_at:
-                out.append(self._publish(now))
+        unpublished = [(k, chain) for k, chain in enumerate(s.chains) if chain.published_epoch < chain.epoch]
+        if unpublished:
+            out += [self._publish(k, now) for k, chain in unpublished if now >= chain.publish_due_at]
             return out
         if not s.workers_started:
             s.workers_started = True
@@ -309,10 +335,10 @@ class Master:
         # (0, or what a resume restored); the job's clock goes on from where a suspension
         # stopped it.
         restored = s.suspension.last["version_restored"] if s.suspension.last else 0
-        if order and health.process == order[0] and health.version > restored and s.suspension.version_before is None:
+        if health.process in heads and health.version > restored and s.suspension.version_before is None:
             s.phase, s.training_started_at = JobPhase.RUNNING, now - s.suspension.trained_seconds
             message = "the first update was applied" + (" since the resume" if s.suspension.count else "")
-            out.append(Record(EventName.TRAINING_STARTED, {"ps": order}, Reason.TRAINING_STARTED, message))
+            out.append(Record(EventName.TRAINING_STARTED, {"ps": self._ps_field()}, Reason.TRAINING_STARTED, message))
         return out
 
     def _on_disrupted(self, disrupted: Disrupted) -> list[Action]:
@@ -348,7 +374,7 @@ class Master:
         kill = s.kills.pop(name, None)
         s.silent_since.pop(name, None)
         if not is_worker(name):
-            s.serving_since = None  # a restarted head must serve again before workers are judged
+            s.serving_heads.pop(name, None)  # a restarted head must serve again before workers are judged
         restarted = name in s.restarting
         if restarted:
             s.restarting.remove(name)
@@ -377,10 +403,11 @@ class Master:
                 # A replacement died before it joined: another one, after the delay.
                 out.append(Record(EventName.REPLICA_JOIN_FAILED, {"process": name}, Reason.REPLICA_JOIN_FAILED, f"{name} was lost before it joined", warning=True))
                 out.append(self._exit_record(exited, "replace", "a chain replacement was lost before it joined", disrupted))
-                if replacement.added_epoch is not None and s.chain is not None and name in s.chain.members:
-                    s.chain.members.remove(name)
-                    s.chain.epoch += 1
-                    out.append(self._publish(now))
+                chain = self.chain_of(name)
+                if replacement.added_epoch is not None and chain is not None and name in chain.members:
+                    chain.members.remove(name)
+                    chain.epoch += 1
+                    out.append(self._publish(shard_of(name), now))
                 replacement.name, replacement.started_at, replacement.added_epoch = "", None, None
                 replacement.due_at = exited.at + self.restart_delay
                 return out + self._check_backoff(now)
@@ -393,9 +420,9 @@ class Master:
                 name=name,
                 exit_code=exited.exit_code,
                 stopping=False,
-                chain=self.chain_order() if s.chain is not None else [],
+                chain=self._chain_members(name),
                 known_ps=set(s.ps),
-                serving=self._holding_state(),
+                serving=self._holding_state(shard_of(name)) if not is_worker(name) else None,
             )
         out.append(self._exit_record(exited, decision.action.value, decision.reason, disrupted))
         backoff = self._check_backoff(now)
@@ -408,8 +435,9 @@ class Master:
             out.append(self._start(name, now))
         elif decision.action is Remedy.RESTART_PS:
             if s.phase is JobPhase.STARTING:
-                if s.chain is not None:  # the new process has no configuration yet
-                    s.chain.published_epoch = min(s.chain.published_epoch, s.chain.epoch - 1)
+                chain = self.chain_of(name)
+                if chain is not None:  # the new process has no configuration yet
+                    chain.published_epoch = min(chain.published_epoch, chain.epoch - 1)
                 out.append(self._start(name, now))
             else:
                 out += self._schedule_restart(exited, kill)
@@ -427,8 +455,7 @@ class Master:
         name = unanswered.process
         if s.phase.halted or name not in s.up or is_worker(name):
             return []
-        if name == s.serving_head:
-            s.serving_since = None  # not serving: workers waiting for it are not stuck
+        s.serving_heads.pop(name, None)  # not serving: workers waiting for it are not stuck
         if name not in s.answered or name in s.kills:
             return []  # booting (start-up has its own deadline), or already being killed
         since = s.silent_since.setdefault(name, unanswered.at)
@@ -447,9 +474,9 @@ class Master:
         return [record, Terminate(name)] + self._check_backoff(now)
 
     def _on_published(self, published: Published, now: float) -> list[Action]:
-        chain = self.state.chain
-        if chain is None:
+        if published.shard >= len(self.state.chains):
             return []
+        chain = self.state.chains[published.shard]
         if not published.failed:
             chain.published_epoch = max(chain.published_epoch, published.epoch)
         # A member that did not take it is dead or starting; its death or the retry follows.
@@ -466,6 +493,7 @@ class Master:
             detected_at=exited.at,
             killed_at=kill.killed_at if kill is not None else None,
             version_before=version,
+            extra=self._shard_field(exited.process),
         )
         detect = round(recovery.phases()["detect"], 6)
         record = Record(
@@ -495,9 +523,9 @@ class Master:
 
     def _promote(self, exited: Exited, kill: Kill | None, now: float) -> list[Action]:
         s = self.state
-        assert s.chain is not None
+        chain = self.chain_of(exited.process)
+        assert chain is not None
         recovery, record = self._new_recovery(exited, kill, RecoveryStage.AWAITING_PROMOTED)
-        chain = s.chain
         chain.members = [m for m in chain.members if m != exited.process]
         chain.epoch += 1
         if not chain.members:
@@ -506,7 +534,7 @@ class Master:
             )
         head = chain.members[0]
         recovery.restored_at, recovery.restored_from = now, "chain"
-        recovery.extra = {"new_head": head, "epoch": chain.epoch, "chain": list(chain.members)}
+        recovery.extra = {"new_head": head, "epoch": chain.epoch, "chain": list(chain.members), **self._shard_field(exited.process)}
         s.recoveries.append(recovery)
         s.replacements.append(Replacement(replaces=exited.process, due_at=exited.at + self.restart_delay))
         promoted = Record(
@@ -515,24 +543,25 @@ class Master:
             Reason.CHAIN_RECONFIGURED,
             f"removed {exited.process}; epoch {chain.epoch}, head {head}; a replacement joins at the tail",
         )
-        return [record, self._publish(now), promoted]
+        return [record, self._publish(shard_of(exited.process), now), promoted]
 
-    def _holding_state(self) -> list[str]:
-        """The chain's members that hold the state: not replacements still joining."""
+    def _holding_state(self, shard: int) -> list[str]:
+        """The shard's chain members that hold the state: not replacements still joining."""
         joining = {r.name for r in self.state.replacements if r.added_epoch is not None}
-        return [m for m in self.chain_order() if m not in joining]
+        return [m for m in self.chain_order(shard) if m not in joining]
 
-    def _rebuilding(self) -> bool:
-        """Hybrid: a chain that lost every replica is not serving again yet."""
-        return any(r.restart is PSStart.REBUILD and r.restored_at is None for r in self.state.recoveries)
+    def _rebuilding(self, shard: int) -> bool:
+        """Hybrid: the shard's chain lost every replica and is not serving again yet."""
+        return any(
+            r.restart is PSStart.REBUILD and r.restored_at is None and shard_of(r.target) == shard for r in self.state.recoveries
+        )  # fmt: skip
 
     def _rebuild(self, exited: Exited, kill: Kill | None, now: float) -> list[Action]:
         """Hybrid, the last replica with the state is lost: it starts again, empty, and
         seeds from the workers (they train on meanwhile); replacements still joining stay
         at the tail, to take the rebuilt state from it."""
-        s = self.state
-        assert s.chain is not None
-        chain = s.chain
+        chain = self.chain_of(exited.process)
+        assert chain is not None
         chain.members = [exited.process] + [m for m in chain.members if m != exited.process]
         chain.epoch += 1
         out = self._schedule_restart(exited, kill, start=PSStart.REBUILD)
@@ -547,7 +576,8 @@ class Master:
         return out + [rebuilding]
 
     def _advance_recovery(self, recovery: Recovery, health: Health, now: float) -> list[Action]:
-        head = self.chain_order()[0] if self.chain_order() else None
+        order = self.chain_order(shard_of(recovery.target))
+        head = order[0] if order else None
         if recovery.stage is RecoveryStage.AWAITING_READY and health.process == recovery.target:
             if health.state != "serving":
                 return []
@@ -609,14 +639,16 @@ class Master:
         """A replacement answers: add it at the tail (the old tail sends it its state);
         it has joined once it serves."""
         s = self.state
-        assert s.chain is not None
+        chain = self.chain_of(replacement.name)
+        assert chain is not None
+        shard = shard_of(replacement.name)
         if replacement.added_epoch is None:
-            if self._rebuilding():
+            if self._rebuilding(shard):
                 return []  # no replica holds a state to send it yet: joins once the rebuilt head serves
-            s.chain.members.append(replacement.name)
-            s.chain.epoch += 1
-            replacement.added_epoch = s.chain.epoch
-            return [self._publish(now)]
+            chain.members.append(replacement.name)
+            chain.epoch += 1
+            replacement.added_epoch = chain.epoch
+            return [self._publish(shard, now)]
         if health.state != "serving":
             return []
         s.replacements.remove(replacement)
@@ -627,7 +659,7 @@ class Master:
                 "process": replacement.name,
                 "replaces": replacement.replaces,
                 "epoch": replacement.added_epoch,
-                "chain": list(s.chain.members),
+                "chain": list(chain.members),
                 "state": health.state,
                 "applied_seq": health.applied_seq,
                 "seconds": seconds,
@@ -655,14 +687,18 @@ class Master:
         deadline (counted from its start and from when the head began to serve) is stuck.
         A worker that never reaches the head has no report there: that is no change."""
         s = self.state
-        order = self.chain_order()
-        if s.phase is not JobPhase.RUNNING or not order or health.process != order[0]:
+        heads = self.heads()
+        if s.phase is not JobPhase.RUNNING or health.process not in heads:
             return []
         if health.state != "serving":
-            s.serving_since = None
+            s.serving_heads.pop(health.process, None)
             return []
-        if s.serving_since is None or s.serving_head != health.process:
-            s.serving_head, s.serving_since = health.process, now
+        s.serving_heads.setdefault(health.process, now)
+        for stale in [h for h in s.serving_heads if h not in heads]:
+            del s.serving_heads[stale]  # no head any more (promoted away)
+        if set(heads) - set(s.serving_heads):
+            return []  # a shard's head does not serve: its workers wait, and are not stuck
+        serving_since = max(s.serving_heads.values())
         reported = {r.worker: r.steps for r in health.workers}
         out: list[Action] = []
         for worker in self.workers:
@@ -672,7 +708,7 @@ class Master:
             steps = reported.get(worker)
             if steps is not None and steps != seen.steps:
                 seen.steps, seen.changed_at = steps, now
-            elif now - max(seen.changed_at, s.serving_since) >= self.stuck_after:
+            elif now - max(seen.changed_at, serving_since) >= self.stuck_after:
                 out += self._restart_stuck(worker, now - seen.changed_at, health.process, now)
         return out
 
@@ -685,7 +721,7 @@ class Master:
         s.failures += 1
         record = Record(
             EventName.WORKER_STUCK,
-            {"process": worker, "steps": s.seen_workers[worker].steps, "seconds": round(seconds, 6), "ps": self.chain_order()},
+            {"process": worker, "steps": s.seen_workers[worker].steps, "seconds": round(seconds, 6), "ps": self._ps_field()},
             Reason.WORKER_STUCK,
             f"{worker} made no progress for {seconds:.0f} s while {head} served: restarted with the current chain",
             warning=True,
@@ -700,8 +736,9 @@ class Master:
         disrupted = exited.disrupted or kill is not None
         if not disrupted and exited.exit_code != 0:
             s.failures += 1
-        chain = self.chain_order() if s.chain is not None else []
-        decision = decide(mode=self.mode.value, name=name, exit_code=exited.exit_code, stopping=False, chain=chain, known_ps=set(s.ps))
+        decision = decide(
+            mode=self.mode.value, name=name, exit_code=exited.exit_code, stopping=False, chain=self._chain_members(name), known_ps=set(s.ps)
+        )  # fmt: skip
         out: list[Action] = [self._exit_record(exited, decision.action.value, f"{decision.reason}; the job ended first", disrupted)]
         if decision.action is Remedy.FINISHED and name not in s.finished_workers:
             s.finished_workers.append(name)
@@ -711,17 +748,18 @@ class Master:
                 EventName.RECOVERY_INCOMPLETE, recovery.as_event(), Reason.RECOVERY_INCOMPLETE, f"{name}: the job ended first", warning=True
             )
             out += [detected, incomplete]
-        if decision.action is Remedy.PROMOTE and s.chain is not None:
-            s.chain.members.remove(name)  # the final configuration lists the replicas left
+        chain = self.chain_of(name) if not is_worker(name) else None
+        if decision.action is Remedy.PROMOTE and chain is not None:
+            chain.members.remove(name)  # the final configuration lists the replicas left
         return out
 
     def _join_incomplete(self, replacement: Replacement, now: float) -> Record:
         """The job ends before a replacement joined: it holds no state, so it is no member
         of the final configuration."""
-        s = self.state
         name = replacement.name
-        if name and s.chain is not None and name in s.chain.members:
-            s.chain.members.remove(name)
+        chain = self.chain_of(name) if name else None
+        if chain is not None and name in chain.members:
+            chain.members.remove(name)
         fields = {
             "process": name,
             "replaces": replacement.replaces,
@@ -740,14 +778,40 @@ class Master:
             s.up.append(process)
         if is_worker(process):
             s.seen_workers[process] = WorkerSeen(changed_at=now)
-        ps = tuple(self.chain_order()) if is_worker(process) else ()
+        ps = tuple(tuple(order) for order in self.chain_orders()) if is_worker(process) else ()
         return Start(process, start=start, ps=ps)
 
-    def _publish(self, now: float) -> PublishChain:
-        chain = self.state.chain
-        assert chain is not None
+    def _publish(self, shard: int, now: float) -> PublishChain:
+        chain = self.state.chains[shard]
         chain.publish_due_at = now + PUBLISH_RETRY
-        return PublishChain(chain.epoch, tuple(chain.members))
+        return PublishChain(chain.epoch, tuple(chain.members), shard)
+
+    def _chain_members(self, process: str) -> list[str]:
+        """The members of `process`'s chain, head first ([] outside chain modes and for a worker)."""
+        chain = self.chain_of(process) if not is_worker(process) else None
+        return list(chain.members) if chain is not None else []
+
+    def _next_ps(self, shard: int) -> str:
+        """A name for a new PS of `shard` (a chain replacement, a resume's top-up): the
+        shard's next index, never one used before."""
+        index = sum(1 for p in self.state.ps if shard_of(p) == shard)
+        name = ps_name(index, shard_key(self.shards, shard))
+        self.state.ps.append(name)
+        return name
+
+    def _job_version(self, head: str, version: int) -> int:
+        """The model's version with `head` at `version`: the lowest of the shards' heads
+        (every shard holds at least that many updates); the head's own when unsharded."""
+        versions = [version if h == head else self.state.versions.get(h, version) for h in self.heads()]
+        return min(versions) if versions else version
+
+    def _ps_field(self) -> list[str] | list[list[str]]:
+        """The PS processes for an event: head first; per shard in a sharded job."""
+        return self.chain_order() if self.shards == 1 else self.chain_orders()
+
+    def _shard_field(self, process: str) -> dict[str, int]:
+        """An event's `shard` field for PS `process`, in a sharded job."""
+        return {} if self.shards == 1 else {"shard": shard_of(process)}
 
     def _exit_record(self, exited: Exited, action: str, reason: str, disrupted: bool = False) -> Record:
         fields = {
@@ -807,10 +871,9 @@ class Master:
         up, or FINAL_PROGRESS_WAIT passed without one."""
         s = self.state
         assert s.workers_done_at is not None
-        order = self.chain_order()
         read = s.progress.observed_at
         return (
-            not order or order[0] not in s.up or (read is not None and read > s.workers_done_at)
+            not any(head in s.up for head in self.heads()) or (read is not None and read > s.workers_done_at)
             or now - s.workers_done_at >= FINAL_PROGRESS_WAIT
         )  # fmt: skip
 
@@ -858,7 +921,7 @@ class Master:
         s = self.state
         out = self._abandon("the job was suspended first", now)
         s.recoveries, s.replacements, s.kills, s.restarting = [], [], {}, []
-        s.silent_since, s.serving_since = {}, None
+        s.silent_since, s.serving_heads = {}, {}
         s.suspension.count += 1
         s.suspension.trained_seconds = self.elapsed(now) if s.phase is JobPhase.RUNNING else s.suspension.trained_seconds
         s.active_seconds, s.active_since = s.active(now), None
@@ -888,17 +951,15 @@ class Master:
         if s.up:
             return []
         s.phase, s.starting_since, s.active_since = JobPhase.STARTING, now, now
-        s.answered, s.versions, s.serving_head = [], {}, ""
+        s.answered, s.versions, s.serving_heads = [], {}, {}
         s.progress.serving = ""
         s.suspension.version_before = s.progress.version
-        if s.chain is not None:
-            while len(s.chain.members) < self.spec.parameter_server.replicas:
-                name = ps_name(len(s.ps))
-                s.ps.append(name)
-                s.chain.members.append(name)
-            s.chain.epoch += 1  # published once every member answers, as at the first start
-        order = self.chain_order()
-        fields = {"ps": order, "version_before": s.progress.version}
+        for shard, chain in enumerate(s.chains):
+            while len(chain.members) < self.spec.parameter_server.replicas:
+                chain.members.append(self._next_ps(shard))
+            chain.epoch += 1  # published once every member answers, as at the first start
+        order = [p for each in self.chain_orders() for p in each]
+        fields = {"ps": self._ps_field(), "version_before": s.progress.version}
         message = f"spec.runPolicy.suspend is false: starting {', '.join(order)} again"
         return [Record(EventName.RESUMED, fields, Reason.RESUMED, message)] + [self._start(p, now) for p in order]
 

@@ -131,6 +131,7 @@ class Published:
 
     epoch: int
     failed: tuple[str, ...] = ()
+    shard: int = 0  # whose chain
 
 
 Observation = Union[Exited, Disrupted, Health, Unanswered, Published]
@@ -141,11 +142,12 @@ Observation = Union[Exited, Disrupted, Health, Unanswered, Published]
 @dataclass(frozen=True)
 class Start:
     """Start `process` (a PS, `start` saying where its state comes from, or a worker that
-    reaches the PS processes `ps`, head first). A PS keeps its address across restarts."""
+    reaches the PS processes `ps`: per shard, head first). A PS keeps its address across
+    restarts."""
 
     process: str
     start: PSStart = PSStart.FRESH
-    ps: tuple[str, ...] = ()
+    ps: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,12 @@ class Remove:
 
 @dataclass(frozen=True)
 class PublishChain:
-    """Send the chain configuration (epoch, members head first) to its members, tail first;
-    answer with `Published`."""
+    """Send the chain configuration (epoch, members head first) of shard `shard` to its
+    members, tail first; answer with `Published`."""
 
     epoch: int
     members: tuple[str, ...]
+    shard: int = 0
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ class Runtime(Protocol):
     def start_ps(self, name: str, *, start: PSStart = PSStart.FRESH) -> str:
         """Start (or restart, same address) a PS process; returns its gRPC address."""
 
-    def start_worker(self, rank: int, ps: list[str]) -> None:
-        """Start (or restart) the worker of `rank`, reaching the PS processes `ps` (names,
-        head first) at the addresses a worker is given on this runtime."""
+    def start_worker(self, rank: int, ps: list[list[str]]) -> None:
+        """Start (or restart) the worker of `rank`, reaching the PS processes `ps` (names:
+        per shard, head first) at the addresses a worker is given on this runtime."""
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         """Fail the process: abruptly (SIGKILL; on Kubernetes, delete the pod without grace),

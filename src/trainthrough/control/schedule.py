@@ -48,11 +48,13 @@ class UnknownTarget(ValueError):
     """A chaos target that names no live process right now."""
 
 
-def resolve_target(target: str, ps_chain: list[str], workers: list[str], rng: random.Random | None = None) -> str:
-    """The process name `target` means now; `ps_chain` is head-first (one PS outside chain
-    mode); `rng` draws the `random` target (pass a seeded one for a repeatable run)."""
+def resolve_target(target: str, chains: list[list[str]], workers: list[str], rng: random.Random | None = None) -> str:
+    """The process name `target` means now; `chains`: each shard's PS processes head
+    first (one PS per shard outside chain mode; `ps-*` targets mean shard 0's, `random`
+    any shard's); `rng` draws the `random` target (pass a seeded one for a repeatable run)."""
+    ps_chain = chains[0] if chains else []
     if target == "random":
-        pool = ps_chain + workers
+        pool = [p for chain in chains for p in chain] + workers
         if not pool:
             raise UnknownTarget("random: no process is running")
         return (rng or random.Random()).choice(pool)

@@ -158,7 +158,7 @@ class MasterState(StateModel):
     workers_started: bool = False
     finished_workers: list[str] = Field(default_factory=list)
     workers_done_at: float | None = None  # when the last worker finished (stop.steps)
-    chain: Chain | None = None
+    chains: list[Chain] = Field(default_factory=list)  # chained modes: each shard's, in shard order
     recoveries: list[Recovery] = Field(default_factory=list)  # in flight
     replacements: list[Replacement] = Field(default_factory=list)  # chain, not joined yet
     kills: dict[str, Kill] = Field(default_factory=dict)  # disrupted, death not seen yet
@@ -166,8 +166,8 @@ class MasterState(StateModel):
     # PS processes whose Health calls have failed without a break, since the first one's start
     silent_since: dict[str, float] = Field(default_factory=dict)
     seen_workers: dict[str, WorkerSeen] = Field(default_factory=dict)
-    serving_head: str = ""  # the head that has answered "serving" without a break ...
-    serving_since: float | None = None  # ... since then (None: it does not serve now)
+    # The heads (one per shard) that have answered "serving" without a break, since when.
+    serving_heads: dict[str, float] = Field(default_factory=dict)
     restarting: list[str] = Field(default_factory=list)  # workers ended to be started again
     failures: int = 0  # counted against spec.runPolicy.backoffLimit
     chaos_fired: int = 0  # kills of spec.chaos seen (a Disrupted with its scheduled time)
@@ -192,4 +192,7 @@ class MasterState(StateModel):
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> MasterState:
-        return cls.model_validate(data or {})
+        data = dict(data or {})
+        if data.get("chain") and not data.get("chains"):  # written before shards: one chain
+            data["chains"] = [data.pop("chain")]
+        return cls.model_validate(data)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from trainthrough.control.recording import InjectionMetrics
-from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills, resolve_target
+from trainthrough.control.schedule import KillSchedule, UnknownTarget, planned_kills
 from trainthrough.control.applying import Applier
 from trainthrough.control.messages import Action, Disrupted, Exited, Health, Observation, Record, Stop, Unanswered
 from trainthrough.control.master import Master
@@ -171,7 +171,7 @@ class Supervisor:
         workers = [s for s in stops if is_worker(s.process)]
         with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
             list(pool.map(lambda s: self.runtime.stop(s.process, timeout=s.grace), workers))
-        for name in self.master.chain_order()[:1]:
+        for name in self.master.heads():
             health = self._health(name, timeout=FINAL_READ_TIMEOUT)
             if health is not None:
                 self._observe(Health.of(name, health))
@@ -182,9 +182,8 @@ class Supervisor:
     # -- chaos ---------------------------------------------------------------------------------------
     def _inject(self, kill: ChaosKill) -> None:
         master = self.master
-        finished = set(master.state.finished_workers)
         try:
-            name = resolve_target(kill.target, master.chain_order(), [w for w in master.workers if w not in finished], self._chaos_rng)
+            name = master.kill_target(kill.target, self._chaos_rng)
         except UnknownTarget as error:
             self._deferred = [k for k in self._deferred if k is not kill]
             self.events.emit(EventName.CHAOS_SKIPPED.value, target=kill.target, reason=str(error))

@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from trainthrough.control.master import Master
+from trainthrough.model import model_shards
+from trainthrough.names import shard_of
 from trainthrough.control.state import MasterState
 from trainthrough.control.vocabulary import JobPhase, Reason
 from trainthrough.job_status import (
+    ShardStatus,
     ChainStatus,
     Condition,
     ConditionType,
@@ -97,12 +100,38 @@ def _conditions(state: MasterState, previous: list[Condition], generation: int |
     return conditions
 
 
+def _chain_status(master: Master, shard: int) -> ChainStatus:
+    chain = master.state.chains[shard]
+    return ChainStatus(
+        epoch=chain.epoch,
+        members=list(chain.members),
+        head=chain.head,
+        published_epoch=chain.published_epoch,
+        joining=[r.name for r in master.state.replacements if r.name and shard_of(r.name) == shard],
+    )
+
+
+def _shards(master: Master) -> list[ShardStatus]:
+    """Each shard's slice, head and chain."""
+    state, out = master.state, []
+    for shard in model_shards(master.spec.model, master.shards):
+        order = master.chain_order(shard.index)
+        head = order[0] if order else None
+        out.append(
+            ShardStatus(
+                index=shard.index, start=shard.start, stop=shard.stop, head=head,
+                version=state.versions.get(head) if head is not None else None,
+                chain=_chain_status(master, shard.index) if state.chains else None,
+            )
+        )  # fmt: skip
+    return out
+
+
 def render(master: Master, previous: dict[str, Any], generation: int | None) -> dict[str, Any]:
     """The whole status for the master's state (`previous`: the status it replaces)."""
     state = master.state
     progress, totals = state.progress, state.completed
     last = totals.last or {}
-    chain = state.chain
     suspension = state.suspension
     status = TrainingJobStatus(
         observed_generation=generation,
@@ -126,13 +155,8 @@ def render(master: Master, previous: dict[str, Any], generation: int | None) -> 
             in_flight=[r.target for r in state.recoveries],
             failures=state.failures,
         ),
-        chain=None if chain is None else ChainStatus(
-            epoch=chain.epoch,
-            members=list(chain.members),
-            head=chain.head,
-            published_epoch=chain.published_epoch,
-            joining=[r.name for r in state.replacements if r.name],
-        ),
+        chain=_chain_status(master, 0) if state.chains and master.shards == 1 else None,
+        shards=_shards(master) if master.shards > 1 else None,
         suspension=None if not (suspension.count or suspension.last) else Suspension(
             count=suspension.count,
             last_resume=Resume.model_validate(suspension.last) if suspension.last else None,

@@ -17,8 +17,9 @@ from trainthrough import auth, shared_memory
 from trainthrough.auth import Credentials
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
-from trainthrough.model import build_model, flatten_params, model_size
-from trainthrough.names import PSStart
+from trainthrough.model import build_model, flatten_params, model_shards
+from trainthrough.names import PSStart, shard_of
+from trainthrough.shards import Shard
 from trainthrough.process import start_process
 from trainthrough.ps.chain import ChainReplica
 from trainthrough.ps.checkpointing import CheckpointMode
@@ -34,6 +35,19 @@ from trainthrough.spec import Mode as Consistency  # ps.mode.Mode is the PS side
 from trainthrough.spec import TrainingJob
 
 
+def shard_served(job: TrainingJob, name: str) -> Shard:
+    """The part of the flat parameter vector PS `name` holds: its shard's (the whole
+    vector in an unsharded job)."""
+    return model_shards(job.spec.model, job.spec.parameter_server.shards)[shard_of(name)]
+
+
+def checkpoint_folder(job: TrainingJob, name: str, checkpoint_dir: str | None) -> str:
+    """Where PS `name` writes its checkpoints: a shard's own folder in a sharded job (its
+    restarts find only its own slice there), the folder itself otherwise."""
+    folder = checkpoint_dir or job.spec.checkpoint.path
+    return folder if job.spec.parameter_server.shards == 1 else os.path.join(folder, f"shard-{shard_of(name)}")
+
+
 def build_mode(
     job: TrainingJob, core: ParameterServerCore, *, checkpoint_dir: str | None, start: PSStart = PSStart.FRESH,
     credentials: Credentials | None = None,
@@ -41,20 +55,25 @@ def build_mode(
     """`start`: where the PS's first state comes from; `credentials`: what a chain replica
     presents to its successor (the job's)."""
     spec = job.spec
+    shard = shard_served(job, core.name)
 
     def initial_state() -> ParameterState:
-        # The flat vector is a fresh copy already: the state takes it over (no third copy of the model).
-        return ParameterState(flatten_params(build_model(spec.model, spec.seed)), spec.optimizer, copy=False)
+        # The flat vector is a fresh copy already: the state takes it over (no third copy
+        # of the model); a shard keeps a copy of its slice only.
+        params = flatten_params(build_model(spec.model, spec.seed))
+        if shard.numel != params.numel():
+            params = params[shard.start : shard.stop].clone()
+        return ParameterState(params, spec.optimizer, copy=False)
 
     def checkpointer() -> PeriodicCheckpointer:
-        store = CheckpointStore(checkpoint_dir or spec.checkpoint.path, keep=spec.checkpoint.keep)
+        store = CheckpointStore(checkpoint_folder(job, core.name, checkpoint_dir), keep=spec.checkpoint.keep)
         return PeriodicCheckpointer(core, store, spec.checkpoint.every_updates, spec.checkpoint.every_seconds)
 
     if spec.consistency == Consistency.CHECKPOINT:
         return CheckpointMode(core, checkpointer=checkpointer(), optimizer=spec.optimizer, initial_state=initial_state)
     chain = dict(
         ack=spec.chain.ack, replicate_every=spec.chain.replicate_every, optimizer=spec.optimizer,
-        initial_state=initial_state, join=start is PSStart.JOIN, numel=model_size(spec.model), credentials=credentials,
+        initial_state=initial_state, join=start is PSStart.JOIN, numel=shard.numel, credentials=credentials,
     )  # fmt: skip
     if spec.consistency == Consistency.CHAIN:
         return ChainReplica(core, **chain)  # type: ignore[arg-type]
@@ -64,7 +83,7 @@ def build_mode(
         fallback = checkpointer() if spec.stateless.fallback_checkpoint else None
         return StatelessMode(
             core, spec=spec.stateless, optimizer=spec.optimizer, initial_state=initial_state,
-            numel=model_size(spec.model), fallback=fallback,
+            numel=shard.numel, fallback=fallback,
         )  # fmt: skip
     raise ValueError(f"spec.consistency: unknown mode {spec.consistency!r}")
 
@@ -118,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(health_server(health, f"{args.host}:{args.health_port}")[0])
     if args.data_port is not None:  # workers on other hosts take it (cluster pods)
         mode.data_channel = create_data_channel(
-            mode, (args.host, args.data_port), model_size(job.spec.model), credentials=credentials,
+            mode, (args.host, args.data_port), shard_served(job, args.name).numel, credentials=credentials,
             on_opened=lambda worker: events.emit("data_channel_opened", worker=worker),
         )  # fmt: skip
         mode.data_channel.start()

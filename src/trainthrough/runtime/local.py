@@ -122,9 +122,9 @@ class LocalRuntime:
         self._spawn(name, args)
         return address
 
-    def start_worker(self, rank: int, ps: list[str]) -> None:
-        addresses = ",".join(self._addresses[name] for name in ps)
-        self._spawn(worker_name(rank), ["worker", "--rank", str(rank), "--ps", addresses])
+    def start_worker(self, rank: int, ps: list[list[str]]) -> None:
+        shards = [arg for chain in ps for arg in ("--ps", ",".join(self._addresses[name] for name in chain))]
+        self._spawn(worker_name(rank), ["worker", "--rank", str(rank), *shards])
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         process = self._processes.get(name)

@@ -32,7 +32,7 @@ import json
 from typing import Any
 
 from trainthrough.control.schedule import injects_failures
-from trainthrough.names import PSStart, ps_name, worker_name
+from trainthrough.names import PSStart, ps_names, worker_name
 from trainthrough.pod_templates import (
     CHECKPOINT_DIR,
     CHECKPOINT_VOLUME,
@@ -248,12 +248,13 @@ def ps_pod(job: TrainingJob, process: str, *, start: PSStart = PSStart.FRESH, im
     return _templated(pod, job, "ps")
 
 
-def worker_pod(job: TrainingJob, rank: int, ps_processes: list[str], *, image: str | None = None) -> dict[str, Any]:
+def worker_pod(job: TrainingJob, rank: int, ps_processes: list[list[str]], *, image: str | None = None) -> dict[str, Any]:
+    """The pod of worker `rank`, reaching the PS processes `ps_processes` (per shard, head first)."""
     config, config_mount = _config_volume(job)
     tmp, tmp_mount = _scratch_volume()
-    addresses = ",".join(ps_address(job, p) for p in ps_processes)
+    shards = [arg for chain in ps_processes for arg in ("--ps", ",".join(ps_address(job, p) for p in chain))]
     args = [
-        "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), "--ps", addresses,
+        "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), *shards,
         "--host", POD_IP, "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if job.spec.dataset == "fashion-mnist" and job.spec.data_path is not None:
@@ -371,8 +372,9 @@ def ps_network_policy(job: TrainingJob, operator_namespace: str, operator_labels
     }
 
 
-def initial_ps_processes(job: TrainingJob) -> list[str]:
-    return [ps_name(i) for i in range(job.spec.parameter_server.replicas)]
+def initial_ps_processes(job: TrainingJob) -> list[list[str]]:
+    """The job's first PS processes, per shard (head first)."""
+    return ps_names(job.spec.parameter_server.shards, job.spec.parameter_server.replicas)
 
 
 def supporting_objects(
@@ -397,6 +399,6 @@ def manifests(
     images = images or {}
     ps = initial_ps_processes(job)
     objects = supporting_objects(job, images, operator_pods)
-    objects += [ps_pod(job, p, image=images.get("ps")) for p in ps]
+    objects += [ps_pod(job, p, image=images.get("ps")) for shard in ps for p in shard]
     objects += [worker_pod(job, r, ps, image=images.get("worker")) for r in range(job.spec.workers.replicas)]
     return objects

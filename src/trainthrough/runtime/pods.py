@@ -130,7 +130,7 @@ class PodRuntime:
         self._create(name, manifests.ps_pod(self.job, name, start=start, image=self.images.get("ps")))
         return self.address(name)
 
-    def start_worker(self, rank: int, ps: list[str]) -> None:
+    def start_worker(self, rank: int, ps: list[list[str]]) -> None:
         self._create(worker_name(rank), manifests.worker_pod(self.job, rank, ps, image=self.images.get("worker")))
 
     def kill(self, name: str, grace: float = 0.0) -> None:

@@ -50,6 +50,12 @@ STREAM_ABOVE_BYTES = 16 << 20
 # deadline sized for a small model would cut a large model's push short, and a stateless
 # worker would take that for a dead PS (a dead one fails fast either way).
 SLOWEST_TRANSFER_BYTES_PER_S = 50e6
+def first_push_id() -> int:
+    """Push ids only grow, across restarts of this worker too: the PS treats a push id it
+    has seen as a retry, so a restarted worker must not start again from zero."""
+    return time.time_ns() // 1000
+
+
 class Pulled(NamedTuple):
     version: int
     params: torch.Tensor | None  # None: unchanged since the caller's version
@@ -67,7 +73,83 @@ def _assemble(chunks: Iterable[wire.Framed]) -> tuple[ps_pb2.PullReply, torch.Te
     return reply, params
 
 
-class PSClient:
+class RetryingClient:
+    """What every client of a job's parameter servers shares: the retry loop of a call
+    through a PS's outage, and the time this worker spent waiting (idle). A subclass
+    says how to find the head again (`discover`) and calls `acknowledged()` after each
+    answered push."""
+
+    def __init__(self) -> None:
+        self.answering = True  # whether some known replica answered the latest discover()
+        self.idle_seconds = 0.0
+        self._idle_before_training: float | None = None  # waited before the first acknowledged push
+        # When it waited (Unix seconds, [start, end]): goodput.py places each wait in the
+        # recovery phase it fell in. Waits less than IDLE_MERGE_GAP apart are one.
+        self.idle_intervals: list[list[float]] = []
+
+    def discover(self) -> bool:
+        raise NotImplementedError
+
+    def acknowledged(self) -> None:
+        """A push was answered: waits from here on are waits while training."""
+        if self._idle_before_training is None:
+            self._idle_before_training = self.idle_seconds
+
+    @property
+    def idle_while_training(self) -> float:
+        """Seconds waited for a PS since the first acknowledged push (waits before it are
+        the job's start-up, counted as such)."""
+        if self._idle_before_training is None:
+            return 0.0
+        return self.idle_seconds - self._idle_before_training
+
+    def idled(self, started: float) -> None:
+        """This worker waited for the PS from `started` (time.monotonic()) until now."""
+        now, wall = time.monotonic(), time.time()
+        self.idle_seconds += now - started
+        begun = wall - (now - started)
+        if self.idle_intervals and begun - self.idle_intervals[-1][1] <= IDLE_MERGE_GAP:
+            self.idle_intervals[-1][1] = wall
+        else:
+            self.idle_intervals.append([begun, wall])
+
+    def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool, offline_after: float | None = None) -> T:
+        """Retry `call` through temporary failures until it succeeds; counts idle time
+        from the start of the first attempt that failed (a hung PS costs its whole deadline).
+        `offline_after` (hybrid): raise NoReplicaAnswers once no known replica has answered
+        for that long, and RejoinRequired at once (the worker trains on, or rejoins)."""
+        started = None
+        delay = BACKOFF_START
+        answered = time.monotonic()  # the last time some replica answered
+        while True:
+            attempt = time.monotonic()
+            try:
+                result = call()
+            except (PSUnavailable, NotHead, TemporaryError) as error:
+                if started is None:
+                    started = attempt
+                if isinstance(error, RejoinRequired) and offline_after is not None:
+                    self.idled(started)
+                    raise
+                if stop.is_set():
+                    self.idled(started)
+                    raise Stopped("stopped while waiting for the parameter server") from None
+                if chain:
+                    self.discover()
+                    if self.answering:
+                        answered = time.monotonic()
+                    elif offline_after is not None and time.monotonic() - answered >= offline_after:
+                        self.idled(started)
+                        raise NoReplicaAnswers("no replica of the chain answers") from None
+                stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if started is not None:
+                self.idled(started)
+            return result
+
+
+class PSClient(RetryingClient):
     """
     >>> client = PSClient(["127.0.0.1:50051"], worker="worker-0")
     >>> pulled = client.pull(-1)   # pulled.version, pulled.params, ...
@@ -87,6 +169,7 @@ class PSClient:
     ) -> None:
         if not addresses:
             raise ValueError("PSClient needs at least one PS address")
+        super().__init__()
         self.worker = worker
         self.transfer_dtype = transfer_dtype  # of pushed gradients and pulled parameters
         # Tensors larger than this travel in chunks (PushStream, PullStream).
@@ -99,17 +182,9 @@ class PSClient:
         self.call_timeout = call_timeout
         self._pool = ConnectionPool(credentials)
         self._known = list(dict.fromkeys(addresses))
-        self.answering = True  # whether some known replica answered the latest discover()
         self._head = self._connection(self._known[0])
         self.epoch = -1
-        # Push ids only grow, across restarts of this worker too: the PS treats a push id
-        # it has seen as a retry, so a restarted worker must not start again from zero.
-        self.push_id = time.time_ns() // 1000
-        self.idle_seconds = 0.0
-        self._idle_before_training: float | None = None  # waited before the first acknowledged push
-        # When it waited (Unix seconds, [start, end]): goodput.py places each wait in the
-        # recovery phase it fell in. Waits less than IDLE_MERGE_GAP apart are one.
-        self.idle_intervals: list[list[float]] = []
+        self.push_id = first_push_id()
 
     def _connection(self, address: str) -> Connection:
         return self._pool.get(address)
@@ -237,8 +312,7 @@ class PSClient:
                 params = reply.params if reply.HasField("params") else None
                 pulled = self._pulled(reply.params_version, params, framed.data, reply)
         self.push_id += 1
-        if self._idle_before_training is None:
-            self._idle_before_training = self.idle_seconds
+        self.acknowledged()
         self.adopt(reply.chain)
         return reply, pulled
 
@@ -377,67 +451,18 @@ class PSClient:
             wire.fill(message, tensor)
         return self._head.call(lambda s, t: s.Rejoin(request, timeout=t), timeout=timeout)
 
-    def report(self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = REPORT_TIMEOUT) -> None:
+    def report(
+        self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = REPORT_TIMEOUT,
+        idle_seconds: float | None = None,
+    ) -> None:
         """Best effort: progress is advisory, training never waits for it (the last report,
-        after training, may wait longer: `timeout`)."""
+        after training, may wait longer: `timeout`). `idle_seconds`: the worker's waits, if
+        not this client's own (a sharded worker waits in its ShardedClient)."""
         report = ps_pb2.ProgressReport(
             worker=self.worker, steps=steps, accuracy=accuracy, loss=loss, lost_updates=lost_updates,
-            idle_seconds=self.idle_while_training,
+            idle_seconds=self.idle_while_training if idle_seconds is None else idle_seconds,
         )  # fmt: skip
         try:
             self._head.call(lambda s, t: s.ReportProgress(report, timeout=t), timeout=timeout)
         except TrainthroughError:
             pass
-
-    @property
-    def idle_while_training(self) -> float:
-        """Seconds waited for a PS since the first acknowledged push (waits before it are
-        the job's start-up, counted as such)."""
-        if self._idle_before_training is None:
-            return 0.0
-        return self.idle_seconds - self._idle_before_training
-
-    def idled(self, started: float) -> None:
-        """This worker waited for the PS from `started` (time.monotonic()) until now."""
-        now, wall = time.monotonic(), time.time()
-        self.idle_seconds += now - started
-        begun = wall - (now - started)
-        if self.idle_intervals and begun - self.idle_intervals[-1][1] <= IDLE_MERGE_GAP:
-            self.idle_intervals[-1][1] = wall
-        else:
-            self.idle_intervals.append([begun, wall])
-
-    def until_done(self, call: Callable[[], T], stop: threading.Event, chain: bool, offline_after: float | None = None) -> T:
-        """Retry `call` through temporary failures until it succeeds; counts idle time
-        from the start of the first attempt that failed (a hung PS costs its whole deadline).
-        `offline_after` (hybrid): raise NoReplicaAnswers once no known replica has answered
-        for that long, and RejoinRequired at once (the worker trains on, or rejoins)."""
-        started = None
-        delay = BACKOFF_START
-        answered = time.monotonic()  # the last time some replica answered
-        while True:
-            attempt = time.monotonic()
-            try:
-                result = call()
-            except (PSUnavailable, NotHead, TemporaryError) as error:
-                if started is None:
-                    started = attempt
-                if isinstance(error, RejoinRequired) and offline_after is not None:
-                    self.idled(started)
-                    raise
-                if stop.is_set():
-                    self.idled(started)
-                    raise Stopped("stopped while waiting for the parameter server") from None
-                if chain:
-                    self.discover()
-                    if self.answering:
-                        answered = time.monotonic()
-                    elif offline_after is not None and time.monotonic() - answered >= offline_after:
-                        self.idled(started)
-                        raise NoReplicaAnswers("no replica of the chain answers") from None
-                stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            if started is not None:
-                self.idled(started)
-            return result

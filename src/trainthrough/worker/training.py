@@ -39,6 +39,7 @@ from trainthrough.worker.acks import AcknowledgedPushes
 from trainthrough.worker.buffer import BufferedGradient, GradientBuffer
 from trainthrough.worker.client import REPORT_TIMEOUT, NoReplicaAnswers, PSClient, Pulled, Stopped
 from trainthrough.worker.evaluating import Evaluator
+from trainthrough.worker.sharded import ShardedClient
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Worker:
         self,
         job: TrainingJob,
         rank: int,
-        client: PSClient,
+        client: PSClient | ShardedClient,
         events: EventLog,
         metrics: Metrics,
         stop: threading.Event,
