@@ -153,7 +153,7 @@ def test_out_of_range_targets(target: str, ps_chain: list[str], workers: list[st
 def test_malformed_targets(target: str) -> None:
     with pytest.raises(UnknownTarget) as info:
         resolve_target(target, [CHAIN], WORKERS)
-    assert str(info.value) == f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i> or random"
+    assert str(info.value) == f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random"
 
 
 def test_unknown_target_is_a_value_error() -> None:
@@ -266,7 +266,7 @@ def test_planned_kills_merge_the_fixed_and_the_drawn_by_time() -> None:
         ({"randomChaos": {"targets": ["ps-head"]}}, "spec.randomChaos.meanTimeBetweenFailures", "required"),
         ({"randomChaos": {"meanTimeBetweenFailures": "0s", "targets": ["ps-head"]}}, "spec.randomChaos.meanTimeBetweenFailures", "must be > 0, got '0s'"),
         ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": []}}, "spec.randomChaos.targets", "list should have at least 1 item after validation, not 0, got a list"),
-        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head", "node-1"]}}, "spec.randomChaos.targets[1]", "must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'node-1'"),
+        ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head", "node-1"]}}, "spec.randomChaos.targets[1]", "must be ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random, got 'node-1'"),
         ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head", "worker-4"]}}, "spec.randomChaos.targets[1]", "no worker 4: workers.replicas is 1 (indexes 0..0), got 'worker-4'"),
         ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head"], "start": "1m", "until": "30s"}}, "spec.randomChaos.until", "must be later than start (no failure could be drawn)"),
         ({"randomChaos": {"meanTimeBetweenFailures": 5, "targets": ["ps-head"], "maxKills": 101}}, "spec.randomChaos.maxKills", "must be <= 100, got 101"),

@@ -463,7 +463,7 @@ def test_chaos_indexes_must_exist():
 def test_chaos_field_errors_name_the_list_index():
     chaos = [{"target": "ps-head", "at": 1}, {"target": "pod-1", "at": "later"}, {"at": 3}, "ps-head@3s", {"target": "random", "at": 1, "gracePeriod": -1}]
     assert errors_of(doc(chaos=chaos)) == [
-        "spec.chaos[1].target: must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'pod-1'",
+        "spec.chaos[1].target: must be ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random, got 'pod-1'",
         "spec.chaos[1].at: must be a duration such as '500ms', '30s', '2m', '1h' or '1m30s' "
         "(or a number of seconds), got 'later'",
         "spec.chaos[2].target: required",
@@ -629,7 +629,7 @@ def test_parse_kill(text, target, at, role, index, position):
         ("@30s", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got '@30s'"),
         ("ps-head@", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got 'ps-head@'"),
         ("a@b@c", "--kill: must be TARGET@TIME, such as 'ps-head@30s' or 'worker-1@1m', got 'a@b@c'"),
-        ("pod-1@3s", "--kill: target must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got 'pod-1'"),
+        ("pod-1@3s", "--kill: target must be ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random, got 'pod-1'"),
         ("ps-head@-5", "--kill: at must be >= 0, got '-5'"),
     ],
 )

@@ -22,8 +22,17 @@ MAX_SHARDS = 16  # parameterServer.shards' limit
 _INDEX = r"(0|[1-9][0-9]{0,8})"
 NAME_PATTERN = rf"(ps|worker)-{_INDEX}"  # ASCII only: compile with re.ASCII
 SHARDED_PS_PATTERN = rf"ps-{_INDEX}-{_INDEX}"
+# A chaos target that names a shard's chain end: `shard-1-head`, `shard-0-tail`.
+SHARD_TARGET_PATTERN = rf"shard-{_INDEX}-(head|tail)"
 _NAME = re.compile(NAME_PATTERN, re.ASCII)
 _SHARDED_PS = re.compile(SHARDED_PS_PATTERN, re.ASCII)
+_SHARD_TARGET = re.compile(SHARD_TARGET_PATTERN, re.ASCII)
+
+
+def shard_target(target: str) -> tuple[int, str] | None:
+    """(shard, "head" or "tail") of a `shard-<k>-head|tail` chaos target, else None."""
+    match = _SHARD_TARGET.fullmatch(target)
+    return (int(match.group(1)), match.group(2)) if match else None
 
 
 class PSStart(StrEnum):

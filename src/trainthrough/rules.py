@@ -219,23 +219,51 @@ def _checkpoint_trigger(spec: TrainingJobSpec) -> str | None:
     return None
 
 
-def _kills_of(kind: names.ProcessKind) -> Callable[[TrainingJobSpec], list[FieldError]]:
+_SHARDS = "shards"  # the kind of target a shard rule checks (shard-<k>-head|tail)
+
+
+def _of_kind(kill: ChaosKill, kind: names.ProcessKind | str) -> bool:
+    return kill.shard is not None if kind == _SHARDS else (kill.shard is None and kill.role == kind)
+
+
+def _kills_of(kind: names.ProcessKind | str) -> Callable[[TrainingJobSpec], list[FieldError]]:
     def check(spec: TrainingJobSpec) -> list[FieldError]:
-        kills = [(f"chaos[{i}].target", kill) for i, kill in enumerate(spec.chaos) if kill.role == kind]
+        kills = [(f"chaos[{i}].target", kill) for i, kill in enumerate(spec.chaos) if _of_kind(kill, kind)]
         return kill_problems(spec, kills)
 
     return check
 
 
-def _drawn_targets_of(kind: names.ProcessKind) -> Callable[[TrainingJobSpec], list[FieldError]]:
+def _drawn_targets_of(kind: names.ProcessKind | str) -> Callable[[TrainingJobSpec], list[FieldError]]:
     def check(spec: TrainingJobSpec) -> list[FieldError]:
         if spec.random_chaos is None:
             return []
-        # A target is checked as a kill of it is (kill_problems reads its role and index).
+        # A target is checked as a kill of it is (kill_problems reads its role, index and shard).
         kills = [(f"randomChaos.targets[{i}]", ChaosKill(target=t, at=0.0)) for i, t in enumerate(spec.random_chaos.targets)]
-        return kill_problems(spec, [(path, kill) for path, kill in kills if kill.role == kind])
+        return kill_problems(spec, [(path, kill) for path, kill in kills if _of_kind(kill, kind)])
 
     return check
+
+
+def _shard_rule(*, name: str, field: str, target: str, check: Callable[[TrainingJobSpec], list[FieldError]], guard: str = "") -> Rule:
+    """A `shard-<k>-head|tail` target's shard must be one of the job's shards, for each
+    element ``k`` of the list at ``field``; the CEL message names the first one beyond."""
+    prefix, suffix = "shard-", len("-head")  # "-tail" is as long
+    named = f"{target}.matches('^{prefix}[0-9]+-(head|tail)$')"
+    shard = f"int({target}.substring({len(prefix)}, size({target}) - {suffix}))"
+    limit = "self.parameterServer.shards"
+    beyond = f"self.{field}.filter(k, {named} && {shard} >= {limit})[0]" + target.removeprefix("k")
+    return Rule(
+        name=name,
+        field=field,
+        cel=f"{guard}self.{field}.all(k, !{named} || {shard} < {limit})",
+        message=_text(
+            "no shard ", _Cel(f"{beyond}.substring({len(prefix)}, size({beyond}) - {suffix})"),
+            ": parameterServer.shards is ", _Cel(f"string({limit})"),
+            " (shards 0..", _Cel(f"string({limit} - 1)"), "), got '", _Cel(beyond), "'",
+        ),  # fmt: skip
+        check=check,
+    )
 
 
 def _index_rule(
@@ -398,6 +426,11 @@ RULES: tuple[Rule, ...] = (
     _kill_rule(names.ProcessKind.PS, "parameterServer"),
     _drawn_target_rule(names.ProcessKind.WORKER, "workers"),
     _drawn_target_rule(names.ProcessKind.PS, "parameterServer"),
+    _shard_rule(name="chaos-shard-index", field="chaos", target="k.target", check=_kills_of(_SHARDS)),
+    _shard_rule(
+        name="random-chaos-shard-index", field="randomChaos.targets", target="k", check=_drawn_targets_of(_SHARDS),
+        guard=f"!{_set('randomChaos')} || ",
+    ),
     Rule(
         name="random-chaos-window",
         field="randomChaos.until",

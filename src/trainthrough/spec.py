@@ -484,12 +484,14 @@ _Quantity = Annotated[str, BeforeValidator(_to_quantity)]
 
 # A replica is named as names.py names processes (ASCII digits, no leading zero), so a
 # target the master would not recognise (`worker-01`, `worker-\u0661`) is refused here.
-_TARGET = re.compile(rf"ps-head|ps-tail|random|{names.NAME_PATTERN}", re.ASCII)
+_TARGET = re.compile(rf"ps-head|ps-tail|random|{names.NAME_PATTERN}|{names.SHARD_TARGET_PATTERN}", re.ASCII)
 
 
 def _check_target(value: str) -> str:
     if not _TARGET.fullmatch(value):
-        raise ValueError(f"must be ps-head, ps-tail, ps-<i>, worker-<i> or random, got {_show(value)}")
+        raise ValueError(
+            f"must be ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random, got {_show(value)}"
+        )
     return value
 
 
@@ -1043,8 +1045,10 @@ class ChaosKill(SpecModel):
 
     Targets: ``ps-head`` and ``ps-tail`` (resolved when the kill fires; the same replica
     unless consistency is chain), ``ps-<i>`` (index into the PS replicas), ``worker-<i>``,
-    ``random`` (any PS or worker, drawn from the job's seed). ``gracePeriod`` > 0 asks the
-    process to stop first (SIGTERM; a pod deletion with that grace) and kills it after.
+    ``random`` (any PS or worker, drawn from the job's seed). In a sharded job those
+    ``ps-*`` targets mean shard 0's, and ``shard-<k>-head`` / ``shard-<k>-tail`` shard k's
+    (``random`` draws from every shard). ``gracePeriod`` > 0 asks the process to stop
+    first (SIGTERM; a pod deletion with that grace) and kills it after.
     """
 
     target: _Target
@@ -1060,6 +1064,12 @@ class ChaosKill(SpecModel):
         """The replica index, or None for ps-head / ps-tail / random."""
         parsed = names.parse(self.target)
         return parsed[1] if parsed else None
+
+    @property
+    def shard(self) -> int | None:
+        """The shard a ``shard-<k>-head|tail`` target names, else None."""
+        named = names.shard_target(self.target)
+        return named[0] if named else None
 
     @property
     def position(self) -> Literal["head", "tail"] | None:
@@ -1207,6 +1217,11 @@ def kill_problems(spec: TrainingJobSpec, kills: Iterable[tuple[str, ChaosKill]])
     the one check of ``spec.chaos`` and of the command line's ``--kill`` alike."""
     problems: list[FieldError] = []
     for path, kill in kills:
+        shards = spec.parameter_server.shards
+        if kill.shard is not None and kill.shard >= shards:
+            problems.append(
+                FieldError(path, f"no shard {kill.shard}: parameterServer.shards is {shards} (shards 0..{shards - 1}), got {_show(kill.target)}")
+            )
         index = kill.index
         if index is None:
             continue

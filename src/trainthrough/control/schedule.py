@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from trainthrough.names import shard_target
 from trainthrough.spec import MAX_KILLS, ChaosKill, RandomChaosSpec, TrainingJobSpec
 
 
@@ -53,6 +54,12 @@ def resolve_target(target: str, chains: list[list[str]], workers: list[str], rng
     first (one PS per shard outside chain mode; `ps-*` targets mean shard 0's, `random`
     any shard's); `rng` draws the `random` target (pass a seeded one for a repeatable run)."""
     ps_chain = chains[0] if chains else []
+    named = shard_target(target)
+    if named is not None:
+        shard, end = named
+        if shard >= len(chains) or not chains[shard]:
+            raise UnknownTarget(f"{target}: no parameter server of shard {shard} is running")
+        return chains[shard][0 if end == "head" else -1]
     if target == "random":
         pool = [p for chain in chains for p in chain] + workers
         if not pool:
@@ -68,7 +75,7 @@ def resolve_target(target: str, chains: list[list[str]], workers: list[str], rng
         return ps_chain[-1]
     kind, _, index_text = target.rpartition("-")
     if not (index_text.isascii() and index_text.isdigit()) or kind not in ("ps", "worker"):
-        raise UnknownTarget(f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i> or random")
+        raise UnknownTarget(f"{target}: not ps-head, ps-tail, ps-<i>, worker-<i>, shard-<k>-head, shard-<k>-tail or random")
     index = int(index_text)
     pool = ps_chain if kind == "ps" else workers
     if index >= len(pool):
