@@ -112,7 +112,7 @@ def running(master: Master, now: float = T0) -> Master:
     for p in list(master.state.ps):
         for action in master.observe(health(p, 0), now):
             if isinstance(action, PublishChain):  # chain: once every replica answered
-                master.observe(Published(action.epoch), now)
+                master.observe(Published(action.epoch, shard=action.shard), now)
     master.observe(health(master.chain_order()[0], 0), now)  # starts the workers
     master.observe(health(master.chain_order()[0], 1), now)  # the first update
     assert master.state.phase is JobPhase.RUNNING

@@ -1,0 +1,208 @@
+"""A sharded parameter server (parameterServer.shards > 1), below the end-to-end runs:
+
+- names: a sharded job's PS processes are ps-<shard>-<i>, an unsharded job's ps-<i>;
+- the master: every shard starts, workers are given every shard's chain, a death is
+  recovered in its own shard only (checkpoint: that shard's PS restarts; chain: that
+  shard's chain promotes and takes a replacement of its own) while the other shards serve;
+  a worker waiting for a recovering shard is not stuck; chaos targets name a shard;
+- the PS serves its shard's slice of the initial weights and checkpoints in its own folder;
+- the worker's ShardedClient against real in-process PS servers: every shard's part of a
+  push applied once, a retry after one shard failed applied once on every shard, the
+  whole vector assembled from the parts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import StartPS
+from test_master import T0, health, job, kinds, running
+from trainthrough.control.master import Master
+from trainthrough.control.messages import Exited, Published, PublishChain, Start, Terminate
+from trainthrough.control.schedule import UnknownTarget
+from trainthrough.control.vocabulary import EventName, JobPhase
+from trainthrough.errors import PSUnavailable
+from trainthrough.model import build_model, flatten_params, model_shards
+from trainthrough.names import is_job_ps, ps_name, ps_names, ps_place, shard_of
+from trainthrough.ps.checkpointing import CheckpointMode
+from trainthrough.ps.checkpoints import CheckpointStore, PeriodicCheckpointer
+from trainthrough.ps.serving import checkpoint_folder, shard_served
+from trainthrough.ps.state import ParameterState
+from trainthrough.shards import Shard
+from trainthrough.spec import OptimizerSpec
+from trainthrough.worker.sharded import ShardedClient
+
+LR = 0.25  # a power of two: -LR * small integers is exact in float32
+
+
+def sharded(consistency: str = "checkpoint", shards: int = 2, **spec):
+    replicas = 2 if consistency == "chain" else 1
+    return job(consistency, parameterServer={"shards": shards, "replicas": replicas}, **spec)
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def test_a_sharded_jobs_ps_names_carry_the_shard_and_an_unsharded_jobs_do_not() -> None:
+    assert ps_names(1, 3) == [["ps-0", "ps-1", "ps-2"]]
+    assert ps_names(2, 2) == [["ps-0-0", "ps-0-1"], ["ps-1-0", "ps-1-1"]]
+    assert ps_name(4, 1) == "ps-1-4" and ps_place("ps-1-4") == (1, 4) and ps_place("ps-3") == (0, 3)
+    assert shard_of("ps-2-0") == 2 and shard_of("ps-0") == 0
+    assert ps_place("ps-01-0") is None and ps_place("worker-1-0") is None and ps_place("ps-1-") is None
+    with pytest.raises(ValueError, match="not a parameter server"):
+        shard_of("worker-0")
+    # A job's names have one form only.
+    assert is_job_ps("ps-1-0", 2) and not is_job_ps("ps-1", 2) and not is_job_ps("ps-2-0", 2)
+    assert is_job_ps("ps-1", 1) and not is_job_ps("ps-0-1", 1)
+
+
+# -- the master --------------------------------------------------------------------------------
+
+
+def test_every_shard_starts_and_the_workers_are_given_every_shards_chain() -> None:
+    m = Master(sharded("chain"))
+    assert kinds(m.start(T0)) == [EventName.RUN_START] + [("start", p, False) for p in ("ps-0-0", "ps-0-1", "ps-1-0", "ps-1-1")]
+    published: list[PublishChain] = []
+    for p in list(m.state.ps):
+        published += [a for a in m.observe(health(p, 0), T0) if isinstance(a, PublishChain)]
+    assert [(a.shard, a.members) for a in published] == [(0, ("ps-0-0", "ps-0-1")), (1, ("ps-1-0", "ps-1-1"))]
+    m.observe(Published(1, shard=0), T0)
+    assert not [a for a in m.observe(health("ps-0-0", 0), T0) if isinstance(a, Start)]  # shard 1 has not taken its chain yet
+    m.observe(Published(1, shard=1), T0)
+    starts = [a for a in m.observe(health("ps-0-0", 0), T0) if isinstance(a, Start)]
+    assert [s.ps for s in starts] == [(("ps-0-0", "ps-0-1"), ("ps-1-0", "ps-1-1"))] * 2
+    assert m.heads() == ["ps-0-0", "ps-1-0"]
+
+
+def test_a_checkpoint_shard_that_dies_is_restarted_alone_while_the_others_serve() -> None:
+    m = running(Master(sharded(shards=3)))
+    assert m.heads() == ["ps-0-0", "ps-1-0", "ps-2-0"]
+    for head, version in (("ps-0-0", 40), ("ps-1-0", 38), ("ps-2-0", 41)):
+        m.observe(health(head, version), T0 + 1)
+    assert m.state.progress.version == 38  # every shard holds at least 38 updates
+    out = m.observe(Exited("ps-1-0", -9, at=T0 + 2, disrupted=True), T0 + 2)
+    assert EventName.FAILURE_DETECTED in kinds(out)
+    [recovery] = m.state.recoveries
+    assert recovery.target == "ps-1-0" and recovery.extra["shard"] == 1 and recovery.version_before == 38
+    assert [a.process for a in m.tick(T0 + 2) if isinstance(a, Start)] == ["ps-1-0"]  # no restart delay
+    # The other shards serve on; workers waiting for shard 1 are not stuck meanwhile.
+    for seconds in range(3, 60, 5):
+        for head in ("ps-0-0", "ps-2-0"):
+            assert not [a for a in m.observe(health(head, 41), T0 + seconds) if isinstance(a, Start | Terminate)]
+    assert m.state.restarting == []
+    # Once every shard serves again, a worker whose steps do not move is stuck.
+    m.observe(health("ps-1-0", 30, started=30, restored_from="checkpoint", since=0), T0 + 60)
+    assert m.state.serving_heads.keys() == {"ps-0-0", "ps-1-0", "ps-2-0"}
+    m.observe(health("ps-1-0", 30, started=30, restored_from="checkpoint", since=0), T0 + 61)
+    done = m.observe(health("ps-1-0", 31, started=30, restored_from="checkpoint", since=1, first_update_at=T0 + 61), T0 + 61)
+    assert ("done", "ps-1-0") in kinds(done) and m.state.completed.count == 1 and m.state.phase is JobPhase.RUNNING
+
+
+def test_a_chain_shard_fails_over_within_its_own_chain_and_takes_a_replacement_of_its_own() -> None:
+    m = running(Master(sharded("chain")))
+    out = m.observe(Exited("ps-1-0", -9, at=T0 + 2, disrupted=True), T0 + 2)
+    [publish] = [a for a in out if isinstance(a, PublishChain)]
+    assert (publish.shard, publish.epoch, publish.members) == (1, 2, ("ps-1-1",))
+    assert m.chain_orders() == [["ps-0-0", "ps-0-1"], ["ps-1-1"]] and m.heads() == ["ps-0-0", "ps-1-1"]
+    [recovery] = m.state.recoveries
+    assert recovery.extra == {"new_head": "ps-1-1", "epoch": 2, "chain": ["ps-1-1"], "shard": 1}
+    [replacement] = [a for a in m.tick(T0 + 2) if isinstance(a, Start)]
+    assert (replacement.process, replacement.start.value) == ("ps-1-2", "join")
+    joined = m.observe(health("ps-1-2", 0, state="joining"), T0 + 3)
+    [publish] = [a for a in joined if isinstance(a, PublishChain)]
+    assert (publish.shard, publish.members) == (1, ("ps-1-1", "ps-1-2"))
+    assert m.state.chains[0].epoch == 1  # shard 0's chain never changed
+
+
+def test_chaos_targets_name_a_shards_head_or_tail() -> None:
+    m = running(Master(sharded("chain", shards=3)))
+    assert m.kill_target("shard-2-head") == "ps-2-0" and m.kill_target("shard-1-tail") == "ps-1-1"
+    assert m.kill_target("ps-head") == "ps-0-0" and m.kill_target("ps-1") == "ps-0-1"  # shard 0's
+    with pytest.raises(UnknownTarget, match="shard 3"):
+        m.kill_target("shard-3-head")
+
+
+def test_a_sharded_spec_refuses_what_it_cannot_run() -> None:
+    from trainthrough.errors import SpecError
+
+    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 for consistency 'stateless'"):
+        job("stateless", parameterServer={"shards": 2})
+    with pytest.raises(SpecError, match=r"chaos\[0\].target: no shard 2: parameterServer.shards is 2"):
+        sharded(chaos=[{"target": "shard-2-head", "at": 1}])
+
+
+# -- the PS ------------------------------------------------------------------------------------
+
+
+def test_each_shard_serves_its_slice_and_checkpoints_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    spec = sharded(shards=3)
+    shards = model_shards("mlp", 3)
+    assert [shard_served(spec, f"ps-{k}-0") for k in range(3)] == shards
+    assert shards[0].start == 0 and shards[-1].stop == flatten_params(build_model("mlp", 0)).numel()
+    assert checkpoint_folder(spec, "ps-2-0", str(tmp_path)) == str(tmp_path / "shard-2")
+    assert checkpoint_folder(job(), "ps-0", str(tmp_path)) == str(tmp_path)
+
+
+# -- the worker's client -----------------------------------------------------------------------
+
+
+def shard_ps(start_ps: StartPS, tmp_path: Path, k: int, numel: int):
+    optimizer = OptimizerSpec(name="sgd", lr=LR)
+
+    def build(core):
+        store = CheckpointStore(tmp_path / f"shard-{k}", keep=3)
+        checkpointer = PeriodicCheckpointer(core, store, every_updates=1000, every_seconds=None)
+        return CheckpointMode(
+            core, checkpointer=checkpointer, optimizer=optimizer,
+            initial_state=lambda: ParameterState(torch.full((numel,), float(k)), optimizer),
+        )  # fmt: skip
+
+    return start_ps(build, name=f"ps-{k}-0")
+
+
+@pytest.fixture
+def two_shards(start_ps: StartPS, tmp_path: Path, ps_client):
+    shards = [Shard(0, 0, 5), Shard(1, 5, 12)]
+    servers = [shard_ps(start_ps, tmp_path, s.index, s.numel) for s in shards]
+    client = ShardedClient([ps_client([ps.address], shared_memory=False, tcp_channel=False) for ps in servers], shards)
+    yield servers, client
+    client.close()
+
+
+def test_a_push_reaches_every_shard_once_and_the_pull_assembles_the_whole_vector(two_shards) -> None:
+    servers, client = two_shards
+    pulled = client.pull(-1)
+    assert pulled.params is not None and pulled.params.tolist() == [0.0] * 5 + [1.0] * 7 and pulled.version == 0
+    gradient = torch.arange(12, dtype=torch.float32)
+    reply, after = client.push_and_pull(gradient, pulled.version, samples=32)
+    assert not reply.duplicate and after is not None and after.version == 1
+    assert torch.equal(after.params, torch.tensor([0.0] * 5 + [1.0] * 7) - LR * gradient)
+    assert [ps.pull()[0] for ps in servers] == [1, 1]
+    assert client.pull(after.version).params is None  # nothing changed since
+
+
+def test_a_retry_after_one_shard_failed_is_applied_once_on_every_shard(two_shards, monkeypatch) -> None:
+    servers, client = two_shards
+    client.pull(-1)
+    failing = client.clients[1]
+    real = failing.push_and_pull
+    calls = {"n": 0}
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise PSUnavailable("shard 1 is down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(failing, "push_and_pull", fails_once)
+    push_id = client.push_id
+    with pytest.raises(PSUnavailable):
+        client.push_and_pull(torch.ones(12), 0, samples=32)
+    assert client.push_id == push_id and [ps.pull()[0] for ps in servers] == [1, 0]  # shard 0 took it
+    reply, after = client.push_and_pull(torch.ones(12), 0, samples=32)  # the retry, same push id
+    assert client.push_id == push_id + 1
+    assert [ps.pull()[0] for ps in servers] == [1, 1]  # applied once on each
+    assert after is not None and torch.equal(after.params, torch.tensor([0.0] * 5 + [1.0] * 7) - LR)
