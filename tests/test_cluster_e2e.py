@@ -14,6 +14,9 @@ Covered, one job per mode (checkpoint; chain with 3 replicas and ack: tail; stat
 - the Events say what happened, in order (ChaosInjected, FailureDetected, ChainReconfigured
   and ReplicaJoined for the chain, RecoveryCompleted);
 - the same YAML on the local runtime makes the same sequence of recovery decisions;
+- a sharded chain job (2 shards x 2 replicas): pods for every shard's chain, the chaos
+  Job's shard-1-head kill fails over shard 1's chain alone (status.shards shows each
+  shard's slice, head and chain), and the worker reaches every shard's head;
 - the operator SIGKILLed in the middle of a chain recovery and started again finishes it
   (the master's state lives in the job's status);
 - a PS whose image always fails ends the job Failed with BackoffLimitExceeded after
@@ -244,6 +247,31 @@ def test_a_job_recovers_from_a_deleted_ps_pod_through_the_operator(
     # The same YAML on the local runtime decides the same, in the same order.
     local = run_locally(doc, tmp_path / "local")
     assert decisions(local) == decisions(records)
+
+
+def test_a_sharded_chain_job_fails_over_one_shard_through_the_operator(cluster: StandInCluster) -> None:
+    name = "e2e-shards"
+    doc = document(name, "chain", parameterServer={"replicas": 2, "shards": 2}, chaos=[{"target": "shard-1-head", "at": "3s"}])
+    cluster.apply(doc)
+    final = finished(cluster, name)
+    assert (final["phase"], final["reason"]) == ("Succeeded", "TargetReached"), final.get("message")
+    # Pods = shards x replicas; the kill took shard 1's head, and only shard 1's chain changed.
+    assert final["ps"] == ["ps-0-0", "ps-0-1", "ps-1-0", "ps-1-1", "ps-1-2"]
+    shards = final["shards"]
+    assert [s["index"] for s in shards] == [0, 1] and shards[0]["start"] == 0 and shards[0]["stop"] == shards[1]["start"]
+    assert shards[0]["chain"]["members"] == ["ps-0-0", "ps-0-1"] and shards[0]["chain"]["epoch"] == 1
+    assert shards[1]["chain"]["members"] == ["ps-1-1", "ps-1-2"] and shards[1]["head"] == "ps-1-1"
+    assert "chain" not in final or final["chain"] is None
+    records = operator_records(cluster.workdir / "operator-events.jsonl", name)
+    [kill] = [r for r in records if r["event"] == "kill"]
+    [recovery] = [r for r in records if r["event"] == "recovery"]
+    assert (kill["target"], kill["process"]) == ("shard-1-head", "ps-1-0")
+    assert (recovery["shard"], recovery["new_head"], recovery["restored_from"]) == (1, "ps-1-1", "chain")
+    assert final["recoveries"]["count"] == 1 and final["recoveries"]["lostUpdates"] == 0  # ack: tail
+    # The worker reached every shard's head over its TCP data channel.
+    for head in ("ps-0-0", "ps-1-0", "ps-1-1"):
+        opened = [e for e in pod_events(cluster, f"{name}-{head}") if e["event"] == "data_channel_opened"]
+        assert [e["worker"] for e in opened] == ["worker-0"], (head, opened)
 
 
 def test_an_operator_killed_during_a_chain_recovery_finishes_it_when_it_comes_back(tmp_path: Path) -> None:

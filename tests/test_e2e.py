@@ -20,6 +20,9 @@ Aspects covered, one run per mode:
   on, the last replica starts again and seeds from their rejoins, two replacements join
   back at its tail; the final version accounts for every acknowledged push, the measured
   lost ones and the replayed ones.
+- checkpoint with 2 shards: a kill of shard 1's PS is recovered from shard 1's own
+  checkpoint while shard 0 serves on; the workers count an update lost once, when any
+  shard lost it, and the model's version is every acknowledged push but those;
 - a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
   killed, and its replacement starts only after it exited (never two live PS on one
   checkpoint store); training resumes from the checkpoint.
@@ -123,6 +126,41 @@ def test_checkpoint_mode_resumes_from_newest_checkpoint(tmp_path):
     for rank in range(2):
         mapped = [e["t"] for e in of(events, "shared_memory_mapped", worker=f"worker-{rank}")]
         assert min(mapped) < kill["t"] < max(mapped), (rank, mapped)
+
+
+def test_a_sharded_checkpoint_job_recovers_the_killed_shard_alone(tmp_path):
+    interval = 50
+    document = paper_job(
+        "e2e-shards",
+        consistency="checkpoint",
+        checkpoint={"everyUpdates": interval},
+        parameterServer={"shards": 2},
+        chaos=[{"target": "shard-1-head", "at": "6s"}],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    [kill] = of(events, "kill")
+    [recovery] = of(events, "recovery")
+    assert (kill["process"], recovery["target"], recovery["shard"]) == ("ps-1-0", "ps-1-0", 1)
+    assert recovery["restored_from"] == "checkpoint"
+    written = [e["version"] for e in of(events, "checkpoint_written") if e["source"] == "ps-1-0" and e["t"] < kill["t"]]
+    assert recovery["version_restored"] == max(written)
+    # Shard 0 served throughout: one incarnation, never restored; each shard checkpoints
+    # its own slice in a folder of its own.
+    assert [e["restored_from"] for e in of(events, "ps_ready") if e["source"] == "ps-0-0"] == ["seed"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["shard-0", "shard-1"]
+    # An update is lost when any shard lost it: the workers count each once, and the
+    # model's version (its least shard's) is every acknowledged push but those.
+    stopped = of(events, "worker_stopped")
+    acknowledged, lost = sum(e["acked_pushes"] for e in stopped), sum(e["lost_updates"] for e in stopped)
+    [end] = of(events, "run_end")
+    assert end["version"] == acknowledged - lost, (end["version"], acknowledged, lost)
+    assert 0 <= lost <= interval + 2 and summary.lost_updates == lost
+    for rank in range(2):  # every worker mapped a segment with each shard, and with the restarted one
+        mapped = of(events, "shared_memory_mapped", worker=f"worker-{rank}")
+        assert sorted({e["source"] for e in mapped}) == ["ps-0-0", "ps-1-0"]
+        assert len([e for e in mapped if e["source"] == "ps-1-0"]) == 2
 
 
 def test_chain_loses_no_acknowledged_update_across_two_head_kills(tmp_path):
