@@ -24,7 +24,7 @@ and a worker loop, run in separate processes.
   into buffers allocated once, gRPC carrying the rest.
 - `trainthrough-tcp-2-shards`, `trainthrough-tcp-4-shards`: the model cut into 2 or 4
   equal parts, each served by its own PS process over the TCP data channel, every worker
-  pushing and pulling all of them at once (a client per shard, on threads).
+  pushing and pulling all of them at once through the product's ShardedClient (worker/sharded.py).
 - `torch-rpc`: the parameter-server design of PyTorch's RPC tutorial, written here (not in
   the product): workers `rpc_sync` the gradient to the PS, which applies it under a lock and
   returns the parameters. TensorPipe over TCP (`uv`) so every design crosses loopback TCP.
@@ -287,6 +287,12 @@ def trainthrough_worker(port: int, numel: int, rank: int, rejoin: bool = False, 
     client = PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, **options)
     if rejoin:
         client.rejoin(base_version=-1, base_params=None, buffered=[], timeout=120)
+    return client_steps(client, numel)
+
+
+def client_steps(client, numel: int) -> Callable[[], None]:
+    """A training worker's step through `client` (a PSClient, or the ShardedClient of every
+    shard): push a gradient, follow the parameters after it."""
     # As a worker starts: the model from the PS (streamed over gRPC, its size then known,
     # so that the steps take the channel they would in training: a shared-memory segment
     # is sized by the model).
@@ -310,17 +316,15 @@ def shard_sizes(numel: int, shards: int) -> list[int]:
     return [shard.numel for shard in partition([numel], shards)]
 
 
-def sharded_worker(ports: list[int], sizes: list[int], rank: int, **options) -> Callable[[], None]:
-    """One worker of a sharded PS: a client per shard, every shard's push and pull at once
-    (each on its own thread; the sockets release the GIL while they move the bytes)."""
-    steps = [trainthrough_worker(port, numel, rank, **options) for port, numel in zip(ports, sizes)]
-    pool = futures.ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="shard")
+def sharded_worker(ports: list[int], numel: int, rank: int, **options) -> Callable[[], None]:
+    """One worker of a sharded PS, as the product's worker is one: its ShardedClient, every
+    shard's push and pull at once, the parameters assembled into one flat vector."""
+    from trainthrough.shards import partition
+    from trainthrough.worker.client import PSClient
+    from trainthrough.worker.sharded import ShardedClient
 
-    def step() -> None:
-        for done in [pool.submit(shard_step) for shard_step in steps]:
-            done.result()
-
-    return step
+    clients = [PSClient([f"127.0.0.1:{port}"], f"worker-{rank}", call_timeout=120, **options) for port in ports]
+    return client_steps(ShardedClient(clients, partition([numel], len(ports))), numel)
 
 
 # -- torch.distributed.rpc (PyTorch's parameter-server tutorial design) ----------------------------

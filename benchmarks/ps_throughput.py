@@ -85,7 +85,7 @@ def worker_main(design: str, port: int | list[int], numel: int, rank: int, worke
             step, done = designs.tcp_worker(port, numel), lambda: None
         elif design in SHARD_DESIGNS:
             assert isinstance(port, list)
-            step, done = designs.sharded_worker(port, designs.shard_sizes(numel, len(port)), rank), lambda: None
+            step, done = designs.sharded_worker(port, numel, rank), lambda: None
         elif design in ("trainthrough", "trainthrough-shm", "trainthrough-tcp", "trainthrough-chain"):  # the server decides the channel
             step, done = designs.trainthrough_worker(port, numel, rank), lambda: None
         elif design == "trainthrough-stateless":

@@ -23,6 +23,9 @@ Aspects covered, one run per mode:
 - checkpoint with 2 shards: a kill of shard 1's PS is recovered from shard 1's own
   checkpoint while shard 0 serves on; the workers count an update lost once, when any
   shard lost it, and the model's version is every acknowledged push but those;
+- stateless with 2 shards: a kill of shard 1's PS; the workers train on offline and
+  rejoin both shards with each shard's part; the restarted shard seeds from them and
+  replays every entry, the other replays the same entries but the pushes it held;
 - a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
   killed, and its replacement starts only after it exited (never two live PS on one
   checkpoint store); training resumes from the checkpoint.
@@ -269,6 +272,32 @@ def test_stateless_workers_train_through_the_outage(tmp_path, merge):
     assert all(samples == 32 * merged["local_steps"][w] for w, samples in merged["samples"].items())
     skipped = sum(len(s) for e in of(events, "replay_skipped_applied") for s in e["per_worker"].values())
     assert replayed + skipped == handed_over - sum(merged["local_steps"].values()) <= 2
+
+
+def test_a_sharded_stateless_job_rebuilds_the_killed_shard_and_every_shard_takes_the_same_updates(tmp_path):
+    document = paper_job(
+        "e2e-stateless-shards",
+        consistency="stateless",
+        parameterServer={"shards": 2, "restartDelay": "4s"},
+        chaos=[{"target": "shard-1-head", "at": "8s"}],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    [kill] = of(events, "kill")
+    [recovery] = of(events, "recovery")
+    assert (recovery["target"], recovery["shard"], recovery["restored_from"]) == ("ps-1-0", 1, "workers")
+    rejoined = [e for e in of(events, "worker_rejoined") if e["t"] > kill["t"]]
+    assert sorted(e["rank"] for e in rejoined) == [0, 1] and all(e["local_steps"] > 0 for e in rejoined)
+    handed_over = sum(e["buffered"] for e in rejoined)
+    # The restarted shard seeds from the workers' parts and replays every entry; the shard
+    # that served on replays the same entries onto its live part, but for the pushes it
+    # had applied before the workers went offline (by push id).
+    replayed = {ps: sum(e["count"] for e in of(events, "gradients_replayed", source=ps) if e["t"] > kill["t"]) for ps in ("ps-0-0", "ps-1-0")}
+    skipped = sum(len(s) for e in of(events, "replay_skipped_applied", source="ps-0-0") for s in e["per_worker"].values())
+    assert replayed["ps-1-0"] == handed_over > 0
+    assert replayed["ps-0-0"] + skipped == handed_over and skipped <= 2
+    assert [e["restored_from"] for e in of(events, "ps_ready", source="ps-0-0")] == ["seed"]  # it served throughout
 
 
 @pytest.mark.timeout(150)

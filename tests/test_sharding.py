@@ -8,7 +8,8 @@
 - the PS serves its shard's slice of the initial weights and checkpoints in its own folder;
 - the worker's ShardedClient against real in-process PS servers: every shard's part of a
   push applied once, a retry after one shard failed applied once on every shard, the
-  whole vector assembled from the parts.
+  whole vector assembled from the parts; a stateless rejoin gives each shard its part of
+  the base weights and of every buffered gradient, under that part's version and pushes.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def test_chaos_targets_name_a_shards_head_or_tail() -> None:
 def test_a_sharded_spec_refuses_what_it_cannot_run() -> None:
     from trainthrough.errors import SpecError
 
-    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 for consistency 'stateless'"):
-        job("stateless", parameterServer={"shards": 2})
+    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 for consistency 'hybrid'"):
+        job("hybrid", parameterServer={"shards": 2, "replicas": 2})
+    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 with stateless.merge 'outer'"):
+        job("stateless", parameterServer={"shards": 2}, stateless={"merge": "outer"})
     with pytest.raises(SpecError, match=r"chaos\[0\].target: no shard 2: parameterServer.shards is 2"):
         sharded(chaos=[{"target": "shard-2-head", "at": 1}])
 

@@ -150,7 +150,7 @@ def _cel_number(value: float) -> str:
 # --------------------------------------------------------------------------- the rules
 
 CHECKPOINT, CHAIN, STATELESS, HYBRID = Mode.CHECKPOINT, Mode.CHAIN, Mode.STATELESS, Mode.HYBRID
-_ASYNC, _ADAM, _TAIL = "async", "adam", "tail"
+_ASYNC, _ADAM, _TAIL, _OUTER = "async", "adam", "tail", "outer"
 _WHY_CHECKPOINT, _WHY_FALLBACK = f"consistency '{CHECKPOINT}'", "stateless.fallbackCheckpoint"
 
 
@@ -182,12 +182,20 @@ def _ps_chain(spec: TrainingJobSpec) -> str | None:
     return None
 
 
-def _shards_mode(spec: TrainingJobSpec) -> str | None:
-    # A stateless shard would rebuild from the workers' slices of their base weights and
-    # buffers; that rejoin is not built yet, so such a job is refused, not run unsafely.
+def _shards_hybrid(spec: TrainingJobSpec) -> str | None:
+    # A hybrid chain rebuilt per shard from the workers is not built: refused, not run unsafely.
     shards = spec.parameter_server.shards
-    if spec.consistency in (STATELESS, HYBRID) and shards != 1:
-        return f"must be 1 for consistency '{spec.consistency}' (sharding is built for '{CHECKPOINT}' and '{CHAIN}'), got {shards}"
+    if spec.consistency == HYBRID and shards != 1:
+        return f"must be 1 for consistency '{HYBRID}' (its sharded rebuild is not built), got {shards}"
+    return None
+
+
+def _shards_outer(spec: TrainingJobSpec) -> str | None:
+    # A worker's local progress is one entry it resends whole when it cannot tell whether
+    # the PS merged it; shards that merged it and shards that did not would then disagree.
+    shards = spec.parameter_server.shards
+    if spec.consistency == STATELESS and spec.stateless.merge == _OUTER and shards != 1:
+        return f"must be 1 with stateless.merge '{_OUTER}' (each shard would have to merge the same local progress once), got {shards}"
     return None
 
 
@@ -379,14 +387,23 @@ RULES: tuple[Rule, ...] = (
         check=_one("parameterServer.replicas", _ps_chain),
     ),
     Rule(
-        name="shards-mode",
+        name="shards-hybrid",
         field="parameterServer.shards",
-        cel=f"!(self.consistency in ['{STATELESS}', '{HYBRID}']) || self.parameterServer.shards == 1",
+        cel=f"self.consistency != '{HYBRID}' || self.parameterServer.shards == 1",
         message=_text(
-            "must be 1 for consistency '", _Cel("self.consistency"),
-            f"' (sharding is built for '{CHECKPOINT}' and '{CHAIN}'), got ", _Cel("string(self.parameterServer.shards)"),
-        ),  # fmt: skip
-        check=_one("parameterServer.shards", _shards_mode),
+            f"must be 1 for consistency '{HYBRID}' (its sharded rebuild is not built), got ", _Cel("string(self.parameterServer.shards)"),
+        ),
+        check=_one("parameterServer.shards", _shards_hybrid),
+    ),
+    Rule(
+        name="shards-outer",
+        field="parameterServer.shards",
+        cel=f"!(self.consistency == '{STATELESS}' && self.stateless.merge == '{_OUTER}') || self.parameterServer.shards == 1",
+        message=_text(
+            f"must be 1 with stateless.merge '{_OUTER}' (each shard would have to merge the same local progress once), got ",
+            _Cel("string(self.parameterServer.shards)"),
+        ),
+        check=_one("parameterServer.shards", _shards_outer),
     ),
     Rule(
         name="stateless-async",

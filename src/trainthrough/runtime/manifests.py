@@ -10,7 +10,8 @@ TrainingJob so that deleting the job deletes them. Per job `NAME` in namespace `
 - PersistentVolumeClaim `NAME-checkpoints` (checkpoint mode, or stateless with a fallback
   checkpoint): where the PS writes its checkpoints; `spec.checkpoint.volumeClaim` names an
   existing claim to use instead.
-- Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index) and
+- Pods `NAME-ps-<i>` (chain: one per replica, replacements take the next free index; a
+  sharded job's `NAME-ps-<shard>-<i>`, shards x replicas) and
   `NAME-worker-<r>`. Pods never restart on their own (restartPolicy Never): the operator
   decides each recovery, as the local runtime's supervisor does.
 - With a `chaos` or `randomChaos` section: Job `NAME-chaos` running `trainthrough chaos` under its own

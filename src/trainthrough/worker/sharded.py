@@ -15,10 +15,18 @@ What the loop sees of the shards together:
 - incarnation: the shards' incarnations joined, so a restart of any one shard is a new PS;
 - started_push_id: that of the shards that changed since the last answer (the oldest of
   them), so the worker counts an acknowledged push lost when any shard lost it, once.
+
+Stateless: a worker goes offline when any shard fails it, and rejoins every shard with
+that shard's part of its base weights and of each buffered gradient, under the base
+version and the pushes that part holds. A shard that restarted seeds from the rejoins; a
+shard that stayed up replays the same entries onto its live part (an entry it already
+replayed, by sequence, or whose push it applied, by push id, it skips), so every shard
+ends up holding the same updates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent import futures
 from typing import Callable, Sequence, TypeVar
@@ -27,7 +35,8 @@ import torch
 
 from trainthrough.proto import ps_pb2
 from trainthrough.shards import Shard
-from trainthrough.worker.client import REPORT_TIMEOUT, PSClient, Pulled, RetryingClient, first_push_id
+from trainthrough.worker.buffer import BufferedGradient
+from trainthrough.worker.client import HEALTH_TIMEOUT, REPORT_TIMEOUT, PSClient, Pulled, RetryingClient, first_push_id
 
 T = TypeVar("T")
 
@@ -47,7 +56,8 @@ class ShardedClient(RetryingClient):
         self.call_timeout = clients[0].call_timeout
         self.push_id = first_push_id()  # one id for a push to every shard
         self._versions = [-1] * len(shards)  # of each shard's part in `_params` ...
-        self._held = [""] * len(shards)  # ... and the incarnation it came from
+        self._held = [""] * len(shards)  # ... the incarnation it came from ...
+        self._applied: list[dict[str, int]] = [{} for _ in shards]  # ... and the pushes it holds
         self._incarnations = [""] * len(shards)  # of each shard's latest answer
         self._params: torch.Tensor | None = None  # the whole vector, each shard's part in place
         self._pool = futures.ThreadPoolExecutor(max_workers=len(shards) - 1, thread_name_prefix="shard")
@@ -154,6 +164,7 @@ class ShardedClient(RetryingClient):
                 self._params = torch.empty(self.shards[-1].stop, dtype=torch.float32)
             self._params[shard.start : shard.stop].copy_(pulled.params.reshape(-1))
             self._versions[k], self._held[k], changed = pulled.version, pulled.incarnation, True
+            self._applied[k] = dict(pulled.applied_pushes)
         applied: dict[str, int] = {}
         for pulled in pulls:  # a push is in the whole vector once every shard holds it
             for worker, push_id in pulled.applied_pushes.items():
@@ -161,6 +172,42 @@ class ShardedClient(RetryingClient):
         applied = {w: p for w, p in applied.items() if all(w in pulled.applied_pushes for pulled in pulls)}
         params = self._params if changed else None
         return Pulled(min(p.version for p in pulls), params, incarnation, applied, started_push_id)
+
+    # -- stateless: the rejoin, each shard's part ------------------------------------------
+    def health(self, timeout: float = HEALTH_TIMEOUT) -> ps_pb2.HealthReply:
+        """Raises unless every shard answers (a worker rejoins only then); shard 0's reply."""
+        return self._each(lambda k, client: client.health(timeout))[0]
+
+    def announce_rejoin(self) -> ps_pb2.RejoinReply:
+        """Every shard told; the entries every shard replayed (the least of their
+        `replayed_seq`: a shard skips what it replayed itself)."""
+        replies = self._each(lambda k, client: client.announce_rejoin())
+        return ps_pb2.RejoinReply(replayed_seq=min(reply.replayed_seq for reply in replies))
+
+    def rejoin(
+        self, base_version: int, base_params: torch.Tensor | None, buffered: list[BufferedGradient], timeout: float,
+        base_applied: dict[str, int] | None = None,
+    ) -> ps_pb2.RejoinReply:
+        """Each shard its part of `base_params` (the parameters last pulled: each part under
+        its own version and pushes; `base_applied`, the whole vector's, is not each part's)
+        and of every buffered gradient, whose base versions move with the part's."""
+
+        def rejoin(k: int, client: PSClient) -> ps_pb2.RejoinReply:
+            shard = self.shards[k]
+            part = None if base_params is None else base_params[shard.start : shard.stop]
+            offset = self._versions[k] - base_version if base_version >= 0 else 0
+            entries = [
+                dataclasses.replace(e, gradient=e.gradient[shard.start : shard.stop], base_version=e.base_version + offset)
+                for e in buffered
+            ]
+            version = self._versions[k] if base_version >= 0 else -1
+            return client.rejoin(version, part, entries, timeout, base_applied=self._applied[k] if part is not None else None)
+
+        replies = self._each(rejoin)
+        return ps_pb2.RejoinReply(
+            version=min(r.version for r in replies), replayed=max(r.replayed for r in replies),
+            replayed_seq=min(r.replayed_seq for r in replies), seeded_from=",".join(sorted({r.seeded_from for r in replies} - {""})),
+        )  # fmt: skip
 
     def report(
         self, steps: int, accuracy: float = -1.0, loss: float = -1.0, lost_updates: int = 0, timeout: float = REPORT_TIMEOUT,
