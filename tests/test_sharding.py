@@ -209,3 +209,57 @@ def test_a_retry_after_one_shard_failed_is_applied_once_on_every_shard(two_shard
     assert client.push_id == push_id + 1
     assert [ps.pull()[0] for ps in servers] == [1, 1]  # applied once on each
     assert after is not None and torch.equal(after.params, torch.tensor([0.0] * 5 + [1.0] * 7) - LR)
+
+
+def stateless_shard(start_ps: StartPS, k: int, numel: int):
+    from trainthrough.ps.stateless import StatelessMode
+    from trainthrough.spec import StatelessSpec
+
+    optimizer = OptimizerSpec(name="sgd", lr=LR)
+    spec = StatelessSpec(rejoin_timeout=10.0)
+
+    def build(core):
+        return StatelessMode(
+            core, spec=spec, optimizer=optimizer, numel=numel, fallback=None,
+            initial_state=lambda: ParameterState(torch.full((numel,), float(k)), optimizer),
+        )  # fmt: skip
+
+    return start_ps(build, name=f"ps-{k}-0", mode="stateless")
+
+
+def test_a_stateless_rejoin_gives_each_shard_its_part_under_its_own_version(start_ps: StartPS, ps_client) -> None:
+    from trainthrough.worker.buffer import BufferedGradient
+
+    shards = [Shard(0, 0, 5), Shard(1, 5, 12)]
+    servers = [stateless_shard(start_ps, s.index, s.numel) for s in shards]
+    client = ShardedClient([ps_client([ps.address], shared_memory=False, tcp_channel=False) for ps in servers], shards)
+    try:
+        client.rejoin(-1, None, [], timeout=15)  # the windows close: each shard serves its seed
+        start = client.pull(-1)
+        # Shard 0 runs ahead of shard 1 (an update that reached it only: a zero gradient).
+        shard_0 = client.clients[0]
+        shard_0.push_id = client.push_id
+        shard_0.push(torch.zeros(5), 0, samples=1)
+        client.push_id += 1
+        pulled = client.pull(start.version)
+        assert client._versions == [1, 0] and pulled.version == 0
+        # Offline: the push that went out (its id) reached shard 0 only, then one more step.
+        in_doubt = shard_0.push_id = client.push_id
+        shard_0.push(torch.ones(5), 0, samples=1)
+        buffered = [
+            BufferedGradient(1, pulled.version, torch.ones(12), push_id=in_doubt),
+            BufferedGradient(2, pulled.version + 1, torch.full((12,), 2.0)),
+        ]
+        base = pulled.params.clone()
+        reply = client.rejoin(pulled.version, base, buffered, timeout=15)
+        assert reply.replayed_seq == 2
+        # Shard 0 skipped the push it held and replayed the other; shard 1 replayed both,
+        # each its own part (12 elements cut as 5 + 7).
+        after = client.pull(-1).params
+        assert after is not None
+        assert torch.equal(after[:5], torch.zeros(5) - LR * 1 - LR * 2)
+        assert torch.equal(after[5:], torch.ones(7) - LR * 1 - LR * 2)
+        assert [ps.pull()[0] for ps in servers] == [3, 2]
+    finally:
+        client.close()
+
