@@ -488,7 +488,7 @@ class OtherTeamsJob:
             "metadata": {"name": f"{JOB_NAME}-ps-0", "namespace": OTHER_NAMESPACE, "labels": {"trainthrough.io/role": "ps"}},
             "spec": {"containers": [{"ports": [{"name": "metrics", "containerPort": int(port)}]}]},
         }
-        groups = metrics_groups(pod, host, "trainthrough.io/role") + [
+        groups = metrics_groups(pod, host, {"trainthrough.io/role": "component"}) + [
             {"targets": [operator_address], "labels": {"component": "operator"}}
         ]
         path.write_text(json.dumps(groups))

@@ -263,3 +263,29 @@ def test_a_stateless_rejoin_gives_each_shard_its_part_under_its_own_version(star
     finally:
         client.close()
 
+
+
+# -- pods and scrape targets -------------------------------------------------------------------
+
+
+def test_a_sharded_jobs_pods_are_shards_times_replicas_and_its_workers_reach_every_shard() -> None:
+    from trainthrough.runtime import manifests
+    from trainthrough.standin.targets import metrics_groups
+
+    spec = sharded("chain")
+    pods = [o for o in manifests.manifests(spec) if o["kind"] == "Pod"]
+    names = [p["metadata"]["name"] for p in pods]
+    assert names == ["t-ps-0-0", "t-ps-0-1", "t-ps-1-0", "t-ps-1-1", "t-worker-0", "t-worker-1"]
+    shard_labels = [p["metadata"]["labels"].get(manifests.LABEL_SHARD) for p in pods]
+    assert shard_labels == ["0", "0", "1", "1", None, None]
+    args = pods[-1]["spec"]["containers"][0]["args"]
+    shards = [args[i + 1] for i, arg in enumerate(args) if arg == "--ps"]
+    assert shards == [
+        ",".join(manifests.ps_address(spec, p) for p in ("ps-0-0", "ps-0-1")),
+        ",".join(manifests.ps_address(spec, p) for p in ("ps-1-0", "ps-1-1")),
+    ]
+    # The shard becomes a target label, as the chart's PodMonitor relabels it.
+    [group] = metrics_groups(pods[2], "10.0.0.3", {manifests.LABEL_SHARD: "shard"})
+    assert group["labels"]["shard"] == "1"
+    unsharded = manifests.ps_pod(job(), "ps-0")
+    assert manifests.LABEL_SHARD not in unsharded["metadata"]["labels"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trainthrough import auth
 from trainthrough.control.runtime import Death
-from trainthrough.names import PSStart, is_ps, is_worker, worker_name
+from trainthrough.names import PSStart, is_ps, is_worker, shard_of, worker_name
 from trainthrough.spec import TrainingJob, dump_job, local_job
 
 HOST = "127.0.0.1"
@@ -207,7 +207,7 @@ class LocalRuntime:
         # exports it on its own series (metrics.py).
         labels = {"namespace": self.job.metadata.namespace}
         targets = [
-            {"targets": [f"{HOST}:{port}"], "labels": {**labels, "process": name}}
+            {"targets": [f"{HOST}:{port}"], "labels": {**labels, "process": name, **self._shard_label(name)}}
             for name, port in sorted(self._metrics_ports.items())
         ]
         if self._master_metrics_port:
@@ -216,6 +216,12 @@ class LocalRuntime:
         tmp = self.targets_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(targets, indent=1))
         os.replace(tmp, self.targets_path)  # Prometheus never reads half a file
+
+    def _shard_label(self, name: str) -> dict[str, str]:
+        """A sharded job's PS: `shard` on its series, as its pod's scrape gives it."""
+        if self.job.spec.parameter_server.shards == 1 or not is_ps(name):
+            return {}
+        return {"shard": str(shard_of(name))}
 
     def _watch(self, name: str, process: "_Process") -> None:
         # wait4 reaps the child and gives its resource use (CPU time, peak memory).

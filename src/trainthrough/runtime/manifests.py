@@ -33,7 +33,7 @@ import json
 from typing import Any
 
 from trainthrough.control.schedule import injects_failures
-from trainthrough.names import PSStart, ps_names, worker_name
+from trainthrough.names import PSStart, is_ps, ps_names, shard_of, worker_name
 from trainthrough.pod_templates import (
     CHECKPOINT_DIR,
     CHECKPOINT_VOLUME,
@@ -54,6 +54,7 @@ GROUP = "trainthrough.io"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_ROLE = f"{GROUP}/role"
 LABEL_PROCESS = f"{GROUP}/process"
+LABEL_SHARD = f"{GROUP}/shard"  # a sharded job's PS pods: which shard (the PodMonitor's `shard` label)
 DEFAULT_IMAGES = {
     "ps": "ghcr.io/trainthrough/ps:0.1.0",
     "worker": "ghcr.io/trainthrough/worker:0.1.0",
@@ -72,6 +73,8 @@ def labels(job: TrainingJob, role: str | None = None, process: str | None = None
         out[LABEL_ROLE] = role
     if process:
         out[LABEL_PROCESS] = process
+    if process and job.spec.parameter_server.shards > 1 and is_ps(process):
+        out[LABEL_SHARD] = str(shard_of(process))
     return out
 
 

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainthrough.runtime.manifests import LABEL_ROLE
+from trainthrough.runtime.manifests import LABEL_ROLE, LABEL_SHARD
 from trainthrough.shared_memory import SHM_DIR_ENV
 from trainthrough.standin.addresses import AddressPool
 from trainthrough.standin.client import Api, core_path, pod_path
@@ -318,7 +318,7 @@ class Kubelet:
             else:
                 running = {"running": {"startedAt": started}}
                 await self._report(run, "Running", running, ready=True, restarts=restarts, last=last, pid=process.pid)
-                self.targets.set(targets_key, metrics_groups(run.body, address, LABEL_ROLE))
+                self.targets.set(targets_key, metrics_groups(run.body, address, {LABEL_ROLE: "component", LABEL_SHARD: "shard"}))
                 code = await self._wait(run, process)
                 self.targets.remove(targets_key)
             terminated = {

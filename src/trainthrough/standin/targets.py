@@ -26,13 +26,15 @@ from typing import Any
 Group = dict[str, Any]  # one file_sd entry: {"targets": ["host:port"], "labels": {...}}
 
 
-def metrics_groups(pod: Mapping[str, Any], address: str, role_label: str) -> list[Group]:
-    """The file_sd entries of a pod's container ports named `metrics`."""
+def metrics_groups(pod: Mapping[str, Any], address: str, target_labels: Mapping[str, str]) -> list[Group]:
+    """The file_sd entries of a pod's container ports named `metrics`; `target_labels`: pod
+    label -> target label, as a PodMonitor's relabelings take them (absent: none)."""
     meta = pod.get("metadata", {})
     labels = {"namespace": meta.get("namespace", ""), "pod": meta.get("name", "")}
-    role = (meta.get("labels") or {}).get(role_label)
-    if role:
-        labels["component"] = role
+    for pod_label, target_label in target_labels.items():
+        value = (meta.get("labels") or {}).get(pod_label)
+        if value:
+            labels[target_label] = value
     return [
         {"targets": [f"{address}:{port['containerPort']}"], "labels": dict(labels)}
         for container in pod.get("spec", {}).get("containers") or []
