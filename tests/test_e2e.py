@@ -26,6 +26,8 @@ Aspects covered, one run per mode:
 - stateless with 2 shards: a kill of shard 1's PS; the workers train on offline and
   rejoin both shards with each shard's part; the restarted shard seeds from them and
   replays every entry, the other replays the same entries but the pushes it held;
+- hybrid with 2 shards of 2 replicas: shard 1's whole chain is lost; it is rebuilt from
+  the workers' parts while shard 0's head takes the same entries onto its live part;
 - a checkpoint PS that hangs for good (SIGSTOP) is found by the master's liveness check,
   killed, and its replacement starts only after it exited (never two live PS on one
   checkpoint store); training resumes from the checkpoint.
@@ -298,6 +300,39 @@ def test_a_sharded_stateless_job_rebuilds_the_killed_shard_and_every_shard_takes
     assert replayed["ps-1-0"] == handed_over > 0
     assert replayed["ps-0-0"] + skipped == handed_over and skipped <= 2
     assert [e["restored_from"] for e in of(events, "ps_ready", source="ps-0-0")] == ["seed"]  # it served throughout
+
+
+def test_a_sharded_hybrid_job_rebuilds_the_lost_shards_chain_while_the_other_shard_serves(tmp_path):
+    document = paper_job(
+        "e2e-hybrid-shards",
+        consistency="hybrid",
+        parameterServer={"shards": 2, "replicas": 2, "restartDelay": "4s"},
+        # shard 1's head twice in a row, faster than a replacement joins: its whole chain
+        chaos=[{"target": "shard-1-head", "at": at} for at in ("8s", "8.3s")],
+    )
+    summary, events = run_job(document, tmp_path)
+    assert_reached_target(summary, events)
+
+    kills = of(events, "kill")
+    assert [k["process"] for k in kills] == ["ps-1-0", "ps-1-1"]
+    [rebuilding] = of(events, "chain_rebuilding")
+    assert rebuilding["lost"] == "ps-1-1" and rebuilding["chain"] == ["ps-1-1"]
+    rejoined = [e for e in of(events, "worker_rejoined") if e["t"] > kills[-1]["t"]]
+    assert sorted(e["rank"] for e in rejoined) == [0, 1] and all(e["local_steps"] > 0 for e in rejoined)
+    handed_over = sum(e["buffered"] for e in rejoined)
+    # Shard 1's rebuilt head seeds from the workers' parts and replays every entry; shard
+    # 0's head, which served on, takes the same entries onto its live part (and down its
+    # chain) but for the pushes it held.
+    [ready] = [e for e in of(events, "ps_ready", source="ps-1-1") if e["t"] > kills[-1]["t"]]
+    assert ready["restored_from"] == "workers"
+    replayed = {ps: sum(e["count"] for e in of(events, "gradients_replayed", source=ps)) for ps in ("ps-0-0", "ps-1-1")}
+    skipped = sum(len(s) for e in of(events, "replay_skipped_applied", source="ps-0-0") for s in e["per_worker"].values())
+    assert replayed["ps-1-1"] == handed_over > 0
+    assert replayed["ps-0-0"] + skipped == handed_over and skipped <= 2
+    # Shard 1 grew back to two replicas; shard 0's chain never changed.
+    [joined] = of(events, "replica_joined")
+    assert (joined["process"], joined["chain"]) == ("ps-1-2", ["ps-1-1", "ps-1-2"])
+    assert all(e["removed"].startswith("ps-1-") for e in of(events, "chain_promoted"))
 
 
 @pytest.mark.timeout(150)

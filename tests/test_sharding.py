@@ -129,8 +129,8 @@ def test_chaos_targets_name_a_shards_head_or_tail() -> None:
 def test_a_sharded_spec_refuses_what_it_cannot_run() -> None:
     from trainthrough.errors import SpecError
 
-    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 for consistency 'hybrid'"):
-        job("hybrid", parameterServer={"shards": 2, "replicas": 2})
+    with pytest.raises(SpecError, match="parameterServer.shards: must be 1 with stateless.merge 'outer'"):
+        job("hybrid", parameterServer={"shards": 2, "replicas": 2}, stateless={"merge": "outer"})
     with pytest.raises(SpecError, match="parameterServer.shards: must be 1 with stateless.merge 'outer'"):
         job("stateless", parameterServer={"shards": 2}, stateless={"merge": "outer"})
     with pytest.raises(SpecError, match=r"chaos\[0\].target: no shard 2: parameterServer.shards is 2"):

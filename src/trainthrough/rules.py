@@ -182,19 +182,11 @@ def _ps_chain(spec: TrainingJobSpec) -> str | None:
     return None
 
 
-def _shards_hybrid(spec: TrainingJobSpec) -> str | None:
-    # A hybrid chain rebuilt per shard from the workers is not built: refused, not run unsafely.
-    shards = spec.parameter_server.shards
-    if spec.consistency == HYBRID and shards != 1:
-        return f"must be 1 for consistency '{HYBRID}' (its sharded rebuild is not built), got {shards}"
-    return None
-
-
 def _shards_outer(spec: TrainingJobSpec) -> str | None:
     # A worker's local progress is one entry it resends whole when it cannot tell whether
     # the PS merged it; shards that merged it and shards that did not would then disagree.
     shards = spec.parameter_server.shards
-    if spec.consistency == STATELESS and spec.stateless.merge == _OUTER and shards != 1:
+    if spec.consistency in (STATELESS, HYBRID) and spec.stateless.merge == _OUTER and shards != 1:
         return f"must be 1 with stateless.merge '{_OUTER}' (each shard would have to merge the same local progress once), got {shards}"
     return None
 
@@ -387,18 +379,9 @@ RULES: tuple[Rule, ...] = (
         check=_one("parameterServer.replicas", _ps_chain),
     ),
     Rule(
-        name="shards-hybrid",
-        field="parameterServer.shards",
-        cel=f"self.consistency != '{HYBRID}' || self.parameterServer.shards == 1",
-        message=_text(
-            f"must be 1 for consistency '{HYBRID}' (its sharded rebuild is not built), got ", _Cel("string(self.parameterServer.shards)"),
-        ),
-        check=_one("parameterServer.shards", _shards_hybrid),
-    ),
-    Rule(
         name="shards-outer",
         field="parameterServer.shards",
-        cel=f"!(self.consistency == '{STATELESS}' && self.stateless.merge == '{_OUTER}') || self.parameterServer.shards == 1",
+        cel=f"!(self.consistency in ['{STATELESS}', '{HYBRID}'] && self.stateless.merge == '{_OUTER}') || self.parameterServer.shards == 1",
         message=_text(
             f"must be 1 with stateless.merge '{_OUTER}' (each shard would have to merge the same local progress once), got ",
             _Cel("string(self.parameterServer.shards)"),
