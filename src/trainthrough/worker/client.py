@@ -200,18 +200,20 @@ class PSClient(RetryingClient):
             self._tcp.close()
         self._pool.close()
 
-    def _segment(self, head: Connection, numel: int) -> WorkerSegment | None:
+    def _segment(self, head: Connection, numel: int, timeout: float) -> WorkerSegment | None:
         """The shared-memory segment for a call to `head` moving `numel` elements, or None
-        (gRPC) where the PS offers none that this worker can reach."""
+        (gRPC) where the PS offers none that this worker can reach. The offer is read
+        within the call's own deadline (a busy PS may take longer than a Health check's)."""
         if self._shared is None or numel != self._numel:
             return None
-        return self._shared.segment_for(head.address, numel * wire.itemsize(self.transfer_dtype), self.health)  # head is self._head
+        nbytes = numel * wire.itemsize(self.transfer_dtype)
+        return self._shared.segment_for(head.address, nbytes, lambda: self.health(timeout))  # head is self._head
 
-    def _over_shared_memory(self, head: Connection, numel: int, call: Callable[[WorkerSegment], T]) -> T | None:
+    def _over_shared_memory(self, head: Connection, numel: int, timeout: float, call: Callable[[WorkerSegment], T]) -> T | None:
         """`call` through the segment for `head`, or None where there is none. A PS that
         restarted no longer has the segment's name: negotiate again, once."""
         for _ in range(2):
-            segment = self._segment(head, numel)
+            segment = self._segment(head, numel, timeout)
             if segment is None:
                 return None
             try:
@@ -226,7 +228,7 @@ class PSClient(RetryingClient):
         worker reaches. Same-host workers take shared memory first (`_over_shared_memory`)."""
         if self._tcp is None:
             return None
-        connection = self._tcp.connection_for(head.address, self.health, timeout)
+        connection = self._tcp.connection_for(head.address, lambda: self.health(timeout), timeout)
         if connection is None:
             return None
         try:
@@ -290,7 +292,9 @@ class PSClient(RetryingClient):
         request = ps_pb2.PushRequest(worker=self.worker, push_id=self.push_id, base_version=base_version, samples=samples)
         head, pulled = self._head, None
         timeout = self._deadline(timeout, gradient.numel() + ((self._numel or 0) if pull else 0))
-        routed = self._over_shared_memory(head, gradient.numel(), lambda segment: self._push_shared(head, segment, request, gradient, pull, timeout))
+        routed = self._over_shared_memory(
+            head, gradient.numel(), timeout, lambda segment: self._push_shared(head, segment, request, gradient, pull, timeout)
+        )  # fmt: skip
         if routed is None:
             routed = self._over_tcp(head, timeout, lambda connection: self._push_tcp(connection, request, gradient, pull, timeout))
         if routed is not None:
@@ -359,7 +363,7 @@ class PSClient(RetryingClient):
     def pull(self, have_version: int, timeout: float | None = None) -> Pulled:
         request = ps_pb2.PullRequest(worker=self.worker, have_version=have_version, dtype=self.transfer_dtype)
         head, timeout = self._head, self._deadline(timeout, self._numel or 0)
-        routed = self._over_shared_memory(head, self._numel or 0, lambda segment: self._pull_shared(head, segment, request, timeout))
+        routed = self._over_shared_memory(head, self._numel or 0, timeout, lambda segment: self._pull_shared(head, segment, request, timeout))
         if routed is None:
             routed = self._over_tcp(head, timeout, lambda connection: self._pull_tcp(connection, request, timeout))
         if routed is not None:
