@@ -118,6 +118,64 @@ def test_a_chain_shard_fails_over_within_its_own_chain_and_takes_a_replacement_o
     assert m.state.chains[0].epoch == 1  # shard 0's chain never changed
 
 
+def test_any_replicas_death_resets_its_shards_serving_clock_and_only_its_shards() -> None:
+    unsharded = running(Master(job("chain")))
+    unsharded.observe(health("ps-0", 5), T0 + 1)
+    assert set(unsharded.state.serving_heads) == {"ps-0"}
+    unsharded.observe(Exited("ps-2", -9, at=T0 + 2, disrupted=True), T0 + 2)  # the tail
+    assert unsharded.state.serving_heads == {}  # workers stalled by the failover are not judged
+    m = running(Master(sharded("chain")))
+    for head in ("ps-0-0", "ps-1-0"):
+        m.observe(health(head, 5), T0 + 1)
+    m.observe(Exited("ps-1-1", -9, at=T0 + 2, disrupted=True), T0 + 2)
+    assert set(m.state.serving_heads) == {"ps-0-0"}
+
+
+def test_the_job_serves_once_every_shards_head_serves() -> None:
+    m = Master(sharded())
+    m.start(T0)
+    m.observe(health("ps-1-0", 0), T0)
+    assert m.state.progress.serving == "ps-0-0 not read yet"
+    m.observe(health("ps-0-0", 0, state="starting"), T0)
+    assert m.state.progress.serving == "ps-0-0 starting"
+    m.observe(health("ps-0-0", 0), T0)
+    assert m.state.progress.serving == "ps-0-0, ps-1-0 serving"
+
+
+def test_the_final_version_is_the_least_shards_as_read_after_the_stop() -> None:
+    m = running(Master(sharded(stop={"steps": 10})))
+    for head in ("ps-0-0", "ps-1-0"):
+        m.observe(health(head, 100), T0 + 1)
+    m.stop("enough", T0 + 2)
+    for head in ("ps-0-0", "ps-1-0"):
+        m.observe(health(head, 150), T0 + 3)  # the final reads, after the workers stopped
+    assert m.state.progress.version == 150
+
+
+def test_a_sharded_resume_measures_the_least_restored_shard_and_waits_for_an_update() -> None:
+    from test_run_policy import respec
+
+    m = running(Master(sharded()))
+    for head in ("ps-0-0", "ps-1-0"):
+        m.observe(health(head, 130), T0 + 1)
+    shards = {"shards": 2, "replicas": 1}
+    m = respec(m, parameterServer=shards, runPolicy={"suspend": True})
+    m.tick(T0 + 2)
+    for p in ("worker-0", "worker-1", "ps-0-0", "ps-1-0"):
+        m.observe(Exited(p, 0, T0 + 3), T0 + 3)
+    m = respec(m, parameterServer=shards)
+    assert kinds(m.tick(T0 + 4)) == [EventName.RESUMED, ("start", "ps-0-0", False), ("start", "ps-1-0", False)]
+    # The shards checkpoint apart: they come back at other versions.
+    assert kinds(m.observe(health("ps-0-0", 100, started=100, restored_from="checkpoint"), T0 + 5)) == []
+    restored = m.observe(health("ps-1-0", 120, started=120, restored_from="checkpoint"), T0 + 5)
+    assert EventName.STATE_RESTORED in kinds(restored)
+    assert m.state.suspension.last == {"restored_from": "checkpoint", "version_before": 130, "version_restored": 100, "lost_updates": 30}
+    m.observe(health("ps-0-0", 100, started=100), T0 + 6)  # starts the workers
+    assert m.state.phase is JobPhase.STARTING
+    assert EventName.TRAINING_STARTED not in kinds(m.observe(health("ps-1-0", 120, started=120), T0 + 6))
+    assert EventName.TRAINING_STARTED in kinds(m.observe(health("ps-1-0", 121, started=120, since=1), T0 + 7))
+
+
 def test_chaos_targets_name_a_shards_head_or_tail() -> None:
     m = running(Master(sharded("chain", shards=3)))
     assert m.kill_target("shard-2-head") == "ps-2-0" and m.kill_target("shard-1-tail") == "ps-1-1"
@@ -185,6 +243,22 @@ def test_a_push_reaches_every_shard_once_and_the_pull_assembles_the_whole_vector
     assert torch.equal(after.params, torch.tensor([0.0] * 5 + [1.0] * 7) - LR * gradient)
     assert [ps.pull()[0] for ps in servers] == [1, 1]
     assert client.pull(after.version).params is None  # nothing changed since
+
+
+def test_a_call_that_fails_on_several_shards_raises_what_no_retry_mends_first(two_shards) -> None:
+    from trainthrough.errors import PermanentError, RejoinRequired
+
+    _, client = two_shards
+    errors = {0: PSUnavailable("shard 0 is down"), 1: PermanentError("shard 1 refused the gradient")}
+
+    def fail(k, _client):
+        raise errors[k]
+
+    with pytest.raises(PermanentError):
+        client._each(fail)
+    errors[1] = RejoinRequired("shard 1 was rebuilt")
+    with pytest.raises(RejoinRequired):
+        client._each(fail)
 
 
 def test_a_retry_after_one_shard_failed_is_applied_once_on_every_shard(two_shards, monkeypatch) -> None:

@@ -281,10 +281,12 @@ class Master:
             return []
         head = name in self.heads()
         reported = health.progress_of(self.workers)
+        s.versions[name] = health.version
         if head:
             # Workers report to every shard's head: progress is read from whichever serves.
             p = s.progress
-            p.serving = f"{name} {health.state}"
+            s.head_states[name] = health.state
+            p.serving = self._serving_summary(name, health.state)
             if health.state == "serving":
                 p.steps = max(p.steps, reported.steps)
                 p.idle_seconds = max(p.idle_seconds, reported.idle_seconds)
@@ -299,7 +301,6 @@ class Master:
         if s.phase.halted:
             return out  # the final progress is still read; nothing is decided any more
         s.silent_since.pop(name, None)
-        s.versions[name] = health.version
         if name not in s.answered:
             s.answered.append(name)
             chain = self.chain_of(name)
@@ -318,9 +319,10 @@ class Master:
         s = self.state
         heads = self.heads()
         out: list[Action] = []
-        first = self.chain_order(0)  # a resume's loss is measured on shard 0's head
-        if s.suspension.version_before is not None and first and health.process == first[0] and health.state == "serving":
-            out.append(self._restored(health))
+        if s.suspension.version_before is not None and health.process in heads and health.state == "serving":
+            s.suspension.restored[health.process] = max(0, health.started_version)
+            if set(heads) <= set(s.suspension.restored):  # every shard's head serves: measured once
+                out.append(self._restored(health))
         if not {p for order in self.chain_orders() for p in order} <= set(s.answered):
             return out
         unpublished = [(k, chain) for k, chain in enumerate(s.chains) if chain.published_epoch < chain.epoch]
@@ -331,11 +333,10 @@ class Master:
             s.workers_started = True
             out += [self._start(w, now) for w in self.workers if w not in s.finished_workers]
             return out
-        # Training runs once the head applied an update above the version it started from
+        # Training runs once a head applied an update above the version it started from
         # (0, or what a resume restored); the job's clock goes on from where a suspension
         # stopped it.
-        restored = s.suspension.last["version_restored"] if s.suspension.last else 0
-        if health.process in heads and health.version > restored and s.suspension.version_before is None:
+        if health.process in heads and health.version > max(0, health.started_version) and s.suspension.version_before is None:
             s.phase, s.training_started_at = JobPhase.RUNNING, now - s.suspension.trained_seconds
             message = "the first update was applied" + (" since the resume" if s.suspension.count else "")
             out.append(Record(EventName.TRAINING_STARTED, {"ps": self._ps_field()}, Reason.TRAINING_STARTED, message))
@@ -374,7 +375,11 @@ class Master:
         kill = s.kills.pop(name, None)
         s.silent_since.pop(name, None)
         if not is_worker(name):
-            s.serving_heads.pop(name, None)  # a restarted head must serve again before workers are judged
+            # Its shard's head must serve again before workers are judged (a failover of
+            # any replica stalls the chain's pushes meanwhile).
+            shard = shard_of(name)
+            s.serving_heads = {h: since for h, since in s.serving_heads.items() if shard_of(h) != shard}
+            s.head_states.pop(name, None)
         restarted = name in s.restarting
         if restarted:
             s.restarting.remove(name)
@@ -799,6 +804,17 @@ class Master:
         self.state.ps.append(name)
         return name
 
+    def _serving_summary(self, head: str, state: str) -> str:
+        """`progress.serving`: the head read and its state; in a sharded job the first head
+        that does not serve, else every head (the job serves once every shard does)."""
+        if self.shards == 1:
+            return f"{head} {state}"
+        heads = self.heads()
+        down = [h for h in heads if self.state.head_states.get(h) != "serving"]
+        if down:
+            return f"{down[0]} {self.state.head_states.get(down[0], 'not read yet')}"
+        return f"{', '.join(heads)} serving"
+
     def _job_version(self, head: str, version: int) -> int:
         """The model's version with `head` at `version`: the lowest of the shards' heads
         (every shard holds at least that many updates); the head's own when unsharded."""
@@ -951,9 +967,9 @@ class Master:
         if s.up:
             return []
         s.phase, s.starting_since, s.active_since = JobPhase.STARTING, now, now
-        s.answered, s.versions, s.serving_heads = [], {}, {}
+        s.answered, s.versions, s.serving_heads, s.head_states = [], {}, {}, {}
         s.progress.serving = ""
-        s.suspension.version_before = s.progress.version
+        s.suspension.version_before, s.suspension.restored = s.progress.version, {}
         for shard, chain in enumerate(s.chains):
             while len(chain.members) < self.spec.parameter_server.replicas:
                 chain.members.append(self._next_ps(shard))
@@ -964,14 +980,15 @@ class Master:
         return [Record(EventName.RESUMED, fields, Reason.RESUMED, message)] + [self._start(p, now) for p in order]
 
     def _restored(self, health: Health) -> Record:
-        """The resumed head serves: what it started from against the newest version read
-        before the suspension (the updates a resume lost, measured)."""
+        """Every resumed head serves: what they started from (the least of the shards')
+        against the newest version read before the suspension (the updates a resume lost,
+        measured)."""
         s = self.state
         before = s.suspension.version_before
         assert before is not None
-        restored = max(0, health.started_version)
+        restored = min(s.suspension.restored.values())
         lost = max(0, before - restored)
-        s.suspension.version_before = None
+        s.suspension.version_before, s.suspension.restored = None, {}
         s.suspension.last = {"restored_from": health.restored_from, "version_before": before, "version_restored": restored, "lost_updates": lost}
         message = f"resumed from {health.restored_from or 'nothing'} at version {restored}: {lost} of the {max(before, 0)} updates read before the suspension lost"
         return Record(EventName.STATE_RESTORED, dict(s.suspension.last, process=health.process), Reason.STATE_RESTORED, message, warning=lost > 0)

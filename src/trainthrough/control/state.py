@@ -130,6 +130,7 @@ class Suspension(StateModel):
     # Set at a resume until the resumed head serves: the newest version read before the
     # suspension, against which what the resume restored is measured.
     version_before: int | None = None
+    restored: dict[str, int] = Field(default_factory=dict)  # each resumed head's start, until every one serves
     last: dict[str, Any] | None = None  # the last resume, measured (restored_from, versions, lost_updates)
 
 
@@ -168,6 +169,7 @@ class MasterState(StateModel):
     seen_workers: dict[str, WorkerSeen] = Field(default_factory=dict)
     # The heads (one per shard) that have answered "serving" without a break, since when.
     serving_heads: dict[str, float] = Field(default_factory=dict)
+    head_states: dict[str, str] = Field(default_factory=dict)  # each head's state, as last read
     restarting: list[str] = Field(default_factory=list)  # workers ended to be started again
     failures: int = 0  # counted against spec.runPolicy.backoffLimit
     chaos_fired: int = 0  # kills of spec.chaos seen (a Disrupted with its scheduled time)

@@ -50,6 +50,8 @@ STREAM_ABOVE_BYTES = 16 << 20
 # deadline sized for a small model would cut a large model's push short, and a stateless
 # worker would take that for a dead PS (a dead one fails fast either way).
 SLOWEST_TRANSFER_BYTES_PER_S = 50e6
+
+
 def first_push_id() -> int:
     """Push ids only grow, across restarts of this worker too: the PS treats a push id it
     has seen as a retry, so a restarted worker must not start again from zero."""

@@ -33,6 +33,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from trainthrough.errors import RejoinRequired, TemporaryError
 from trainthrough.proto import ps_pb2
 from trainthrough.shards import Shard
 from trainthrough.worker.buffer import BufferedGradient
@@ -61,6 +62,9 @@ class ShardedClient(RetryingClient):
         self._incarnations = [""] * len(shards)  # of each shard's latest answer
         self._params: torch.Tensor | None = None  # the whole vector, each shard's part in place
         self._pool = futures.ThreadPoolExecutor(max_workers=len(shards) - 1, thread_name_prefix="shard")
+        # Reports come from the evaluator's thread too: on a pool of their own, so that no
+        # push waits behind a report to a shard that does not answer.
+        self._report_pool = futures.ThreadPoolExecutor(max_workers=len(shards) - 1, thread_name_prefix="shard-report")
         self._lock = threading.Lock()
 
     @property
@@ -69,26 +73,28 @@ class ShardedClient(RetryingClient):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._report_pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients:
             client.close()
 
-    def _each(self, call: Callable[[int, PSClient], T]) -> list[T]:
-        """`call` on every shard at once (shard 0 on this thread); once all have answered,
-        the first shard's error if any failed: a retry must not overlap a call in flight."""
-        later = [self._pool.submit(call, k, client) for k, client in enumerate(self.clients) if k > 0]
+    def _each(self, call: Callable[[int, PSClient], T], pool: futures.ThreadPoolExecutor | None = None) -> list[T]:
+        """`call` on every shard at once (shard 0 on this thread); once all have answered
+        (a retry must not overlap a call in flight), the most telling error if any failed:
+        one that no retry mends first, then a rejoin the worker must make, then the rest."""
+        later = [(pool or self._pool).submit(call, k, client) for k, client in enumerate(self.clients) if k > 0]
         results: list[T] = []
-        error: BaseException | None = None
+        errors: list[BaseException] = []
         try:
             results.append(call(0, self.clients[0]))
-        except BaseException as failed:  # noqa: BLE001 - re-raised below, after the others end
-            error = failed
+        except BaseException as failed:  # noqa: BLE001 - raised below, after the others end
+            errors.append(failed)
         for future in later:
             try:
                 results.append(future.result())
             except BaseException as failed:  # noqa: BLE001
-                error = error or failed
-        if error is not None:
-            raise error
+                errors.append(failed)
+        if errors:
+            raise min(errors, key=_urgency)
         return results
 
     # -- discovery (chain mode: each shard its own chain) -----------------------------------
@@ -215,4 +221,14 @@ class ShardedClient(RetryingClient):
     ) -> None:
         """To every shard's head: the job's progress is read from whichever serves."""
         idle = self.idle_while_training if idle_seconds is None else idle_seconds
-        self._each(lambda k, client: client.report(steps, accuracy, loss, lost_updates, timeout, idle_seconds=idle))
+        self._each(lambda k, client: client.report(steps, accuracy, loss, lost_updates, timeout, idle_seconds=idle), self._report_pool)
+
+
+def _urgency(error: BaseException) -> int:
+    """Which of the shards' errors a call raises (the lowest): what no retry mends, then a
+    rejoin the worker must make (RejoinRequired), then a temporary failure."""
+    if isinstance(error, RejoinRequired):
+        return 1
+    if isinstance(error, TemporaryError):
+        return 2
+    return 0

@@ -290,9 +290,13 @@ class Worker:
             self.client.push_id = max(self.client.push_id, sent + 1)
         except RejoinRequired:
             # A head rebuilt while this worker was not there to rejoin it (restarted, or
-            # slower than the window): rejoin now with nothing buffered (its weights are
-            # those of its last pull), then follow.
+            # slower than the window): rejoin now (its weights are those of its last pull)
+            # with this gradient, then follow. The gradient's push id is spent: a sharded
+            # PS's live shards may have applied it (they skip it on replay), the rebuilt
+            # one replays it, so every shard holds it once.
             self.base_params, self.base_applied = flatten_params(self.model).cpu(), dict(self.applied_pushes)
+            self.buffer.add(gradient, self.version, sent)
+            self.client.push_id = max(self.client.push_id, sent + 1)
             self.client.until_done(lambda: self._rejoin(timeout=self.spec.stateless.rejoin_timeout + 30), self.stop, True)
 
     # -- stateless: keep training ----------------------------------------------------------
