@@ -53,7 +53,7 @@ bench: $(STAMP)
 # The PS's failure-free path (over gRPC, shared memory and the TCP data channel; checkpoint,
 # stateless, chain; 1, 2 and 4 shards) against a raw TCP round trip, a raw gRPC echo,
 # PyTorch's RPC parameter server and a gloo all-reduce, side by side:
-# bench-results-ps/ps_bench.{json,md} (about 19 minutes here).
+# bench-results-ps/ps_bench.{json,md} (17-29 minutes here).
 bench-ps: $(STAMP)
 	$(BIN)/python benchmarks/ps_throughput.py --out bench-results-ps
 
