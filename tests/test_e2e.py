@@ -73,6 +73,19 @@ def paper_job(name: str, **spec) -> dict:
     return {"apiVersion": "trainthrough.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": base}
 
 
+def small_job(name: str, **spec) -> dict:
+    """A sharded job's checks are about its shards, not the paper's accuracy: the small MLP
+    on synthetic data trains to its target in seconds; minDuration leaves room for the kills."""
+    document = paper_job(name, **spec)
+    document["spec"].update(model="mlp", dataset="synthetic", evaluation={"interval": "1s"})
+    document["spec"]["stop"] = {"targetAccuracy": 0.9, "minDuration": "8s", "duration": "180s"}
+    return document
+
+
+def assert_succeeded(summary: RunSummary) -> None:
+    assert summary.status == "succeeded" and "targetAccuracy" in summary.reason, summary.reason
+
+
 def run_job(document: dict, run_dir: Path, **supervisor_args) -> tuple[RunSummary, list[dict]]:
     job = parse_job(document)
     runtime = LocalRuntime(job, run_dir)
@@ -135,15 +148,15 @@ def test_checkpoint_mode_resumes_from_newest_checkpoint(tmp_path):
 
 def test_a_sharded_checkpoint_job_recovers_the_killed_shard_alone(tmp_path):
     interval = 50
-    document = paper_job(
+    document = small_job(
         "e2e-shards",
         consistency="checkpoint",
         checkpoint={"everyUpdates": interval},
         parameterServer={"shards": 2},
-        chaos=[{"target": "shard-1-head", "at": "6s"}],
+        chaos=[{"target": "shard-1-head", "at": "3s"}],
     )
     summary, events = run_job(document, tmp_path)
-    assert_reached_target(summary, events)
+    assert_succeeded(summary)
 
     [kill] = of(events, "kill")
     [recovery] = of(events, "recovery")
@@ -277,14 +290,14 @@ def test_stateless_workers_train_through_the_outage(tmp_path, merge):
 
 
 def test_a_sharded_stateless_job_rebuilds_the_killed_shard_and_every_shard_takes_the_same_updates(tmp_path):
-    document = paper_job(
+    document = small_job(
         "e2e-stateless-shards",
         consistency="stateless",
-        parameterServer={"shards": 2, "restartDelay": "4s"},
-        chaos=[{"target": "shard-1-head", "at": "8s"}],
+        parameterServer={"shards": 2, "restartDelay": "2s"},
+        chaos=[{"target": "shard-1-head", "at": "3s"}],
     )
     summary, events = run_job(document, tmp_path)
-    assert_reached_target(summary, events)
+    assert_succeeded(summary)
 
     [kill] = of(events, "kill")
     [recovery] = of(events, "recovery")
@@ -303,15 +316,15 @@ def test_a_sharded_stateless_job_rebuilds_the_killed_shard_and_every_shard_takes
 
 
 def test_a_sharded_hybrid_job_rebuilds_the_lost_shards_chain_while_the_other_shard_serves(tmp_path):
-    document = paper_job(
+    document = small_job(
         "e2e-hybrid-shards",
         consistency="hybrid",
-        parameterServer={"shards": 2, "replicas": 2, "restartDelay": "4s"},
+        parameterServer={"shards": 2, "replicas": 2, "restartDelay": "2s"},
         # shard 1's head twice in a row, faster than a replacement joins: its whole chain
-        chaos=[{"target": "shard-1-head", "at": at} for at in ("8s", "8.3s")],
+        chaos=[{"target": "shard-1-head", "at": at} for at in ("3s", "3.3s")],
     )
     summary, events = run_job(document, tmp_path)
-    assert_reached_target(summary, events)
+    assert_succeeded(summary)
 
     kills = of(events, "kill")
     assert [k["process"] for k in kills] == ["ps-1-0", "ps-1-1"]
