@@ -2,7 +2,7 @@
 
 A sharded job (parameterServer.shards > 1) names its PS processes `ps-<shard>-<i>`: shard
 k's chain (or its one PS) is `ps-k-0`, `ps-k-1`, ...; an unsharded job keeps `ps-<i>`,
-which is shard 0's. A job's names are of one form only (`job_ps`).
+which is shard 0's. A job's names are of one form only (`is_job_ps`).
 
 The master, both runtimes, the chaos schedule, the workers and the parameter servers name
 processes through these functions; nothing else builds or parses the strings. A name is a
@@ -83,6 +83,12 @@ def shard_of(name: str) -> int:
     if place is None:
         raise ValueError(f"not a parameter server's name: {name!r}")
     return place[0]
+
+
+def labelled_shard(name: str, shards: int) -> str | None:
+    """The `shard` label of process `name` in a job of `shards` shards: a sharded job's PS
+    carry theirs; workers and an unsharded job's PS carry none."""
+    return str(shard_of(name)) if shards > 1 and is_ps(name) else None
 
 
 def is_job_ps(name: str, shards: int) -> bool:

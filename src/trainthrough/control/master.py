@@ -46,7 +46,7 @@ from trainthrough.control.schedule import planned_kills, resolve_target
 from trainthrough.control.state import Chain, Kill, MasterState, Recovery, Replacement, WorkerSeen
 from trainthrough.control.vocabulary import EventName, JobPhase, Reason, RecoveryStage
 from trainthrough.errors import CONFIG_EXIT_CODE
-from trainthrough.names import PSStart, is_worker, ps_name, ps_names, shard_key, shard_of, worker_names
+from trainthrough.names import PSStart, is_ps, is_worker, ps_name, ps_names, shard_key, shard_of, worker_names
 from trainthrough.spec import CleanPodPolicy, Mode, TrainingJob
 
 STARTUP_TIMEOUT = 300.0  # seconds from the first start to the first applied update
@@ -118,8 +118,13 @@ class Master:
         return [order[0] for order in self.chain_orders() if order]
 
     def chain_of(self, process: str) -> Chain | None:
-        """The chain PS `process` belongs to (its shard's); None outside chain modes."""
-        return self.state.chains[shard_of(process)] if self.state.chains else None
+        """The chain PS `process` belongs to (its shard's); None outside chain modes and
+        for a worker."""
+        return self.state.chains[shard_of(process)] if self.state.chains and is_ps(process) else None
+
+    def members(self) -> list[str]:
+        """Every shard's PS processes head first, shard after shard."""
+        return [p for order in self.chain_orders() for p in order]
 
     def elapsed(self, now: float) -> float:
         """Seconds on the job's clock (0 until training started)."""
@@ -135,7 +140,7 @@ class Master:
             return []
         # Every member: each one's liveness is checked (a hung middle replica stalls the
         # chain as surely as a hung head).
-        names = [p for order in self.chain_orders() for p in order]
+        names = self.members()
         names += [r.target for r in s.recoveries if r.stage is RecoveryStage.AWAITING_READY]
         names += [r.name for r in s.replacements if r.name]
         return list(dict.fromkeys(n for n in names if n in s.up))
@@ -323,7 +328,7 @@ class Master:
             s.suspension.restored[health.process] = max(0, health.started_version)
             if set(heads) <= set(s.suspension.restored):  # every shard's head serves: measured once
                 out.append(self._restored(health))
-        if not {p for order in self.chain_orders() for p in order} <= set(s.answered):
+        if not set(self.members()) <= set(s.answered):
             return out
         unpublished = [(k, chain) for k, chain in enumerate(s.chains) if chain.published_epoch < chain.epoch]
         if unpublished:
@@ -753,7 +758,7 @@ class Master:
                 EventName.RECOVERY_INCOMPLETE, recovery.as_event(), Reason.RECOVERY_INCOMPLETE, f"{name}: the job ended first", warning=True
             )
             out += [detected, incomplete]
-        chain = self.chain_of(name) if not is_worker(name) else None
+        chain = self.chain_of(name)
         if decision.action is Remedy.PROMOTE and chain is not None:
             chain.members.remove(name)  # the final configuration lists the replicas left
         return out
@@ -793,7 +798,7 @@ class Master:
 
     def _chain_members(self, process: str) -> list[str]:
         """The members of `process`'s chain, head first ([] outside chain modes and for a worker)."""
-        chain = self.chain_of(process) if not is_worker(process) else None
+        chain = self.chain_of(process)
         return list(chain.members) if chain is not None else []
 
     def _next_ps(self, shard: int) -> str:
@@ -974,7 +979,7 @@ class Master:
             while len(chain.members) < self.spec.parameter_server.replicas:
                 chain.members.append(self._next_ps(shard))
             chain.epoch += 1  # published once every member answers, as at the first start
-        order = [p for each in self.chain_orders() for p in each]
+        order = self.members()
         fields = {"ps": self._ps_field(), "version_before": s.progress.version}
         message = f"spec.runPolicy.suspend is false: starting {', '.join(order)} again"
         return [Record(EventName.RESUMED, fields, Reason.RESUMED, message)] + [self._start(p, now) for p in order]

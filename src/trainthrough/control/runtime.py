@@ -9,10 +9,17 @@ interface only, so each of them is carried out the same way on both runtimes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from trainthrough.auth import Credentials
 from trainthrough.names import PSStart
+
+
+def worker_ps_arguments(ps: list[list[str]], address: Callable[[str], str]) -> list[str]:
+    """The worker's `--ps` flags for the PS processes `ps` (per shard, head first): one
+    flag per shard, in shard order, each shard's addresses comma-separated, as
+    `trainthrough worker` reads them (worker/main.py)."""
+    return [arg for chain in ps for arg in ("--ps", ",".join(address(name) for name in chain))]
 
 
 @dataclass(frozen=True)

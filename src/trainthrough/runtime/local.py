@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from trainthrough import auth
-from trainthrough.control.runtime import Death
-from trainthrough.names import PSStart, is_ps, is_worker, shard_of, worker_name
+from trainthrough.control.runtime import Death, worker_ps_arguments
+from trainthrough.names import PSStart, is_ps, is_worker, labelled_shard, worker_name
 from trainthrough.spec import TrainingJob, dump_job, local_job
 
 HOST = "127.0.0.1"
@@ -123,8 +123,7 @@ class LocalRuntime:
         return address
 
     def start_worker(self, rank: int, ps: list[list[str]]) -> None:
-        shards = [arg for chain in ps for arg in ("--ps", ",".join(self._addresses[name] for name in chain))]
-        self._spawn(worker_name(rank), ["worker", "--rank", str(rank), *shards])
+        self._spawn(worker_name(rank), ["worker", "--rank", str(rank), *worker_ps_arguments(ps, self._addresses.__getitem__)])
 
     def kill(self, name: str, grace: float = 0.0) -> None:
         process = self._processes.get(name)
@@ -219,9 +218,8 @@ class LocalRuntime:
 
     def _shard_label(self, name: str) -> dict[str, str]:
         """A sharded job's PS: `shard` on its series, as its pod's scrape gives it."""
-        if self.job.spec.parameter_server.shards == 1 or not is_ps(name):
-            return {}
-        return {"shard": str(shard_of(name))}
+        shard = labelled_shard(name, self.job.spec.parameter_server.shards)
+        return {} if shard is None else {"shard": shard}
 
     def _watch(self, name: str, process: "_Process") -> None:
         # wait4 reaps the child and gives its resource use (CPU time, peak memory).

@@ -33,7 +33,8 @@ import json
 from typing import Any
 
 from trainthrough.control.schedule import injects_failures
-from trainthrough.names import PSStart, is_ps, ps_names, shard_of, worker_name
+from trainthrough.control.runtime import worker_ps_arguments
+from trainthrough.names import PSStart, labelled_shard, ps_names, worker_name
 from trainthrough.pod_templates import (
     CHECKPOINT_DIR,
     CHECKPOINT_VOLUME,
@@ -73,8 +74,9 @@ def labels(job: TrainingJob, role: str | None = None, process: str | None = None
         out[LABEL_ROLE] = role
     if process:
         out[LABEL_PROCESS] = process
-    if process and job.spec.parameter_server.shards > 1 and is_ps(process):
-        out[LABEL_SHARD] = str(shard_of(process))
+    shard = labelled_shard(process, job.spec.parameter_server.shards) if process else None
+    if shard is not None:
+        out[LABEL_SHARD] = shard
     return out
 
 
@@ -256,9 +258,8 @@ def worker_pod(job: TrainingJob, rank: int, ps_processes: list[list[str]], *, im
     """The pod of worker `rank`, reaching the PS processes `ps_processes` (per shard, head first)."""
     config, config_mount = _config_volume(job)
     tmp, tmp_mount = _scratch_volume()
-    shards = [arg for chain in ps_processes for arg in ("--ps", ",".join(ps_address(job, p) for p in chain))]
     args = [
-        "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), *shards,
+        "--job", f"{CONFIG_DIR}/job.json", "--rank", str(rank), *worker_ps_arguments(ps_processes, lambda p: ps_address(job, p)),
         "--host", POD_IP, "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
     if job.spec.dataset == "fashion-mnist" and job.spec.data_path is not None:

@@ -27,7 +27,6 @@ ends up holding the same updates.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from concurrent import futures
 from typing import Callable, Sequence, TypeVar
 
@@ -65,7 +64,6 @@ class ShardedClient(RetryingClient):
         # Reports come from the evaluator's thread too: on a pool of their own, so that no
         # push waits behind a report to a shard that does not answer.
         self._report_pool = futures.ThreadPoolExecutor(max_workers=len(shards) - 1, thread_name_prefix="shard-report")
-        self._lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -153,9 +151,8 @@ class ShardedClient(RetryingClient):
     def _changed(self, incarnations: list[str], started_push_ids: list[int]) -> tuple[str, int]:
         """The shards' joined incarnation, and the started push id of those that changed
         since the last answer (the oldest; every shard's on the first answer)."""
-        with self._lock:
-            changed = [started for k, started in enumerate(started_push_ids) if incarnations[k] != self._incarnations[k]]
-            self._incarnations = list(incarnations)
+        changed = [started for k, started in enumerate(started_push_ids) if incarnations[k] != self._incarnations[k]]
+        self._incarnations = list(incarnations)
         return "/".join(incarnations), min(changed or started_push_ids)
 
     def _assembled(self, pulls: list[Pulled], incarnation: str, started_push_id: int) -> Pulled:
