@@ -363,3 +363,23 @@ def test_a_sharded_jobs_pods_are_shards_times_replicas_and_its_workers_reach_eve
     assert group["labels"]["shard"] == "1"
     unsharded = manifests.ps_pod(job(), "ps-0")
     assert manifests.LABEL_SHARD not in unsharded["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(
+    ("shards", "name", "form"),
+    [(2, "ps-0", "ps-<shard>-<i> with a shard below 2"), (2, "ps-2-0", "ps-<shard>-<i> with a shard below 2"), (1, "ps-0-1", "ps-<i>")],
+)
+def test_a_ps_started_under_a_name_its_job_cannot_have_refuses_to_start(tmp_path: Path, shards: int, name: str, form: str) -> None:
+    """A name of the other form, or of a shard the job lacks, would serve the wrong slice."""
+    import json
+    import subprocess
+    import sys
+
+    from trainthrough.spec import dump_job
+
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(dump_job(sharded(shards=shards) if shards > 1 else job())))
+    command = [sys.executable, "-m", "trainthrough.cli", "ps", "--job", str(job_file), "--name", name, "--port", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"--name: '{name}' is no parameter server of this job (parameterServer.shards {shards}: {form})" in done.stderr

@@ -18,7 +18,7 @@ from trainthrough.auth import Credentials
 from trainthrough.events import EventLog
 from trainthrough.metrics import serve_metrics
 from trainthrough.model import build_model, flatten_params, model_shards
-from trainthrough.names import PSStart, shard_of
+from trainthrough.names import PSStart, is_job_ps, shard_of
 from trainthrough.shards import Shard
 from trainthrough.process import start_process
 from trainthrough.ps.chain import ChainReplica
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     context = start_process(args.name, args.job, args.parent_pid)
     job, stop, metrics = context.job, context.stop, context.metrics
+    shards = job.spec.parameter_server.shards
+    if not is_job_ps(args.name, shards):
+        form = "ps-<i>" if shards == 1 else f"ps-<shard>-<i> with a shard below {shards}"
+        parser.error(f"--name: {args.name!r} is no parameter server of this job (parameterServer.shards {shards}: {form})")
     events = EventLog(args.events, source=args.name)
     metrics_port = serve_metrics(args.metrics_port, context.registry, addr=args.host)
     core = ParameterServerCore(
